@@ -1,0 +1,123 @@
+//! `LeaseCore`: the engine side of a lease handle — the job fast path and the release message.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use actix::{Addr, WeakAddr};
+use tokio::sync::oneshot;
+
+use crate::error::LeaseError;
+use crate::job::{InFlight, TypedJob};
+use crate::lease::{LeaseActor, LeaseShared};
+use crate::messages::{Job, Release};
+use crate::stats::{LeaseId, PoolId};
+use crate::worker::Worker;
+
+/// The engine's lease handle. Dropping it releases the lease (one non-blocking `do_send`).
+pub struct LeaseCore<S: 'static> {
+    shared: Arc<LeaseShared>,
+    actor: Addr<LeaseActor<S>>,
+    /// Weak, so a handle kept after its lease was revoked cannot keep a retired pool's threads
+    /// alive (a `SyncArbiter` stops only when every strong address is gone).
+    workers: WeakAddr<Worker<S>>,
+}
+
+impl<S: 'static> LeaseCore<S> {
+    pub(crate) fn new(
+        shared: Arc<LeaseShared>,
+        actor: Addr<LeaseActor<S>>,
+        workers: WeakAddr<Worker<S>>,
+    ) -> Self {
+        Self {
+            shared,
+            actor,
+            workers,
+        }
+    }
+
+    /// The lease's id.
+    pub fn id(&self) -> LeaseId {
+        self.shared.id
+    }
+
+    /// The pool this lease holds.
+    pub fn pool(&self) -> PoolId {
+        self.shared.pool
+    }
+
+    /// The owner label, if one was given.
+    pub fn owner(&self) -> Option<&str> {
+        self.shared.owner.as_deref()
+    }
+
+    /// When `lease_for` runs out.
+    pub fn soft_expires_at(&self) -> Instant {
+        self.shared.soft_expires_at
+    }
+
+    /// When the lease is revoked.
+    pub fn hard_expires_at(&self) -> Instant {
+        self.shared.hard_expires_at
+    }
+
+    /// Jobs sent on this lease that have not finished.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight()
+    }
+
+    /// Sends `f` to a worker of this lease's pool now. With `skip_if_abandoned`, a job whose
+    /// handle is dropped before a worker picks it up is skipped; without, it runs regardless.
+    pub fn dispatch<F, R>(&self, f: F, skip_if_abandoned: bool) -> Result<JobHandle<R>, LeaseError>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let in_flight = InFlight::enter(&self.shared)?;
+        let Some(workers) = self.workers.upgrade() else {
+            return Err(LeaseError::WorkerLost);
+        };
+        let (reply, answer) = oneshot::channel();
+        tracing::debug!(lease_id = %self.shared.id, pool = %self.shared.pool, "job sent");
+        let job = TypedJob::new(f, reply, in_flight, skip_if_abandoned);
+        // If the pool died meanwhile, actix drops the envelope and the job answers WorkerLost.
+        workers.do_send(Job(Box::new(job)));
+        Ok(JobHandle { answer })
+    }
+
+    /// Releases the lease and waits until the supervisor has taken it back (the pool is free
+    /// again, or the lease is draining its running jobs).
+    pub async fn release(self) {
+        if self.shared.mark_released() {
+            let _ = self.actor.send(Release).await;
+        }
+    }
+}
+
+impl<S: 'static> Drop for LeaseCore<S> {
+    fn drop(&mut self) {
+        if self.shared.mark_released() {
+            self.actor.do_send(Release);
+        }
+    }
+}
+
+/// The result of one job: a future that resolves exactly once, with the job's value or the
+/// reason it has none. Dropping it does not cancel a job sent with `submit`.
+#[must_use = "a JobHandle does nothing unless awaited (the job itself runs regardless)"]
+#[derive(Debug)]
+pub struct JobHandle<R> {
+    answer: oneshot::Receiver<Result<R, LeaseError>>,
+}
+
+impl<R> Future for JobHandle<R> {
+    type Output = Result<R, LeaseError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(LeaseError::WorkerLost)))
+    }
+}

@@ -1,0 +1,561 @@
+//! The supervisor's books: pools in service, the idle set, the FIFO waiter queue and the lease
+//! table, behind one mutex.
+//!
+//! The `ManagerActor` owns this state, but lease handles read and write it directly so that an
+//! acquire that finds an idle pool never waits for a round trip to the host thread; the host
+//! learns of the new lease asynchronously (`SpawnLease`). Every decision about a pool — hand it
+//! to the first waiter, park it as idle, or retire it — is taken under this lock, which is what
+//! keeps waiters first-come first-served and `available + leased == total <= max_pools`.
+//!
+//! Nothing that can take the lock again (dropping a `PoolGrant` or a lease handle) happens
+//! while it is held: such work is collected in [`Effects`] and applied after unlocking.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use actix::dev::channel;
+use actix::{Addr, WeakAddr};
+use tokio::sync::oneshot;
+
+use crate::config::EngineConfig;
+use crate::error::LeaseError;
+use crate::handle::LeaseCore;
+use crate::lease::{LeaseActor, LeaseShared, Revocation};
+use crate::manager::ManagerActor;
+use crate::messages::{CreatePools, RetirePool, SpawnLease};
+use crate::stats::{Backend, CounterCells, LeaseId, LeaseInfo, PoolId, Stats};
+use crate::threads::WorkerThreads;
+use crate::worker::Worker;
+
+/// What an acquirer asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseParams {
+    /// Label for logs and stats.
+    pub owner: Option<String>,
+    /// Soft lifetime.
+    pub lease_for: Duration,
+}
+
+/// How long an acquirer is willing to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Queue until served (or until the manager stops).
+    Forever,
+    /// Queue at most this long.
+    Timeout(Duration),
+    /// Take a free pool (or one that can be created without waiting for a release), or fail.
+    NoWait,
+}
+
+/// One pool as the books know it. Plain data: dropping it does nothing.
+pub(crate) struct PoolSlot<S: 'static> {
+    pub(crate) id: PoolId,
+    pub(crate) generation: u64,
+    pub(crate) workers: WeakAddr<Worker<S>>,
+}
+
+enum PoolUse {
+    Idle,
+    Leased(LeaseId),
+}
+
+type WaiterReply<S> = oneshot::Sender<Result<LeaseCore<S>, LeaseError>>;
+
+struct Waiter<S: 'static> {
+    id: u64,
+    params: LeaseParams,
+    reply: WaiterReply<S>,
+}
+
+/// The host of one manager run, as the books see it.
+pub(crate) struct Run<S: 'static> {
+    pub(crate) generation: u64,
+    pub(crate) manager: Addr<ManagerActor<S>>,
+    pub(crate) timers: tokio::runtime::Handle,
+    pub(crate) system: actix_rt::System,
+    pub(crate) threads: Arc<WorkerThreads>,
+}
+
+impl<S: 'static> Clone for Run<S> {
+    fn clone(&self) -> Self {
+        Self {
+            generation: self.generation,
+            manager: self.manager.clone(),
+            timers: self.timers.clone(),
+            system: self.system.clone(),
+            threads: Arc::clone(&self.threads),
+        }
+    }
+}
+
+struct Books<S: 'static> {
+    run: Option<Run<S>>,
+    next_lease: u64,
+    next_pool: u64,
+    next_waiter: u64,
+    pools: HashMap<PoolId, PoolUse>,
+    idle: VecDeque<PoolSlot<S>>,
+    creating: usize,
+    waiters: VecDeque<Waiter<S>>,
+    leases: BTreeMap<LeaseId, Arc<LeaseShared>>,
+    desired: usize,
+}
+
+/// The shared books of one manager (across stop/start).
+pub struct Registry<S: 'static> {
+    books: Mutex<Books<S>>,
+    pub(crate) config: Arc<EngineConfig<S>>,
+    pub(crate) counters: Arc<CounterCells>,
+}
+
+/// Work decided under the lock and done after it is released.
+pub(crate) struct Effects<S: 'static> {
+    manager: Option<Addr<ManagerActor<S>>>,
+    spawn: Vec<SpawnLease<S>>,
+    deliver: Vec<(WaiterReply<S>, LeaseCore<S>)>,
+    create: usize,
+    retire: Vec<PoolId>,
+}
+
+impl<S: 'static> Effects<S> {
+    fn new(manager: Option<Addr<ManagerActor<S>>>) -> Self {
+        Self {
+            manager,
+            spawn: Vec::new(),
+            deliver: Vec::new(),
+            create: 0,
+            retire: Vec::new(),
+        }
+    }
+
+    /// Pools the manager must create; the manager takes these itself instead of messaging.
+    pub(crate) fn take_create(&mut self) -> usize {
+        std::mem::take(&mut self.create)
+    }
+
+    pub(crate) fn take_retire(&mut self) -> Vec<PoolId> {
+        std::mem::take(&mut self.retire)
+    }
+
+    pub(crate) fn apply(self) {
+        if let Some(manager) = &self.manager {
+            for spawn in self.spawn {
+                manager.do_send(spawn);
+            }
+            if self.create > 0 {
+                manager.do_send(CreatePools(self.create));
+            }
+            for id in self.retire {
+                manager.do_send(RetirePool(id));
+            }
+        }
+        for (reply, lease) in self.deliver {
+            // A waiter that vanished after being picked gets nothing; dropping the lease
+            // releases it, and its pool goes to the next waiter.
+            let _ = reply.send(Ok(lease));
+        }
+    }
+}
+
+/// The outcome of the synchronous part of an acquire.
+pub(crate) enum Attempt<S: 'static> {
+    Ready(LeaseCore<S>, Effects<S>),
+    Queued(WaitTicket<S>, Effects<S>),
+}
+
+impl<S: 'static> Registry<S> {
+    pub(crate) fn new(config: Arc<EngineConfig<S>>) -> Arc<Self> {
+        let desired = config.min_pools;
+        Arc::new(Self {
+            books: Mutex::new(Books {
+                run: None,
+                next_lease: 1,
+                next_pool: 0,
+                next_waiter: 0,
+                pools: HashMap::new(),
+                idle: VecDeque::new(),
+                creating: 0,
+                waiters: VecDeque::new(),
+                leases: BTreeMap::new(),
+                desired,
+            }),
+            config,
+            counters: Arc::new(CounterCells::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Books<S>> {
+        // Nothing under this lock calls user code, so a poisoned lock still holds sane books.
+        self.books.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn current_run(&self) -> Option<Run<S>> {
+        self.lock().run.clone()
+    }
+
+    /// Records a freshly started host. Pools come after, through `add_pool`.
+    pub(crate) fn begin_run(&self, run: Run<S>) {
+        let mut books = self.lock();
+        books.run = Some(run);
+        books.pools.clear();
+        books.idle.clear();
+        books.creating = 0;
+        books.desired = self.config.min_pools;
+    }
+
+    /// Closes the books for `stop`: revokes every lease, hands back the waiters to be answered
+    /// with `Stopped`, and returns the run to shut down (None if not running).
+    pub(crate) fn begin_stop(&self) -> Option<(Run<S>, Vec<WaiterReply<S>>)> {
+        let mut books = self.lock();
+        let run = books.run.take()?;
+        let waiters = books.waiters.drain(..).map(|w| w.reply).collect();
+        for lease in books.leases.values() {
+            if lease.revoke(Revocation::Stopped) {
+                CounterCells::bump(&self.counters.revoked);
+            }
+        }
+        books.leases.clear();
+        books.pools.clear();
+        books.idle.clear();
+        books.creating = 0;
+        Some((run, waiters))
+    }
+
+    pub(crate) fn next_pool_id(&self) -> PoolId {
+        let mut books = self.lock();
+        let id = PoolId(books.next_pool);
+        books.next_pool += 1;
+        id
+    }
+
+    /// The synchronous part of an acquire: take an idle pool when no one is queued ahead,
+    /// otherwise queue (growing capacity if `max_pools` allows), or refuse.
+    pub(crate) fn try_acquire(
+        self: &Arc<Self>,
+        params: LeaseParams,
+        mode: WaitMode,
+    ) -> Result<Attempt<S>, LeaseError> {
+        let mut books = self.lock();
+        let Some(run) = books.run.clone() else {
+            return Err(LeaseError::NotStarted);
+        };
+        let mut effects = Effects::new(Some(run.manager.clone()));
+        if books.waiters.is_empty() {
+            if let Some(slot) = books.idle.pop_front() {
+                let (lease, spawn) = self.make_lease(&mut books, slot, params);
+                CounterCells::bump(&self.counters.acquired);
+                effects.spawn.push(spawn);
+                return Ok(Attempt::Ready(lease, effects));
+            }
+        }
+        // Pools that will exist without anyone releasing: those being created plus the room
+        // left under max_pools. Waiters ahead of us are served from those first.
+        let growth = books.creating
+            + self
+                .config
+                .max_pools
+                .saturating_sub(books.pools.len() + books.creating);
+        let served_by_growth = books.waiters.len() < growth;
+        let refuse = match mode {
+            WaitMode::NoWait => !served_by_growth,
+            _ => !served_by_growth && books.waiters.len() >= self.config.max_waiters,
+        };
+        if refuse {
+            CounterCells::bump(&self.counters.rejected);
+            return Err(LeaseError::Unavailable);
+        }
+        let id = books.next_waiter;
+        books.next_waiter += 1;
+        let (reply, answer) = oneshot::channel();
+        books.waiters.push_back(Waiter { id, params, reply });
+        self.replenish(&mut books, &mut effects);
+        let ticket = WaitTicket {
+            id,
+            answer: Some(answer),
+            registry: Arc::clone(self),
+            timers: run.timers,
+        };
+        Ok(Attempt::Queued(ticket, effects))
+    }
+
+    /// Removes a waiter that gave up; false if it was already served or answered.
+    fn cancel_waiter(&self, id: u64) -> bool {
+        let mut books = self.lock();
+        match books.waiters.iter().position(|w| w.id == id) {
+            Some(at) => {
+                books.waiters.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A pool the manager just created.
+    pub(crate) fn add_pool(self: &Arc<Self>, slot: PoolSlot<S>) -> Effects<S> {
+        let mut books = self.lock();
+        let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
+        books.creating = books.creating.saturating_sub(1);
+        if books.run.as_ref().map(|r| r.generation) != Some(slot.generation) {
+            effects.retire.push(slot.id);
+            return effects;
+        }
+        books.pools.insert(slot.id, PoolUse::Idle);
+        self.route_pool(&mut books, slot, &mut effects);
+        effects
+    }
+
+    /// A lease is over: give its pool to the next waiter, park it, or retire it.
+    pub(crate) fn finish_lease(self: &Arc<Self>, lease: &LeaseShared, slot: PoolSlot<S>) {
+        let effects = {
+            let mut books = self.lock();
+            let current = books.run.as_ref().map(|r| r.generation) == Some(slot.generation);
+            if !current {
+                return;
+            }
+            books.leases.remove(&lease.id);
+            let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
+            if lease.is_revoked() {
+                books.pools.remove(&slot.id);
+                effects.retire.push(slot.id);
+                self.replenish(&mut books, &mut effects);
+            } else {
+                CounterCells::bump(&self.counters.released);
+                self.route_pool(&mut books, slot, &mut effects);
+            }
+            effects
+        };
+        effects.apply();
+    }
+
+    /// Sets the sizing target; grows toward it and retires idle pools above it.
+    pub(crate) fn set_desired(self: &Arc<Self>, desired: usize) -> Effects<S> {
+        let mut books = self.lock();
+        let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
+        if books.run.is_none() {
+            return effects;
+        }
+        books.desired = desired;
+        while books.pools.len() > desired {
+            let Some(slot) = books.idle.pop_back() else {
+                break;
+            };
+            books.pools.remove(&slot.id);
+            effects.retire.push(slot.id);
+        }
+        self.replenish(&mut books, &mut effects);
+        effects
+    }
+
+    fn route_pool(self: &Arc<Self>, books: &mut Books<S>, slot: PoolSlot<S>, fx: &mut Effects<S>) {
+        if let Some(waiter) = books.waiters.pop_front() {
+            let (lease, spawn) = self.make_lease(books, slot, waiter.params);
+            CounterCells::bump(&self.counters.acquired);
+            CounterCells::bump(&self.counters.acquired_after_wait);
+            fx.spawn.push(spawn);
+            fx.deliver.push((waiter.reply, lease));
+        } else if books.pools.len() > books.desired {
+            books.pools.remove(&slot.id);
+            tracing::debug!(pool = %slot.id, "idle pool above the sizing target; retiring it");
+            fx.retire.push(slot.id);
+        } else {
+            books.pools.insert(slot.id, PoolUse::Idle);
+            books.idle.push_back(slot);
+        }
+    }
+
+    /// Asks for pools so that every waiter and the sizing target are covered, within max_pools.
+    fn replenish(&self, books: &mut Books<S>, fx: &mut Effects<S>) {
+        let leased = books.pools.len() - books.idle.len();
+        let need = (leased + books.waiters.len())
+            .max(books.desired)
+            .min(self.config.max_pools);
+        let want = need.saturating_sub(books.pools.len() + books.creating);
+        books.creating += want;
+        fx.create += want;
+    }
+
+    fn make_lease(
+        self: &Arc<Self>,
+        books: &mut Books<S>,
+        slot: PoolSlot<S>,
+        params: LeaseParams,
+    ) -> (LeaseCore<S>, SpawnLease<S>) {
+        let id = LeaseId(books.next_lease);
+        books.next_lease += 1;
+        let now = Instant::now();
+        let soft = later(now, params.lease_for);
+        let hard = later(soft, self.config.lease_grace);
+        let (sender, mailbox) = channel::channel::<LeaseActor<S>>(16);
+        let actor = Addr::new(sender);
+        let shared = Arc::new(LeaseShared::new(
+            id,
+            slot.id,
+            params.owner,
+            soft,
+            hard,
+            actor.downgrade().recipient(),
+        ));
+        books.pools.insert(slot.id, PoolUse::Leased(id));
+        books.leases.insert(id, Arc::clone(&shared));
+        tracing::debug!(
+            lease_id = %id,
+            owner = shared.owner.as_deref().unwrap_or(""),
+            pool = %slot.id,
+            "lease granted"
+        );
+        let core = LeaseCore::new(Arc::clone(&shared), actor, slot.workers.clone());
+        let grant = PoolGrant {
+            slot: Some(slot),
+            lease: shared,
+            registry: Arc::clone(self),
+        };
+        (core, SpawnLease { mailbox, grant })
+    }
+
+    /// A consistent snapshot, taken under the lock.
+    pub(crate) fn stats(&self, backend: Backend) -> Stats {
+        let books = self.lock();
+        debug_assert!(
+            books.pools.values().all(|u| match u {
+                PoolUse::Idle => true,
+                PoolUse::Leased(id) => books.leases.contains_key(id),
+            }),
+            "a leased pool has no lease in the table"
+        );
+        let now = Instant::now();
+        let leases = books
+            .leases
+            .values()
+            .map(|l| LeaseInfo {
+                id: l.id,
+                owner: l.owner.clone(),
+                until_soft_expiry: l.soft_expires_at.saturating_duration_since(now),
+                until_hard_expiry: l.hard_expires_at.saturating_duration_since(now),
+                in_flight: l.in_flight(),
+                draining: l.is_draining(),
+                pool: l.pool,
+            })
+            .collect();
+        Stats {
+            backend,
+            desired: books.desired,
+            max_pools: self.config.max_pools,
+            min_pools: self.config.min_pools,
+            available: books.idle.len(),
+            leased: books.leases.len(),
+            total: books.pools.len(),
+            workers_per_pool: self.config.workers_per_pool,
+            waiting: books.waiters.len(),
+            leases,
+            counters: self.counters.snapshot(),
+        }
+    }
+
+    /// Worker threads alive in the current run (0 when stopped).
+    pub(crate) fn live_threads(&self) -> usize {
+        self.lock().run.as_ref().map_or(0, |r| r.threads.live())
+    }
+}
+
+fn later(from: Instant, by: Duration) -> Instant {
+    // A lifetime too long to represent is as good as forever; never panic on user input.
+    from.checked_add(by)
+        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// A lease's hold on its pool, owned by its lease actor. However it ends — finished, or dropped
+/// with the actor — the pool goes back to the books exactly once.
+pub struct PoolGrant<S: 'static> {
+    slot: Option<PoolSlot<S>>,
+    lease: Arc<LeaseShared>,
+    registry: Arc<Registry<S>>,
+}
+
+impl<S: 'static> PoolGrant<S> {
+    pub(crate) fn lease(&self) -> &Arc<LeaseShared> {
+        &self.lease
+    }
+
+    pub(crate) fn finish(mut self) {
+        self.give_back();
+    }
+
+    pub(crate) fn count_revoked(&self) {
+        CounterCells::bump(&self.registry.counters.revoked);
+    }
+
+    fn give_back(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.registry.finish_lease(&self.lease, slot);
+        }
+    }
+}
+
+impl<S: 'static> Drop for PoolGrant<S> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// A queued acquirer's place in line. Dropping it leaves the queue.
+pub(crate) struct WaitTicket<S: 'static> {
+    id: u64,
+    answer: Option<oneshot::Receiver<Result<LeaseCore<S>, LeaseError>>>,
+    registry: Arc<Registry<S>>,
+    timers: tokio::runtime::Handle,
+}
+
+impl<S: 'static> WaitTicket<S> {
+    pub(crate) async fn wait(mut self, limit: Option<Duration>) -> Result<LeaseCore<S>, LeaseError> {
+        // The receiver stays inside the ticket: if this future is dropped, the ticket leaves
+        // the queue (Drop) before the receiver goes, so no pool is handed to a dead waiter.
+        let Some(limit) = limit else {
+            return self.answer().await;
+        };
+        // The timer lives on the host runtime, so waiting works from any executor or thread.
+        let sleep = {
+            let _guard = self.timers.enter();
+            tokio::time::sleep(limit)
+        };
+        let mut sleep = std::pin::pin!(sleep);
+        let answered = std::future::poll_fn(|cx| {
+            let Some(answer) = self.answer.as_mut() else {
+                return Poll::Ready(Some(Err(LeaseError::Stopped)));
+            };
+            if let Poll::Ready(answer) = Pin::new(answer).poll(cx) {
+                return Poll::Ready(Some(answer.unwrap_or(Err(LeaseError::Stopped))));
+            }
+            sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        match answered {
+            Some(answer) => answer,
+            None if self.registry.cancel_waiter(self.id) => {
+                self.registry.counters.timed_out.fetch_add(1, Relaxed);
+                Err(LeaseError::Timeout(limit))
+            }
+            // Picked at the last moment: the answer is on its way.
+            None => self.answer().await,
+        }
+    }
+
+    async fn answer(&mut self) -> Result<LeaseCore<S>, LeaseError> {
+        match self.answer.as_mut() {
+            Some(answer) => answer.await.unwrap_or(Err(LeaseError::Stopped)),
+            None => Err(LeaseError::Stopped),
+        }
+    }
+}
+
+impl<S: 'static> Drop for WaitTicket<S> {
+    fn drop(&mut self) {
+        // Leave the queue before the receiver goes, so no pool is handed to a dead waiter;
+        // a lease already sent to us is dropped with the receiver and so released.
+        self.registry.cancel_waiter(self.id);
+    }
+}

@@ -1,0 +1,171 @@
+//! Snapshot types returned by `stats()`, and the counters behind them.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Identifies one lease for its whole life. Unique within one manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub(crate) u64);
+
+impl LeaseId {
+    /// The numeric value of this id (increasing in acquisition order).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lease-{}", self.0)
+    }
+}
+
+/// Identifies one pool (one `SyncArbiter` of worker threads). Unique within one manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolId(pub(crate) u64);
+
+impl PoolId {
+    /// The numeric value of this id; worker threads are named `{prefix}-{pool}-{worker}`.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pool-{}", self.0)
+    }
+}
+
+/// Where leased work runs.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Backend {
+    /// Pools of OS threads in this process (an actix `SyncArbiter` per pool).
+    #[default]
+    Thread,
+    /// Pools of worker processes. Not built yet: `build()` rejects it with a `BuildError`.
+    Process,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Thread => "thread",
+            Backend::Process => "process",
+        })
+    }
+}
+
+/// A consistent snapshot of a manager, taken under one lock.
+///
+/// Invariant in every snapshot: `available + leased == total <= max_pools`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The backend the manager runs.
+    pub backend: Backend,
+    /// Pools wanted now: `min(max_pools, max(min_pools, ceil(size / units_per_pool)))`.
+    pub desired: usize,
+    /// Upper bound on pools (and so on live leases).
+    pub max_pools: usize,
+    /// Pools kept even when idle.
+    pub min_pools: usize,
+    /// Idle pools, ready to be leased.
+    pub available: usize,
+    /// Pools held by a lease (draining leases included).
+    pub leased: usize,
+    /// Pools in service: `available + leased`.
+    pub total: usize,
+    /// Worker threads in each pool.
+    pub workers_per_pool: usize,
+    /// Acquirers queued for a pool.
+    pub waiting: usize,
+    /// Every live lease, oldest first.
+    pub leases: Vec<LeaseInfo>,
+    /// Monotonic counters since the manager was built (they survive stop/start).
+    pub counters: Counters,
+}
+
+/// One live lease in a [`Stats`] snapshot.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LeaseInfo {
+    /// The lease.
+    pub id: LeaseId,
+    /// The label given with `Acquire::owner`.
+    pub owner: Option<String>,
+    /// Time left until `lease_for` runs out (zero once passed).
+    pub until_soft_expiry: Duration,
+    /// Time left until the lease is revoked (zero once passed).
+    pub until_hard_expiry: Duration,
+    /// Jobs sent on this lease that have not finished.
+    pub in_flight: usize,
+    /// Released, but still waiting for running jobs before its pool returns.
+    pub draining: bool,
+    /// The pool the lease holds.
+    pub pool: PoolId,
+}
+
+/// Monotonic event counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Leases handed out.
+    pub acquired: u64,
+    /// Leases handed out to an acquirer that had to queue.
+    pub acquired_after_wait: u64,
+    /// Acquires that ended with `Timeout`.
+    pub timed_out: u64,
+    /// Acquires refused with `Unavailable`.
+    pub rejected: u64,
+    /// Leases released by their holder and finished (pool returned or retired).
+    pub released: u64,
+    /// Leases revoked (hard expiry, stop, or a lost lease actor).
+    pub revoked: u64,
+    /// Jobs that ran to completion and delivered a value.
+    pub jobs_completed: u64,
+    /// Jobs that panicked (answered with `Panicked`).
+    pub jobs_panicked: u64,
+    /// Workers rebuilt with fresh state after a panicking job.
+    pub workers_restarted: u64,
+    /// Pools whose `SyncArbiter` was rebuilt or replaced after it died.
+    pub pools_restarted: u64,
+}
+
+/// The live counters; cheap relaxed atomics shared by the engine.
+#[derive(Debug, Default)]
+pub(crate) struct CounterCells {
+    pub acquired: AtomicU64,
+    pub acquired_after_wait: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub rejected: AtomicU64,
+    pub released: AtomicU64,
+    pub revoked: AtomicU64,
+    pub jobs_completed: AtomicU64,
+    pub jobs_panicked: AtomicU64,
+    pub workers_restarted: AtomicU64,
+    pub pools_restarted: AtomicU64,
+}
+
+impl CounterCells {
+    pub(crate) fn bump(cell: &AtomicU64) {
+        cell.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Counters {
+        Counters {
+            acquired: self.acquired.load(Relaxed),
+            acquired_after_wait: self.acquired_after_wait.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            released: self.released.load(Relaxed),
+            revoked: self.revoked.load(Relaxed),
+            jobs_completed: self.jobs_completed.load(Relaxed),
+            jobs_panicked: self.jobs_panicked.load(Relaxed),
+            workers_restarted: self.workers_restarted.load(Relaxed),
+            pools_restarted: self.pools_restarted.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `Lease`: a held pool, and the ways to run work on it.
+
+use std::fmt;
+use std::time::Instant;
+
+use leasepool_actors::{JobHandle, LeaseCore, LeaseError, LeaseId};
+
+use crate::message::Handle;
+
+/// Exclusive use of one pool of `workers_per_pool` worker threads, until released or revoked.
+///
+/// Jobs go straight from this handle to the pool's workers. Up to `workers_per_pool` jobs run
+/// in parallel; more queue in the pool. Dropping the lease releases it (a non-blocking message;
+/// `Drop` never blocks and works on any thread).
+#[must_use = "dropping a Lease releases it"]
+pub struct Lease<S: 'static = ()> {
+    core: LeaseCore<S>,
+}
+
+impl<S: 'static> fmt::Debug for Lease<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("id", &self.core.id())
+            .field("pool", &self.core.pool())
+            .field("owner", &self.core.owner())
+            .finish()
+    }
+}
+
+impl<S: 'static> Lease<S> {
+    pub(crate) fn new(core: LeaseCore<S>) -> Self {
+        Self { core }
+    }
+
+    /// This lease's id (as shown in logs and [`Stats`](crate::Stats)).
+    pub fn id(&self) -> LeaseId {
+        self.core.id()
+    }
+
+    /// The owner label given at acquire.
+    pub fn owner(&self) -> Option<&str> {
+        self.core.owner()
+    }
+
+    /// When the soft lifetime (`lease_for`) runs out. Jobs still run during the grace period.
+    pub fn soft_expires_at(&self) -> Instant {
+        self.core.soft_expires_at()
+    }
+
+    /// When the lease is revoked: new jobs then fail with [`LeaseError::Expired`].
+    pub fn hard_expires_at(&self) -> Instant {
+        self.core.hard_expires_at()
+    }
+
+    /// Jobs sent on this lease that have not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.core.in_flight()
+    }
+
+    /// Runs `f` on a worker thread of this lease's pool and returns its value.
+    ///
+    /// # Errors
+    /// `Panicked` if `f` panics (the worker survives, rebuilt with fresh state); `Released`,
+    /// `Expired` or `Stopped` if the lease can no longer take jobs; `WorkerLost` if the job was
+    /// queued when the lease was revoked or the pool died.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before a worker starts `f` skips it. Once started, `f` runs to the
+    /// end (a thread cannot be interrupted) and the lease counts it until it finishes.
+    pub async fn run<F, R>(&self, f: F) -> Result<R, LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.dispatch(move |_: &mut S| f(), true)?.await
+    }
+
+    /// Like [`run`](Self::run), with `&mut` access to the worker thread's own state.
+    pub async fn run_with<F, R>(&self, f: F) -> Result<R, LeaseError>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.dispatch(f, true)?.await
+    }
+
+    /// Sends a typed message to a worker: runs `<S as Handle<M>>::handle` on its state.
+    pub async fn send<M>(&self, msg: M) -> Result<<S as Handle<M>>::Output, LeaseError>
+    where
+        S: Handle<M>,
+        M: Send + 'static,
+    {
+        self.core
+            .dispatch(move |state: &mut S| state.handle(msg), true)?
+            .await
+    }
+
+    /// Sends `f` now and returns a handle to its result. The handle may be dropped: the job
+    /// still runs, and a release waits for it (draining).
+    ///
+    /// # Errors
+    /// Fails at once, without sending, if the lease can no longer take jobs.
+    pub fn submit<F, R>(&self, f: F) -> Result<JobHandle<R>, LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.dispatch(move |_: &mut S| f(), false)
+    }
+
+    /// Releases the lease and waits until the supervisor has taken it back: its pool is free
+    /// again, or — if jobs still run — the lease is draining and the pool returns when they end.
+    pub async fn release(self) {
+        self.core.release().await;
+    }
+}

@@ -1,0 +1,219 @@
+//! `LeaseManager`: the cheap, cloneable handle users keep, and the `Acquire` builder.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasepool_actors::{Backend, Engine, EngineConfig, LeaseError, LeaseParams, Stats, WaitMode};
+
+use crate::builder::ManagerBuilder;
+use crate::lease::Lease;
+
+/// A handle to a set of bounded, leased pools of blocking worker threads.
+///
+/// Clone it freely (it is an `Arc`); every clone drives the same pools. Dropping the last clone
+/// without calling [`stop`](LeaseManager::stop) begins the same shutdown without waiting for it.
+///
+/// ```
+/// use leasepool::LeaseManager;
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), leasepool::LeaseError> {
+/// let manager = LeaseManager::builder().max_pools(2).build().expect("valid settings");
+/// manager.start().await?;
+/// let lease = manager.acquire().owner("docs").await?;
+/// let n = lease.run(|| 6 * 7).await?;
+/// assert_eq!(n, 42);
+/// lease.release().await;
+/// manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub struct LeaseManager<S: 'static = ()> {
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S: 'static> {
+    engine: Engine<S>,
+    backend: Backend,
+}
+
+impl<S: 'static> Drop for Inner<S> {
+    fn drop(&mut self) {
+        // Last handle gone: begin shutdown without blocking (threads exit on their own).
+        self.engine.stop_detached();
+    }
+}
+
+impl<S: 'static> Clone for LeaseManager<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: 'static> fmt::Debug for LeaseManager<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseManager")
+            .field("backend", &self.inner.backend)
+            .field("config", self.inner.engine.config())
+            .finish()
+    }
+}
+
+impl LeaseManager<()> {
+    /// Starts configuring a manager. See [`ManagerBuilder`] for every setting and its default.
+    pub fn builder() -> ManagerBuilder<()> {
+        ManagerBuilder::new()
+    }
+}
+
+impl<S: 'static> LeaseManager<S> {
+    pub(crate) fn from_config(backend: Backend, config: EngineConfig<S>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine: Engine::new(config),
+                backend,
+            }),
+        }
+    }
+
+    /// Starts the host thread and creates the initial pools (`max(min_pools, desired)`).
+    /// Idempotent; after [`stop`](Self::stop) it starts afresh.
+    ///
+    /// # Errors
+    /// [`LeaseError::StartFailed`] if the host thread cannot be spawned.
+    pub async fn start(&self) -> Result<(), LeaseError> {
+        self.inner.engine.start().await
+    }
+
+    /// Stops: queued acquirers get [`LeaseError::Stopped`], new acquires
+    /// [`LeaseError::NotStarted`], every lease is revoked (its new jobs fail with `Stopped`,
+    /// its queued jobs with `WorkerLost`; running jobs finish), and every worker thread is
+    /// joined — waiting at most `shutdown_timeout` for jobs that do not end, which are then
+    /// logged and left detached. Idempotent.
+    pub async fn stop(&self) {
+        self.inner.engine.stop().await;
+    }
+
+    /// Starts an acquire; configure it, then `.await` it.
+    ///
+    /// Waiters are served first-come first-served. By default the acquire waits as long as it
+    /// takes (bounded only by `max_waiters` and `stop`).
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves the queue at once; a pool is never handed to a dropped
+    /// acquire (if one was handed over at that very moment, it is released again).
+    pub fn acquire(&self) -> Acquire<'_, S> {
+        Acquire {
+            manager: self,
+            owner: None,
+            lease_for: None,
+            timeout: None,
+            no_wait: false,
+        }
+    }
+
+    /// A consistent snapshot: pool counts, waiters, every lease, counters.
+    pub async fn stats(&self) -> Stats {
+        self.inner.engine.stats(self.inner.backend)
+    }
+
+    /// Tells the supervisor the work-unit count changed, so it re-evaluates sizing now instead
+    /// of at the next `check_interval`.
+    pub fn notify_scale_changed(&self) {
+        self.inner.engine.notify_scale_changed();
+    }
+
+    /// The backend this manager runs.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Worker threads alive now (0 when stopped). Useful in tests and health checks.
+    pub fn live_worker_threads(&self) -> usize {
+        self.inner.engine.live_worker_threads()
+    }
+}
+
+/// An acquire being configured. `.await` it to get a [`Lease`].
+#[must_use = "an acquire does nothing until awaited"]
+pub struct Acquire<'a, S: 'static> {
+    manager: &'a LeaseManager<S>,
+    owner: Option<String>,
+    lease_for: Option<Duration>,
+    timeout: Option<Duration>,
+    no_wait: bool,
+}
+
+impl<S: 'static> fmt::Debug for Acquire<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("owner", &self.owner)
+            .field("lease_for", &self.lease_for)
+            .field("timeout", &self.timeout)
+            .field("no_wait", &self.no_wait)
+            .finish()
+    }
+}
+
+impl<S: 'static> Acquire<'_, S> {
+    /// Labels the lease in logs and [`Stats`].
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Soft lifetime of the lease (default: the manager's `default_lease`). After it plus
+    /// `lease_grace` the lease is revoked. Zero is refused with `InvalidArgument`.
+    pub fn lease_for(mut self, d: Duration) -> Self {
+        self.lease_for = Some(d);
+        self
+    }
+
+    /// Waits at most `d` for a pool, then fails with [`LeaseError::Timeout`].
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// Fails at once with [`LeaseError::Unavailable`] unless a pool is free, or can be created
+    /// (under `max_pools`) without waiting for anyone to release. Takes precedence over
+    /// [`timeout`](Self::timeout).
+    pub fn no_wait(mut self) -> Self {
+        self.no_wait = true;
+        self
+    }
+}
+
+/// The future of an [`Acquire`].
+pub type AcquireFuture<'a, S> =
+    Pin<Box<dyn Future<Output = Result<Lease<S>, LeaseError>> + Send + 'a>>;
+
+impl<'a, S: 'static> IntoFuture for Acquire<'a, S> {
+    type Output = Result<Lease<S>, LeaseError>;
+    type IntoFuture = AcquireFuture<'a, S>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let engine = &self.manager.inner.engine;
+            let lease_for = self.lease_for.unwrap_or(engine.config().default_lease);
+            if lease_for.is_zero() {
+                return Err(LeaseError::InvalidArgument(
+                    "lease_for must be greater than zero (got 0s)".to_owned(),
+                ));
+            }
+            let mode = match (self.no_wait, self.timeout) {
+                (true, _) => WaitMode::NoWait,
+                (false, Some(d)) => WaitMode::Timeout(d),
+                (false, None) => WaitMode::Forever,
+            };
+            let params = LeaseParams {
+                owner: self.owner,
+                lease_for,
+            };
+            engine.acquire(params, mode).await.map(Lease::new)
+        })
+    }
+}
