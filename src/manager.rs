@@ -1,9 +1,10 @@
 //! `LeaseManager`: the cheap, cloneable handle users keep, and the `Acquire` builder.
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use leasepool_actors::{Backend, Engine, EngineConfig, LeaseError, LeaseParams, Stats, WaitMode};
@@ -112,6 +113,7 @@ impl<S: 'static> LeaseManager<S> {
             lease_for: None,
             timeout: None,
             no_wait: false,
+            running: None,
         }
     }
 
@@ -137,7 +139,8 @@ impl<S: 'static> LeaseManager<S> {
     }
 }
 
-/// An acquire being configured. `.await` it to get a [`Lease`].
+/// An acquire being configured. `.await` it to get a [`Lease`]; it is a `Future` whose work
+/// starts at the first poll.
 #[must_use = "an acquire does nothing until awaited"]
 pub struct Acquire<'a, S: 'static> {
     manager: &'a LeaseManager<S>,
@@ -145,6 +148,7 @@ pub struct Acquire<'a, S: 'static> {
     lease_for: Option<Duration>,
     timeout: Option<Duration>,
     no_wait: bool,
+    running: Option<AcquireFuture<'a, S>>,
 }
 
 impl<S: 'static> fmt::Debug for Acquire<'_, S> {
@@ -187,33 +191,47 @@ impl<S: 'static> Acquire<'_, S> {
     }
 }
 
-/// The future of an [`Acquire`].
+/// The boxed future behind an [`Acquire`] once it is first polled.
 pub type AcquireFuture<'a, S> =
     Pin<Box<dyn Future<Output = Result<Lease<S>, LeaseError>> + Send + 'a>>;
 
-impl<'a, S: 'static> IntoFuture for Acquire<'a, S> {
-    type Output = Result<Lease<S>, LeaseError>;
-    type IntoFuture = AcquireFuture<'a, S>;
-
-    fn into_future(self) -> Self::IntoFuture {
+impl<'a, S: 'static> Acquire<'a, S> {
+    fn begin(&mut self) -> AcquireFuture<'a, S> {
+        let engine = &self.manager.inner.engine;
+        let lease_for = self.lease_for.unwrap_or(engine.config().default_lease);
+        let mode = match (self.no_wait, self.timeout) {
+            (true, _) => WaitMode::NoWait,
+            (false, Some(d)) => WaitMode::Timeout(d),
+            (false, None) => WaitMode::Forever,
+        };
+        let params = LeaseParams {
+            owner: self.owner.take(),
+            lease_for,
+        };
         Box::pin(async move {
-            let engine = &self.manager.inner.engine;
-            let lease_for = self.lease_for.unwrap_or(engine.config().default_lease);
-            if lease_for.is_zero() {
+            if params.lease_for.is_zero() {
                 return Err(LeaseError::InvalidArgument(
                     "lease_for must be greater than zero (got 0s)".to_owned(),
                 ));
             }
-            let mode = match (self.no_wait, self.timeout) {
-                (true, _) => WaitMode::NoWait,
-                (false, Some(d)) => WaitMode::Timeout(d),
-                (false, None) => WaitMode::Forever,
-            };
-            let params = LeaseParams {
-                owner: self.owner,
-                lease_for,
-            };
             engine.acquire(params, mode).await.map(Lease::new)
         })
+    }
+}
+
+/// `Acquire` is itself the future (so it also works where a `Future` is required, such as
+/// `block_on` or `tokio::spawn`); the work starts at the first poll.
+impl<S: 'static> Future for Acquire<'_, S> {
+    type Output = Result<Lease<S>, LeaseError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.running.is_none() {
+            this.running = Some(this.begin());
+        }
+        match this.running.as_mut() {
+            Some(running) => running.as_mut().poll(cx),
+            None => Poll::Ready(Err(LeaseError::NotStarted)),
+        }
     }
 }

@@ -13,7 +13,9 @@ pub enum LeaseError {
     #[error("lease manager is not started")]
     NotStarted,
     /// `no_wait` was asked and no pool was free, or the waiter queue (`max_waiters`) is full.
-    #[error("no pool is available (all leased and the waiter queue is full or waiting was not allowed)")]
+    #[error(
+        "no pool is available (all leased and the waiter queue is full or waiting was not allowed)"
+    )]
     Unavailable,
     /// The acquire waited this long without getting a pool.
     #[error("timed out after {0:?} waiting for a pool")]
@@ -31,7 +33,9 @@ pub enum LeaseError {
     #[error("job panicked: {0}")]
     Panicked(String),
     /// The worker or pool died, or the queued job was dropped when its lease was revoked.
-    #[error("the worker running the job was lost (pool died or lease revoked before the job started)")]
+    #[error(
+        "the worker running the job was lost (pool died or lease revoked before the job started)"
+    )]
     WorkerLost,
     /// The manager could not start (for example, the host thread could not be spawned).
     #[error("lease manager failed to start: {0}")]

@@ -192,5 +192,3 @@ fn host_main<S: 'static>(
     let _ = system.run();
     let _ = exited.send(());
 }
-
-

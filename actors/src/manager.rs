@@ -49,7 +49,9 @@ impl<S: 'static> ManagerActor<S> {
                 }
                 Err(_) => {
                     if !self.size_provider_failing {
-                        tracing::warn!("size_provider panicked; counting 0 units until it recovers");
+                        tracing::warn!(
+                            "size_provider panicked; counting 0 units until it recovers"
+                        );
                     }
                     self.size_provider_failing = true;
                     0

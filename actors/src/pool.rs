@@ -61,7 +61,11 @@ fn start_workers<S: 'static>(spec: &PoolSpec<S>, id: PoolId) -> Addr<Worker<S>> 
         threads.adopt_current_thread();
         Worker::new(factory(), id, Arc::clone(&counters))
     };
-    SyncArbiter::start_with_thread_builder(spec.config.workers_per_pool, thread_builder, make_worker)
+    SyncArbiter::start_with_thread_builder(
+        spec.config.workers_per_pool,
+        thread_builder,
+        make_worker,
+    )
 }
 
 impl<S: 'static> Actor for PoolActor<S> {

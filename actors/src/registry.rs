@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::dev::channel;
@@ -511,7 +511,10 @@ pub(crate) struct WaitTicket<S: 'static> {
 }
 
 impl<S: 'static> WaitTicket<S> {
-    pub(crate) async fn wait(mut self, limit: Option<Duration>) -> Result<LeaseCore<S>, LeaseError> {
+    pub(crate) async fn wait(
+        mut self,
+        limit: Option<Duration>,
+    ) -> Result<LeaseCore<S>, LeaseError> {
         // The receiver stays inside the ticket: if this future is dropped, the ticket leaves
         // the queue (Drop) before the receiver goes, so no pool is handed to a dead waiter.
         let Some(limit) = limit else {

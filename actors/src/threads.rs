@@ -4,31 +4,34 @@
 //! a thread is counted when the pool asks for its builder (on the host, before the spawn) and
 //! uncounted by a thread-local token whose destructor runs when the thread exits, after its last
 //! job and after its state was dropped.
+//!
+//! That destructor runs while the thread's other thread-locals (tokio's among them) may already
+//! be gone, so it only touches an atomic and a std mutex; it never wakes a task. `stop` polls.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
-
-use tokio::sync::watch;
+use std::time::{Duration, Instant};
 
 /// Live worker threads of one manager run.
 #[derive(Debug)]
 pub(crate) struct WorkerThreads {
     names: Mutex<Vec<String>>,
-    live: watch::Sender<usize>,
+    live: AtomicUsize,
 }
 
 impl WorkerThreads {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             names: Mutex::new(Vec::new()),
-            live: watch::Sender::new(0),
+            live: AtomicUsize::new(0),
         })
     }
 
     /// Counts a thread that is about to be spawned under `name`.
     pub(crate) fn expect(&self, name: &str) {
         self.lock_names().push(name.to_owned());
-        self.live.send_modify(|n| *n += 1);
+        self.live.fetch_add(1, SeqCst);
     }
 
     /// Called on a worker thread each time its actor is built: the first call installs the
@@ -47,18 +50,23 @@ impl WorkerThreads {
     }
 
     /// Waits until every counted thread has exited; returns the names still alive on timeout.
-    pub(crate) async fn wait_all_exited(&self, timeout: std::time::Duration) -> Vec<String> {
-        let mut rx = self.live.subscribe();
-        let done = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
-        match done {
-            Ok(_) => Vec::new(),
-            Err(_) => self.lock_names().clone(),
+    /// Runs on the host runtime; polls every 2 ms.
+    pub(crate) async fn wait_all_exited(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.live() == 0 {
+                return Vec::new();
+            }
+            if Instant::now() >= deadline {
+                return self.lock_names().clone();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
     /// Worker threads alive now.
     pub(crate) fn live(&self) -> usize {
-        *self.live.borrow()
+        self.live.load(SeqCst)
     }
 
     fn lock_names(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
@@ -79,7 +87,7 @@ impl Drop for ExitToken {
                 names.swap_remove(at);
             }
         }
-        self.threads.live.send_modify(|n| *n = n.saturating_sub(1));
+        self.threads.live.fetch_sub(1, SeqCst);
     }
 }
 

@@ -1,0 +1,158 @@
+//! Stop: waiters and leases are answered, every thread goes, a stuck job cannot hang stop,
+//! and the manager starts again.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{started, stats_until, threads_named, wait_no_threads};
+use leasepool::{LeaseError, LeaseManager};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_leaves_no_thread_behind() {
+    let manager = LeaseManager::builder()
+        .max_pools(3)
+        .min_pools(2)
+        .workers_per_pool(3)
+        .name_prefix("sd-threads")
+        .build()
+        .unwrap();
+    manager.start().await.unwrap();
+    let lease = manager.acquire().await.unwrap();
+    lease.run(|| ()).await.unwrap();
+    // 2 pools x 3 workers + the host thread.
+    let deadline = Instant::now() + common::EVENTUALLY;
+    while threads_named("sd-threads").len() < 7 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        threads_named("sd-threads").len(),
+        7,
+        "{:?}",
+        threads_named("sd-threads")
+    );
+    assert_eq!(manager.live_worker_threads(), 6);
+    manager.stop().await;
+    assert_eq!(manager.live_worker_threads(), 0);
+    let left =
+        tokio::task::spawn_blocking(|| wait_no_threads("sd-threads", Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert!(left.is_empty(), "threads left after stop: {left:?}");
+    // The lease was revoked by stop.
+    assert_eq!(lease.run(|| ()).await.unwrap_err(), LeaseError::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_within_shutdown_timeout_when_a_job_never_ends() {
+    let manager = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("sd-stuck")
+        .shutdown_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    manager.start().await.unwrap();
+    let lease = manager.acquire().await.unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let _running = lease
+        .submit(move || {
+            started_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(30));
+        })
+        .unwrap();
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let begun = Instant::now();
+    manager.stop().await;
+    let took = begun.elapsed();
+    assert!(
+        took < Duration::from_secs(1) + Duration::from_secs(2),
+        "stop took {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "stop did not wait for the job at all: {took:?}"
+    );
+    // Only the stuck worker is left; the host thread is joined.
+    assert_eq!(threads_named("sd-stuck"), vec!["sd-stuck-0-0".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_answers_waiters_and_queued_jobs() {
+    let manager = started("sd-answer", 1, 1).await;
+    let lease = manager.acquire().await.unwrap();
+    let m = manager.clone();
+    let waiter = tokio::spawn(async move { m.acquire().await.map(drop) });
+    stats_until(&manager, "waiter", |s| s.waiting == 1).await;
+
+    let (started_tx, started_rx) = mpsc::channel();
+    let running = lease
+        .submit(move || {
+            started_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            "finished"
+        })
+        .unwrap();
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let queued = lease.submit(|| "must not run").unwrap();
+
+    manager.stop().await;
+    assert_eq!(waiter.await.unwrap().unwrap_err(), LeaseError::Stopped);
+    assert_eq!(
+        running.await.unwrap(),
+        "finished",
+        "a running job finishes and delivers"
+    );
+    assert_eq!(queued.await.unwrap_err(), LeaseError::WorkerLost);
+    assert_eq!(lease.submit(|| ()).unwrap_err(), LeaseError::Stopped);
+    let stats = manager.stats().await;
+    assert_eq!((stats.total, stats.leased, stats.waiting), (0, 0, 0));
+    assert_eq!(stats.counters.revoked, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_and_stop_are_idempotent_and_restartable() {
+    let manager = started("sd-restart", 1, 2).await;
+    manager.start().await.unwrap();
+    for round in 0..3 {
+        let lease = manager.acquire().await.unwrap();
+        assert_eq!(lease.run(move || round).await.unwrap(), round);
+        lease.release().await;
+        manager.stop().await;
+        manager.stop().await;
+        assert_eq!(manager.acquire().await.unwrap_err(), LeaseError::NotStarted);
+        manager.start().await.unwrap();
+    }
+    let stats = manager.stats().await;
+    assert_eq!((stats.total, stats.available), (1, 1));
+    manager.stop().await;
+    let left =
+        tokio::task::spawn_blocking(|| wait_no_threads("sd-restart", Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn dropping_the_last_handle_shuts_down_without_blocking() {
+    let manager = LeaseManager::builder()
+        .max_pools(2)
+        .min_pools(2)
+        .name_prefix("sd-drop")
+        .build()
+        .unwrap();
+    futures_executor::block_on(manager.start()).unwrap();
+    assert!(!threads_named("sd-drop").is_empty());
+    let begun = Instant::now();
+    drop(manager);
+    assert!(
+        begun.elapsed() < Duration::from_secs(1),
+        "Drop must not wait for threads"
+    );
+    let left = wait_no_threads("sd-drop", Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
+}
