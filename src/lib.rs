@@ -15,6 +15,19 @@ pub use leasepool_actors::{
     Backend, Counters, JobHandle, LeaseError, LeaseId, LeaseInfo, PoolId, Stats,
 };
 
-/// The guide pages in `docs/`, compiled here so their examples are tested.
+/// The guide pages in `docs/`, compiled here so that their code blocks run as doctests.
 #[cfg(doctest)]
-pub mod guide {}
+mod guide {
+    #[doc = include_str!("../docs/quickstart.md")]
+    mod quickstart {}
+    #[doc = include_str!("../docs/concepts.md")]
+    mod concepts {}
+    #[doc = include_str!("../docs/thread-backend.md")]
+    mod thread_backend {}
+    #[doc = include_str!("../docs/architecture.md")]
+    mod architecture {}
+    #[doc = include_str!("../docs/error-handling.md")]
+    mod error_handling {}
+    #[doc = include_str!("../docs/faq.md")]
+    mod faq {}
+}
