@@ -13,6 +13,7 @@ use crate::error::LeaseError;
 use crate::job::{InFlight, TypedJob};
 use crate::lease::{LeaseActor, LeaseShared};
 use crate::messages::{Job, Release};
+use crate::registry::Registry;
 use crate::stats::{LeaseId, PoolId};
 use crate::worker::Worker;
 
@@ -23,6 +24,7 @@ pub struct LeaseCore<S: 'static> {
     /// Weak, so a handle kept after its lease was revoked cannot keep a retired pool's threads
     /// alive (a `SyncArbiter` stops only when every strong address is gone).
     workers: WeakAddr<Worker<S>>,
+    registry: Arc<Registry<S>>,
 }
 
 impl<S: 'static> LeaseCore<S> {
@@ -30,11 +32,13 @@ impl<S: 'static> LeaseCore<S> {
         shared: Arc<LeaseShared>,
         actor: Addr<LeaseActor<S>>,
         workers: WeakAddr<Worker<S>>,
+        registry: Arc<Registry<S>>,
     ) -> Self {
         Self {
             shared,
             actor,
             workers,
+            registry,
         }
     }
 
@@ -87,10 +91,20 @@ impl<S: 'static> LeaseCore<S> {
         Ok(JobHandle { answer })
     }
 
-    /// Releases the lease and waits until the supervisor has taken it back (the pool is free
-    /// again, or the lease is draining its running jobs).
+    /// Releases the lease; when it returns, the pool is free again or the lease is draining
+    /// its running jobs.
+    ///
+    /// With nothing in flight the pool goes back to the books right here — no round trip to
+    /// the host — and the lease actor is only told to stop. (Nothing can become in flight once
+    /// the lease is marked released: `dispatch` raises the count before checking the state.)
     pub async fn release(self) {
-        if self.shared.mark_released() {
+        if !self.shared.mark_released() {
+            return;
+        }
+        if self.shared.in_flight() == 0 {
+            self.registry.finish_lease(self.shared.id);
+            self.actor.do_send(Release);
+        } else {
             let _ = self.actor.send(Release).await;
         }
     }

@@ -88,6 +88,21 @@ impl<S: 'static> Engine<S> {
         let Some(running) = host.take() else {
             return;
         };
+        self.begin_shutdown();
+        let _ = running.exited.await;
+        // The host signalled its very last step, so this join does not wait in practice.
+        let _ = running.thread.join();
+        tracing::info!("lease manager stopped");
+    }
+
+    /// Begins a shutdown without waiting for it (used when the last manager handle is dropped).
+    pub fn stop_detached(&self) {
+        self.begin_shutdown();
+    }
+
+    /// Closes the books (waiters answered `Stopped`, leases revoked) and tells the supervisor
+    /// to shut the host down.
+    fn begin_shutdown(&self) {
         if let Some((run, waiters)) = self.registry.begin_stop() {
             for waiter in waiters {
                 let _ = waiter.send(Err(LeaseError::Stopped));
@@ -97,25 +112,6 @@ impl<S: 'static> Engine<S> {
             };
             if run.manager.try_send(shutdown).is_err() {
                 // The supervisor is gone; stop its System directly so the host can exit.
-                run.system.stop();
-            }
-        }
-        let _ = running.exited.await;
-        // The host signalled its very last step, so this join does not wait in practice.
-        let _ = running.thread.join();
-        tracing::info!("lease manager stopped");
-    }
-
-    /// Begins a shutdown without waiting for it (used when the last manager handle is dropped).
-    pub fn stop_detached(&self) {
-        if let Some((run, waiters)) = self.registry.begin_stop() {
-            for waiter in waiters {
-                let _ = waiter.send(Err(LeaseError::Stopped));
-            }
-            let shutdown = Shutdown {
-                timeout: self.registry.config.shutdown_timeout,
-            };
-            if run.manager.try_send(shutdown).is_err() {
                 run.system.stop();
             }
         }

@@ -10,8 +10,8 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, WeakRecipient};
 
 use crate::error::LeaseError;
 use crate::messages::{Drained, Release};
-use crate::registry::PoolGrant;
-use crate::stats::{LeaseId, PoolId};
+use crate::registry::Registry;
+use crate::stats::{CounterCells, LeaseId, PoolId};
 
 const ACTIVE: u8 = 0;
 const RELEASED: u8 = 1;
@@ -132,22 +132,24 @@ impl LeaseShared {
 /// The lifecycle of one lease, running on the host System.
 pub struct LeaseActor<S: 'static> {
     shared: Arc<LeaseShared>,
-    grant: Option<PoolGrant<S>>,
+    registry: Arc<Registry<S>>,
+    finished: bool,
 }
 
 impl<S: 'static> LeaseActor<S> {
-    pub(crate) fn new(grant: PoolGrant<S>) -> Self {
+    pub(crate) fn new(shared: Arc<LeaseShared>, registry: Arc<Registry<S>>) -> Self {
         Self {
-            shared: Arc::clone(grant.lease()),
-            grant: Some(grant),
+            shared,
+            registry,
+            finished: false,
         }
     }
 
     /// Gives the pool back (or retires it, if the lease was revoked) and stops the actor.
+    /// The books make this a no-op if the handle already gave the pool back.
     fn finish(&mut self, ctx: &mut Context<Self>) {
-        if let Some(grant) = self.grant.take() {
-            grant.finish();
-        }
+        self.finished = true;
+        self.registry.finish_lease(self.shared.id);
         ctx.stop();
     }
 
@@ -168,6 +170,7 @@ impl<S: 'static> Actor for LeaseActor<S> {
             .saturating_duration_since(Instant::now());
         ctx.run_later(until_hard, |act, ctx| {
             if act.shared.revoke(Revocation::Expired) {
+                CounterCells::bump(&act.registry.counters.revoked);
                 tracing::warn!(
                     lease_id = %act.shared.id,
                     owner = act.shared.owner.as_deref().unwrap_or(""),
@@ -175,22 +178,20 @@ impl<S: 'static> Actor for LeaseActor<S> {
                     in_flight = act.shared.in_flight(),
                     "lease passed its hard expiry; revoked, its pool is retired"
                 );
-                if let Some(grant) = act.grant.as_ref() {
-                    grant.count_revoked();
-                }
             }
             act.finish(ctx);
         });
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        // Reached with the grant still held only if the actor died abnormally (a panic, or the
-        // host System going down): the holder must not keep using a pool nobody tracks.
-        if let Some(grant) = self.grant.take() {
+        // Reached without `finish` only if the actor stopped abnormally (a panic in a handler):
+        // the holder must not keep using a pool nobody tracks.
+        if !self.finished {
             if self.shared.revoke(Revocation::Lost) {
-                grant.count_revoked();
+                CounterCells::bump(&self.registry.counters.revoked);
             }
-            grant.finish();
+            tracing::warn!(lease_id = %self.shared.id, "lease actor stopped unexpectedly; lease revoked");
+            self.registry.finish_lease(self.shared.id);
         }
     }
 }

@@ -128,7 +128,10 @@ impl<S: 'static> Handler<SpawnLease<S>> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, msg: SpawnLease<S>, _: &mut Context<Self>) {
-        let actor = LeaseActor::new(msg.grant);
+        if !self.registry.is_live(msg.lease.id) {
+            return;
+        }
+        let actor = LeaseActor::new(msg.lease, Arc::clone(&self.registry));
         self.start_lease(msg.mailbox, actor);
     }
 }

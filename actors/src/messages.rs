@@ -6,9 +6,10 @@ use std::time::Duration;
 use actix::dev::channel::AddressReceiver;
 use actix::Message;
 
+use std::sync::Arc;
+
 use crate::job::ErasedJob;
-use crate::lease::LeaseActor;
-use crate::registry::PoolGrant;
+use crate::lease::{LeaseActor, LeaseShared};
 use crate::stats::PoolId;
 
 /// One job for a worker. Sent by a lease handle (`LeaseCore::dispatch`) straight to the pool's
@@ -44,12 +45,13 @@ pub struct Drained;
 pub struct CreatePools(pub usize);
 
 /// Start the lease actor for a lease whose handle was already built on the acquiring thread.
-/// Sent by the registry; handled by the manager, which runs the actor on the host.
+/// Sent by the registry; handled by the manager, which runs the actor on the host — unless the
+/// lease already ended (a short lease released before the host got to it needs no actor).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SpawnLease<S: 'static> {
     pub(crate) mailbox: AddressReceiver<LeaseActor<S>>,
-    pub(crate) grant: PoolGrant<S>,
+    pub(crate) lease: Arc<LeaseShared>,
 }
 
 /// Retire this pool. Sent by the registry; handled by the manager, which stops the pool actor.

@@ -7,7 +7,7 @@
 //! to the first waiter, park it as idle, or retire it — is taken under this lock, which is what
 //! keeps waiters first-come first-served and `available + leased == total <= max_pools`.
 //!
-//! Nothing that can take the lock again (dropping a `PoolGrant` or a lease handle) happens
+//! Nothing that can take the lock again (dropping a lease handle, answering a waiter) happens
 //! while it is held: such work is collected in [`Effects`] and applied after unlocking.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -64,10 +64,16 @@ enum PoolUse {
     Leased(LeaseId),
 }
 
+/// A live lease as the books know it: its shared state and the pool it holds. Removing the
+/// entry (under the lock) is what ends the lease, so it ends exactly once whoever ends it.
+struct LeaseEntry<S: 'static> {
+    shared: Arc<LeaseShared>,
+    slot: PoolSlot<S>,
+}
+
 type WaiterReply<S> = oneshot::Sender<Result<LeaseCore<S>, LeaseError>>;
 
 struct Waiter<S: 'static> {
-    id: u64,
     params: LeaseParams,
     reply: WaiterReply<S>,
 }
@@ -101,8 +107,9 @@ struct Books<S: 'static> {
     pools: HashMap<PoolId, PoolUse>,
     idle: VecDeque<PoolSlot<S>>,
     creating: usize,
-    waiters: VecDeque<Waiter<S>>,
-    leases: BTreeMap<LeaseId, Arc<LeaseShared>>,
+    /// Keyed by arrival number: first entry = longest waiting. O(log n) removal on cancel.
+    waiters: BTreeMap<u64, Waiter<S>>,
+    leases: BTreeMap<LeaseId, LeaseEntry<S>>,
     desired: usize,
 }
 
@@ -180,7 +187,7 @@ impl<S: 'static> Registry<S> {
                 pools: HashMap::new(),
                 idle: VecDeque::new(),
                 creating: 0,
-                waiters: VecDeque::new(),
+                waiters: BTreeMap::new(),
                 leases: BTreeMap::new(),
                 desired,
             }),
@@ -213,9 +220,12 @@ impl<S: 'static> Registry<S> {
     pub(crate) fn begin_stop(&self) -> Option<(Run<S>, Vec<WaiterReply<S>>)> {
         let mut books = self.lock();
         let run = books.run.take()?;
-        let waiters = books.waiters.drain(..).map(|w| w.reply).collect();
-        for lease in books.leases.values() {
-            if lease.revoke(Revocation::Stopped) {
+        let waiters = std::mem::take(&mut books.waiters)
+            .into_values()
+            .map(|w| w.reply)
+            .collect();
+        for entry in books.leases.values() {
+            if entry.shared.revoke(Revocation::Stopped) {
                 CounterCells::bump(&self.counters.revoked);
             }
         }
@@ -272,10 +282,11 @@ impl<S: 'static> Registry<S> {
         let id = books.next_waiter;
         books.next_waiter += 1;
         let (reply, answer) = oneshot::channel();
-        books.waiters.push_back(Waiter { id, params, reply });
+        books.waiters.insert(id, Waiter { params, reply });
         self.replenish(&mut books, &mut effects);
         let ticket = WaitTicket {
             id,
+            answered: false,
             answer: Some(answer),
             registry: Arc::clone(self),
             timers: run.timers,
@@ -285,14 +296,7 @@ impl<S: 'static> Registry<S> {
 
     /// Removes a waiter that gave up; false if it was already served or answered.
     fn cancel_waiter(&self, id: u64) -> bool {
-        let mut books = self.lock();
-        match books.waiters.iter().position(|w| w.id == id) {
-            Some(at) => {
-                books.waiters.remove(at);
-                true
-            }
-            None => false,
-        }
+        self.lock().waiters.remove(&id).is_some()
     }
 
     /// A pool the manager just created.
@@ -309,27 +313,32 @@ impl<S: 'static> Registry<S> {
         effects
     }
 
-    /// A lease is over: give its pool to the next waiter, park it, or retire it.
-    pub(crate) fn finish_lease(self: &Arc<Self>, lease: &LeaseShared, slot: PoolSlot<S>) {
+    /// Ends a lease: gives its pool to the next waiter, parks it, or — if the lease was
+    /// revoked or the pool is above target — retires it. Idempotent: only the first call for a
+    /// lease finds it in the table.
+    pub(crate) fn finish_lease(self: &Arc<Self>, id: LeaseId) {
         let effects = {
             let mut books = self.lock();
-            let current = books.run.as_ref().map(|r| r.generation) == Some(slot.generation);
-            if !current {
+            let Some(entry) = books.leases.remove(&id) else {
                 return;
-            }
-            books.leases.remove(&lease.id);
+            };
             let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
-            if lease.is_revoked() {
-                books.pools.remove(&slot.id);
-                effects.retire.push(slot.id);
+            if entry.shared.is_revoked() {
+                books.pools.remove(&entry.slot.id);
+                effects.retire.push(entry.slot.id);
                 self.replenish(&mut books, &mut effects);
             } else {
                 CounterCells::bump(&self.counters.released);
-                self.route_pool(&mut books, slot, &mut effects);
+                self.route_pool(&mut books, entry.slot, &mut effects);
             }
             effects
         };
         effects.apply();
+    }
+
+    /// Whether the lease is still in the table (not yet finished).
+    pub(crate) fn is_live(&self, id: LeaseId) -> bool {
+        self.lock().leases.contains_key(&id)
     }
 
     /// Sets the sizing target; grows toward it and retires idle pools above it.
@@ -352,7 +361,7 @@ impl<S: 'static> Registry<S> {
     }
 
     fn route_pool(self: &Arc<Self>, books: &mut Books<S>, slot: PoolSlot<S>, fx: &mut Effects<S>) {
-        if let Some(waiter) = books.waiters.pop_front() {
+        if let Some((_, waiter)) = books.waiters.pop_first() {
             let (lease, spawn) = self.make_lease(books, slot, waiter.params);
             CounterCells::bump(&self.counters.acquired);
             CounterCells::bump(&self.counters.acquired_after_wait);
@@ -401,20 +410,32 @@ impl<S: 'static> Registry<S> {
             actor.downgrade().recipient(),
         ));
         books.pools.insert(slot.id, PoolUse::Leased(id));
-        books.leases.insert(id, Arc::clone(&shared));
         tracing::debug!(
             lease_id = %id,
             owner = shared.owner.as_deref().unwrap_or(""),
             pool = %slot.id,
             "lease granted"
         );
-        let core = LeaseCore::new(Arc::clone(&shared), actor, slot.workers.clone());
-        let grant = PoolGrant {
-            slot: Some(slot),
-            lease: shared,
-            registry: Arc::clone(self),
-        };
-        (core, SpawnLease { mailbox, grant })
+        let core = LeaseCore::new(
+            Arc::clone(&shared),
+            actor,
+            slot.workers.clone(),
+            Arc::clone(self),
+        );
+        books.leases.insert(
+            id,
+            LeaseEntry {
+                shared: Arc::clone(&shared),
+                slot,
+            },
+        );
+        (
+            core,
+            SpawnLease {
+                mailbox,
+                lease: shared,
+            },
+        )
     }
 
     /// A consistent snapshot, taken under the lock.
@@ -431,6 +452,7 @@ impl<S: 'static> Registry<S> {
         let leases = books
             .leases
             .values()
+            .map(|e| &e.shared)
             .map(|l| LeaseInfo {
                 id: l.id,
                 owner: l.owner.clone(),
@@ -468,43 +490,11 @@ fn later(from: Instant, by: Duration) -> Instant {
         .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-/// A lease's hold on its pool, owned by its lease actor. However it ends — finished, or dropped
-/// with the actor — the pool goes back to the books exactly once.
-pub struct PoolGrant<S: 'static> {
-    slot: Option<PoolSlot<S>>,
-    lease: Arc<LeaseShared>,
-    registry: Arc<Registry<S>>,
-}
-
-impl<S: 'static> PoolGrant<S> {
-    pub(crate) fn lease(&self) -> &Arc<LeaseShared> {
-        &self.lease
-    }
-
-    pub(crate) fn finish(mut self) {
-        self.give_back();
-    }
-
-    pub(crate) fn count_revoked(&self) {
-        CounterCells::bump(&self.registry.counters.revoked);
-    }
-
-    fn give_back(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            self.registry.finish_lease(&self.lease, slot);
-        }
-    }
-}
-
-impl<S: 'static> Drop for PoolGrant<S> {
-    fn drop(&mut self) {
-        self.give_back();
-    }
-}
-
 /// A queued acquirer's place in line. Dropping it leaves the queue.
 pub(crate) struct WaitTicket<S: 'static> {
     id: u64,
+    /// Set once an answer was taken, so Drop need not look for us in the queue.
+    answered: bool,
     answer: Option<oneshot::Receiver<Result<LeaseCore<S>, LeaseError>>>,
     registry: Arc<Registry<S>>,
     timers: tokio::runtime::Handle,
@@ -531,6 +521,7 @@ impl<S: 'static> WaitTicket<S> {
                 return Poll::Ready(Some(Err(LeaseError::Stopped)));
             };
             if let Poll::Ready(answer) = Pin::new(answer).poll(cx) {
+                self.answered = true;
                 return Poll::Ready(Some(answer.unwrap_or(Err(LeaseError::Stopped))));
             }
             sleep.as_mut().poll(cx).map(|()| None)
@@ -539,6 +530,7 @@ impl<S: 'static> WaitTicket<S> {
         match answered {
             Some(answer) => answer,
             None if self.registry.cancel_waiter(self.id) => {
+                self.answered = true;
                 self.registry.counters.timed_out.fetch_add(1, Relaxed);
                 Err(LeaseError::Timeout(limit))
             }
@@ -548,10 +540,12 @@ impl<S: 'static> WaitTicket<S> {
     }
 
     async fn answer(&mut self) -> Result<LeaseCore<S>, LeaseError> {
-        match self.answer.as_mut() {
+        let answer = match self.answer.as_mut() {
             Some(answer) => answer.await.unwrap_or(Err(LeaseError::Stopped)),
             None => Err(LeaseError::Stopped),
-        }
+        };
+        self.answered = true;
+        answer
     }
 }
 
@@ -559,6 +553,8 @@ impl<S: 'static> Drop for WaitTicket<S> {
     fn drop(&mut self) {
         // Leave the queue before the receiver goes, so no pool is handed to a dead waiter;
         // a lease already sent to us is dropped with the receiver and so released.
-        self.registry.cancel_waiter(self.id);
+        if !self.answered {
+            self.registry.cancel_waiter(self.id);
+        }
     }
 }
