@@ -8,7 +8,7 @@ mod message;
 
 pub use builder::{BuildError, ManagerBuilder, MAX_TOTAL_WORKERS};
 pub use lease::Lease;
-pub use manager::{Acquire, AcquireFuture, LeaseManager};
+pub use manager::{Acquire, LeaseManager};
 pub use message::Handle;
 
 pub use leasepool_actors::{

@@ -4,10 +4,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use leasepool_actors::{Backend, Engine, EngineConfig, LeaseError, LeaseParams, Stats, WaitMode};
+use leasepool_actors::{
+    Backend, Engine, EngineConfig, LeaseError, LeaseParams, Stats, WaitMode, WaitTicket,
+};
 
 use crate::builder::ManagerBuilder;
 use crate::lease::Lease;
@@ -113,7 +115,7 @@ impl<S: 'static> LeaseManager<S> {
             lease_for: None,
             timeout: None,
             no_wait: false,
-            running: None,
+            progress: Progress::Configuring,
         }
     }
 
@@ -148,7 +150,7 @@ pub struct Acquire<'a, S: 'static> {
     lease_for: Option<Duration>,
     timeout: Option<Duration>,
     no_wait: bool,
-    running: Option<AcquireFuture<'a, S>>,
+    progress: Progress<S>,
 }
 
 impl<S: 'static> fmt::Debug for Acquire<'_, S> {
@@ -191,47 +193,58 @@ impl<S: 'static> Acquire<'_, S> {
     }
 }
 
-/// The boxed future behind an [`Acquire`] once it is first polled.
-pub type AcquireFuture<'a, S> =
-    Pin<Box<dyn Future<Output = Result<Lease<S>, LeaseError>> + Send + 'a>>;
-
-impl<'a, S: 'static> Acquire<'a, S> {
-    fn begin(&mut self) -> AcquireFuture<'a, S> {
-        let engine = &self.manager.inner.engine;
-        let lease_for = self.lease_for.unwrap_or(engine.config().default_lease);
-        let mode = match (self.no_wait, self.timeout) {
-            (true, _) => WaitMode::NoWait,
-            (false, Some(d)) => WaitMode::Timeout(d),
-            (false, None) => WaitMode::Forever,
-        };
-        let params = LeaseParams {
-            owner: self.owner.take(),
-            lease_for,
-        };
-        Box::pin(async move {
-            if params.lease_for.is_zero() {
-                return Err(LeaseError::InvalidArgument(
-                    "lease_for must be greater than zero (got 0s)".to_owned(),
-                ));
-            }
-            engine.acquire(params, mode).await.map(Lease::new)
-        })
-    }
+enum Progress<S: 'static> {
+    Configuring,
+    Waiting(WaitTicket<S>),
+    Done,
 }
 
 /// `Acquire` is itself the future (so it also works where a `Future` is required, such as
-/// `block_on` or `tokio::spawn`); the work starts at the first poll.
+/// `block_on` or `tokio::spawn`); the work starts at the first poll. It is a small state
+/// machine polled in place — no boxed future — so a queued acquirer costs little memory.
 impl<S: 'static> Future for Acquire<'_, S> {
     type Output = Result<Lease<S>, LeaseError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if this.running.is_none() {
-            this.running = Some(this.begin());
+        if let Progress::Configuring = this.progress {
+            let engine = &this.manager.inner.engine;
+            let lease_for = this.lease_for.unwrap_or(engine.config().default_lease);
+            if lease_for.is_zero() {
+                this.progress = Progress::Done;
+                return Poll::Ready(Err(LeaseError::InvalidArgument(
+                    "lease_for must be greater than zero (got 0s)".to_owned(),
+                )));
+            }
+            let mode = match (this.no_wait, this.timeout) {
+                (true, _) => WaitMode::NoWait,
+                (false, Some(d)) => WaitMode::Timeout(d),
+                (false, None) => WaitMode::Forever,
+            };
+            let params = LeaseParams {
+                owner: this.owner.take(),
+                lease_for,
+            };
+            match engine.begin_acquire(params, mode) {
+                Err(e) => {
+                    this.progress = Progress::Done;
+                    return Poll::Ready(Err(e));
+                }
+                Ok(Ok(lease)) => {
+                    this.progress = Progress::Done;
+                    return Poll::Ready(Ok(Lease::new(lease)));
+                }
+                Ok(Err(ticket)) => this.progress = Progress::Waiting(ticket),
+            }
         }
-        match this.running.as_mut() {
-            Some(running) => running.as_mut().poll(cx),
-            None => Poll::Ready(Err(LeaseError::NotStarted)),
+        match &mut this.progress {
+            Progress::Waiting(ticket) => {
+                let answer = ready!(ticket.poll_wait(cx));
+                this.progress = Progress::Done;
+                Poll::Ready(answer.map(Lease::new))
+            }
+            // Polled after completion: answer like a stopped manager rather than panic.
+            Progress::Done | Progress::Configuring => Poll::Ready(Err(LeaseError::NotStarted)),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::handle::LeaseCore;
 use crate::manager::ManagerActor;
 use crate::messages::{ScaleChanged, Shutdown};
 use crate::pool::PoolSpec;
-use crate::registry::{Attempt, LeaseParams, Registry, Run, WaitMode};
+use crate::registry::{Attempt, LeaseParams, Registry, Run, WaitMode, WaitTicket};
 use crate::stats::{Backend, Stats};
 use crate::threads::WorkerThreads;
 
@@ -117,26 +117,23 @@ impl<S: 'static> Engine<S> {
         }
     }
 
-    /// Acquires a lease: an idle pool at once when nobody is queued, otherwise per `mode`.
-    pub async fn acquire(
+    /// Begins an acquire: an idle pool at once when nobody is queued (`Ok(Ok(lease))`),
+    /// otherwise a place in the queue to poll (`Ok(Err(ticket))`), or a refusal.
+    pub fn begin_acquire(
         &self,
         params: LeaseParams,
         mode: WaitMode,
-    ) -> Result<LeaseCore<S>, LeaseError> {
-        match self.registry.try_acquire(params, mode)? {
+    ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
+        Ok(match self.registry.try_acquire(params, mode)? {
             Attempt::Ready(lease, effects) => {
                 effects.apply();
                 Ok(lease)
             }
             Attempt::Queued(ticket, effects) => {
                 effects.apply();
-                let limit = match mode {
-                    WaitMode::Timeout(d) => Some(d),
-                    WaitMode::Forever | WaitMode::NoWait => None,
-                };
-                ticket.wait(limit).await
+                Err(ticket)
             }
-        }
+        })
     }
 
     /// A consistent snapshot of pools, leases, waiters and counters.

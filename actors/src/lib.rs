@@ -32,6 +32,6 @@ pub use host::Engine;
 pub use lease::LeaseActor;
 pub use manager::ManagerActor;
 pub use pool::PoolActor;
-pub use registry::{LeaseParams, Registry, WaitMode};
+pub use registry::{LeaseParams, Registry, WaitMode, WaitTicket};
 pub use stats::{Backend, Counters, LeaseId, LeaseInfo, PoolId, Stats};
 pub use worker::Worker;

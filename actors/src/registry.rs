@@ -121,7 +121,7 @@ pub struct Registry<S: 'static> {
 }
 
 /// Work decided under the lock and done after it is released.
-pub(crate) struct Effects<S: 'static> {
+pub struct Effects<S: 'static> {
     manager: Option<Addr<ManagerActor<S>>>,
     spawn: Vec<SpawnLease<S>>,
     deliver: Vec<(WaiterReply<S>, LeaseCore<S>)>,
@@ -149,7 +149,8 @@ impl<S: 'static> Effects<S> {
         std::mem::take(&mut self.retire)
     }
 
-    pub(crate) fn apply(self) {
+    /// Carries out what was decided under the lock.
+    pub fn apply(self) {
         if let Some(manager) = &self.manager {
             for spawn in self.spawn {
                 manager.do_send(spawn);
@@ -170,7 +171,7 @@ impl<S: 'static> Effects<S> {
 }
 
 /// The outcome of the synchronous part of an acquire.
-pub(crate) enum Attempt<S: 'static> {
+pub enum Attempt<S: 'static> {
     Ready(LeaseCore<S>, Effects<S>),
     Queued(WaitTicket<S>, Effects<S>),
 }
@@ -284,12 +285,19 @@ impl<S: 'static> Registry<S> {
         let (reply, answer) = oneshot::channel();
         books.waiters.insert(id, Waiter { params, reply });
         self.replenish(&mut books, &mut effects);
+        let limit = match mode {
+            WaitMode::Timeout(d) => Some(d),
+            WaitMode::Forever | WaitMode::NoWait => None,
+        };
         let ticket = WaitTicket {
             id,
             answered: false,
-            answer: Some(answer),
+            answer,
             registry: Arc::clone(self),
             timers: run.timers,
+            limit,
+            sleep: None,
+            expired: false,
         };
         Ok(Attempt::Queued(ticket, effects))
     }
@@ -490,62 +498,59 @@ fn later(from: Instant, by: Duration) -> Instant {
         .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-/// A queued acquirer's place in line. Dropping it leaves the queue.
-pub(crate) struct WaitTicket<S: 'static> {
+/// A queued acquirer's place in line: poll it until it yields a lease or an error. Dropping it
+/// leaves the queue. It is polled in place (no boxed future), so a waiter costs little memory.
+pub struct WaitTicket<S: 'static> {
     id: u64,
     /// Set once an answer was taken, so Drop need not look for us in the queue.
     answered: bool,
-    answer: Option<oneshot::Receiver<Result<LeaseCore<S>, LeaseError>>>,
+    answer: oneshot::Receiver<Result<LeaseCore<S>, LeaseError>>,
     registry: Arc<Registry<S>>,
     timers: tokio::runtime::Handle,
+    limit: Option<Duration>,
+    /// Created on first poll of a timed wait; boxed so untimed waiters do not carry it.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer fired but a pool was handed to us at that moment: only the answer is awaited.
+    expired: bool,
 }
 
 impl<S: 'static> WaitTicket<S> {
-    pub(crate) async fn wait(
-        mut self,
-        limit: Option<Duration>,
-    ) -> Result<LeaseCore<S>, LeaseError> {
-        // The receiver stays inside the ticket: if this future is dropped, the ticket leaves
-        // the queue (Drop) before the receiver goes, so no pool is handed to a dead waiter.
-        let Some(limit) = limit else {
-            return self.answer().await;
-        };
-        // The timer lives on the host runtime, so waiting works from any executor or thread.
-        let sleep = {
-            let _guard = self.timers.enter();
-            tokio::time::sleep(limit)
-        };
-        let mut sleep = std::pin::pin!(sleep);
-        let answered = std::future::poll_fn(|cx| {
-            let Some(answer) = self.answer.as_mut() else {
-                return Poll::Ready(Some(Err(LeaseError::Stopped)));
-            };
-            if let Poll::Ready(answer) = Pin::new(answer).poll(cx) {
-                self.answered = true;
-                return Poll::Ready(Some(answer.unwrap_or(Err(LeaseError::Stopped))));
-            }
-            sleep.as_mut().poll(cx).map(|()| None)
-        })
-        .await;
-        match answered {
-            Some(answer) => answer,
-            None if self.registry.cancel_waiter(self.id) => {
-                self.answered = true;
-                self.registry.counters.timed_out.fetch_add(1, Relaxed);
-                Err(LeaseError::Timeout(limit))
-            }
-            // Picked at the last moment: the answer is on its way.
-            None => self.answer().await,
+    /// Polls for the answer, enforcing the wait limit.
+    pub fn poll_wait(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<LeaseCore<S>, LeaseError>> {
+        if self.answered {
+            return Poll::Ready(Err(LeaseError::Stopped));
         }
-    }
-
-    async fn answer(&mut self) -> Result<LeaseCore<S>, LeaseError> {
-        let answer = match self.answer.as_mut() {
-            Some(answer) => answer.await.unwrap_or(Err(LeaseError::Stopped)),
-            None => Err(LeaseError::Stopped),
+        // The receiver is polled first: an answer that raced with the timer wins.
+        if let Poll::Ready(answer) = Pin::new(&mut self.answer).poll(cx) {
+            self.answered = true;
+            return Poll::Ready(answer.unwrap_or(Err(LeaseError::Stopped)));
+        }
+        let Some(limit) = self.limit else {
+            return Poll::Pending;
         };
-        self.answered = true;
-        answer
+        if self.expired {
+            return Poll::Pending;
+        }
+        let timers = &self.timers;
+        let sleep = self.sleep.get_or_insert_with(|| {
+            // The timer lives on the host runtime, so waiting works from any executor or thread.
+            let _guard = timers.enter();
+            Box::pin(tokio::time::sleep(limit))
+        });
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if self.registry.cancel_waiter(self.id) {
+            self.answered = true;
+            self.registry.counters.timed_out.fetch_add(1, Relaxed);
+            return Poll::Ready(Err(LeaseError::Timeout(limit)));
+        }
+        // Picked at the last moment: the answer is on its way; the receiver is registered.
+        self.expired = true;
+        Poll::Pending
     }
 }
 

@@ -1,0 +1,556 @@
+//! leasepool's peer benchmark harness.
+//!
+//! `cargo run --release -p leasepool-bench -- [--quick] [--out DIR] [--no-python]`
+//!
+//! Every system runs the same work in the same process and run; each figure is the median of
+//! several rounds after a warm-up round. Figures from different runs or machines are not
+//! comparable — the ratios within one run are the result.
+
+mod measure;
+mod peers;
+mod python;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use measure::median;
+use report::{Better, Curve, Scenario, Target};
+use scenarios as sc;
+
+/// The system under test, as named in the report.
+pub const LEASEPOOL: &str = "leasepool";
+const RAW_OFF: &str = "SyncArbiter, caller on another thread";
+const RAW_ON: &str = "SyncArbiter, caller on its System";
+const SPAWN_BLOCKING: &str = "tokio spawn_blocking";
+const SEMAPHORE: &str = "Semaphore + spawn_blocking";
+const SEMAPHORE_ONLY: &str = "tokio Semaphore";
+const WEB_BLOCK: &str = "actix-web web::block";
+const DEADPOOL: &str = "deadpool unmanaged";
+const DEADPOOL_BLOCKING: &str = "deadpool + spawn_blocking";
+const PYTHON: &str = "Python leasepool 0.1.3";
+
+struct Params {
+    quick: bool,
+    rounds: usize,
+    s1_ops: usize,
+    s2_ops: usize,
+    s3_jobs: usize,
+    s4_tasks: usize,
+    s4_sleep: Duration,
+    s5_waiters: usize,
+    s6_ops: usize,
+    s6_tasks: usize,
+    s6_per_task: usize,
+    s7_jobs: usize,
+    s7_waiters: Vec<usize>,
+}
+
+impl Params {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                rounds: 3,
+                s1_ops: 2_000,
+                s2_ops: 1_000,
+                s3_jobs: 20_000,
+                s4_tasks: 80,
+                s4_sleep: Duration::from_millis(10),
+                s5_waiters: 2_000,
+                s6_ops: 5_000,
+                s6_tasks: 64,
+                s6_per_task: 50,
+                s7_jobs: 5_000,
+                s7_waiters: vec![10, 100, 1_000],
+            }
+        } else {
+            Self {
+                quick,
+                rounds: 7,
+                s1_ops: 20_000,
+                s2_ops: 5_000,
+                s3_jobs: 20_000,
+                s4_tasks: 400,
+                s4_sleep: Duration::from_millis(10),
+                s5_waiters: 10_000,
+                s6_ops: 50_000,
+                s6_tasks: 64,
+                s6_per_task: 500,
+                s7_jobs: 20_000,
+                s7_waiters: vec![10, 100, 1_000, 10_000],
+            }
+        }
+    }
+
+    fn python_json(&self) -> Value {
+        json!({
+            "rounds": self.rounds,
+            "s1_ops": self.s1_ops,
+            "s2_ops": self.s2_ops,
+            "s3_jobs": self.s3_jobs,
+            "s4_tasks": self.s4_tasks,
+            "s4_sleep_ms": self.s4_sleep.as_millis() as u64,
+            "s5_waiters": self.s5_waiters,
+            "s6_ops": self.s6_ops,
+            "s6_per_task": self.s6_per_task,
+            "python_deadline_s": if self.quick { 20 } else { 60 },
+        })
+    }
+}
+
+/// Runs one S5 measurement in a fresh child process, so its RSS baseline is not inflated (or
+/// its growth hidden) by memory the allocator kept from earlier scenarios.
+fn s5_in_child(system: &str, waiters: usize) -> Result<sc::WaiterRun, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .args(["--s5-child", system, &waiters.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .as_ref()
+        .and_then(sc::WaiterRun::from_json)
+        .ok_or_else(|| "child printed no figures".to_owned())
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() == 4 && argv[1] == "--s5-child" {
+        let waiters = argv[3].parse().unwrap_or(1000);
+        match sc::s5_by_name(&argv[2], waiters, 4) {
+            Some(run) => println!("{}", run.to_json()),
+            None => std::process::exit(2),
+        }
+        return;
+    }
+    let mut quick = false;
+    let mut python = true;
+    let mut out = PathBuf::from("target/bench");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--no-python" => python = false,
+            "--out" => match args.next() {
+                Some(dir) => out = PathBuf::from(dir),
+                None => usage("--out needs a directory"),
+            },
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("cannot create {}: {e}", out.display());
+        std::process::exit(2);
+    }
+    let began = Instant::now();
+    let p = Params::new(quick);
+    let py = if python {
+        python_figures(&out, &p)
+    } else {
+        Err("skipped (--no-python)".to_owned())
+    };
+    let (scenarios, curves) = run_all(&p, &py);
+    let targets = targets(&scenarios);
+    let header = run_header(&p, began.elapsed());
+    let md = report::markdown(&header_markdown(&header), &scenarios, &targets);
+    let js = report::json(&header, &scenarios, &curves, &targets);
+    write(&out.join("bench-report.md"), &md);
+    write(&out.join("bench-report.json"), &format!("{js:#}\n"));
+    write(&out.join("bench-scale.svg"), &report::svg(&curves));
+    println!("{md}");
+    println!(
+        "wrote {}/bench-report.md, bench-report.json, bench-scale.svg",
+        out.display()
+    );
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("error: {problem}");
+    }
+    eprintln!("usage: leasepool-bench [--quick] [--out DIR] [--no-python]");
+    std::process::exit(if problem.is_empty() { 0 } else { 2 });
+}
+
+fn write(path: &std::path::Path, text: &str) {
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("cannot write {}: {e}", path.display());
+        std::process::exit(1);
+    }
+}
+
+fn python_figures(out: &std::path::Path, p: &Params) -> Result<Value, String> {
+    eprintln!("python: preparing the virtualenv with leasepool 0.1.3 ...");
+    let python = python::ensure_venv(out)?;
+    eprintln!("python: running the anchor ...");
+    python::run_anchor(&python, &p.python_json())
+}
+
+fn py_value(py: &Result<Value, String>, key: &str) -> Result<f64, String> {
+    match py {
+        Ok(v) => v
+            .get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("no figure for {key}")),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+fn add_python(s: &mut Scenario, py: &Result<Value, String>, key: &str) {
+    match py_value(py, key) {
+        Ok(v) => s.add(PYTHON, v),
+        Err(e) => s.skip(PYTHON, e),
+    }
+}
+
+fn run_all(p: &Params, py: &Result<Value, String>) -> (Vec<Scenario>, Vec<Curve>) {
+    let r = p.rounds;
+    let mut all = Vec::new();
+    eprintln!("S1 ...");
+    let mut s1 = Scenario::new(
+        "S1",
+        "sequential run(noop) on one 1-worker lease",
+        "µs/op",
+        Better::Lower,
+    );
+    s1.add(LEASEPOOL, median(r, || sc::s1_leasepool(p.s1_ops)));
+    s1.add(RAW_OFF, median(r, || sc::s1_raw_off_thread(p.s1_ops)));
+    s1.add(RAW_ON, median(r, || sc::s1_raw_on_system(p.s1_ops)));
+    s1.add(
+        SPAWN_BLOCKING,
+        median(r, || sc::s1_spawn_blocking(p.s1_ops)),
+    );
+    s1.add(SEMAPHORE, median(r, || sc::s1_semaphore(p.s1_ops)));
+    s1.add(WEB_BLOCK, median(r, || sc::s1_web_block(p.s1_ops)));
+    add_python(&mut s1, py, "S1");
+    all.push(s1);
+
+    eprintln!("S2 ...");
+    let mut s2 = Scenario::new(
+        "S2",
+        "acquire -> run(noop) -> release",
+        "µs/op",
+        Better::Lower,
+    );
+    s2.add(LEASEPOOL, median(r, || sc::s2_leasepool(p.s2_ops)));
+    s2.add(SEMAPHORE, median(r, || sc::s2_semaphore(p.s2_ops)));
+    add_python(&mut s2, py, "S2");
+    all.push(s2);
+
+    eprintln!("S3 ...");
+    let mut s3 = Scenario::new(
+        "S3",
+        format!(
+            "fan-out of {} noop jobs over 2 pools x 4 workers",
+            p.s3_jobs
+        ),
+        "jobs/s",
+        Better::Higher,
+    );
+    s3.add(LEASEPOOL, median(r, || sc::s3_leasepool(p.s3_jobs, 2, 4)));
+    s3.add(RAW_OFF, median(r, || sc::s3_raw_off_thread(p.s3_jobs, 8)));
+    s3.add(RAW_ON, median(r, || sc::s3_raw_on_system(p.s3_jobs, 8)));
+    s3.add(
+        SPAWN_BLOCKING,
+        median(r, || sc::s3_spawn_blocking(p.s3_jobs)),
+    );
+    s3.add(SEMAPHORE, median(r, || sc::s3_semaphore(p.s3_jobs, 8)));
+    s3.add(WEB_BLOCK, median(r, || sc::s3_web_block(p.s3_jobs)));
+    add_python(&mut s3, py, "S3");
+    all.push(s3);
+
+    eprintln!("S4 ...");
+    let mut s4 = Scenario::new(
+        "S4",
+        format!(
+            "{} tasks x (acquire, {} ms blocking sleep, release) over 8 pools x 1 worker",
+            p.s4_tasks,
+            p.s4_sleep.as_millis()
+        ),
+        "efficiency (ideal/actual)",
+        Better::Higher,
+    );
+    s4.add(
+        LEASEPOOL,
+        median(r, || sc::s4_leasepool(p.s4_tasks, 8, p.s4_sleep)),
+    );
+    s4.add(
+        RAW_OFF,
+        median(r, || sc::s4_raw_off_thread(p.s4_tasks, 8, p.s4_sleep)),
+    );
+    s4.add(
+        SEMAPHORE,
+        median(r, || sc::s4_semaphore(p.s4_tasks, 8, p.s4_sleep)),
+    );
+    s4.add(
+        DEADPOOL_BLOCKING,
+        median(r, || sc::s4_deadpool(p.s4_tasks, 8, p.s4_sleep)),
+    );
+    add_python(&mut s4, py, "S4");
+    all.push(s4);
+
+    eprintln!("S5 ...");
+    let s5_title = format!("{} concurrent acquirers on 4 pools", p.s5_waiters);
+    let mut s5 = Scenario::new("S5", s5_title.clone(), "acquisitions/s", Better::Higher);
+    let mut s5o = Scenario::new("S5", s5_title.clone(), "FIFO overtakes", Better::Lower);
+    let mut s5m = Scenario::new(
+        "S5",
+        s5_title.clone(),
+        "bytes per waiter (RSS delta)",
+        Better::Lower,
+    );
+    let mut s5a = Scenario::new(
+        "S5",
+        s5_title,
+        "RSS growth retained after (fraction of peak)",
+        Better::Lower,
+    );
+    for (name, child) in [
+        (LEASEPOOL, "leasepool"),
+        (DEADPOOL, "deadpool"),
+        (SEMAPHORE_ONLY, "semaphore"),
+    ] {
+        let runs: Vec<_> = match (0..r).map(|_| s5_in_child(child, p.s5_waiters)).collect() {
+            Ok(runs) => runs,
+            Err(e) => {
+                s5.skip(name, e);
+                continue;
+            }
+        };
+        let mid = |g: fn(&sc::WaiterRun) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(g).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        s5.add(name, mid(|w| w.rate));
+        s5o.add(
+            name,
+            runs.iter().map(|w| w.overtakes).max().unwrap_or(0) as f64,
+        );
+        s5m.add(name, mid(|w| w.bytes_per_waiter));
+        s5a.add(name, mid(|w| w.retained));
+    }
+    match py_value(py, "S5_rate") {
+        Ok(v) => s5.add(PYTHON, v),
+        Err(e) => s5.skip(
+            PYTHON,
+            if py.is_ok() {
+                format!("did not finish: {e}")
+            } else {
+                e
+            },
+        ),
+    }
+    add_python(&mut s5o, py, "S5_overtakes");
+    add_python(&mut s5m, py, "S5_bytes_per_waiter");
+    all.extend([s5, s5o, s5m, s5a]);
+
+    eprintln!("S6 ...");
+    let mut s6u = Scenario::new(
+        "S6",
+        "acquire + release, no job, uncontended",
+        "µs/op",
+        Better::Lower,
+    );
+    let mut s6c = Scenario::new(
+        "S6",
+        format!("acquire + release, no job, {} tasks on 4 pools", p.s6_tasks),
+        "ops/s",
+        Better::Higher,
+    );
+    for (name, f) in [
+        (
+            LEASEPOOL,
+            sc::s6_leasepool as fn(usize, usize, usize, usize) -> (f64, f64),
+        ),
+        (DEADPOOL, sc::s6_deadpool),
+        (SEMAPHORE_ONLY, sc::s6_semaphore),
+    ] {
+        let runs: Vec<_> = (0..=r)
+            .map(|_| f(p.s6_ops, p.s6_tasks, p.s6_per_task, 4))
+            .skip(1)
+            .collect();
+        let mut u: Vec<f64> = runs.iter().map(|x| x.0).collect();
+        let mut c: Vec<f64> = runs.iter().map(|x| x.1).collect();
+        u.sort_by(|a, b| a.total_cmp(b));
+        c.sort_by(|a, b| a.total_cmp(b));
+        s6u.add(name, u[u.len() / 2]);
+        s6c.add(name, c[c.len() / 2]);
+    }
+    match py_value(py, "S6_uncontended") {
+        Ok(v) => s6u.add(PYTHON, 1e6 / v),
+        Err(e) => s6u.skip(PYTHON, e),
+    }
+    add_python(&mut s6c, py, "S6_contended");
+    all.extend([s6u, s6c]);
+
+    eprintln!("S7 ...");
+    let mut jobs_curve = Curve {
+        title: "S7a: fan-out throughput vs pools (4 workers each)",
+        x_label: "pools",
+        y_label: "jobs/s",
+        log_x: false,
+        series: vec![(LEASEPOOL, Vec::new()), (RAW_OFF, Vec::new())],
+    };
+    for pools in [1usize, 2, 4, 8] {
+        let lp = median(r, || sc::s3_leasepool(p.s7_jobs, pools, 4));
+        let raw = median(r, || sc::s3_raw_off_thread(p.s7_jobs, pools * 4));
+        jobs_curve.series[0].1.push((pools as f64, lp));
+        jobs_curve.series[1].1.push((pools as f64, raw));
+    }
+    let mut wait_curve = Curve {
+        title: "S7b: acquisitions/s vs waiters (4 pools)",
+        x_label: "waiters (log)",
+        y_label: "acquisitions/s",
+        log_x: true,
+        series: vec![
+            (LEASEPOOL, Vec::new()),
+            (DEADPOOL, Vec::new()),
+            (SEMAPHORE_ONLY, Vec::new()),
+        ],
+    };
+    for &w in &p.s7_waiters {
+        for (k, f) in [
+            sc::s5_leasepool as fn(usize, usize) -> sc::WaiterRun,
+            sc::s5_deadpool,
+            sc::s5_semaphore,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let rate = median(r, || f(w, 4).rate);
+            wait_curve.series[k].1.push((w as f64, rate));
+        }
+    }
+    (all, vec![jobs_curve, wait_curve])
+}
+
+fn find<'a>(all: &'a [Scenario], id: &str, unit: &str) -> Option<&'a Scenario> {
+    all.iter().find(|s| s.id == id && s.unit.starts_with(unit))
+}
+
+fn check(what: &str, measured: Option<f64>, limit: &str, ok: impl Fn(f64) -> bool) -> Target {
+    Target {
+        what: what.to_owned(),
+        measured,
+        limit: limit.to_owned(),
+        met: measured.map(ok),
+    }
+}
+
+fn targets(all: &[Scenario]) -> Vec<Target> {
+    let ratio = |id, unit, peer| find(all, id, unit).and_then(|s| s.ratio(peer));
+    let value = |id, unit, sys| find(all, id, unit).and_then(|s| s.value(sys));
+    vec![
+        check(
+            "S1 leasepool ÷ SyncArbiter (caller on another thread)",
+            ratio("S1", "µs", RAW_OFF),
+            "<= 1.15",
+            |r| r <= 1.15,
+        ),
+        check(
+            "S2 leasepool ÷ Python",
+            ratio("S2", "µs", PYTHON),
+            "<= 0.25",
+            |r| r <= 0.25,
+        ),
+        check(
+            "S6 uncontended acquire + release (µs)",
+            value("S6", "µs", LEASEPOOL),
+            "<= 5",
+            |v| v <= 5.0,
+        ),
+        check(
+            "S3 leasepool ÷ SyncArbiter, 8 workers",
+            ratio("S3", "jobs", RAW_OFF),
+            ">= 0.9",
+            |r| r >= 0.9,
+        ),
+        check(
+            "S3 leasepool ÷ Python",
+            ratio("S3", "jobs", PYTHON),
+            ">= 10",
+            |r| r >= 10.0,
+        ),
+        check(
+            "S4 leasepool efficiency",
+            value("S4", "eff", LEASEPOOL),
+            ">= 0.97",
+            |v| v >= 0.97,
+        ),
+        check(
+            "S5 leasepool FIFO overtakes",
+            value("S5", "FIFO", LEASEPOOL),
+            "== 0",
+            |v| v == 0.0,
+        ),
+        check(
+            "S5 leasepool bytes per waiter",
+            value("S5", "bytes", LEASEPOOL),
+            "<= 1024",
+            |v| v <= 1024.0,
+        ),
+        check(
+            "S5 leasepool RSS growth retained after the waiters finish",
+            value("S5", "RSS", LEASEPOOL),
+            "<= 0.10",
+            |v| v <= 0.10,
+        ),
+    ]
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn run_header(p: &Params, took: Duration) -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    json!({
+        "date": command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "mode": if p.quick { "quick" } else { "full" },
+        "rounds": p.rounds,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "os": command_line("uname", &["-sr"]),
+        "rustc": command_line("rustc", &["--version"]),
+        "seconds": took.as_secs_f64(),
+    })
+}
+
+fn header_markdown(h: &Value) -> String {
+    format!(
+        "# leasepool benchmark report\n\nRun {} ({} mode, median of {} rounds after a warm-up) on {} CPUs ({}), {}, {}; harness time {:.0} s.\nRatios are leasepool's figure divided by each system's, measured in the same run.",
+        h["date"].as_str().unwrap_or(""),
+        h["mode"].as_str().unwrap_or(""),
+        h["rounds"],
+        h["cpus"],
+        h["cpu"].as_str().unwrap_or(""),
+        h["os"].as_str().unwrap_or(""),
+        h["rustc"].as_str().unwrap_or(""),
+        h["seconds"].as_f64().unwrap_or(0.0),
+    )
+}
