@@ -30,4 +30,6 @@ mod guide {
     mod error_handling {}
     #[doc = include_str!("../docs/faq.md")]
     mod faq {}
+    #[doc = include_str!("../docs/performance.md")]
+    mod performance {}
 }

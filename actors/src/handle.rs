@@ -6,24 +6,26 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use actix::{Addr, WeakAddr};
+use std::sync::Weak;
+
+use actix::Addr;
 use tokio::sync::oneshot;
 
 use crate::error::LeaseError;
 use crate::job::{InFlight, TypedJob};
 use crate::lease::{LeaseActor, LeaseShared};
 use crate::messages::{Job, Release};
+use crate::pool::PoolQueue;
 use crate::registry::Registry;
 use crate::stats::{LeaseId, PoolId};
-use crate::worker::Worker;
 
 /// The engine's lease handle. Dropping it releases the lease (one non-blocking `do_send`).
 pub struct LeaseCore<S: 'static> {
     shared: Arc<LeaseShared>,
     actor: Addr<LeaseActor<S>>,
     /// Weak, so a handle kept after its lease was revoked cannot keep a retired pool's threads
-    /// alive (a `SyncArbiter` stops only when every strong address is gone).
-    workers: WeakAddr<Worker<S>>,
+    /// alive (workers leave only when the queue's last sender is gone).
+    queue: Weak<PoolQueue<S>>,
     registry: Arc<Registry<S>>,
 }
 
@@ -31,13 +33,13 @@ impl<S: 'static> LeaseCore<S> {
     pub(crate) fn new(
         shared: Arc<LeaseShared>,
         actor: Addr<LeaseActor<S>>,
-        workers: WeakAddr<Worker<S>>,
+        queue: Weak<PoolQueue<S>>,
         registry: Arc<Registry<S>>,
     ) -> Self {
         Self {
             shared,
             actor,
-            workers,
+            queue,
             registry,
         }
     }
@@ -80,14 +82,15 @@ impl<S: 'static> LeaseCore<S> {
         R: Send + 'static,
     {
         let in_flight = InFlight::enter(&self.shared)?;
-        let Some(workers) = self.workers.upgrade() else {
+        let Some(queue) = self.queue.upgrade() else {
             return Err(LeaseError::WorkerLost);
         };
         let (reply, answer) = oneshot::channel();
         tracing::debug!(lease_id = %self.shared.id, pool = %self.shared.pool, "job sent");
         let job = TypedJob::new(f, reply, in_flight, skip_if_abandoned);
-        // If the pool died meanwhile, actix drops the envelope and the job answers WorkerLost.
-        workers.do_send(Job(Box::new(job)));
+        // If every worker is gone the queue is closed; the returned job is dropped here and
+        // answers WorkerLost, like any job that never runs.
+        drop(queue.jobs.send(Job(Box::new(job))));
         Ok(JobHandle { answer })
     }
 

@@ -5,7 +5,8 @@
 //! - [`ManagerActor`] (`manager.rs`): the supervisor — pools, leases, sizing, shutdown.
 //! - [`PoolActor`] (`pool.rs`): owns one `SyncArbiter<Worker<S>>`.
 //! - [`LeaseActor`] (`lease.rs`): one per lease — release, draining, hard expiry.
-//! - [`Worker`] (`worker.rs`): the sync actor on each pool thread; jobs run in `catch_unwind`.
+//! - [`Worker`] (`worker.rs`): the sync actor on each pool thread; serves its pool's job queue,
+//!   every job inside `catch_unwind`.
 //!
 //! Every message is in [`messages`]. The shared books (idle pools, FIFO waiters, lease table)
 //! are in `registry.rs`; `docs/architecture.md` in the repository describes the message flow
@@ -31,7 +32,7 @@ pub use handle::{JobHandle, LeaseCore};
 pub use host::Engine;
 pub use lease::LeaseActor;
 pub use manager::ManagerActor;
-pub use pool::PoolActor;
+pub use pool::{PoolActor, PoolQueue};
 pub use registry::{LeaseParams, Registry, WaitMode, WaitTicket};
 pub use stats::{Backend, Counters, LeaseId, LeaseInfo, PoolId, Stats};
 pub use worker::Worker;

@@ -84,12 +84,12 @@ impl<S: 'static> ManagerActor<S> {
     fn create_pools(&mut self, n: usize) {
         for _ in 0..n {
             let id = self.registry.next_pool_id();
-            let (addr, workers) = PoolActor::spawn(&self.spec, id);
+            let (addr, queue) = PoolActor::spawn(&self.spec, id);
             self.pools.insert(id, addr);
             let slot = PoolSlot {
                 id,
                 generation: self.generation,
-                workers,
+                queue,
             };
             let effects = self.registry.add_pool(slot);
             self.act_on(effects);

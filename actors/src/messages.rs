@@ -12,13 +12,9 @@ use crate::job::ErasedJob;
 use crate::lease::{LeaseActor, LeaseShared};
 use crate::stats::PoolId;
 
-/// One job for a worker. Sent by a lease handle (`LeaseCore::dispatch`) straight to the pool's
-/// `SyncArbiter`; handled by [`crate::Worker`].
+/// One job for a worker. Sent by a lease handle (`LeaseCore::dispatch`) over its pool's
+/// crossbeam queue — not through actix, see [`crate::Worker`] — and run by a [`crate::Worker`].
 pub struct Job<S>(pub(crate) Box<dyn ErasedJob<S>>);
-
-impl<S: 'static> Message for Job<S> {
-    type Result = ();
-}
 
 /// Take this pool out of service: drop the workers' address so the `SyncArbiter` stops and its
 /// threads exit after the jobs already queued. Sent by the manager; handled by the pool actor.

@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::dev::channel;
-use actix::{Addr, WeakAddr};
+use actix::Addr;
 use tokio::sync::oneshot;
 
 use crate::config::EngineConfig;
@@ -28,9 +28,9 @@ use crate::handle::LeaseCore;
 use crate::lease::{LeaseActor, LeaseShared, Revocation};
 use crate::manager::ManagerActor;
 use crate::messages::{CreatePools, RetirePool, SpawnLease};
+use crate::pool::PoolQueue;
 use crate::stats::{Backend, CounterCells, LeaseId, LeaseInfo, PoolId, Stats};
 use crate::threads::WorkerThreads;
-use crate::worker::Worker;
 
 /// What an acquirer asks for.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub enum WaitMode {
 pub(crate) struct PoolSlot<S: 'static> {
     pub(crate) id: PoolId,
     pub(crate) generation: u64,
-    pub(crate) workers: WeakAddr<Worker<S>>,
+    pub(crate) queue: Weak<PoolQueue<S>>,
 }
 
 enum PoolUse {
@@ -427,7 +427,7 @@ impl<S: 'static> Registry<S> {
         let core = LeaseCore::new(
             Arc::clone(&shared),
             actor,
-            slot.workers.clone(),
+            slot.queue.clone(),
             Arc::clone(self),
         );
         books.leases.insert(

@@ -70,7 +70,8 @@ impl Scenario {
 
     /// leasepool's figure divided by `peer`'s.
     pub fn ratio(&self, peer: &str) -> Option<f64> {
-        Some(self.value(crate::LEASEPOOL)? / self.value(peer)?)
+        let r = self.value(crate::LEASEPOOL)? / self.value(peer)?;
+        r.is_finite().then_some(r)
     }
 }
 
@@ -252,7 +253,11 @@ pub fn svg(curves: &[Curve]) -> String {
                 r#"<text x="{}" y="{}" text-anchor="middle" font-size="10">{}</text>"#,
                 sx(x),
                 ph - m + 14.0,
-                fmt_value(x)
+                if x.fract() == 0.0 {
+                    format!("{x:.0}")
+                } else {
+                    fmt_value(x)
+                }
             );
         }
         for (j, (name, points)) in c.series.iter().enumerate() {
