@@ -72,14 +72,14 @@ fn start_workers<S: 'static>(
     let thread_builder = move || {
         let name = format!("{prefix}-{}-{index}", id.get());
         index += 1;
-        builder_threads.expect(&name);
+        builder_threads.expect(id, &name);
         thread::Builder::new().name(name)
     };
     let factory = Arc::clone(&spec.config.state_factory);
     let counters = Arc::clone(&spec.counters);
     let threads = Arc::clone(&spec.threads);
     let make_worker = move || {
-        threads.adopt_current_thread();
+        threads.adopt_current_thread(id);
         Worker::new(
             queue.clone(),
             Arc::clone(&factory),

@@ -110,6 +110,8 @@ struct Books<S: 'static> {
     /// Keyed by arrival number: first entry = longest waiting. O(log n) removal on cancel.
     waiters: BTreeMap<u64, Waiter<S>>,
     leases: BTreeMap<LeaseId, LeaseEntry<S>>,
+    /// Pools taken out of service whose threads may still be finishing their last jobs.
+    retiring: Vec<PoolId>,
     desired: usize,
 }
 
@@ -190,6 +192,7 @@ impl<S: 'static> Registry<S> {
                 creating: 0,
                 waiters: BTreeMap::new(),
                 leases: BTreeMap::new(),
+                retiring: Vec::new(),
                 desired,
             }),
             config,
@@ -233,6 +236,7 @@ impl<S: 'static> Registry<S> {
         books.leases.clear();
         books.pools.clear();
         books.idle.clear();
+        books.retiring.clear();
         books.creating = 0;
         Some((run, waiters))
     }
@@ -313,7 +317,6 @@ impl<S: 'static> Registry<S> {
         let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
         books.creating = books.creating.saturating_sub(1);
         if books.run.as_ref().map(|r| r.generation) != Some(slot.generation) {
-            effects.retire.push(slot.id);
             return effects;
         }
         books.pools.insert(slot.id, PoolUse::Idle);
@@ -332,8 +335,7 @@ impl<S: 'static> Registry<S> {
             };
             let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
             if entry.shared.is_revoked() {
-                books.pools.remove(&entry.slot.id);
-                effects.retire.push(entry.slot.id);
+                retire(&mut books, entry.slot.id, &mut effects);
                 self.replenish(&mut books, &mut effects);
             } else {
                 CounterCells::bump(&self.counters.released);
@@ -361,8 +363,7 @@ impl<S: 'static> Registry<S> {
             let Some(slot) = books.idle.pop_back() else {
                 break;
             };
-            books.pools.remove(&slot.id);
-            effects.retire.push(slot.id);
+            retire(&mut books, slot.id, &mut effects);
         }
         self.replenish(&mut books, &mut effects);
         effects
@@ -376,9 +377,8 @@ impl<S: 'static> Registry<S> {
             fx.spawn.push(spawn);
             fx.deliver.push((waiter.reply, lease));
         } else if books.pools.len() > books.desired {
-            books.pools.remove(&slot.id);
-            tracing::debug!(pool = %slot.id, "idle pool above the sizing target; retiring it");
-            fx.retire.push(slot.id);
+            tracing::debug!(pool = %slot.id, "pool above the sizing target; retiring it");
+            retire(books, slot.id, fx);
         } else {
             books.pools.insert(slot.id, PoolUse::Idle);
             books.idle.push_back(slot);
@@ -448,7 +448,10 @@ impl<S: 'static> Registry<S> {
 
     /// A consistent snapshot, taken under the lock.
     pub(crate) fn stats(&self, backend: Backend) -> Stats {
-        let books = self.lock();
+        let mut books = self.lock();
+        if let Some(threads) = books.run.as_ref().map(|r| Arc::clone(&r.threads)) {
+            books.retiring.retain(|id| threads.live_in(*id) > 0);
+        }
         debug_assert!(
             books.pools.values().all(|u| match u {
                 PoolUse::Idle => true,
@@ -481,6 +484,7 @@ impl<S: 'static> Registry<S> {
             total: books.pools.len(),
             workers_per_pool: self.config.workers_per_pool,
             waiting: books.waiters.len(),
+            retiring: books.retiring.len(),
             leases,
             counters: self.counters.snapshot(),
         }
@@ -490,6 +494,14 @@ impl<S: 'static> Registry<S> {
     pub(crate) fn live_threads(&self) -> usize {
         self.lock().run.as_ref().map_or(0, |r| r.threads.live())
     }
+}
+
+/// Takes a pool out of service: out of the books, counted as retiring until its threads exit,
+/// and its actor told to stop.
+fn retire<S: 'static>(books: &mut Books<S>, id: PoolId, fx: &mut Effects<S>) {
+    books.pools.remove(&id);
+    books.retiring.push(id);
+    fx.retire.push(id);
 }
 
 fn later(from: Instant, by: Duration) -> Instant {

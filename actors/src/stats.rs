@@ -60,7 +60,8 @@ impl fmt::Display for Backend {
 
 /// A consistent snapshot of a manager, taken under one lock.
 ///
-/// Invariant in every snapshot: `available + leased == total <= max_pools`.
+/// Invariant in every snapshot: `available + leased == total <= max_pools`; pools being retired
+/// are counted apart in `retiring`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Stats {
@@ -82,6 +83,9 @@ pub struct Stats {
     pub workers_per_pool: usize,
     /// Acquirers queued for a pool.
     pub waiting: usize,
+    /// Pools taken out of service (revoked, or above the sizing target) whose worker threads
+    /// are still finishing their last jobs. Not counted in `total`.
+    pub retiring: usize,
     /// Every live lease, oldest first.
     pub leases: Vec<LeaseInfo>,
     /// Monotonic counters since the manager was built (they survive stop/start).
