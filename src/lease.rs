@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use leasepool_actors::{JobHandle, LeaseCore, LeaseError, LeaseId};
+use leasepool_actors::{JobHandle, LeaseCore, LeaseError, LeaseId, PoolId};
 
 use crate::message::Handle;
 
@@ -35,6 +35,11 @@ impl<S: 'static> Lease<S> {
     /// This lease's id (as shown in logs and [`Stats`](crate::Stats)).
     pub fn id(&self) -> LeaseId {
         self.core.id()
+    }
+
+    /// The pool this lease holds (as shown in [`Stats`](crate::Stats)).
+    pub fn pool(&self) -> PoolId {
+        self.core.pool()
     }
 
     /// The owner label given at acquire.

@@ -11,6 +11,9 @@ use leasepool_actors::{
     Backend, Engine, EngineConfig, LeaseError, LeaseParams, Stats, WaitMode, WaitTicket,
 };
 
+#[cfg(feature = "testing")]
+use leasepool_actors::{messages::InjectFault, LeaseId, PoolId};
+
 use crate::builder::ManagerBuilder;
 use crate::lease::Lease;
 
@@ -133,6 +136,37 @@ impl<S: 'static> LeaseManager<S> {
     /// The backend this manager runs.
     pub fn backend(&self) -> Backend {
         self.inner.backend
+    }
+
+    /// Fault injection: makes the actor of `pool` panic in a handler, as a bug would. The
+    /// supervisor replaces the pool; a lease holding it is revoked (its jobs fail with
+    /// `WorkerLost`). Returns whether the pool existed. Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub async fn kill_pool(&self, pool: PoolId) -> bool {
+        self.inner
+            .engine
+            .inject_fault(InjectFault::CrashPool(pool))
+            .await
+    }
+
+    /// Fault injection: kills `n` worker threads of `pool` (each takes a poison job and dies
+    /// outside `catch_unwind`). The pool replaces them with backoff. Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub async fn kill_worker(&self, pool: PoolId, n: usize) -> bool {
+        self.inner
+            .engine
+            .inject_fault(InjectFault::KillWorkers(pool, n))
+            .await
+    }
+
+    /// Fault injection: makes the actor of `lease` panic in a handler. The lease is revoked
+    /// (jobs fail with `WorkerLost`) and its pool retired and replaced. Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub async fn kill_lease_actor(&self, lease: LeaseId) -> bool {
+        self.inner
+            .engine
+            .inject_fault(InjectFault::CrashLease(lease))
+            .await
     }
 
     /// Worker threads alive now (0 when stopped). Useful in tests and health checks.

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::error::LeaseError;
 use crate::job::{InFlight, TypedJob};
 use crate::lease::{LeaseActor, LeaseShared};
-use crate::messages::{Job, Release};
+use crate::messages::{Job, JobKind, Release};
 use crate::pool::PoolQueue;
 use crate::registry::Registry;
 use crate::stats::{LeaseId, PoolId};
@@ -85,12 +85,15 @@ impl<S: 'static> LeaseCore<S> {
         let Some(queue) = self.queue.upgrade() else {
             return Err(LeaseError::WorkerLost);
         };
+        if queue.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LeaseError::WorkerLost);
+        }
         let (reply, answer) = oneshot::channel();
         tracing::debug!(lease_id = %self.shared.id, pool = %self.shared.pool, "job sent");
         let job = TypedJob::new(f, reply, in_flight, skip_if_abandoned);
         // If every worker is gone the queue is closed; the returned job is dropped here and
         // answers WorkerLost, like any job that never runs.
-        drop(queue.jobs.send(Job(Box::new(job))));
+        drop(queue.jobs.send(Job(JobKind::Run(Box::new(job)))));
         Ok(JobHandle { answer })
     }
 

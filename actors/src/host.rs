@@ -15,7 +15,7 @@ use crate::config::EngineConfig;
 use crate::error::LeaseError;
 use crate::handle::LeaseCore;
 use crate::manager::ManagerActor;
-use crate::messages::{ScaleChanged, Shutdown};
+use crate::messages::{InjectFault, ScaleChanged, Shutdown};
 use crate::pool::PoolSpec;
 use crate::registry::{Attempt, LeaseParams, Registry, Run, WaitMode, WaitTicket};
 use crate::stats::{Backend, Stats};
@@ -148,6 +148,15 @@ impl<S: 'static> Engine<S> {
         }
     }
 
+    /// Fault injection for supervision tests: forwards `fault` to the supervisor and answers
+    /// whether its target existed.
+    pub async fn inject_fault(&self, fault: InjectFault) -> bool {
+        match self.registry.current_run() {
+            Some(run) => run.manager.send(fault).await.unwrap_or(false),
+            None => false,
+        }
+    }
+
     /// Worker threads alive in the current run (0 when stopped).
     pub fn live_worker_threads(&self) -> usize {
         self.registry.live_threads()
@@ -175,6 +184,7 @@ fn host_main<S: 'static>(
             config: Arc::clone(&registry.config),
             counters: Arc::clone(&registry.counters),
             threads,
+            registry: Arc::clone(&registry),
         };
         let mut manager = ManagerActor::new(Arc::clone(&registry), spec, generation);
         // Initial pools exist before `start` returns.

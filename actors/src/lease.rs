@@ -9,7 +9,7 @@ use std::time::Instant;
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, WeakRecipient};
 
 use crate::error::LeaseError;
-use crate::messages::{Drained, Release};
+use crate::messages::{Crash, Drained, Release};
 use crate::registry::Registry;
 use crate::stats::{CounterCells, LeaseId, PoolId};
 
@@ -182,17 +182,29 @@ impl<S: 'static> Actor for LeaseActor<S> {
             act.finish(ctx);
         });
     }
+}
 
-    fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        // Reached without `finish` only if the actor stopped abnormally (a panic in a handler):
-        // the holder must not keep using a pool nobody tracks.
-        if !self.finished {
+impl<S: 'static> Drop for LeaseActor<S> {
+    fn drop(&mut self) {
+        // Dropped without `finish` only if the actor died (a panic in a handler drops the actor
+        // without running `stopped`) or the host is shutting down. The holder must not keep
+        // using a pool nobody tracks: revoke the lease (its jobs then fail with `WorkerLost`)
+        // and retire the pool. During shutdown the books are already closed and this is a no-op.
+        if !self.finished && self.registry.is_live(self.shared.id) {
             if self.shared.revoke(Revocation::Lost) {
                 CounterCells::bump(&self.registry.counters.revoked);
             }
-            tracing::warn!(lease_id = %self.shared.id, "lease actor stopped unexpectedly; lease revoked");
+            tracing::warn!(lease_id = %self.shared.id, pool = %self.shared.pool, "lease actor died; lease revoked");
             self.registry.finish_lease(self.shared.id);
         }
+    }
+}
+
+impl<S: 'static> Handler<Crash> for LeaseActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+        panic!("lease actor {} crashed by fault injection", self.shared.id);
     }
 }
 

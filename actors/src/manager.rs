@@ -12,9 +12,13 @@ use actix::{
 };
 
 use crate::lease::LeaseActor;
-use crate::messages::{CreatePools, RetirePool, ScaleChanged, Shutdown, SpawnLease, StopPool};
+use crate::messages::{Crash, KillWorkers};
+use crate::messages::{
+    CreatePools, InjectFault, PoolDied, RetirePool, ScaleChanged, Shutdown, SpawnLease, StopPool,
+};
 use crate::pool::{PoolActor, PoolSpec};
 use crate::registry::{Effects, PoolSlot, Registry};
+use crate::stats::CounterCells;
 
 /// The supervisor of one manager run. Lives on the host System.
 pub struct ManagerActor<S: 'static> {
@@ -175,5 +179,35 @@ impl<S: 'static> Handler<Shutdown> for ManagerActor<S> {
                     System::current().stop();
                 }),
         )
+    }
+}
+
+impl<S: 'static> Handler<PoolDied> for ManagerActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: PoolDied, _: &mut Context<Self>) {
+        self.pools.remove(&msg.0);
+        CounterCells::bump(&self.spec.counters.pools_restarted);
+        let effects = self.registry.pool_died(msg.0);
+        self.act_on(effects);
+    }
+}
+
+impl<S: 'static> Handler<InjectFault> for ManagerActor<S> {
+    type Result = bool;
+
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> bool {
+        match msg {
+            InjectFault::CrashPool(id) => self.pools.get(&id).map(|p| p.do_send(Crash)).is_some(),
+            InjectFault::KillWorkers(id, n) => self
+                .pools
+                .get(&id)
+                .map(|p| p.do_send(KillWorkers(n)))
+                .is_some(),
+            InjectFault::CrashLease(id) => match self.registry.lease_actor(id) {
+                Some(actor) => actor.upgrade().map(|a| a.do_send(Crash)).is_some(),
+                None => false,
+            },
+        }
     }
 }

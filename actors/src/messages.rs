@@ -14,7 +14,15 @@ use crate::stats::PoolId;
 
 /// One job for a worker. Sent by a lease handle (`LeaseCore::dispatch`) over its pool's
 /// crossbeam queue — not through actix, see [`crate::Worker`] — and run by a [`crate::Worker`].
-pub struct Job<S>(pub(crate) Box<dyn ErasedJob<S>>);
+pub struct Job<S>(pub(crate) JobKind<S>);
+
+pub(crate) enum JobKind<S> {
+    /// Run this closure.
+    Run(Box<dyn ErasedJob<S>>),
+    /// Fault injection (`kill_worker`): kill the thread that takes this job, outside
+    /// `catch_unwind`, as a crash in the worker itself would.
+    KillWorker,
+}
 
 /// Take this pool out of service: drop the workers' address so the `SyncArbiter` stops and its
 /// threads exit after the jobs already queued. Sent by the manager; handled by the pool actor.
@@ -66,4 +74,56 @@ pub struct ScaleChanged;
 #[rtype(result = "()")]
 pub struct Shutdown {
     pub(crate) timeout: Duration,
+}
+
+/// A worker thread of this pool died (its state factory panicked). Sent by the worker's exit
+/// guard while its thread unwinds; handled by the pool actor, which replaces it with backoff.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerExited {
+    /// Which of the pool's `SyncArbiter`s the thread belonged to.
+    pub(crate) arbiter: u64,
+}
+
+/// A worker built its state and is serving. Sent from the worker thread; handled by the pool
+/// actor, which declares an unhealthy pool healthy again only on this proof.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerReady;
+
+/// Start replacement workers for those that died. Scheduled by the pool actor itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplaceWorkers;
+
+/// A pool actor stopped without being retired (a panic in one of its handlers). Sent by the
+/// pool actor's `Drop`; handled by the manager, which takes the pool out of the books (revoking
+/// its lease, if any) and builds capacity back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PoolDied(pub PoolId);
+
+/// Fault injection (feature `testing`): make the receiving actor panic in its handler, as a
+/// bug would. Handled by the pool actor and the lease actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+/// Fault injection (feature `testing`): kill this many workers of the pool, as crashes would.
+/// Sent by the manager; handled by the pool actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KillWorkers(pub usize);
+
+/// Fault injection (feature `testing`), sent by `LeaseManager`'s testing methods; handled by
+/// the manager, which forwards it. Answers whether the target exists.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub enum InjectFault {
+    /// Make a pool actor panic in a handler.
+    CrashPool(PoolId),
+    /// Kill `n` worker threads of a pool.
+    KillWorkers(PoolId, usize),
+    /// Make a lease actor panic in a handler.
+    CrashLease(crate::stats::LeaseId),
 }

@@ -10,7 +10,7 @@
 //! Nothing that can take the lock again (dropping a lease handle, answering a waiter) happens
 //! while it is held: such work is collected in [`Effects`] and applied after unlocking.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -69,6 +69,7 @@ enum PoolUse {
 struct LeaseEntry<S: 'static> {
     shared: Arc<LeaseShared>,
     slot: PoolSlot<S>,
+    actor: actix::WeakAddr<LeaseActor<S>>,
 }
 
 type WaiterReply<S> = oneshot::Sender<Result<LeaseCore<S>, LeaseError>>;
@@ -112,6 +113,10 @@ struct Books<S: 'static> {
     leases: BTreeMap<LeaseId, LeaseEntry<S>>,
     /// Pools taken out of service whose threads may still be finishing their last jobs.
     retiring: Vec<PoolId>,
+    /// Pools with no live worker (their pool actor is rebuilding them). Never handed out.
+    unhealthy: HashSet<PoolId>,
+    /// Unhealthy pools that are not leased: out of `pools`, waiting to be healthy again.
+    parked: Vec<PoolSlot<S>>,
     desired: usize,
 }
 
@@ -193,6 +198,8 @@ impl<S: 'static> Registry<S> {
                 waiters: BTreeMap::new(),
                 leases: BTreeMap::new(),
                 retiring: Vec::new(),
+                unhealthy: HashSet::new(),
+                parked: Vec::new(),
                 desired,
             }),
             config,
@@ -237,6 +244,8 @@ impl<S: 'static> Registry<S> {
         books.pools.clear();
         books.idle.clear();
         books.retiring.clear();
+        books.unhealthy.clear();
+        books.parked.clear();
         books.creating = 0;
         Some((run, waiters))
     }
@@ -274,7 +283,7 @@ impl<S: 'static> Registry<S> {
             + self
                 .config
                 .max_pools
-                .saturating_sub(books.pools.len() + books.creating);
+                .saturating_sub(books.pools.len() + books.parked.len() + books.creating);
         let served_by_growth = books.waiters.len() < growth;
         let refuse = match mode {
             WaitMode::NoWait => !served_by_growth,
@@ -346,6 +355,65 @@ impl<S: 'static> Registry<S> {
         effects.apply();
     }
 
+    /// The pool has no live worker: take it out of the idle set until it is healthy again.
+    pub(crate) fn pool_unhealthy(self: &Arc<Self>, id: PoolId) -> Effects<S> {
+        let mut books = self.lock();
+        let effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
+        if books.run.is_none() || !books.pools.contains_key(&id) {
+            return effects;
+        }
+        books.unhealthy.insert(id);
+        if let Some(at) = books.idle.iter().position(|s| s.id == id) {
+            if let Some(slot) = books.idle.remove(at) {
+                books.pools.remove(&id);
+                books.parked.push(slot);
+            }
+        }
+        effects
+    }
+
+    /// The pool serves again: a parked pool goes to the first waiter or the idle set.
+    pub(crate) fn pool_healthy(self: &Arc<Self>, id: PoolId) -> Effects<S> {
+        let mut books = self.lock();
+        let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
+        books.unhealthy.remove(&id);
+        if let Some(at) = books.parked.iter().position(|s| s.id == id) {
+            let slot = books.parked.swap_remove(at);
+            books.pools.insert(slot.id, PoolUse::Idle);
+            self.route_pool(&mut books, slot, &mut effects);
+        }
+        effects
+    }
+
+    /// The pool's actor crashed: take the pool out of the books (revoking the lease holding it,
+    /// whose jobs then fail with `WorkerLost`) and build capacity back.
+    pub(crate) fn pool_died(self: &Arc<Self>, id: PoolId) -> Effects<S> {
+        let mut books = self.lock();
+        let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
+        if books.run.is_none() {
+            return effects;
+        }
+        books.unhealthy.remove(&id);
+        books.parked.retain(|s| s.id != id);
+        books.idle.retain(|s| s.id != id);
+        if let Some(PoolUse::Leased(lease)) = books.pools.remove(&id) {
+            if let Some(entry) = books.leases.remove(&lease) {
+                if entry.shared.revoke(Revocation::Lost) {
+                    CounterCells::bump(&self.counters.revoked);
+                }
+                tracing::warn!(lease_id = %lease, pool = %id, "pool died under its lease; lease revoked");
+            }
+        }
+        books.retiring.push(id);
+        self.replenish(&mut books, &mut effects);
+        effects
+    }
+
+    /// The lease's actor, for fault injection.
+    pub(crate) fn lease_actor(&self, id: LeaseId) -> Option<actix::WeakAddr<LeaseActor<S>>> {
+        self.lock().leases.get(&id).map(|e| e.actor.clone())
+    }
+
     /// Whether the lease is still in the table (not yet finished).
     pub(crate) fn is_live(&self, id: LeaseId) -> bool {
         self.lock().leases.contains_key(&id)
@@ -370,7 +438,11 @@ impl<S: 'static> Registry<S> {
     }
 
     fn route_pool(self: &Arc<Self>, books: &mut Books<S>, slot: PoolSlot<S>, fx: &mut Effects<S>) {
-        if let Some((_, waiter)) = books.waiters.pop_first() {
+        if books.unhealthy.contains(&slot.id) {
+            books.pools.remove(&slot.id);
+            books.parked.push(slot);
+            self.replenish(books, fx);
+        } else if let Some((_, waiter)) = books.waiters.pop_first() {
             let (lease, spawn) = self.make_lease(books, slot, waiter.params);
             CounterCells::bump(&self.counters.acquired);
             CounterCells::bump(&self.counters.acquired_after_wait);
@@ -385,13 +457,16 @@ impl<S: 'static> Registry<S> {
         }
     }
 
-    /// Asks for pools so that every waiter and the sizing target are covered, within max_pools.
+    /// Asks for pools so that every waiter and the sizing target are covered, within max_pools
+    /// (unhealthy parked pools count against max_pools: they come back when rebuilt).
     fn replenish(&self, books: &mut Books<S>, fx: &mut Effects<S>) {
         let leased = books.pools.len() - books.idle.len();
         let need = (leased + books.waiters.len())
             .max(books.desired)
             .min(self.config.max_pools);
-        let want = need.saturating_sub(books.pools.len() + books.creating);
+        let have = books.pools.len() + books.parked.len() + books.creating;
+        let room = self.config.max_pools.saturating_sub(have);
+        let want = need.saturating_sub(have).min(room);
         books.creating += want;
         fx.create += want;
     }
@@ -409,6 +484,7 @@ impl<S: 'static> Registry<S> {
         let hard = later(soft, self.config.lease_grace);
         let (sender, mailbox) = channel::channel::<LeaseActor<S>>(16);
         let actor = Addr::new(sender);
+        let actor_weak = actor.downgrade();
         let shared = Arc::new(LeaseShared::new(
             id,
             slot.id,
@@ -435,6 +511,7 @@ impl<S: 'static> Registry<S> {
             LeaseEntry {
                 shared: Arc::clone(&shared),
                 slot,
+                actor: actor_weak,
             },
         );
         (
@@ -485,6 +562,7 @@ impl<S: 'static> Registry<S> {
             workers_per_pool: self.config.workers_per_pool,
             waiting: books.waiters.len(),
             retiring: books.retiring.len(),
+            unhealthy: books.unhealthy.len(),
             leases,
             counters: self.counters.snapshot(),
         }

@@ -86,6 +86,10 @@ pub struct Stats {
     /// Pools taken out of service (revoked, or above the sizing target) whose worker threads
     /// are still finishing their last jobs. Not counted in `total`.
     pub retiring: usize,
+    /// Pools with no live worker (their state factory keeps failing) being rebuilt with
+    /// backoff. They are never handed out; an unhealthy pool that is not leased is not counted
+    /// in `total` either.
+    pub unhealthy: usize,
     /// Every live lease, oldest first.
     pub leases: Vec<LeaseInfo>,
     /// Monotonic counters since the manager was built (they survive stop/start).

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use actix::{Actor, SyncContext};
+use actix::{Actor, Recipient, SyncContext};
 use crossbeam_channel::Receiver;
 
 use crate::config::StateFactory;
 use crate::job::JobOutcome;
-use crate::messages::Job;
+use crate::messages::{Job, JobKind, WorkerExited};
 use crate::stats::{CounterCells, PoolId};
 
 /// One worker of a pool: owns the thread's state `S` and serves the pool's job queue.
@@ -21,13 +21,33 @@ use crate::stats::{CounterCells, PoolId};
 ///
 /// actix does not catch panics in sync actors — a panicking job would kill its thread for good
 /// — so every job runs inside `catch_unwind` (see `job.rs`), and after a panic the worker
-/// rebuilds its state from the factory on the same thread.
+/// rebuilds its state from the factory on the same thread. If the factory itself panics, the
+/// thread dies; its [`ExitNotice`] tells the pool, which replaces it.
 pub struct Worker<S> {
     state: S,
     queue: Receiver<Job<S>>,
     factory: StateFactory<S>,
     pool: PoolId,
     counters: Arc<CounterCells>,
+    _exit: ExitNotice,
+}
+
+/// Tells the pool when its worker thread dies: dropped while the thread unwinds (the state
+/// factory panicked, or a `kill_worker` fault), it sends `WorkerExited`. It is created before
+/// the factory runs, so a factory that fails on the very first call is noticed too.
+pub(crate) struct ExitNotice {
+    pub(crate) pool: Recipient<WorkerExited>,
+    pub(crate) arbiter: u64,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.pool.do_send(WorkerExited {
+                arbiter: self.arbiter,
+            });
+        }
+    }
 }
 
 // `S` is only ever touched on the worker thread and is never pinned.
@@ -35,6 +55,7 @@ impl<S> Unpin for Worker<S> {}
 
 impl<S> Worker<S> {
     pub(crate) fn new(
+        exit: ExitNotice,
         queue: Receiver<Job<S>>,
         factory: StateFactory<S>,
         pool: PoolId,
@@ -46,13 +67,18 @@ impl<S> Worker<S> {
             factory,
             pool,
             counters,
+            _exit: exit,
         }
     }
 
     /// Runs jobs until the pool's queue is closed and drained.
     fn serve(&mut self) {
-        while let Ok(job) = self.queue.recv() {
-            if job.0.run(&mut self.state, &self.counters) == JobOutcome::Panicked {
+        while let Ok(Job(job)) = self.queue.recv() {
+            let job = match job {
+                JobKind::Run(job) => job,
+                JobKind::KillWorker => panic!("worker of {} killed by fault injection", self.pool),
+            };
+            if job.run(&mut self.state, &self.counters) == JobOutcome::Panicked {
                 CounterCells::bump(&self.counters.workers_restarted);
                 tracing::warn!(pool = %self.pool, "job panicked; rebuilding the worker's state");
                 self.state = (self.factory)();

@@ -1,0 +1,202 @@
+//! Supervision: dead workers are replaced with backoff, unhealthy pools are never handed out,
+//! crashed pool and lease actors are replaced and nothing hangs.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{assert_invariant, stats_until, EVENTUALLY};
+use leasepool::{Lease, LeaseError, LeaseManager};
+
+/// A factory that succeeds on call 1, panics on calls 2..=1+failures, then succeeds again.
+fn flaky_factory(failures: usize) -> (Arc<AtomicUsize>, impl Fn() -> u32 + Send + Sync + 'static) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let factory = move || {
+        let n = c.fetch_add(1, SeqCst) + 1;
+        if (2..=1 + failures).contains(&n) {
+            panic!("state factory failure #{}", n - 1);
+        }
+        0u32
+    };
+    (calls, factory)
+}
+
+/// Retries `run` until it succeeds; every failure must be `WorkerLost` (never a hang).
+async fn run_until_ok(lease: &Lease<u32>) -> Duration {
+    let begun = Instant::now();
+    loop {
+        match lease.run_with(|n| *n).await {
+            Ok(_) => return begun.elapsed(),
+            Err(LeaseError::WorkerLost) => {}
+            Err(other) => panic!("unexpected {other}"),
+        }
+        assert!(begun.elapsed() < EVENTUALLY, "the pool never came back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_that_panics_n_times_then_recovers_brings_the_pool_back() {
+    let (calls, factory) = flaky_factory(3);
+    let manager = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("sup-flaky")
+        .worker_state(factory)
+        .build()
+        .unwrap();
+    manager.start().await.unwrap();
+    let lease = manager.acquire().await.unwrap();
+    assert_eq!(lease.run_with(|n| *n).await.unwrap(), 0);
+
+    // The panic makes the worker rebuild its state; the factory then fails, killing the thread.
+    let panicking = lease.submit(|| panic!("job panic")).unwrap();
+    let queued_a = lease.submit(|| 1).unwrap();
+    let queued_b = lease.submit(|| 2).unwrap();
+    assert!(matches!(panicking.await, Err(LeaseError::Panicked(_))));
+    assert_eq!(
+        queued_a.await.unwrap_err(),
+        LeaseError::WorkerLost,
+        "queued jobs must not hang"
+    );
+    assert_eq!(queued_b.await.unwrap_err(), LeaseError::WorkerLost);
+
+    run_until_ok(&lease).await;
+    assert_eq!(calls.load(SeqCst), 5, "1 ok + 3 failures + 1 ok");
+    let stats = manager.stats().await;
+    assert_eq!(
+        stats.counters.pools_restarted, 3,
+        "one replacement per failure"
+    );
+    assert_eq!(stats.counters.workers_restarted, 1);
+    assert_eq!(stats.unhealthy, 0);
+    assert_invariant(&stats);
+    lease.release().await;
+    manager.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_cannot_build_its_workers_is_never_handed_out() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let manager = LeaseManager::builder()
+        .workers_per_pool(2)
+        .name_prefix("sup-dead")
+        .worker_state(move || -> u32 {
+            c.fetch_add(1, SeqCst);
+            panic!("no database today")
+        })
+        .build()
+        .unwrap();
+    manager.start().await.unwrap();
+    let stats = stats_until(&manager, "unhealthy pool", |s| s.unhealthy == 1).await;
+    assert_eq!((stats.available, stats.total), (0, 0), "{stats:?}");
+    let err = manager
+        .acquire()
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(err, LeaseError::Timeout(Duration::from_millis(300)));
+    assert_eq!(
+        manager.acquire().no_wait().await.unwrap_err(),
+        LeaseError::Unavailable
+    );
+    // It keeps trying, with backoff (10 ms, 20 ms, 40 ms, ...): a few attempts, not a storm.
+    let before = calls.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tried = calls.load(SeqCst) - before;
+    assert!(tried >= 2, "no retry within 300 ms ({tried})");
+    assert!(
+        tried <= 20,
+        "retrying without backoff ({tried} factory calls in 300 ms)"
+    );
+    manager.stop().await;
+}
+
+#[cfg(feature = "testing")]
+mod fault_injection {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_workers_are_replaced_and_the_lease_keeps_working() {
+        let manager = common::started("sup-killw", 1, 2).await;
+        let lease = manager.acquire().await.unwrap();
+        assert!(manager.kill_worker(lease.pool(), 1).await);
+        stats_until(&manager, "replacement", |s| s.counters.pools_restarted == 1).await;
+        for i in 0..20 {
+            assert_eq!(lease.run(move || i).await.unwrap(), i);
+        }
+        let deadline = Instant::now() + EVENTUALLY;
+        while manager.live_worker_threads() != 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(manager.live_worker_threads(), 2);
+        lease.release().await;
+        manager.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_pool_actor_revokes_its_lease_and_capacity_is_rebuilt() {
+        let manager = common::started("sup-killp", 1, 1).await;
+        let lease = manager.acquire().await.unwrap();
+        let dead_pool = lease.pool();
+        assert!(manager.kill_pool(dead_pool).await);
+        let stats = stats_until(&manager, "replacement pool", |s| {
+            s.counters.revoked == 1 && s.available == 1
+        })
+        .await;
+        assert_invariant(&stats);
+        assert_eq!(lease.run(|| ()).await.unwrap_err(), LeaseError::WorkerLost);
+        let next = manager.acquire().no_wait().await.unwrap();
+        assert_ne!(next.pool(), dead_pool);
+        assert_eq!(next.run(|| 5).await.unwrap(), 5);
+        assert!(!manager.kill_pool(dead_pool).await, "the dead pool is gone");
+        drop((lease, next));
+        manager.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_idle_pool_actor_is_replaced() {
+        let manager = common::started("sup-killi", 1, 1).await;
+        let pool = {
+            let lease = manager.acquire().await.unwrap();
+            let pool = lease.pool();
+            lease.release().await;
+            pool
+        };
+        assert!(manager.kill_pool(pool).await);
+        let stats = stats_until(&manager, "replacement", |s| {
+            s.counters.pools_restarted == 1 && s.available == 1
+        })
+        .await;
+        assert_eq!(stats.counters.revoked, 0);
+        let lease = manager.acquire().no_wait().await.unwrap();
+        assert_ne!(lease.pool(), pool);
+        lease.release().await;
+        manager.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_lease_actor_revokes_the_lease_and_retires_its_pool() {
+        let manager = common::started("sup-killl", 1, 1).await;
+        let lease = manager.acquire().await.unwrap();
+        lease.run(|| ()).await.unwrap();
+        assert!(manager.kill_lease_actor(lease.id()).await);
+        let stats = stats_until(&manager, "replacement", |s| {
+            s.counters.revoked == 1 && s.available == 1
+        })
+        .await;
+        assert_invariant(&stats);
+        assert_eq!(lease.run(|| ()).await.unwrap_err(), LeaseError::WorkerLost);
+        let next = manager.acquire().no_wait().await.unwrap();
+        assert_ne!(
+            next.pool(),
+            lease.pool(),
+            "a pool of a dead lease is not reused"
+        );
+        drop((lease, next));
+        manager.stop().await;
+    }
+}
