@@ -115,7 +115,7 @@ async fn a_pool_that_cannot_build_its_workers_is_never_handed_out() {
     manager.stop().await;
 }
 
-#[cfg(feature = "testing")]
+/// Fault injection through the `testing` feature (always on for this crate's tests).
 mod fault_injection {
     use super::*;
 
