@@ -32,4 +32,10 @@ mod guide {
     mod faq {}
     #[doc = include_str!("../docs/performance.md")]
     mod performance {}
+    #[doc = include_str!("../docs/expiry.md")]
+    mod expiry {}
+    #[doc = include_str!("../docs/adaptive-sizing.md")]
+    mod adaptive_sizing {}
+    #[doc = include_str!("../docs/supervision.md")]
+    mod supervision {}
 }
