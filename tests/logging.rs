@@ -1,0 +1,154 @@
+//! Observability: lifecycle events carry `lease_id`, `owner` and `pool` fields, and a failing
+//! size provider is logged once per streak of failures, not on every evaluation.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::stats_until;
+use leasepool::LeaseManager;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+#[derive(Debug, Clone)]
+struct Captured {
+    level: Level,
+    fields: BTreeMap<String, String>,
+}
+
+impl Captured {
+    fn message(&self) -> &str {
+        self.fields.get("message").map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+struct FieldsOf(BTreeMap<String, String>);
+
+impl Visit for FieldsOf {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+struct Capture(Arc<Mutex<Vec<Captured>>>);
+
+impl<S: Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut fields = FieldsOf::default();
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(Captured {
+            level: *event.metadata().level(),
+            fields: fields.0,
+        });
+    }
+}
+
+/// One global subscriber for this test binary (the host threads log on their own threads).
+fn events() -> &'static Arc<Mutex<Vec<Captured>>> {
+    static EVENTS: OnceLock<Arc<Mutex<Vec<Captured>>>> = OnceLock::new();
+    EVENTS.get_or_init(|| {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Capture(Arc::clone(&events)));
+        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        events
+    })
+}
+
+fn matching(pred: impl Fn(&Captured) -> bool) -> Vec<Captured> {
+    events()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| pred(e))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
+    events();
+    let manager = LeaseManager::builder()
+        .workers_per_pool(1)
+        .lease_grace(Duration::ZERO)
+        .name_prefix("log-fields")
+        .build()
+        .unwrap();
+    manager.start().await.unwrap();
+    let lease = manager
+        .acquire()
+        .owner("auditor")
+        .lease_for(Duration::from_millis(100))
+        .await
+        .unwrap();
+    let id = lease.id().to_string();
+    lease.run(|| ()).await.unwrap();
+    stats_until(&manager, "revocation", |s| s.counters.revoked == 1).await;
+
+    let granted =
+        matching(|e| e.message() == "lease granted" && e.fields.get("lease_id") == Some(&id));
+    assert_eq!(granted.len(), 1, "{granted:?}");
+    assert_eq!(granted[0].level, Level::DEBUG);
+    assert_eq!(
+        granted[0].fields.get("owner").map(String::as_str),
+        Some("auditor")
+    );
+    assert!(granted[0]
+        .fields
+        .get("pool")
+        .is_some_and(|p| p.starts_with("pool-")));
+
+    let job = matching(|e| e.message() == "job sent" && e.fields.get("lease_id") == Some(&id));
+    assert_eq!(job.len(), 1, "one debug event per job");
+
+    let revoked =
+        matching(|e| e.message().contains("hard expiry") && e.fields.get("lease_id") == Some(&id));
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].level, Level::WARN);
+    assert_eq!(
+        revoked[0].fields.get("owner").map(String::as_str),
+        Some("auditor")
+    );
+    drop(lease);
+    manager.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_size_provider_is_logged_once_per_streak() {
+    events();
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = Arc::clone(&failing);
+    let manager = LeaseManager::builder()
+        .max_pools(2)
+        .workers_per_pool(1)
+        .check_interval(Duration::from_millis(20))
+        .size_provider(move || {
+            if f.load(SeqCst) {
+                panic!("provider down")
+            } else {
+                0
+            }
+        })
+        .name_prefix("log-streak")
+        .build()
+        .unwrap();
+    let warnings =
+        || matching(|e| e.level == Level::WARN && e.message().contains("size_provider")).len();
+    let before = warnings();
+    manager.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // ~10 failing evaluations
+    assert_eq!(warnings() - before, 1, "one warning for the whole streak");
+    failing.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    failing.store(true, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(warnings() - before, 2, "a new streak is logged again");
+    manager.stop().await;
+}
