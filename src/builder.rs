@@ -102,7 +102,7 @@ impl ManagerBuilder<()> {
             max_waiters: 10_000,
             name_prefix: "leasepool".to_owned(),
             shutdown_timeout: Duration::from_secs(5),
-            state_factory: Arc::new(|| ()),
+            state_factory: Arc::new(|| Ok(())),
         }
     }
 }
@@ -196,6 +196,25 @@ impl<S> ManagerBuilder<S> {
         F: Fn() -> T + Send + Sync + 'static,
         T: 'static,
     {
+        self.with_factory(Arc::new(move || Ok(factory())))
+    }
+
+    /// Like [`worker_state`](Self::worker_state), for factories that can fail (opening a
+    /// database connection, logging in to a vendor SDK). An `Err` is logged with its text; that
+    /// worker thread ends and is replaced after a backoff (10 ms doubling to 5 s). While a pool
+    /// has no worker that could build its state it is *unhealthy* (`Stats::unhealthy`): it is
+    /// never handed out, and acquirers wait or time out. `counters.worker_state_failures`
+    /// counts the failures.
+    pub fn try_worker_state<T, E, F>(self, factory: F) -> ManagerBuilder<T>
+    where
+        F: Fn() -> Result<T, E> + Send + Sync + 'static,
+        E: std::fmt::Display,
+        T: 'static,
+    {
+        self.with_factory(Arc::new(move || factory().map_err(|e| e.to_string())))
+    }
+
+    fn with_factory<T>(self, state_factory: StateFactory<T>) -> ManagerBuilder<T> {
         ManagerBuilder {
             backend: self.backend,
             max_pools: self.max_pools,
@@ -209,7 +228,7 @@ impl<S> ManagerBuilder<S> {
             max_waiters: self.max_waiters,
             name_prefix: self.name_prefix,
             shutdown_timeout: self.shutdown_timeout,
-            state_factory: Arc::new(factory),
+            state_factory,
         }
     }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds one worker's state; called on the worker thread, again after each panicking job.
-pub type StateFactory<S> = Arc<dyn Fn() -> S + Send + Sync>;
+/// An `Err` (its text) or a panic means the worker cannot serve: its thread ends and the pool
+/// replaces it with backoff.
+pub type StateFactory<S> = Arc<dyn Fn() -> Result<S, String> + Send + Sync>;
 
 /// Counts work units (e.g. connected devices) for adaptive sizing.
 pub type SizeProvider = Arc<dyn Fn() -> usize + Send + Sync>;

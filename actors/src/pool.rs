@@ -219,6 +219,7 @@ impl<S: 'static> Handler<WorkerExited> for PoolActor<S> {
 
     fn handle(&mut self, msg: WorkerExited, ctx: &mut Context<Self>) {
         self.live = self.live.saturating_sub(1);
+        CounterCells::bump(&self.spec.counters.worker_state_failures);
         if let Some(at) = self.arbiters.iter().position(|a| a.0 == msg.arbiter) {
             self.arbiters[at].2 = self.arbiters[at].2.saturating_sub(1);
             if self.arbiters[at].2 == 0 {

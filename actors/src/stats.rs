@@ -138,8 +138,11 @@ pub struct Counters {
     pub jobs_panicked: u64,
     /// Workers rebuilt with fresh state after a panicking job.
     pub workers_restarted: u64,
-    /// Pools whose `SyncArbiter` was rebuilt or replaced after it died.
+    /// Replacement worker threads started (after a state factory failure or a crash), plus
+    /// pools replaced after their actor crashed.
     pub pools_restarted: u64,
+    /// Worker threads lost because their state factory failed (returned `Err` or panicked).
+    pub worker_state_failures: u64,
 }
 
 /// The live counters; cheap relaxed atomics shared by the engine.
@@ -155,6 +158,7 @@ pub(crate) struct CounterCells {
     pub jobs_panicked: AtomicU64,
     pub workers_restarted: AtomicU64,
     pub pools_restarted: AtomicU64,
+    pub worker_state_failures: AtomicU64,
 }
 
 impl CounterCells {
@@ -174,6 +178,7 @@ impl CounterCells {
             jobs_panicked: self.jobs_panicked.load(Relaxed),
             workers_restarted: self.workers_restarted.load(Relaxed),
             pools_restarted: self.pools_restarted.load(Relaxed),
+            worker_state_failures: self.worker_state_failures.load(Relaxed),
         }
     }
 }

@@ -62,7 +62,7 @@ impl<S> Worker<S> {
         counters: Arc<CounterCells>,
     ) -> Self {
         Self {
-            state: factory(),
+            state: build_state(&factory, pool),
             queue,
             factory,
             pool,
@@ -81,8 +81,21 @@ impl<S> Worker<S> {
             if job.run(&mut self.state, &self.counters) == JobOutcome::Panicked {
                 CounterCells::bump(&self.counters.workers_restarted);
                 tracing::warn!(pool = %self.pool, "job panicked; rebuilding the worker's state");
-                self.state = (self.factory)();
+                self.state = build_state(&self.factory, self.pool);
             }
+        }
+    }
+}
+
+/// Runs the state factory. On `Err` the thread ends the way a panicking factory ends it —
+/// unwinding, so the exit notice reports it — but through `resume_unwind`, which skips the
+/// panic hook: an expected failure is logged here once, not printed as a crash.
+fn build_state<S>(factory: &StateFactory<S>, pool: PoolId) -> S {
+    match factory() {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::warn!(pool = %pool, error = %error, "worker state factory failed; the worker will be replaced");
+            std::panic::resume_unwind(Box::new(error))
         }
     }
 }
