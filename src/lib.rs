@@ -38,4 +38,6 @@ mod guide {
     mod adaptive_sizing {}
     #[doc = include_str!("../docs/supervision.md")]
     mod supervision {}
+    #[doc = include_str!("../docs/messages.md")]
+    mod messages {}
 }
