@@ -2,17 +2,20 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+mod grinder;
 mod lease;
 mod manager;
 mod message;
 
 pub use builder::{BuildError, ManagerBuilder, MAX_TOTAL_WORKERS};
+pub use grinder::{GrinderBuilder, WorkGrinder};
 pub use lease::Lease;
 pub use manager::{Acquire, LeaseManager};
 pub use message::Handle;
 
 pub use leasepool_actors::{
-    Backend, Counters, JobHandle, LeaseError, LeaseId, LeaseInfo, PoolId, Stats,
+    Backend, Counters, GrinderStats, JobHandle, LeaseError, LeaseId, LeaseInfo, PoolId, Stats,
+    StopMode,
 };
 
 /// The guide pages in `docs/`, compiled here so that their code blocks run as doctests.

@@ -40,7 +40,7 @@ pub struct LeaseManager<S: 'static = ()> {
 }
 
 struct Inner<S: 'static> {
-    engine: Engine<S>,
+    engine: Arc<Engine<S>>,
     backend: Backend,
 }
 
@@ -79,7 +79,7 @@ impl<S: 'static> LeaseManager<S> {
     pub(crate) fn from_config(backend: Backend, config: EngineConfig<S>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                engine: Engine::new(config),
+                engine: Arc::new(Engine::new(config)),
                 backend,
             }),
         }
@@ -167,6 +167,10 @@ impl<S: 'static> LeaseManager<S> {
             .engine
             .inject_fault(InjectFault::CrashLease(lease))
             .await
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<Engine<S>> {
+        &self.inner.engine
     }
 
     /// Worker threads alive now (0 when stopped). Useful in tests and health checks.

@@ -40,6 +40,12 @@ pub enum LeaseError {
     /// The manager could not start (for example, the host thread could not be spawned).
     #[error("lease manager failed to start: {0}")]
     StartFailed(String),
+    /// A blocking call (`submit_blocking`) was made on an async runtime thread, where it would
+    /// block the runtime (and could deadlock it).
+    #[error(
+        "{0} was called on an async runtime thread, where it would block; use its async form there"
+    )]
+    BlockingOnRuntime(&'static str),
     /// An argument passed to an acquire or a job call is invalid; the text names it.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -97,6 +97,28 @@ impl<S: 'static> LeaseCore<S> {
         Ok(JobHandle { answer })
     }
 
+    /// Like [`dispatch`](Self::dispatch), answering on a reply channel made beforehand (so a
+    /// caller can hold its `JobHandle` before the job has a lease, as the `WorkGrinder` does).
+    /// If the lease refuses the job, `reply` is answered with the refusal.
+    pub fn dispatch_reply<F, R>(&self, f: F, reply: JobReply<R>, skip_if_abandoned: bool)
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let in_flight = match InFlight::enter(&self.shared) {
+            Ok(guard) => guard,
+            Err(e) => return reply.fail(e),
+        };
+        let Some(queue) = self.queue.upgrade() else {
+            return reply.fail(LeaseError::WorkerLost);
+        };
+        if queue.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            return reply.fail(LeaseError::WorkerLost);
+        }
+        let job = TypedJob::new(f, reply.0, in_flight, skip_if_abandoned);
+        drop(queue.jobs.send(Job(JobKind::Run(Box::new(job)))));
+    }
+
     /// Releases the lease; when it returns, the pool is free again or the lease is draining
     /// its running jobs.
     ///
@@ -130,6 +152,38 @@ impl<S: 'static> Drop for LeaseCore<S> {
 #[derive(Debug)]
 pub struct JobHandle<R> {
     answer: oneshot::Receiver<Result<R, LeaseError>>,
+}
+
+/// The sending side of a [`JobHandle`], for work whose job is created later.
+#[derive(Debug)]
+pub struct JobReply<R>(pub(crate) oneshot::Sender<Result<R, LeaseError>>);
+
+impl<R> JobReply<R> {
+    /// Answers the job's handle with an error instead of a value.
+    pub fn fail(self, error: LeaseError) {
+        let _ = self.0.send(Err(error));
+    }
+
+    /// Whether the handle was dropped (nobody waits for the answer any more).
+    pub fn is_abandoned(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+impl<R> JobHandle<R> {
+    /// Waits for the answer by blocking this thread. Only for threads outside an async runtime
+    /// (callers check first: blocking a runtime thread could deadlock it).
+    pub fn blocking_wait(self) -> Result<R, LeaseError> {
+        self.answer
+            .blocking_recv()
+            .unwrap_or(Err(LeaseError::WorkerLost))
+    }
+
+    /// A reply channel and its handle.
+    pub fn channel() -> (JobReply<R>, JobHandle<R>) {
+        let (reply, answer) = oneshot::channel();
+        (JobReply(reply), JobHandle { answer })
+    }
 }
 
 impl<R> Future for JobHandle<R> {

@@ -15,7 +15,7 @@ use crate::config::EngineConfig;
 use crate::error::LeaseError;
 use crate::handle::LeaseCore;
 use crate::manager::ManagerActor;
-use crate::messages::{InjectFault, ScaleChanged, Shutdown};
+use crate::messages::{InjectFault, RunOnHost, ScaleChanged, Shutdown};
 use crate::pool::PoolSpec;
 use crate::registry::{Attempt, LeaseParams, Registry, Run, WaitMode, WaitTicket};
 use crate::stats::{Backend, Stats};
@@ -155,6 +155,16 @@ impl<S: 'static> Engine<S> {
             Some(run) => run.manager.send(fault).await.unwrap_or(false),
             None => false,
         }
+    }
+
+    /// Runs `f` on the host System (for actors that must live there). Fails with `NotStarted`
+    /// when the manager is not running.
+    pub async fn run_on_host(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), LeaseError> {
+        let run = self.registry.current_run().ok_or(LeaseError::NotStarted)?;
+        run.manager
+            .send(RunOnHost(f))
+            .await
+            .map_err(|_| LeaseError::NotStarted)
     }
 
     /// Worker threads alive in the current run (0 when stopped).

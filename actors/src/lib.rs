@@ -5,6 +5,7 @@
 //! - [`ManagerActor`] (`manager.rs`): the supervisor — pools, leases, sizing, shutdown.
 //! - [`PoolActor`] (`pool.rs`): owns one `SyncArbiter<Worker<S>>`.
 //! - [`LeaseActor`] (`lease.rs`): one per lease — release, draining, hard expiry.
+//! - [`GrinderActor`] (`grinder.rs`): forms batches for a `WorkGrinder` and runs each on a lease.
 //! - [`Worker`] (`worker.rs`): the sync actor on each pool thread; serves its pool's job queue,
 //!   every job inside `catch_unwind`.
 //!
@@ -14,6 +15,7 @@
 
 mod config;
 mod error;
+mod grinder;
 mod handle;
 mod host;
 mod job;
@@ -28,7 +30,8 @@ mod worker;
 
 pub use config::{EngineConfig, SizeProvider, StateFactory};
 pub use error::LeaseError;
-pub use handle::{JobHandle, LeaseCore};
+pub use grinder::{Grinder, GrinderActor, GrinderConfig, GrinderStats, StopMode};
+pub use handle::{JobHandle, JobReply, LeaseCore};
 pub use host::Engine;
 pub use lease::LeaseActor;
 pub use manager::ManagerActor;

@@ -12,7 +12,7 @@ use actix::{
 };
 
 use crate::lease::LeaseActor;
-use crate::messages::{Crash, KillWorkers};
+use crate::messages::{Crash, KillWorkers, RunOnHost};
 use crate::messages::{
     CreatePools, InjectFault, PoolDied, RetirePool, ScaleChanged, Shutdown, SpawnLease, StopPool,
 };
@@ -209,5 +209,13 @@ impl<S: 'static> Handler<InjectFault> for ManagerActor<S> {
                 None => false,
             },
         }
+    }
+}
+
+impl<S: 'static> Handler<RunOnHost> for ManagerActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunOnHost, _: &mut Context<Self>) {
+        (msg.0)();
     }
 }

@@ -127,3 +127,29 @@ pub enum InjectFault {
     /// Make a lease actor panic in a handler.
     CrashLease(crate::stats::LeaseId),
 }
+
+/// Run this closure on the host System (to start actors that must live there, such as a
+/// `WorkGrinder`'s). Sent by `Engine::run_on_host`; handled by the manager.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunOnHost(pub(crate) Box<dyn FnOnce() + Send>);
+
+/// Pending items changed (reached the threshold, or the first one arrived): see whether a
+/// batch should start, and arm the `max_wait` timer. Sent by the grinder's enqueuers; handled
+/// by the grinder actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick;
+
+/// A batch's last job ended (its lease is released as this is sent). Sent by the batch token;
+/// handled by the grinder actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BatchDone {
+    pub(crate) items: u64,
+}
+
+/// Stop the grinder actor. Sent by `Grinder::stop`; handled by the grinder actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopGrinder;

@@ -1,0 +1,235 @@
+//! `WorkGrinder`: many small blocking submissions, run in leased batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasepool_actors::{Grinder, GrinderConfig, GrinderStats, JobHandle, LeaseError, StopMode};
+
+use crate::builder::BuildError;
+use crate::manager::LeaseManager;
+
+/// Batches many small blocking jobs onto leases, so callers submit single items and never deal
+/// with leases.
+///
+/// A batch starts when `batch_size_threshold` items are pending or the oldest has waited
+/// `max_wait`; it takes every pending item, acquires one lease (owner
+/// `{owner_prefix}-batch-{n}`), runs the items on that pool's workers in parallel, and releases
+/// the lease when the last one ends. Up to `max_concurrent_batches` batches run at once. Each
+/// item resolves exactly once, with its own value or error; a panicking item fails alone.
+///
+/// ```
+/// use leasepool::{LeaseManager, StopMode, WorkGrinder};
+/// use std::time::Duration;
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().max_pools(2).build()?;
+/// manager.start().await?;
+/// let grinder = WorkGrinder::builder(&manager)
+///     .batch_size_threshold(10)
+///     .max_wait(Duration::from_millis(20))
+///     .build()?;
+/// grinder.start().await?;
+/// assert_eq!(grinder.submit(|| 6 * 7).await?, 42);
+/// grinder.stop(StopMode::Drain).await;
+/// manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub struct WorkGrinder<S: 'static = ()> {
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S: 'static> {
+    grinder: Arc<Grinder<S>>,
+    // A grinder needs its manager: keep it alive as long as the grinder.
+    _manager: LeaseManager<S>,
+}
+
+impl<S: 'static> Drop for Inner<S> {
+    fn drop(&mut self) {
+        // Last handle gone: pending items are answered `Stopped`; running batches finish.
+        self.grinder.stop_detached();
+    }
+}
+
+impl<S: 'static> Clone for WorkGrinder<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: 'static> std::fmt::Debug for WorkGrinder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkGrinder")
+            .field("config", self.inner.grinder.config())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a `submit` item from the queue if its future is dropped while the item waits.
+struct CancelOnDrop<'a, S: 'static> {
+    grinder: &'a Grinder<S>,
+    id: u64,
+}
+
+impl<S: 'static> Drop for CancelOnDrop<'_, S> {
+    fn drop(&mut self) {
+        self.grinder.cancel(self.id);
+    }
+}
+
+impl<S: 'static> WorkGrinder<S> {
+    /// Starts configuring a grinder over `manager`'s pools.
+    pub fn builder(manager: &LeaseManager<S>) -> GrinderBuilder<S> {
+        GrinderBuilder {
+            manager: manager.clone(),
+            config: GrinderConfig {
+                batch_size_threshold: 20,
+                max_wait: Duration::from_secs(10),
+                lease_for: Duration::from_secs(60),
+                owner_prefix: "work-grinder".to_owned(),
+                max_pending: 100_000,
+                max_concurrent_batches: manager.engine().config().max_pools,
+            },
+        }
+    }
+
+    /// Starts the grinder's actor on the manager's host. The manager must be started.
+    /// Idempotent; a stopped grinder can be started again.
+    ///
+    /// # Errors
+    /// `NotStarted` if the manager is not running.
+    pub async fn start(&self) -> Result<(), LeaseError> {
+        self.inner.grinder.start().await
+    }
+
+    /// Runs `f` in a batch and returns its value, waiting for queue room when `max_pending`
+    /// items are already pending.
+    ///
+    /// # Cancel safety
+    /// Dropping the future removes the item from the queue at once; if a batch already took it
+    /// but no worker has started it, it is skipped.
+    pub async fn submit<F, R>(&self, f: F) -> Result<R, LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let grinder = &*self.inner.grinder;
+        let (id, handle) = grinder.submit(f).await?;
+        let cancel = CancelOnDrop { grinder, id };
+        let out = handle.await;
+        std::mem::forget(cancel);
+        out
+    }
+
+    /// Queues `f` now and returns a handle to its result, or `Unavailable` at once when
+    /// `max_pending` items are pending. Dropping the handle does not cancel the item.
+    pub fn enqueue<F, R>(&self, f: F) -> Result<JobHandle<R>, LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.inner.grinder.enqueue(f)
+    }
+
+    /// For plain OS threads: queues `f` (waiting for room) and blocks until its result.
+    ///
+    /// # Errors
+    /// `BlockingOnRuntime` when called on an async runtime thread (use [`submit`] there),
+    /// instead of blocking — and possibly deadlocking — the runtime.
+    ///
+    /// [`submit`]: Self::submit
+    pub fn submit_blocking<F, R>(&self, f: F) -> Result<R, LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.inner.grinder.submit_blocking(f)
+    }
+
+    /// Stops: `Drain` runs everything already queued first; `CancelPending` answers every
+    /// pending item with `Stopped`. Either way new items are refused with `Stopped`, and this
+    /// returns when no batch runs any more.
+    pub async fn stop(&self, mode: StopMode) {
+        self.inner.grinder.stop(mode).await;
+    }
+
+    /// A snapshot: started, pending items, running batches, oldest wait, batches and items done.
+    pub async fn stats(&self) -> GrinderStats {
+        self.inner.grinder.stats()
+    }
+}
+
+/// Configures a [`WorkGrinder`].
+#[must_use = "a builder does nothing until build() is called"]
+pub struct GrinderBuilder<S: 'static> {
+    manager: LeaseManager<S>,
+    config: GrinderConfig,
+}
+
+impl<S: 'static> GrinderBuilder<S> {
+    /// Pending items that start a batch. Default 20; at least 1.
+    pub fn batch_size_threshold(mut self, n: usize) -> Self {
+        self.config.batch_size_threshold = n;
+        self
+    }
+
+    /// Longest an item waits before a batch starts anyway. Default 10 s; positive.
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.config.max_wait = d;
+        self
+    }
+
+    /// Soft lifetime of each batch's lease. Default 60 s; positive.
+    pub fn lease_for(mut self, d: Duration) -> Self {
+        self.config.lease_for = d;
+        self
+    }
+
+    /// Batch leases are owned by `{owner_prefix}-batch-{n}`. Default `"work-grinder"`.
+    pub fn owner_prefix(mut self, p: impl Into<String>) -> Self {
+        self.config.owner_prefix = p.into();
+        self
+    }
+
+    /// Most items that may be pending. Default 100 000; at least 1.
+    pub fn max_pending(mut self, n: usize) -> Self {
+        self.config.max_pending = n;
+        self
+    }
+
+    /// Most batches running at once. Default: the manager's `max_pools`; at least 1.
+    pub fn max_concurrent_batches(mut self, n: usize) -> Self {
+        self.config.max_concurrent_batches = n;
+        self
+    }
+
+    /// Checks the settings and builds the grinder (not started).
+    ///
+    /// # Errors
+    /// A [`BuildError`] naming the first setting out of range.
+    pub fn build(self) -> Result<WorkGrinder<S>, BuildError> {
+        let c = &self.config;
+        for (setting, value) in [
+            ("batch_size_threshold", c.batch_size_threshold),
+            ("max_pending", c.max_pending),
+            ("max_concurrent_batches", c.max_concurrent_batches),
+        ] {
+            if value == 0 {
+                return Err(BuildError::Zero { setting });
+            }
+        }
+        for (setting, value) in [("max_wait", c.max_wait), ("lease_for", c.lease_for)] {
+            if value.is_zero() {
+                return Err(BuildError::ZeroDuration { setting });
+            }
+        }
+        Ok(WorkGrinder {
+            inner: Arc::new(Inner {
+                grinder: Grinder::new(Arc::clone(self.manager.engine()), self.config),
+                _manager: self.manager,
+            }),
+        })
+    }
+}
