@@ -43,4 +43,6 @@ mod guide {
     mod supervision {}
     #[doc = include_str!("../docs/messages.md")]
     mod messages {}
+    #[doc = include_str!("../docs/work-grinder.md")]
+    mod work_grinder {}
 }

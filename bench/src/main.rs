@@ -36,6 +36,8 @@ const PYTHON: &str = "Python leasepool 0.1.3";
 
 struct Params {
     quick: bool,
+    /// Scenario ids to run (`--only S1,S8`); empty = all.
+    only: Vec<String>,
     rounds: usize,
     s1_ops: usize,
     s2_ops: usize,
@@ -48,13 +50,19 @@ struct Params {
     s6_per_task: usize,
     s7_jobs: usize,
     s7_waiters: Vec<usize>,
+    s8_items: usize,
 }
 
 impl Params {
+    fn wants(&self, id: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o.eq_ignore_ascii_case(id))
+    }
+
     fn new(quick: bool) -> Self {
         if quick {
             Self {
                 quick,
+                only: Vec::new(),
                 rounds: 3,
                 s1_ops: 2_000,
                 s2_ops: 1_000,
@@ -67,10 +75,12 @@ impl Params {
                 s6_per_task: 50,
                 s7_jobs: 5_000,
                 s7_waiters: vec![10, 100, 1_000],
+                s8_items: 20_000,
             }
         } else {
             Self {
                 quick,
+                only: Vec::new(),
                 rounds: 7,
                 s1_ops: 20_000,
                 s2_ops: 5_000,
@@ -83,6 +93,7 @@ impl Params {
                 s6_per_task: 500,
                 s7_jobs: 20_000,
                 s7_waiters: vec![10, 100, 1_000, 10_000],
+                s8_items: 100_000,
             }
         }
     }
@@ -137,11 +148,16 @@ fn main() {
     let mut quick = false;
     let mut python = true;
     let mut out = PathBuf::from("target/bench");
+    let mut only = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--no-python" => python = false,
+            "--only" => match args.next() {
+                Some(ids) => only = ids.split(',').map(|s| s.trim().to_owned()).collect(),
+                None => usage("--only needs scenario ids, e.g. S1,S8"),
+            },
             "--out" => match args.next() {
                 Some(dir) => out = PathBuf::from(dir),
                 None => usage("--out needs a directory"),
@@ -155,7 +171,8 @@ fn main() {
         std::process::exit(2);
     }
     let began = Instant::now();
-    let p = Params::new(quick);
+    let mut p = Params::new(quick);
+    p.only = only;
     let py = if python {
         python_figures(&out, &p)
     } else {
@@ -180,7 +197,7 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("error: {problem}");
     }
-    eprintln!("usage: leasepool-bench [--quick] [--out DIR] [--no-python]");
+    eprintln!("usage: leasepool-bench [--quick] [--out DIR] [--no-python] [--only S1,S8,...]");
     std::process::exit(if problem.is_empty() { 0 } else { 2 });
 }
 
@@ -218,243 +235,278 @@ fn add_python(s: &mut Scenario, py: &Result<Value, String>, key: &str) {
 fn run_all(p: &Params, py: &Result<Value, String>) -> (Vec<Scenario>, Vec<Curve>) {
     let r = p.rounds;
     let mut all = Vec::new();
-    eprintln!("S1 ...");
-    let mut s1 = Scenario::new(
-        "S1",
-        "sequential run(noop) on one 1-worker lease",
-        "µs/op",
-        Better::Lower,
-    );
-    s1.add(LEASEPOOL, median(r, || sc::s1_leasepool(p.s1_ops)));
-    s1.add(RAW_OFF, median(r, || sc::s1_raw_off_thread(p.s1_ops)));
-    s1.add(RAW_ON, median(r, || sc::s1_raw_on_system(p.s1_ops)));
-    s1.add(
-        SPAWN_BLOCKING,
-        median(r, || sc::s1_spawn_blocking(p.s1_ops)),
-    );
-    s1.add(SEMAPHORE, median(r, || sc::s1_semaphore(p.s1_ops)));
-    s1.add(WEB_BLOCK, median(r, || sc::s1_web_block(p.s1_ops)));
-    add_python(&mut s1, py, "S1");
-    all.push(s1);
-
-    eprintln!("S2 ...");
-    let mut s2 = Scenario::new(
-        "S2",
-        "acquire -> run(noop) -> release",
-        "µs/op",
-        Better::Lower,
-    );
-    s2.add(LEASEPOOL, median(r, || sc::s2_leasepool(p.s2_ops)));
-    s2.add(SEMAPHORE, median(r, || sc::s2_semaphore(p.s2_ops)));
-    add_python(&mut s2, py, "S2");
-    all.push(s2);
-
-    eprintln!("S3 ...");
-    let mut s3 = Scenario::new(
-        "S3",
-        format!(
-            "fan-out of {} noop jobs over 2 pools x 4 workers",
-            p.s3_jobs
-        ),
-        "jobs/s",
-        Better::Higher,
-    );
-    s3.add(LEASEPOOL, median(r, || sc::s3_leasepool(p.s3_jobs, 2, 4)));
-    s3.add(RAW_OFF, median(r, || sc::s3_raw_off_thread(p.s3_jobs, 8)));
-    s3.add(RAW_ON, median(r, || sc::s3_raw_on_system(p.s3_jobs, 8)));
-    s3.add(
-        SPAWN_BLOCKING,
-        median(r, || sc::s3_spawn_blocking(p.s3_jobs)),
-    );
-    s3.add(SEMAPHORE, median(r, || sc::s3_semaphore(p.s3_jobs, 8)));
-    s3.add(WEB_BLOCK, median(r, || sc::s3_web_block(p.s3_jobs)));
-    add_python(&mut s3, py, "S3");
-    all.push(s3);
-
-    eprintln!("S4 ...");
-    let mut s4 = Scenario::new(
-        "S4",
-        format!(
-            "{} tasks x (acquire, {} ms blocking sleep, release) over 8 pools x 1 worker",
-            p.s4_tasks,
-            p.s4_sleep.as_millis()
-        ),
-        "efficiency (ideal/actual)",
-        Better::Higher,
-    );
-    let mut s4_runs: Vec<(f64, f64, f64)> = (0..=r)
-        .map(|_| sc::s4_leasepool(p.s4_tasks, 8, p.s4_sleep))
-        .skip(1)
-        .collect();
-    s4_runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (eff, gap, over) = s4_runs[s4_runs.len() / 2];
-    s4.add(LEASEPOOL, eff);
-    s4.add(
-        RAW_OFF,
-        median(r, || sc::s4_raw_off_thread(p.s4_tasks, 8, p.s4_sleep)),
-    );
-    s4.add(
-        SEMAPHORE,
-        median(r, || sc::s4_semaphore(p.s4_tasks, 8, p.s4_sleep)),
-    );
-    s4.add(
-        DEADPOOL_BLOCKING,
-        median(r, || sc::s4_deadpool(p.s4_tasks, 8, p.s4_sleep)),
-    );
-    add_python(&mut s4, py, "S4");
-    all.push(s4);
-    // Where leasepool's S4 time goes (same median round): the hand-off between leases on a pool
-    // and the sleep's own overshoot, which no system can avoid.
-    let mut s4g = Scenario::new(
-        "S4",
-        "breakdown: gap between consecutive jobs on a pool (median)",
-        "µs",
-        Better::Lower,
-    );
-    s4g.add(LEASEPOOL, gap);
-    let mut s4o = Scenario::new(
-        "S4",
-        "breakdown: overshoot of the blocking sleep itself (median)",
-        "µs",
-        Better::Lower,
-    );
-    s4o.add(LEASEPOOL, over);
-    all.extend([s4g, s4o]);
-
-    eprintln!("S5 ...");
-    let s5_title = format!("{} concurrent acquirers on 4 pools", p.s5_waiters);
-    let mut s5 = Scenario::new("S5", s5_title.clone(), "acquisitions/s", Better::Higher);
-    let mut s5o = Scenario::new("S5", s5_title.clone(), "FIFO overtakes", Better::Lower);
-    let mut s5m = Scenario::new(
-        "S5",
-        s5_title.clone(),
-        "bytes per waiter (RSS delta)",
-        Better::Lower,
-    );
-    let mut s5a = Scenario::new(
-        "S5",
-        s5_title,
-        "RSS growth retained after (fraction of peak)",
-        Better::Lower,
-    );
-    for (name, child) in [
-        (LEASEPOOL, "leasepool"),
-        (DEADPOOL, "deadpool"),
-        (SEMAPHORE_ONLY, "semaphore"),
-    ] {
-        let runs: Vec<_> = match (0..r).map(|_| s5_in_child(child, p.s5_waiters)).collect() {
-            Ok(runs) => runs,
-            Err(e) => {
-                s5.skip(name, e);
-                continue;
-            }
-        };
-        let mid = |g: fn(&sc::WaiterRun) -> f64| {
-            let mut v: Vec<f64> = runs.iter().map(g).collect();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        };
-        s5.add(name, mid(|w| w.rate));
-        s5o.add(
-            name,
-            runs.iter().map(|w| w.overtakes).max().unwrap_or(0) as f64,
+    let mut curves = Vec::new();
+    if p.wants("S1") {
+        eprintln!("S1 ...");
+        let mut s1 = Scenario::new(
+            "S1",
+            "sequential run(noop) on one 1-worker lease",
+            "µs/op",
+            Better::Lower,
         );
-        s5m.add(name, mid(|w| w.bytes_per_waiter));
-        s5a.add(name, mid(|w| w.retained));
+        s1.add(LEASEPOOL, median(r, || sc::s1_leasepool(p.s1_ops)));
+        s1.add(RAW_OFF, median(r, || sc::s1_raw_off_thread(p.s1_ops)));
+        s1.add(RAW_ON, median(r, || sc::s1_raw_on_system(p.s1_ops)));
+        s1.add(
+            SPAWN_BLOCKING,
+            median(r, || sc::s1_spawn_blocking(p.s1_ops)),
+        );
+        s1.add(SEMAPHORE, median(r, || sc::s1_semaphore(p.s1_ops)));
+        s1.add(WEB_BLOCK, median(r, || sc::s1_web_block(p.s1_ops)));
+        add_python(&mut s1, py, "S1");
+        all.push(s1);
     }
-    match py_value(py, "S5_rate") {
-        Ok(v) => s5.add(PYTHON, v),
-        Err(e) => s5.skip(
-            PYTHON,
-            if py.is_ok() {
-                format!("did not finish: {e}")
-            } else {
-                e
-            },
-        ),
-    }
-    add_python(&mut s5o, py, "S5_overtakes");
-    add_python(&mut s5m, py, "S5_bytes_per_waiter");
-    all.extend([s5, s5o, s5m, s5a]);
 
-    eprintln!("S6 ...");
-    let mut s6u = Scenario::new(
-        "S6",
-        "acquire + release, no job, uncontended",
-        "µs/op",
-        Better::Lower,
-    );
-    let mut s6c = Scenario::new(
-        "S6",
-        format!("acquire + release, no job, {} tasks on 4 pools", p.s6_tasks),
-        "ops/s",
-        Better::Higher,
-    );
-    for (name, f) in [
-        (
-            LEASEPOOL,
-            sc::s6_leasepool as fn(usize, usize, usize, usize) -> (f64, f64),
-        ),
-        (DEADPOOL, sc::s6_deadpool),
-        (SEMAPHORE_ONLY, sc::s6_semaphore),
-    ] {
-        let runs: Vec<_> = (0..=r)
-            .map(|_| f(p.s6_ops, p.s6_tasks, p.s6_per_task, 4))
+    if p.wants("S2") {
+        eprintln!("S2 ...");
+        let mut s2 = Scenario::new(
+            "S2",
+            "acquire -> run(noop) -> release",
+            "µs/op",
+            Better::Lower,
+        );
+        s2.add(LEASEPOOL, median(r, || sc::s2_leasepool(p.s2_ops)));
+        s2.add(SEMAPHORE, median(r, || sc::s2_semaphore(p.s2_ops)));
+        add_python(&mut s2, py, "S2");
+        all.push(s2);
+    }
+
+    if p.wants("S3") {
+        eprintln!("S3 ...");
+        let mut s3 = Scenario::new(
+            "S3",
+            format!(
+                "fan-out of {} noop jobs over 2 pools x 4 workers",
+                p.s3_jobs
+            ),
+            "jobs/s",
+            Better::Higher,
+        );
+        s3.add(LEASEPOOL, median(r, || sc::s3_leasepool(p.s3_jobs, 2, 4)));
+        s3.add(RAW_OFF, median(r, || sc::s3_raw_off_thread(p.s3_jobs, 8)));
+        s3.add(RAW_ON, median(r, || sc::s3_raw_on_system(p.s3_jobs, 8)));
+        s3.add(
+            SPAWN_BLOCKING,
+            median(r, || sc::s3_spawn_blocking(p.s3_jobs)),
+        );
+        s3.add(SEMAPHORE, median(r, || sc::s3_semaphore(p.s3_jobs, 8)));
+        s3.add(WEB_BLOCK, median(r, || sc::s3_web_block(p.s3_jobs)));
+        add_python(&mut s3, py, "S3");
+        all.push(s3);
+    }
+
+    if p.wants("S4") {
+        eprintln!("S4 ...");
+        let mut s4 = Scenario::new(
+            "S4",
+            format!(
+                "{} tasks x (acquire, {} ms blocking sleep, release) over 8 pools x 1 worker",
+                p.s4_tasks,
+                p.s4_sleep.as_millis()
+            ),
+            "efficiency (ideal/actual)",
+            Better::Higher,
+        );
+        let mut s4_runs: Vec<(f64, f64, f64)> = (0..=r)
+            .map(|_| sc::s4_leasepool(p.s4_tasks, 8, p.s4_sleep))
             .skip(1)
             .collect();
-        let mut u: Vec<f64> = runs.iter().map(|x| x.0).collect();
-        let mut c: Vec<f64> = runs.iter().map(|x| x.1).collect();
-        u.sort_by(|a, b| a.total_cmp(b));
-        c.sort_by(|a, b| a.total_cmp(b));
-        s6u.add(name, u[u.len() / 2]);
-        s6c.add(name, c[c.len() / 2]);
+        s4_runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (eff, gap, over) = s4_runs[s4_runs.len() / 2];
+        s4.add(LEASEPOOL, eff);
+        s4.add(
+            RAW_OFF,
+            median(r, || sc::s4_raw_off_thread(p.s4_tasks, 8, p.s4_sleep)),
+        );
+        s4.add(
+            SEMAPHORE,
+            median(r, || sc::s4_semaphore(p.s4_tasks, 8, p.s4_sleep)),
+        );
+        s4.add(
+            DEADPOOL_BLOCKING,
+            median(r, || sc::s4_deadpool(p.s4_tasks, 8, p.s4_sleep)),
+        );
+        add_python(&mut s4, py, "S4");
+        all.push(s4);
+        // Where leasepool's S4 time goes (same median round): the hand-off between leases on a pool
+        // and the sleep's own overshoot, which no system can avoid.
+        let mut s4g = Scenario::new(
+            "S4",
+            "breakdown: gap between consecutive jobs on a pool (median)",
+            "µs",
+            Better::Lower,
+        );
+        s4g.add(LEASEPOOL, gap);
+        let mut s4o = Scenario::new(
+            "S4",
+            "breakdown: overshoot of the blocking sleep itself (median)",
+            "µs",
+            Better::Lower,
+        );
+        s4o.add(LEASEPOOL, over);
+        all.extend([s4g, s4o]);
     }
-    match py_value(py, "S6_uncontended") {
-        Ok(v) => s6u.add(PYTHON, 1e6 / v),
-        Err(e) => s6u.skip(PYTHON, e),
-    }
-    add_python(&mut s6c, py, "S6_contended");
-    all.extend([s6u, s6c]);
 
-    eprintln!("S7 ...");
-    let mut jobs_curve = Curve {
-        title: "S7a: fan-out throughput vs pools (4 workers each)",
-        x_label: "pools",
-        y_label: "jobs/s",
-        log_x: false,
-        series: vec![(LEASEPOOL, Vec::new()), (RAW_OFF, Vec::new())],
-    };
-    for pools in [1usize, 2, 4, 8] {
-        let lp = median(r, || sc::s3_leasepool(p.s7_jobs, pools, 4));
-        let raw = median(r, || sc::s3_raw_off_thread(p.s7_jobs, pools * 4));
-        jobs_curve.series[0].1.push((pools as f64, lp));
-        jobs_curve.series[1].1.push((pools as f64, raw));
-    }
-    let mut wait_curve = Curve {
-        title: "S7b: acquisitions/s vs waiters (4 pools)",
-        x_label: "waiters (log)",
-        y_label: "acquisitions/s",
-        log_x: true,
-        series: vec![
-            (LEASEPOOL, Vec::new()),
-            (DEADPOOL, Vec::new()),
-            (SEMAPHORE_ONLY, Vec::new()),
-        ],
-    };
-    for &w in &p.s7_waiters {
-        for (k, f) in [
-            sc::s5_leasepool as fn(usize, usize) -> sc::WaiterRun,
-            sc::s5_deadpool,
-            sc::s5_semaphore,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let rate = median(r, || f(w, 4).rate);
-            wait_curve.series[k].1.push((w as f64, rate));
+    if p.wants("S5") {
+        eprintln!("S5 ...");
+        let s5_title = format!("{} concurrent acquirers on 4 pools", p.s5_waiters);
+        let mut s5 = Scenario::new("S5", s5_title.clone(), "acquisitions/s", Better::Higher);
+        let mut s5o = Scenario::new("S5", s5_title.clone(), "FIFO overtakes", Better::Lower);
+        let mut s5m = Scenario::new(
+            "S5",
+            s5_title.clone(),
+            "bytes per waiter (RSS delta)",
+            Better::Lower,
+        );
+        let mut s5a = Scenario::new(
+            "S5",
+            s5_title,
+            "RSS growth retained after (fraction of peak)",
+            Better::Lower,
+        );
+        for (name, child) in [
+            (LEASEPOOL, "leasepool"),
+            (DEADPOOL, "deadpool"),
+            (SEMAPHORE_ONLY, "semaphore"),
+        ] {
+            let runs: Vec<_> = match (0..r).map(|_| s5_in_child(child, p.s5_waiters)).collect() {
+                Ok(runs) => runs,
+                Err(e) => {
+                    s5.skip(name, e);
+                    continue;
+                }
+            };
+            let mid = |g: fn(&sc::WaiterRun) -> f64| {
+                let mut v: Vec<f64> = runs.iter().map(g).collect();
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            s5.add(name, mid(|w| w.rate));
+            s5o.add(
+                name,
+                runs.iter().map(|w| w.overtakes).max().unwrap_or(0) as f64,
+            );
+            s5m.add(name, mid(|w| w.bytes_per_waiter));
+            s5a.add(name, mid(|w| w.retained));
         }
+        match py_value(py, "S5_rate") {
+            Ok(v) => s5.add(PYTHON, v),
+            Err(e) => s5.skip(
+                PYTHON,
+                if py.is_ok() {
+                    format!("did not finish: {e}")
+                } else {
+                    e
+                },
+            ),
+        }
+        add_python(&mut s5o, py, "S5_overtakes");
+        add_python(&mut s5m, py, "S5_bytes_per_waiter");
+        all.extend([s5, s5o, s5m, s5a]);
     }
-    (all, vec![jobs_curve, wait_curve])
+
+    if p.wants("S6") {
+        eprintln!("S6 ...");
+        let mut s6u = Scenario::new(
+            "S6",
+            "acquire + release, no job, uncontended",
+            "µs/op",
+            Better::Lower,
+        );
+        let mut s6c = Scenario::new(
+            "S6",
+            format!("acquire + release, no job, {} tasks on 4 pools", p.s6_tasks),
+            "ops/s",
+            Better::Higher,
+        );
+        for (name, f) in [
+            (
+                LEASEPOOL,
+                sc::s6_leasepool as fn(usize, usize, usize, usize) -> (f64, f64),
+            ),
+            (DEADPOOL, sc::s6_deadpool),
+            (SEMAPHORE_ONLY, sc::s6_semaphore),
+        ] {
+            let runs: Vec<_> = (0..=r)
+                .map(|_| f(p.s6_ops, p.s6_tasks, p.s6_per_task, 4))
+                .skip(1)
+                .collect();
+            let mut u: Vec<f64> = runs.iter().map(|x| x.0).collect();
+            let mut c: Vec<f64> = runs.iter().map(|x| x.1).collect();
+            u.sort_by(|a, b| a.total_cmp(b));
+            c.sort_by(|a, b| a.total_cmp(b));
+            s6u.add(name, u[u.len() / 2]);
+            s6c.add(name, c[c.len() / 2]);
+        }
+        match py_value(py, "S6_uncontended") {
+            Ok(v) => s6u.add(PYTHON, 1e6 / v),
+            Err(e) => s6u.skip(PYTHON, e),
+        }
+        add_python(&mut s6c, py, "S6_contended");
+        all.extend([s6u, s6c]);
+    }
+
+    if p.wants("S8") {
+        eprintln!("S8 ...");
+        let mut s8 = Scenario::new(
+            "S8",
+            format!(
+                "{} tiny jobs: WorkGrinder (2 pools x 4 workers) vs one spawn_blocking per item",
+                p.s8_items
+            ),
+            "items/s",
+            Better::Higher,
+        );
+        s8.add(LEASEPOOL, median(r, || sc::s8_grinder(p.s8_items)));
+        s8.add(
+            SPAWN_BLOCKING,
+            median(r, || sc::s8_spawn_blocking(p.s8_items)),
+        );
+        all.push(s8);
+    }
+
+    if p.wants("S7") {
+        eprintln!("S7 ...");
+        let mut jobs_curve = Curve {
+            title: "S7a: fan-out throughput vs pools (4 workers each)",
+            x_label: "pools",
+            y_label: "jobs/s",
+            log_x: false,
+            series: vec![(LEASEPOOL, Vec::new()), (RAW_OFF, Vec::new())],
+        };
+        for pools in [1usize, 2, 4, 8] {
+            let lp = median(r, || sc::s3_leasepool(p.s7_jobs, pools, 4));
+            let raw = median(r, || sc::s3_raw_off_thread(p.s7_jobs, pools * 4));
+            jobs_curve.series[0].1.push((pools as f64, lp));
+            jobs_curve.series[1].1.push((pools as f64, raw));
+        }
+        let mut wait_curve = Curve {
+            title: "S7b: acquisitions/s vs waiters (4 pools)",
+            x_label: "waiters (log)",
+            y_label: "acquisitions/s",
+            log_x: true,
+            series: vec![
+                (LEASEPOOL, Vec::new()),
+                (DEADPOOL, Vec::new()),
+                (SEMAPHORE_ONLY, Vec::new()),
+            ],
+        };
+        for &w in &p.s7_waiters {
+            for (k, f) in [
+                sc::s5_leasepool as fn(usize, usize) -> sc::WaiterRun,
+                sc::s5_deadpool,
+                sc::s5_semaphore,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let rate = median(r, || f(w, 4).rate);
+                wait_curve.series[k].1.push((w as f64, rate));
+            }
+        }
+        curves = vec![jobs_curve, wait_curve];
+    }
+    (all, curves)
 }
 
 fn find<'a>(all: &'a [Scenario], id: &str, unit: &str) -> Option<&'a Scenario> {

@@ -636,6 +636,43 @@ pub fn s6_semaphore(n: usize, tasks: usize, per_task: usize, pools: usize) -> (f
     (single, contended)
 }
 
+// ---- S8: many tiny jobs through the WorkGrinder vs one spawn_blocking per item -------------
+
+pub fn s8_grinder(items: usize) -> f64 {
+    multi_thread().block_on(async {
+        let m = started(2, 4).await;
+        let g = leasepool::WorkGrinder::builder(&m)
+            .batch_size_threshold(256)
+            .max_wait(Duration::from_millis(1))
+            .max_pending(items)
+            .build()
+            .expect("grinder settings");
+        g.start().await.unwrap();
+        let t = Instant::now();
+        let handles: Vec<_> = (0..items).map(|i| g.enqueue(move || i).unwrap()).collect();
+        for h in join_all(handles).await {
+            h.unwrap();
+        }
+        let dt = t.elapsed();
+        g.stop(leasepool::StopMode::Drain).await;
+        m.stop().await;
+        per_sec(dt, items)
+    })
+}
+
+pub fn s8_spawn_blocking(items: usize) -> f64 {
+    multi_thread().block_on(async {
+        let t = Instant::now();
+        let handles: Vec<_> = (0..items)
+            .map(|i| tokio::task::spawn_blocking(move || i))
+            .collect();
+        for h in join_all(handles).await {
+            h.unwrap();
+        }
+        per_sec(t.elapsed(), items)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::overtakes;
