@@ -326,16 +326,11 @@ impl<S: 'static> Grinder<S> {
                 }
                 StopMode::CancelPending => {
                     books.state = State::Stopped;
-                    std::mem::take(&mut books.pending)
-                        .into_values()
-                        .collect::<Vec<_>>()
+                    take_pending(&mut books)
                 }
             }
         };
-        for item in cancelled {
-            (item.launch)(Err(LeaseError::Stopped));
-        }
-        self.freed_room();
+        self.answer_stopped(cancelled);
         loop {
             let notified = self.progress.notified();
             let mut notified = std::pin::pin!(notified);
@@ -364,11 +359,14 @@ impl<S: 'static> Grinder<S> {
             if let Some(actor) = books.actor.take() {
                 actor.do_send(StopGrinder);
             }
-            std::mem::take(&mut books.pending)
-                .into_values()
-                .collect::<Vec<_>>()
+            take_pending(&mut books)
         };
-        for item in cancelled {
+        self.answer_stopped(cancelled);
+    }
+
+    /// Answers cancelled items `Stopped` (outside the lock) and wakes anyone waiting for room.
+    fn answer_stopped(&self, items: Vec<Item<S>>) {
+        for item in items {
             (item.launch)(Err(LeaseError::Stopped));
         }
         self.freed_room();
@@ -399,7 +397,7 @@ impl<S: 'static> Grinder<S> {
             if !(full || waited_enough || books.state == State::Draining) {
                 break;
             }
-            let items: Vec<Item<S>> = std::mem::take(&mut books.pending).into_values().collect();
+            let items = take_pending(&mut books);
             let n = books.next_batch;
             books.next_batch += 1;
             books.running += 1;
@@ -425,6 +423,10 @@ impl<S: 'static> Grinder<S> {
         drop(books);
         self.progress.notify_waiters();
     }
+}
+
+fn take_pending<S: 'static>(books: &mut Books<S>) -> Vec<Item<S>> {
+    std::mem::take(&mut books.pending).into_values().collect()
 }
 
 /// Holds a batch's lease while its jobs run. Each job keeps a reference; when the last one is
