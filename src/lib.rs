@@ -6,6 +6,9 @@ mod grinder;
 mod lease;
 mod manager;
 mod message;
+#[cfg(feature = "web")]
+#[cfg_attr(docsrs, doc(cfg(feature = "web")))]
+pub mod web;
 
 pub use builder::{BuildError, ManagerBuilder, MAX_TOTAL_WORKERS};
 pub use grinder::{GrinderBuilder, WorkGrinder};
@@ -45,4 +48,7 @@ mod guide {
     mod messages {}
     #[doc = include_str!("../docs/work-grinder.md")]
     mod work_grinder {}
+    #[cfg(all(feature = "web", feature = "serde"))]
+    #[doc = include_str!("../docs/actix-web.md")]
+    mod actix_web {}
 }

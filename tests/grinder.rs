@@ -351,7 +351,7 @@ fn submit_blocking_serves_plain_threads_and_refuses_runtime_threads() {
         total,
         (0..8u64)
             .map(|t| (0..25).map(|i| t * 100 + i).sum::<u64>())
-            .sum()
+            .sum::<u64>()
     );
     let on_runtime = rt.block_on(async { g.submit_blocking(|| 1) });
     assert_eq!(

@@ -50,3 +50,94 @@ pub enum LeaseError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }
+
+impl LeaseError {
+    /// A short, stable, machine-readable name of the error (`"unavailable"`, `"timeout"`, …):
+    /// what HTTP bodies and metrics labels carry, never internals such as panic messages.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LeaseError::NotStarted => "not_started",
+            LeaseError::Unavailable => "unavailable",
+            LeaseError::Timeout(_) => "timeout",
+            LeaseError::Stopped => "stopped",
+            LeaseError::Expired => "expired",
+            LeaseError::Released => "released",
+            LeaseError::Panicked(_) => "panicked",
+            LeaseError::WorkerLost => "worker_lost",
+            LeaseError::StartFailed(_) => "start_failed",
+            LeaseError::BlockingOnRuntime(_) => "blocking_on_runtime",
+            LeaseError::InvalidArgument(_) => "invalid_argument",
+        }
+    }
+
+    /// Whether the error means "busy or shutting down, try again later" (HTTP 503) rather
+    /// than a failure of the work itself (HTTP 500).
+    pub fn is_overload(&self) -> bool {
+        matches!(
+            self,
+            LeaseError::NotStarted
+                | LeaseError::Unavailable
+                | LeaseError::Timeout(_)
+                | LeaseError::Stopped
+                | LeaseError::StartFailed(_)
+        )
+    }
+}
+
+#[cfg(feature = "web")]
+mod web {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::time::Duration;
+
+    use actix_web::http::{header, StatusCode};
+    use actix_web::{HttpResponse, ResponseError};
+
+    use super::LeaseError;
+
+    static RETRY_AFTER_SECS: AtomicU64 = AtomicU64::new(1);
+
+    /// Sets the `Retry-After` hint sent with every 503 (whole seconds, at least 1; default 1).
+    pub fn set_retry_after(hint: Duration) {
+        RETRY_AFTER_SECS.store(hint.as_secs().max(1), Relaxed);
+    }
+
+    /// The current `Retry-After` hint in seconds.
+    pub fn retry_after_secs() -> u64 {
+        RETRY_AFTER_SECS.load(Relaxed)
+    }
+
+    /// Overload (`Unavailable`, `Timeout`, `NotStarted`, `Stopped`) becomes **503** with a
+    /// `Retry-After` header; failures of the work (`Expired`, `Released`, `WorkerLost`,
+    /// `Panicked`, …) become **500**. The body is a small JSON object naming the error
+    /// (`{"error":"unavailable","retry_after":1}`); panic messages and other internals go to
+    /// the logs, never to the client.
+    impl ResponseError for LeaseError {
+        fn status_code(&self) -> StatusCode {
+            if self.is_overload() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+
+        fn error_response(&self) -> HttpResponse {
+            let status = self.status_code();
+            let mut response = HttpResponse::build(status);
+            response.insert_header((header::CONTENT_TYPE, "application/json"));
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                let secs = retry_after_secs();
+                response.insert_header((header::RETRY_AFTER, secs.to_string()));
+                response.body(format!(
+                    r#"{{"error":"{}","retry_after":{secs}}}"#,
+                    self.code()
+                ))
+            } else {
+                tracing::error!(error = %self, "blocking work failed; answering 500");
+                response.body(format!(r#"{{"error":"{}"}}"#, self.code()))
+            }
+        }
+    }
+}
+
+#[cfg(feature = "web")]
+pub use web::{retry_after_secs, set_retry_after};

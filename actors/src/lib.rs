@@ -30,6 +30,8 @@ mod worker;
 
 pub use config::{EngineConfig, SizeProvider, StateFactory};
 pub use error::LeaseError;
+#[cfg(feature = "web")]
+pub use error::{retry_after_secs, set_retry_after};
 pub use grinder::{Grinder, GrinderActor, GrinderConfig, GrinderStats, StopMode};
 pub use handle::{JobHandle, JobReply, LeaseCore};
 pub use host::Engine;

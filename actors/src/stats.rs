@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// Identifies one lease for its whole life. Unique within one manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
 pub struct LeaseId(pub(crate) u64);
 
 impl LeaseId {
@@ -23,6 +24,7 @@ impl fmt::Display for LeaseId {
 
 /// Identifies one pool (one `SyncArbiter` of worker threads). Unique within one manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
 pub struct PoolId(pub(crate) u64);
 
 impl PoolId {
@@ -41,6 +43,11 @@ impl fmt::Display for PoolId {
 /// Where leased work runs.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum Backend {
     /// Pools of OS threads in this process (an actix `SyncArbiter` per pool).
     #[default]
@@ -64,6 +71,7 @@ impl fmt::Display for Backend {
 /// are counted apart in `retiring`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     /// The backend the manager runs.
     pub backend: Backend,
@@ -99,14 +107,17 @@ pub struct Stats {
 /// One live lease in a [`Stats`] snapshot.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LeaseInfo {
     /// The lease.
     pub id: LeaseId,
     /// The label given with `Acquire::owner`.
     pub owner: Option<String>,
-    /// Time left until `lease_for` runs out (zero once passed).
+    /// Time left until `lease_for` runs out (zero once passed). Serialized as seconds.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "as_secs"))]
     pub until_soft_expiry: Duration,
-    /// Time left until the lease is revoked (zero once passed).
+    /// Time left until the lease is revoked (zero once passed). Serialized as seconds.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "as_secs"))]
     pub until_hard_expiry: Duration,
     /// Jobs sent on this lease that have not finished.
     pub in_flight: usize,
@@ -119,6 +130,7 @@ pub struct LeaseInfo {
 /// Monotonic event counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Counters {
     /// Leases handed out.
     pub acquired: u64,
@@ -181,4 +193,9 @@ impl CounterCells {
             worker_state_failures: self.worker_state_failures.load(Relaxed),
         }
     }
+}
+
+#[cfg(feature = "serde")]
+fn as_secs<Ser: serde::Serializer>(d: &Duration, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
