@@ -181,6 +181,8 @@ async fn a_real_server_serves_sheds_load_and_shuts_down_gracefully() {
 
     let resp = client.get(url(10)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    // The extractor's lease is released by drop (asynchronously): wait for it.
+    common::stats_until(&manager, "first lease released", |s| s.leased == 0).await;
 
     // One request holds the only pool for 1.5 s; another waits 200 ms and is shed with 503.
     let long = actix_web::rt::spawn({
@@ -202,4 +204,32 @@ async fn a_real_server_serves_sheds_load_and_shuts_down_gracefully() {
         client.get(url(1)).send().await.is_err(),
         "the server is gone"
     );
+}
+
+#[actix_web::test]
+async fn requests_waiting_for_a_lease_get_503_when_the_manager_stops() {
+    let manager = one_pool("web-stop");
+    manager.start().await.unwrap();
+    let svc = test::init_service(
+        App::new()
+            .app_data(web::Data::new(manager.clone()))
+            .app_data(LeaseConfig::timeout(Duration::from_secs(30)))
+            .route("/slow/{ms}", web::get().to(slow)),
+    )
+    .await;
+    let held = manager.acquire().await.unwrap();
+    let waiting = test::call_service(&svc, test::TestRequest::get().uri("/slow/1").to_request());
+    let stopper = async {
+        common::stats_until(&manager, "a waiting request", |s| s.waiting == 1).await;
+        manager.stop().await;
+    };
+    let (resp, ()) = futures_util::join!(waiting, stopper);
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    let body = test::read_body(resp).await;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["error"],
+        "stopped"
+    );
+    drop(held);
 }
