@@ -74,6 +74,29 @@ impl<S: 'static> LeaseCore<S> {
         self.shared.in_flight()
     }
 
+    /// Admits one job: counts it in flight (before checking the lease's state, see
+    /// `InFlight`), and finds the pool's queue, refusing if the pool is gone or has no live
+    /// worker.
+    fn admit(&self) -> Result<(InFlight, Arc<PoolQueue<S>>), LeaseError> {
+        let in_flight = InFlight::enter(&self.shared)?;
+        let queue = self.queue.upgrade().ok_or(LeaseError::WorkerLost)?;
+        if queue.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LeaseError::WorkerLost);
+        }
+        tracing::debug!(lease_id = %self.shared.id, pool = %self.shared.pool, "job sent");
+        Ok((in_flight, queue))
+    }
+
+    fn send_job<F, R>(queue: &PoolQueue<S>, job: TypedJob<F, R>)
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        // If every worker is gone the queue is closed; the returned job is dropped here and
+        // answers WorkerLost, like any job that never runs.
+        drop(queue.jobs.send(Job(JobKind::Run(Box::new(job)))));
+    }
+
     /// Sends `f` to a worker of this lease's pool now. With `skip_if_abandoned`, a job whose
     /// handle is dropped before a worker picks it up is skipped; without, it runs regardless.
     pub fn dispatch<F, R>(&self, f: F, skip_if_abandoned: bool) -> Result<JobHandle<R>, LeaseError>
@@ -81,19 +104,12 @@ impl<S: 'static> LeaseCore<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let in_flight = InFlight::enter(&self.shared)?;
-        let Some(queue) = self.queue.upgrade() else {
-            return Err(LeaseError::WorkerLost);
-        };
-        if queue.dead.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(LeaseError::WorkerLost);
-        }
+        let (in_flight, queue) = self.admit()?;
         let (reply, answer) = oneshot::channel();
-        tracing::debug!(lease_id = %self.shared.id, pool = %self.shared.pool, "job sent");
-        let job = TypedJob::new(f, reply, in_flight, skip_if_abandoned);
-        // If every worker is gone the queue is closed; the returned job is dropped here and
-        // answers WorkerLost, like any job that never runs.
-        drop(queue.jobs.send(Job(JobKind::Run(Box::new(job)))));
+        Self::send_job(
+            &queue,
+            TypedJob::new(f, reply, in_flight, skip_if_abandoned),
+        );
         Ok(JobHandle { answer })
     }
 
@@ -105,18 +121,15 @@ impl<S: 'static> LeaseCore<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let in_flight = match InFlight::enter(&self.shared) {
-            Ok(guard) => guard,
-            Err(e) => return reply.fail(e),
-        };
-        let Some(queue) = self.queue.upgrade() else {
-            return reply.fail(LeaseError::WorkerLost);
-        };
-        if queue.dead.load(std::sync::atomic::Ordering::Relaxed) {
-            return reply.fail(LeaseError::WorkerLost);
+        match self.admit() {
+            Ok((in_flight, queue)) => {
+                Self::send_job(
+                    &queue,
+                    TypedJob::new(f, reply.0, in_flight, skip_if_abandoned),
+                );
+            }
+            Err(e) => reply.fail(e),
         }
-        let job = TypedJob::new(f, reply.0, in_flight, skip_if_abandoned);
-        drop(queue.jobs.send(Job(JobKind::Run(Box::new(job)))));
     }
 
     /// Releases the lease; when it returns, the pool is free again or the lease is draining
