@@ -176,11 +176,6 @@ impl<R> JobReply<R> {
     pub fn fail(self, error: LeaseError) {
         let _ = self.0.send(Err(error));
     }
-
-    /// Whether the handle was dropped (nobody waits for the answer any more).
-    pub fn is_abandoned(&self) -> bool {
-        self.0.is_closed()
-    }
 }
 
 impl<R> JobHandle<R> {

@@ -191,12 +191,10 @@ fn host_main<S: 'static>(
             threads: Arc::clone(&threads),
         });
         let spec = PoolSpec {
-            config: Arc::clone(&registry.config),
-            counters: Arc::clone(&registry.counters),
-            threads,
             registry: Arc::clone(&registry),
+            threads,
         };
-        let mut manager = ManagerActor::new(Arc::clone(&registry), spec, generation);
+        let mut manager = ManagerActor::new(spec, generation);
         // Initial pools exist before `start` returns.
         manager.reconcile();
         ctx.run(manager);

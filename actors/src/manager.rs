@@ -17,12 +17,11 @@ use crate::messages::{
     CreatePools, InjectFault, PoolDied, RetirePool, ScaleChanged, Shutdown, SpawnLease, StopPool,
 };
 use crate::pool::{PoolActor, PoolSpec};
-use crate::registry::{Effects, PoolSlot, Registry};
+use crate::registry::{Effects, PoolSlot};
 use crate::stats::CounterCells;
 
 /// The supervisor of one manager run. Lives on the host System.
 pub struct ManagerActor<S: 'static> {
-    registry: Arc<Registry<S>>,
     spec: PoolSpec<S>,
     generation: u64,
     pools: HashMap<crate::stats::PoolId, actix::Addr<PoolActor<S>>>,
@@ -30,9 +29,8 @@ pub struct ManagerActor<S: 'static> {
 }
 
 impl<S: 'static> ManagerActor<S> {
-    pub(crate) fn new(registry: Arc<Registry<S>>, spec: PoolSpec<S>, generation: u64) -> Self {
+    pub(crate) fn new(spec: PoolSpec<S>, generation: u64) -> Self {
         Self {
-            registry,
             spec,
             generation,
             pools: HashMap::new(),
@@ -43,7 +41,7 @@ impl<S: 'static> ManagerActor<S> {
     /// desired = min(max_pools, max(min_pools, ceil(units / units_per_pool))); a panicking
     /// size provider counts as 0 and is logged once per streak of failures.
     pub(crate) fn desired(&mut self) -> usize {
-        let config = &self.spec.config;
+        let config = self.spec.config();
         let units = match &config.size_provider {
             None => 0,
             Some(provider) => match catch_unwind(AssertUnwindSafe(|| provider())) {
@@ -72,7 +70,7 @@ impl<S: 'static> ManagerActor<S> {
     /// `ScaleChanged`).
     pub(crate) fn reconcile(&mut self) {
         let desired = self.desired();
-        let effects = self.registry.set_desired(desired);
+        let effects = self.spec.registry.set_desired(desired);
         self.act_on(effects);
     }
 
@@ -87,7 +85,7 @@ impl<S: 'static> ManagerActor<S> {
 
     fn create_pools(&mut self, n: usize) {
         for _ in 0..n {
-            let id = self.registry.next_pool_id();
+            let id = self.spec.registry.next_pool_id();
             let (addr, queue) = PoolActor::spawn(&self.spec, id);
             self.pools.insert(id, addr);
             let slot = PoolSlot {
@@ -95,7 +93,7 @@ impl<S: 'static> ManagerActor<S> {
                 generation: self.generation,
                 queue,
             };
-            let effects = self.registry.add_pool(slot);
+            let effects = self.spec.registry.add_pool(slot);
             self.act_on(effects);
         }
     }
@@ -115,7 +113,7 @@ impl<S: 'static> Actor for ManagerActor<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let every = self.spec.config.check_interval;
+        let every = self.spec.config().check_interval;
         ctx.run_interval(every, |act, _| act.reconcile());
     }
 }
@@ -132,10 +130,10 @@ impl<S: 'static> Handler<SpawnLease<S>> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, msg: SpawnLease<S>, _: &mut Context<Self>) {
-        if !self.registry.is_live(msg.lease.id) {
+        if !self.spec.registry.is_live(msg.lease.id) {
             return;
         }
-        let actor = LeaseActor::new(msg.lease, Arc::clone(&self.registry));
+        let actor = LeaseActor::new(msg.lease, Arc::clone(&self.spec.registry));
         self.start_lease(msg.mailbox, actor);
     }
 }
@@ -187,8 +185,8 @@ impl<S: 'static> Handler<PoolDied> for ManagerActor<S> {
 
     fn handle(&mut self, msg: PoolDied, _: &mut Context<Self>) {
         self.pools.remove(&msg.0);
-        CounterCells::bump(&self.spec.counters.pools_restarted);
-        let effects = self.registry.pool_died(msg.0);
+        CounterCells::bump(&self.spec.counters().pools_restarted);
+        let effects = self.spec.registry.pool_died(msg.0);
         self.act_on(effects);
     }
 }
@@ -204,7 +202,7 @@ impl<S: 'static> Handler<InjectFault> for ManagerActor<S> {
                 .get(&id)
                 .map(|p| p.do_send(KillWorkers(n)))
                 .is_some(),
-            InjectFault::CrashLease(id) => match self.registry.lease_actor(id) {
+            InjectFault::CrashLease(id) => match self.spec.registry.lease_actor(id) {
                 Some(actor) => actor.upgrade().map(|a| a.do_send(Crash)).is_some(),
                 None => false,
             },

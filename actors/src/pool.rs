@@ -25,21 +25,28 @@ pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// A pool that lost no worker for this long starts over at [`BACKOFF_START`].
 pub(crate) const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
 
-/// What every pool of one manager run is built from.
+/// What every pool of one manager run is built from: the manager's books (which own the
+/// settings and counters) and this run's worker-thread tracker.
 pub(crate) struct PoolSpec<S: 'static> {
-    pub(crate) config: Arc<EngineConfig<S>>,
-    pub(crate) counters: Arc<CounterCells>,
-    pub(crate) threads: Arc<WorkerThreads>,
     pub(crate) registry: Arc<Registry<S>>,
+    pub(crate) threads: Arc<WorkerThreads>,
+}
+
+impl<S: 'static> PoolSpec<S> {
+    pub(crate) fn config(&self) -> &EngineConfig<S> {
+        &self.registry.config
+    }
+
+    pub(crate) fn counters(&self) -> &Arc<CounterCells> {
+        &self.registry.counters
+    }
 }
 
 impl<S: 'static> Clone for PoolSpec<S> {
     fn clone(&self) -> Self {
         Self {
-            config: Arc::clone(&self.config),
-            counters: Arc::clone(&self.counters),
-            threads: Arc::clone(&self.threads),
             registry: Arc::clone(&self.registry),
+            threads: Arc::clone(&self.threads),
         }
     }
 }
@@ -107,15 +114,15 @@ impl<S: 'static> PoolActor<S> {
             replacing: false,
             retired: false,
         };
-        actor.start_workers(spec.config.workers_per_pool, &ctx.address());
-        tracing::info!(pool = %id, workers = spec.config.workers_per_pool, "pool started");
+        actor.start_workers(spec.config().workers_per_pool, &ctx.address());
+        tracing::info!(pool = %id, workers = spec.config().workers_per_pool, "pool started");
         (ctx.run(actor), weak)
     }
 
     fn start_workers(&mut self, n: usize, me: &Addr<Self>) {
         let spec = &self.spec;
         let id = self.id;
-        let prefix = spec.config.name_prefix.clone();
+        let prefix = spec.config().name_prefix.clone();
         let builder_threads = Arc::clone(&spec.threads);
         let mut index = self.next_index;
         let thread_builder = move || {
@@ -124,8 +131,8 @@ impl<S: 'static> PoolActor<S> {
             builder_threads.expect(id, &name);
             thread::Builder::new().name(name)
         };
-        let factory = Arc::clone(&spec.config.state_factory);
-        let counters = Arc::clone(&spec.counters);
+        let factory = Arc::clone(&spec.config().state_factory);
+        let counters = Arc::clone(spec.counters());
         let threads = Arc::clone(&spec.threads);
         let queue = self.receiver.clone();
         let exits = me.clone().recipient::<WorkerExited>();
@@ -219,7 +226,7 @@ impl<S: 'static> Handler<WorkerExited> for PoolActor<S> {
 
     fn handle(&mut self, msg: WorkerExited, ctx: &mut Context<Self>) {
         self.live = self.live.saturating_sub(1);
-        CounterCells::bump(&self.spec.counters.worker_state_failures);
+        CounterCells::bump(&self.spec.counters().worker_state_failures);
         if let Some(at) = self.arbiters.iter().position(|a| a.0 == msg.arbiter) {
             self.arbiters[at].2 = self.arbiters[at].2.saturating_sub(1);
             if self.arbiters[at].2 == 0 {
@@ -271,12 +278,16 @@ impl<S: 'static> Handler<ReplaceWorkers> for PoolActor<S> {
         if self.retired {
             return;
         }
-        let missing = self.spec.config.workers_per_pool.saturating_sub(self.live);
+        let missing = self
+            .spec
+            .config()
+            .workers_per_pool
+            .saturating_sub(self.live);
         if missing == 0 {
             return;
         }
         self.start_workers(missing, &ctx.address());
-        CounterCells::bump(&self.spec.counters.pools_restarted);
+        CounterCells::bump(&self.spec.counters().pools_restarted);
         tracing::info!(pool = %self.id, started = missing, "replacement workers started");
     }
 }
