@@ -57,6 +57,7 @@ impl Gate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_starts_at_the_threshold_on_one_lease_named_after_the_batch() {
+    let _deadline = common::deadline();
     let m = manager("gr-threshold", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(5)
@@ -111,6 +112,7 @@ async fn a_batch_starts_at_the_threshold_on_one_lease_named_after_the_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_starts_when_the_oldest_item_waited_max_wait() {
+    let _deadline = common::deadline();
     let m = manager("gr-wait", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -135,6 +137,7 @@ async fn a_batch_starts_when_the_oldest_item_waited_max_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_to_max_concurrent_batches_run_at_once() {
+    let _deadline = common::deadline();
     let m = manager("gr-conc", 3).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1)
@@ -175,6 +178,7 @@ async fn up_to_max_concurrent_batches_run_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_item_resolves_once_and_a_panicking_item_fails_alone() {
+    let _deadline = common::deadline();
     let m = manager("gr-once", 2).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(16)
@@ -219,6 +223,7 @@ async fn every_item_resolves_once_and_a_panicking_item_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_is_refused_at_max_pending_and_submit_waits_for_room() {
+    let _deadline = common::deadline();
     let m = manager("gr-full", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -248,6 +253,7 @@ async fn enqueue_is_refused_at_max_pending_and_submit_waits_for_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_submit_future_removes_its_item_at_once() {
+    let _deadline = common::deadline();
     let m = manager("gr-drop", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -274,6 +280,7 @@ async fn dropping_a_submit_future_removes_its_item_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_drain_runs_what_is_queued_then_refuses() {
+    let _deadline = common::deadline();
     let m = manager("gr-drain", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -296,6 +303,7 @@ async fn stop_drain_runs_what_is_queued_then_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_cancel_pending_answers_every_pending_item_with_stopped() {
+    let _deadline = common::deadline();
     let m = manager("gr-cancel", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -321,6 +329,7 @@ async fn stop_cancel_pending_answers_every_pending_item_with_stopped() {
 
 #[test]
 fn submit_blocking_serves_plain_threads_and_refuses_runtime_threads() {
+    let _deadline = common::deadline();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -366,6 +375,7 @@ fn submit_blocking_serves_plain_threads_and_refuses_runtime_threads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grinder_needs_a_started_manager_and_a_start() {
+    let _deadline = common::deadline();
     let m = LeaseManager::builder()
         .name_prefix("gr-ns")
         .build()
@@ -383,6 +393,7 @@ async fn a_grinder_needs_a_started_manager_and_a_start() {
 
 #[test]
 fn invalid_settings_are_refused_naming_the_setting() {
+    let _deadline = common::deadline();
     let m = LeaseManager::builder().build().unwrap();
     let b = || WorkGrinder::builder(&m);
     let text = |r: Result<WorkGrinder, BuildError>| r.unwrap_err().to_string();

@@ -74,6 +74,7 @@ fn matching(pred: impl Fn(&Captured) -> bool) -> Vec<Captured> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
+    let _deadline = common::deadline();
     events();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
@@ -122,6 +123,7 @@ async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_size_provider_is_logged_once_per_streak() {
+    let _deadline = common::deadline();
     events();
     let failing = Arc::new(AtomicBool::new(true));
     let f = Arc::clone(&failing);

@@ -47,6 +47,7 @@ impl Handle<WhoAmI> for Ledger {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_from_many_callers_land_on_per_worker_state() {
+    let _deadline = common::deadline();
     let next_worker = Arc::new(AtomicUsize::new(0));
     let n = Arc::clone(&next_worker);
     let manager = LeaseManager::builder()
@@ -92,6 +93,7 @@ async fn messages_from_many_callers_land_on_per_worker_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_keeps_its_state_across_message_types() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("msg-one")
@@ -121,6 +123,7 @@ async fn one_worker_keeps_its_state_across_message_types() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_state_need_not_be_send() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("msg-rc")
@@ -146,6 +149,7 @@ async fn worker_state_need_not_be_send() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallible_factory_that_fails_leaves_the_pool_unhealthy_until_it_succeeds() {
+    let _deadline = common::deadline();
     let healthy_after = Arc::new(AtomicUsize::new(usize::MAX));
     let calls = Arc::new(AtomicUsize::new(0));
     let (h, c) = (Arc::clone(&healthy_after), Arc::clone(&calls));
@@ -193,6 +197,7 @@ async fn a_fallible_factory_that_fails_leaves_the_pool_unhealthy_until_it_succee
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_worker_is_replaced_while_the_others_serve() {
+    let _deadline = common::deadline();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let manager = LeaseManager::builder()

@@ -262,6 +262,7 @@ proptest! {
 
     #[test]
     fn random_operation_sequences_keep_every_invariant(ops in proptest::collection::vec(op(), 1..40)) {
+        let _deadline = common::deadline();
         common::block_on_tokio(run_case(ops));
     }
 }

@@ -12,6 +12,7 @@ fn assert_send<T: Send>(_: &T) {}
 
 #[test]
 fn handles_are_send_and_sync_even_with_non_send_worker_state() {
+    let _deadline = common::deadline();
     assert_send_sync::<LeaseManager>();
     assert_send_sync::<Lease>();
     // Worker state never leaves its thread, so it need not be Send.
@@ -21,6 +22,7 @@ fn handles_are_send_and_sync_even_with_non_send_worker_state() {
 
 #[test]
 fn futures_are_send() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder().build().unwrap();
     assert_send(&manager.start());
     assert_send(&manager.stop());
@@ -30,6 +32,7 @@ fn futures_are_send() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_from_a_tokio_multi_thread_runtime() {
+    let _deadline = common::deadline();
     let manager = common::started("rt-tokio", 2, 2).await;
     let mut tasks = Vec::new();
     for i in 0..8u64 {
@@ -51,6 +54,7 @@ async fn works_from_a_tokio_multi_thread_runtime() {
 
 #[test]
 fn works_from_a_plain_thread_with_block_on() {
+    let _deadline = common::deadline();
     use futures_executor::block_on;
     let handle = std::thread::spawn(|| {
         let manager = LeaseManager::builder()
@@ -77,6 +81,7 @@ fn works_from_a_plain_thread_with_block_on() {
 
 #[actix_rt::test]
 async fn works_inside_an_actix_system() {
+    let _deadline = common::deadline();
     use actix::prelude::*;
 
     struct Caller {

@@ -11,6 +11,7 @@ use leasepool::{LeaseError, LeaseManager};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_leaves_no_thread_behind() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder()
         .max_pools(3)
         .min_pools(2)
@@ -46,6 +47,7 @@ async fn stop_leaves_no_thread_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_returns_within_shutdown_timeout_when_a_job_never_ends() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("sd-stuck")
@@ -81,6 +83,7 @@ async fn stop_returns_within_shutdown_timeout_when_a_job_never_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_answers_waiters_and_queued_jobs() {
+    let _deadline = common::deadline();
     let manager = started("sd-answer", 1, 1).await;
     let lease = manager.acquire().await.unwrap();
     let m = manager.clone();
@@ -116,6 +119,7 @@ async fn stop_answers_waiters_and_queued_jobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_and_stop_are_idempotent_and_restartable() {
+    let _deadline = common::deadline();
     let manager = started("sd-restart", 1, 2).await;
     manager.start().await.unwrap();
     for round in 0..3 {
@@ -139,6 +143,7 @@ async fn start_and_stop_are_idempotent_and_restartable() {
 
 #[test]
 fn dropping_the_last_handle_shuts_down_without_blocking() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder()
         .max_pools(2)
         .min_pools(2)

@@ -225,12 +225,14 @@ async fn soak(jobs: u64) {
 
 #[test]
 fn soak_short() {
+    let _deadline = common::deadline();
     common::block_on_tokio(soak(20_000));
 }
 
 #[test]
 #[ignore = "long: cargo test --release --test soak -- --ignored soak"]
 fn soak_full() {
+    let _deadline = common::deadline_of(Duration::from_secs(1800));
     let jobs = std::env::var("LEASEPOOL_SOAK_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())

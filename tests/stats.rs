@@ -11,6 +11,7 @@ use leasepool::LeaseManager;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_lease_details_are_reported() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder()
         .max_pools(2)
         .workers_per_pool(2)
@@ -74,6 +75,7 @@ async fn per_lease_details_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_stay_consistent_under_churn() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder()
         .max_pools(3)
         .min_pools(1)

@@ -40,6 +40,7 @@ async fn run_until_ok(lease: &Lease<u32>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_factory_that_panics_n_times_then_recovers_brings_the_pool_back() {
+    let _deadline = common::deadline();
     let (calls, factory) = flaky_factory(3);
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
@@ -79,6 +80,7 @@ async fn a_factory_that_panics_n_times_then_recovers_brings_the_pool_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_that_cannot_build_its_workers_is_never_handed_out() {
+    let _deadline = common::deadline();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let manager = LeaseManager::builder()
@@ -121,6 +123,7 @@ mod fault_injection {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_workers_are_replaced_and_the_lease_keeps_working() {
+        let _deadline = common::deadline();
         let manager = common::started("sup-killw", 1, 2).await;
         let lease = manager.acquire().await.unwrap();
         assert!(manager.kill_worker(lease.pool(), 1).await);
@@ -139,6 +142,7 @@ mod fault_injection {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crashed_pool_actor_revokes_its_lease_and_capacity_is_rebuilt() {
+        let _deadline = common::deadline();
         let manager = common::started("sup-killp", 1, 1).await;
         let lease = manager.acquire().await.unwrap();
         let dead_pool = lease.pool();
@@ -159,6 +163,7 @@ mod fault_injection {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crashed_idle_pool_actor_is_replaced() {
+        let _deadline = common::deadline();
         let manager = common::started("sup-killi", 1, 1).await;
         let pool = {
             let lease = manager.acquire().await.unwrap();
@@ -180,6 +185,7 @@ mod fault_injection {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crashed_lease_actor_revokes_the_lease_and_retires_its_pool() {
+        let _deadline = common::deadline();
         let manager = common::started("sup-killl", 1, 1).await;
         let lease = manager.acquire().await.unwrap();
         lease.run(|| ()).await.unwrap();

@@ -1,5 +1,7 @@
 //! Every `build()` rule: bad settings are errors that name the setting, never panics.
 
+mod common;
+
 use std::time::Duration;
 
 use leasepool::{Backend, BuildError, LeaseManager, MAX_TOTAL_WORKERS};
@@ -10,6 +12,7 @@ fn err_text(r: Result<LeaseManager, BuildError>) -> String {
 
 #[test]
 fn zero_counts_are_refused_naming_the_setting() {
+    let _deadline = common::deadline();
     let b = LeaseManager::builder;
     assert_eq!(
         err_text(b().max_pools(0).min_pools(0).build()),
@@ -27,6 +30,7 @@ fn zero_counts_are_refused_naming_the_setting() {
 
 #[test]
 fn zero_durations_are_refused_where_they_must_be_positive() {
+    let _deadline = common::deadline();
     let b = LeaseManager::builder;
     assert!(
         err_text(b().default_lease(Duration::ZERO).build()).starts_with("default_lease must be")
@@ -46,6 +50,7 @@ fn zero_durations_are_refused_where_they_must_be_positive() {
 
 #[test]
 fn min_pools_above_max_pools_is_refused() {
+    let _deadline = common::deadline();
     let e = LeaseManager::builder()
         .max_pools(2)
         .min_pools(3)
@@ -63,6 +68,7 @@ fn min_pools_above_max_pools_is_refused() {
 
 #[test]
 fn absurd_thread_counts_are_refused() {
+    let _deadline = common::deadline();
     let e = err_text(
         LeaseManager::builder()
             .max_pools(101)
@@ -91,18 +97,21 @@ fn absurd_thread_counts_are_refused() {
 
 #[test]
 fn bad_name_prefixes_are_refused() {
+    let _deadline = common::deadline();
     assert!(err_text(LeaseManager::builder().name_prefix("").build()).contains("name_prefix"));
     assert!(err_text(LeaseManager::builder().name_prefix("a\0b").build()).contains("name_prefix"));
 }
 
 #[test]
 fn the_process_backend_is_refused_until_it_exists() {
+    let _deadline = common::deadline();
     let e = err_text(LeaseManager::builder().backend(Backend::Process).build());
     assert!(e.contains("process"), "{e}");
 }
 
 #[test]
 fn defaults_match_the_contract() {
+    let _deadline = common::deadline();
     let m = LeaseManager::builder().build().unwrap();
     let text = format!("{m:?}");
     for expected in [

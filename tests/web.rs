@@ -35,6 +35,7 @@ fn one_pool(prefix: &str) -> LeaseManager {
 
 #[actix_web::test]
 async fn errors_map_to_503_with_retry_after_or_500_with_a_small_json_body() {
+    let _deadline = common::deadline();
     leasepool::web::set_retry_after(Duration::from_secs(1));
     for (err, status) in [
         (LeaseError::Unavailable, 503),
@@ -72,6 +73,7 @@ async fn errors_map_to_503_with_retry_after_or_500_with_a_small_json_body() {
 
 #[actix_web::test]
 async fn overload_gives_503_at_once_for_no_wait_and_after_the_timeout_otherwise() {
+    let _deadline = common::deadline();
     let manager = one_pool("web-overload");
     manager.start().await.unwrap();
     let app = |config: LeaseConfig| {
@@ -119,6 +121,7 @@ async fn overload_gives_503_at_once_for_no_wait_and_after_the_timeout_otherwise(
 
 #[actix_web::test]
 async fn the_extractor_releases_its_lease_when_the_handler_ends_even_on_errors() {
+    let _deadline = common::deadline();
     let manager = LeaseManager::builder()
         .max_pools(2)
         .workers_per_pool(1)
@@ -150,6 +153,7 @@ async fn the_extractor_releases_its_lease_when_the_handler_ends_even_on_errors()
 
 #[actix_web::test]
 async fn a_missing_manager_is_a_503_not_a_panic() {
+    let _deadline = common::deadline();
     let svc = test::init_service(App::new().route("/slow/{ms}", web::get().to(slow))).await;
     let resp = test::call_service(&svc, test::TestRequest::get().uri("/slow/1").to_request()).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -157,6 +161,7 @@ async fn a_missing_manager_is_a_503_not_a_panic() {
 
 #[actix_web::test]
 async fn a_real_server_serves_sheds_load_and_shuts_down_gracefully() {
+    let _deadline = common::deadline();
     let manager = one_pool("web-real");
     manager.start().await.unwrap();
     let data = web::Data::new(manager.clone());
@@ -208,6 +213,7 @@ async fn a_real_server_serves_sheds_load_and_shuts_down_gracefully() {
 
 #[actix_web::test]
 async fn requests_waiting_for_a_lease_get_503_when_the_manager_stops() {
+    let _deadline = common::deadline();
     let manager = one_pool("web-stop");
     manager.start().await.unwrap();
     let svc = test::init_service(

@@ -2,12 +2,69 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use leasepool::{LeaseManager, Stats};
 
 /// Generous bound for "eventually" on a shared 2-core VM.
 pub const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// How long one test may run before its [`Deadline`] aborts the test binary. Tests take well
+/// under 5 s each; this bound only exists so that a broken engine fails CI instead of hanging it.
+pub const TEST_LIMIT: Duration = Duration::from_secs(90);
+
+/// A watchdog for one test: if it is still alive after its limit, the whole test binary is
+/// aborted with a message naming the test. Create it on the first line of every test (the
+/// `bounded` test checks that each one does) and let it drop at the end.
+#[must_use = "the deadline only runs while the guard is alive"]
+pub struct Deadline {
+    done: Arc<(Mutex<bool>, Condvar)>,
+}
+
+/// Starts a [`Deadline`] of [`TEST_LIMIT`] for the calling test.
+pub fn deadline() -> Deadline {
+    deadline_of(TEST_LIMIT)
+}
+
+/// Starts a [`Deadline`] of `limit` for the calling test.
+pub fn deadline_of(limit: Duration) -> Deadline {
+    let done = Arc::new((Mutex::new(false), Condvar::new()));
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_owned();
+    let watched = Arc::clone(&done);
+    std::thread::Builder::new()
+        .name("test-deadline".to_owned())
+        .spawn(move || {
+            let (lock, cv) = &*watched;
+            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (guard, _) = cv
+                .wait_timeout_while(guard, limit, |done| !*done)
+                .unwrap_or_else(|e| e.into_inner());
+            if !*guard {
+                // Straight to the process's stderr: the test harness captures `eprintln!`, and
+                // the capture is lost when the process aborts.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** test `{test}` still running after {limit:?}: something hangs; aborting the test binary ***\n"
+                );
+                std::process::abort();
+            }
+        })
+        .expect("spawn the deadline watchdog");
+    Deadline { done }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.done;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
+}
 
 /// A started manager with `max_pools` pools of `workers` threads each.
 pub async fn started(prefix: &str, max_pools: usize, workers: usize) -> LeaseManager {
