@@ -85,6 +85,7 @@ pub struct ManagerBuilder<S> {
     name_prefix: String,
     shutdown_timeout: Duration,
     state_factory: StateFactory<S>,
+    start_degraded: bool,
 }
 
 impl ManagerBuilder<()> {
@@ -103,6 +104,7 @@ impl ManagerBuilder<()> {
             name_prefix: "leasepool".to_owned(),
             shutdown_timeout: Duration::from_secs(5),
             state_factory: Arc::new(|| Ok(())),
+            start_degraded: false,
         }
     }
 }
@@ -183,9 +185,22 @@ impl<S> ManagerBuilder<S> {
 
     /// How long `stop` waits for worker threads still running a job; after it, the threads are
     /// logged with `warn!` and left to finish on their own, so `stop` always returns.
-    /// Default 5 s; zero means "do not wait".
+    /// Default 5 s; zero means "do not wait"; `Duration::MAX` waits as long as the jobs run.
+    /// It is also the default `stop_timeout` of a [`WorkGrinder`](crate::WorkGrinder).
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
+        self
+    }
+
+    /// Whether `start` succeeds when not one worker can build its state. Default `false`:
+    /// `start` then fails with [`LeaseError::WorkerStateFailed`](crate::LeaseError) carrying
+    /// the factory's error, and the manager stays stopped — the way a service finds out at
+    /// boot that its database is unreachable. With `true`, `start` logs a warning and returns
+    /// `Ok`; the pools keep retrying with backoff, acquires fail at once with
+    /// `WorkerStateFailed` while no pool can serve, and succeed again once a worker builds
+    /// its state.
+    pub fn start_degraded(mut self, allow: bool) -> Self {
+        self.start_degraded = allow;
         self
     }
 
@@ -200,11 +215,15 @@ impl<S> ManagerBuilder<S> {
     }
 
     /// Like [`worker_state`](Self::worker_state), for factories that can fail (opening a
-    /// database connection, logging in to a vendor SDK). An `Err` is logged with its text; that
-    /// worker thread ends and is replaced after a backoff (10 ms doubling to 5 s). While a pool
-    /// has no worker that could build its state it is *unhealthy* (`Stats::unhealthy`): it is
-    /// never handed out, and acquirers wait or time out. `counters.worker_state_failures`
-    /// counts the failures.
+    /// database connection, logging in to a vendor SDK). An `Err` is logged with its text (a
+    /// panic is logged as a panic); that worker thread ends and is replaced after a backoff
+    /// (10 ms doubling to 5 s). A pool is handed out only once a worker has built its state;
+    /// while a pool has no such worker it is *unhealthy* (`Stats::unhealthy`) and never handed
+    /// out. When no pool at all can serve, acquires fail at once with
+    /// [`LeaseError::WorkerStateFailed`](crate::LeaseError) carrying the factory's last error
+    /// (like a connection pool whose connect fails), and `start` fails with it unless
+    /// [`start_degraded`](Self::start_degraded) is set. `counters.worker_state_failures` counts
+    /// the failures.
     pub fn try_worker_state<T, E, F>(self, factory: F) -> ManagerBuilder<T>
     where
         F: Fn() -> Result<T, E> + Send + Sync + 'static,
@@ -229,6 +248,7 @@ impl<S> ManagerBuilder<S> {
             name_prefix: self.name_prefix,
             shutdown_timeout: self.shutdown_timeout,
             state_factory,
+            start_degraded: self.start_degraded,
         }
     }
 
@@ -293,6 +313,7 @@ impl<S> ManagerBuilder<S> {
                 name_prefix: self.name_prefix,
                 shutdown_timeout: self.shutdown_timeout,
                 state_factory: self.state_factory,
+                start_degraded: self.start_degraded,
             },
         ))
     }

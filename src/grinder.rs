@@ -91,12 +91,14 @@ impl<S: 'static> WorkGrinder<S> {
                 owner_prefix: "work-grinder".to_owned(),
                 max_pending: 100_000,
                 max_concurrent_batches: manager.engine().config().max_pools,
+                stop_timeout: manager.engine().config().shutdown_timeout,
             },
         }
     }
 
     /// Starts the grinder's actor on the manager's host. The manager must be started.
-    /// Idempotent; a stopped grinder can be started again.
+    /// Idempotent; a stopped grinder can be started again, also after its manager was stopped
+    /// and started again.
     ///
     /// # Errors
     /// `NotStarted` if the manager is not running.
@@ -133,11 +135,14 @@ impl<S: 'static> WorkGrinder<S> {
         self.inner.grinder.enqueue(f)
     }
 
-    /// For plain OS threads: queues `f` (waiting for room) and blocks until its result.
+    /// For code that may block — plain OS threads, `tokio::task::spawn_blocking` closures,
+    /// threads that only entered a runtime handle: queues `f` (waiting for room) and blocks
+    /// until its result.
     ///
     /// # Errors
-    /// `BlockingOnRuntime` when called on an async runtime thread (use [`submit`] there),
-    /// instead of blocking — and possibly deadlocking — the runtime.
+    /// `BlockingOnRuntime` when called inside an async task or `block_on` (use [`submit`]
+    /// there), instead of blocking — and possibly deadlocking — that executor. Where it cannot
+    /// tell: inside `tokio::task::unconstrained` it blocks as asked.
     ///
     /// [`submit`]: Self::submit
     pub fn submit_blocking<F, R>(&self, f: F) -> Result<R, LeaseError>
@@ -148,9 +153,14 @@ impl<S: 'static> WorkGrinder<S> {
         self.inner.grinder.submit_blocking(f)
     }
 
-    /// Stops: `Drain` runs everything already queued first; `CancelPending` answers every
-    /// pending item with `Stopped`. Either way new items are refused with `Stopped`, and this
-    /// returns when no batch runs any more.
+    /// Stops: `Drain` runs everything already queued first; `CancelPending` answers every item
+    /// not yet on a lease (pending, or in a batch still waiting for its lease, whose wait is
+    /// cancelled) with `Stopped`. Either way new items are refused with `Stopped`, and this
+    /// returns when nothing is pending and no batch runs — or after
+    /// [`stop_timeout`](GrinderBuilder::stop_timeout), when items not yet on a lease are answered
+    /// `Stopped` and running batches are left to finish. Idempotent; a `start` called meanwhile
+    /// waits for the stop to finish. Stopping the manager stops its grinders too (their pending
+    /// items are answered `Stopped`): to drain a grinder, stop it before its manager.
     pub async fn stop(&self, mode: StopMode) {
         self.inner.grinder.stop(mode).await;
     }
@@ -175,7 +185,8 @@ impl<S: 'static> GrinderBuilder<S> {
         self
     }
 
-    /// Longest an item waits before a batch starts anyway. Default 10 s; positive.
+    /// Longest an item waits before a batch starts anyway. Default 10 s; positive;
+    /// `Duration::MAX` means "never by age, only at the threshold (or a `Drain`)".
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.config.max_wait = d;
         self
@@ -199,9 +210,21 @@ impl<S: 'static> GrinderBuilder<S> {
         self
     }
 
-    /// Most batches running at once. Default: the manager's `max_pools`; at least 1.
+    /// Most batches at once (waiting for a lease or running). Default: the manager's
+    /// `max_pools`; at least 1.
     pub fn max_concurrent_batches(mut self, n: usize) -> Self {
         self.config.max_concurrent_batches = n;
+        self
+    }
+
+    /// The longest [`WorkGrinder::stop`] waits: with `Drain`, for the queued items to run and
+    /// the batches to finish; with `CancelPending`, for the running batches. When it passes,
+    /// items not yet on a lease are answered `Stopped` (logged with `warn!`) and running
+    /// batches finish on their own, so `stop` always returns. Default: the manager's
+    /// `shutdown_timeout` (5 s unless set) — raise it to drain a long queue. Zero means "do
+    /// not wait"; `Duration::MAX` waits as long as it takes.
+    pub fn stop_timeout(mut self, d: Duration) -> Self {
+        self.config.stop_timeout = d;
         self
     }
 

@@ -85,11 +85,14 @@ impl<S: 'static> LeaseManager<S> {
         }
     }
 
-    /// Starts the host thread and creates the initial pools (`max(min_pools, desired)`).
-    /// Idempotent; after [`stop`](Self::stop) it starts afresh.
+    /// Starts the host thread and creates the initial pools (`max(min_pools, desired)`), and
+    /// returns once each has a worker that built its state (or failed to). Idempotent; after
+    /// [`stop`](Self::stop) — or after the supervisor died — it starts afresh.
     ///
     /// # Errors
-    /// [`LeaseError::StartFailed`] if the host thread cannot be spawned.
+    /// [`LeaseError::StartFailed`] if the host thread cannot be spawned;
+    /// [`LeaseError::WorkerStateFailed`] if not one worker could build its state (unless
+    /// [`start_degraded`](crate::ManagerBuilder::start_degraded)); the manager is then stopped.
     pub async fn start(&self) -> Result<(), LeaseError> {
         self.inner.engine.start().await
     }
@@ -167,6 +170,25 @@ impl<S: 'static> LeaseManager<S> {
             .engine
             .inject_fault(InjectFault::CrashLease(lease))
             .await
+    }
+
+    /// Fault injection: makes the supervisor actor itself panic in a handler, as a bug would.
+    /// The engine fails closed: waiters and leases are answered `Stopped`, acquires
+    /// `NotStarted`, every pool is stopped and the host thread ends after the worker threads
+    /// (at most `shutdown_timeout`); `stop()` returns and `start()` works again. Returns
+    /// whether a supervisor was running. Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub fn kill_supervisor(&self) -> bool {
+        self.inner.engine.crash_supervisor()
+    }
+
+    /// Fault injection: the next `n` worker-thread spawns fail the way they do at the
+    /// process's thread limit (`EAGAIN`). Each failure is counted
+    /// (`counters.thread_spawn_failures`), logged and retried with backoff; a pool with no
+    /// thread is never handed out. Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub fn fail_next_worker_spawns(&self, n: usize) {
+        self.inner.engine.fail_next_worker_spawns(n);
     }
 
     pub(crate) fn engine(&self) -> &Arc<Engine<S>> {

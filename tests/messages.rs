@@ -147,40 +147,91 @@ async fn worker_state_need_not_be_send() {
     manager.stop().await;
 }
 
+/// A fallible factory that fails (with its attempt number) until `healthy_after` is reached.
+fn database_factory(
+    healthy_after: &Arc<AtomicUsize>,
+    calls: &Arc<AtomicUsize>,
+) -> impl Fn() -> Result<usize, String> + Send + Sync + 'static {
+    let (h, c) = (Arc::clone(healthy_after), Arc::clone(calls));
+    move || {
+        let n = c.fetch_add(1, SeqCst) + 1;
+        if n >= h.load(SeqCst) {
+            Ok(n)
+        } else {
+            Err(format!("database unreachable (attempt {n})"))
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fallible_factory_that_fails_leaves_the_pool_unhealthy_until_it_succeeds() {
+async fn start_fails_with_the_factory_error_when_no_worker_can_build_its_state() {
     let _deadline = common::deadline();
     let healthy_after = Arc::new(AtomicUsize::new(usize::MAX));
     let calls = Arc::new(AtomicUsize::new(0));
-    let (h, c) = (Arc::clone(&healthy_after), Arc::clone(&calls));
+    let manager = LeaseManager::builder()
+        .workers_per_pool(2)
+        .name_prefix("msg-nostart")
+        .try_worker_state(database_factory(&healthy_after, &calls))
+        .build()
+        .unwrap();
+    match manager.start().await {
+        Err(LeaseError::WorkerStateFailed(e)) => {
+            assert!(
+                e.contains("database unreachable"),
+                "the factory's own error: {e}"
+            );
+        }
+        other => panic!("start must fail with the factory's error, got {other:?}"),
+    }
+    assert_eq!(
+        manager.acquire().no_wait().await.unwrap_err(),
+        LeaseError::NotStarted,
+        "a start that failed leaves the manager stopped"
+    );
+    assert!(common::wait_no_threads("msg-nostart", common::EVENTUALLY).is_empty());
+    // Once the database is back, start works.
+    healthy_after.store(0, SeqCst);
+    manager.start().await.unwrap();
+    let lease = manager.acquire().await.unwrap();
+    assert!(lease.run_with(|n: &mut usize| *n).await.unwrap() >= 3);
+    lease.release().await;
+    manager.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallible_factory_that_fails_makes_acquires_fail_with_its_error_until_it_succeeds() {
+    let _deadline = common::deadline();
+    let healthy_after = Arc::new(AtomicUsize::new(usize::MAX));
+    let calls = Arc::new(AtomicUsize::new(0));
     let manager = LeaseManager::builder()
         .workers_per_pool(2)
         .name_prefix("msg-try")
-        .try_worker_state(move || {
-            let n = c.fetch_add(1, SeqCst) + 1;
-            if n >= h.load(SeqCst) {
-                Ok(n)
-            } else {
-                Err(format!("database unreachable (attempt {n})"))
-            }
-        })
+        .start_degraded(true)
+        .try_worker_state(database_factory(&healthy_after, &calls))
         .build()
         .unwrap();
     manager.start().await.unwrap();
     let stats = stats_until(&manager, "unhealthy", |s| s.unhealthy == 1).await;
     assert_eq!(stats.available, 0);
     assert!(stats.counters.worker_state_failures >= 2);
-    assert_eq!(
-        manager
-            .acquire()
-            .timeout(Duration::from_millis(100))
-            .await
-            .unwrap_err(),
-        LeaseError::Timeout(Duration::from_millis(100)),
-        "an unhealthy pool is never handed out"
-    );
+    // No pool can serve: every kind of acquire says why at once instead of waiting.
+    for acquire in [
+        manager.acquire().timeout(Duration::from_secs(30)),
+        manager.acquire().no_wait(),
+        manager.acquire(),
+    ] {
+        let begun = std::time::Instant::now();
+        match acquire.await {
+            Err(LeaseError::WorkerStateFailed(e)) => {
+                assert!(e.contains("database unreachable"), "{e}");
+            }
+            other => panic!("expected the factory's error, got {other:?}"),
+        }
+        assert!(begun.elapsed() < Duration::from_secs(10), "it did not wait");
+    }
     // The database comes back: the next attempts succeed.
     healthy_after.store(calls.load(SeqCst) + 1, SeqCst);
+    stats_until(&manager, "a serving pool", |s| s.available == 1).await;
     let lease = manager
         .acquire()
         .timeout(Duration::from_secs(20))

@@ -38,6 +38,9 @@ pub struct EngineConfig<S> {
     pub shutdown_timeout: Duration,
     /// Builds per-worker state.
     pub state_factory: StateFactory<S>,
+    /// `start` succeeds even when not one worker can build its state (the pools then keep
+    /// retrying, and acquires fail with `WorkerStateFailed` until one succeeds).
+    pub start_degraded: bool,
 }
 
 impl<S> fmt::Debug for EngineConfig<S> {
@@ -54,6 +57,7 @@ impl<S> fmt::Debug for EngineConfig<S> {
             .field("max_waiters", &self.max_waiters)
             .field("name_prefix", &self.name_prefix)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("start_degraded", &self.start_degraded)
             .finish_non_exhaustive()
     }
 }

@@ -49,6 +49,12 @@ pub enum LeaseError {
     /// An argument passed to an acquire or a job call is invalid; the text names it.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// No pool can serve because no worker can build its state: the worker state factory keeps
+    /// failing, and this is its last error (or panic). Acquires fail with it at once instead of
+    /// waiting; they succeed again as soon as a worker builds its state. `start` fails with it
+    /// when not one worker could be built.
+    #[error("no pool can serve: the worker state factory failed: {0}")]
+    WorkerStateFailed(String),
 }
 
 impl LeaseError {
@@ -67,11 +73,13 @@ impl LeaseError {
             LeaseError::StartFailed(_) => "start_failed",
             LeaseError::BlockingOnRuntime(_) => "blocking_on_runtime",
             LeaseError::InvalidArgument(_) => "invalid_argument",
+            LeaseError::WorkerStateFailed(_) => "worker_state_failed",
         }
     }
 
-    /// Whether the error means "busy or shutting down, try again later" (HTTP 503) rather
-    /// than a failure of the work itself (HTTP 500).
+    /// Whether the error means "cannot serve now, try again later" (HTTP 503) — busy, shutting
+    /// down, or the workers' dependency is down — rather than a failure of the work itself
+    /// (HTTP 500).
     pub fn is_overload(&self) -> bool {
         matches!(
             self,
@@ -80,6 +88,7 @@ impl LeaseError {
                 | LeaseError::Timeout(_)
                 | LeaseError::Stopped
                 | LeaseError::StartFailed(_)
+                | LeaseError::WorkerStateFailed(_)
         )
     }
 }

@@ -2,31 +2,49 @@
 //!
 //! Items wait in shared books (any thread can add to them). The [`GrinderActor`] on the host
 //! System starts a batch when pending items reach `batch_size_threshold` or the oldest has waited
-//! `max_wait`: the batch takes every pending item, acquires one lease, and sends each item to that
-//! lease's workers, where it answers its own caller directly. A batch token shared by the batch's
-//! jobs holds the lease; when the last job ends the token drops, which releases the lease and
-//! tells the actor the batch is done. Up to `max_concurrent_batches` batches run at once.
+//! `max_wait`: the batch takes every pending item and acquires one lease; once it has the lease
+//! it sends each item to that lease's workers, where it answers its own caller directly. A batch
+//! token shared by the batch's jobs holds the lease; when the last job ends the token drops,
+//! which releases the lease and frees the batch's slot. Up to `max_concurrent_batches` batches
+//! (waiting for a lease or running) exist at once.
+//!
+//! Lifecycle rules, each one a hang that happened before:
+//! - The books, not the actor, count batches: a batch's end is recorded by its token wherever
+//!   the last job ends, so no completion is lost when the actor is replaced or its host stops.
+//! - A batch waiting for a lease keeps its items in the books and can be cancelled: a stop
+//!   answers them `Stopped` and the wait leaves the manager's queue.
+//! - The actor lives on the manager's host; when that host stops, the actor's `Drop` stops the
+//!   grinder (pending items answered `Stopped`), and `start` after a manager restart starts a
+//!   new actor on the new host.
+//! - One `max_wait` timer per grinder, armed only while a batch could start; enqueuers send at
+//!   most one `Kick` at a time, and none while every batch slot is taken.
+//! - `start` and `stop` are serialized; every stop returns within `stop_timeout`, after which
+//!   items not yet on a lease are answered `Stopped` and running batches finish on their own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler};
-use tokio::sync::Notify;
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SpawnHandle};
+use tokio::sync::{oneshot, Notify};
 
+use crate::blocking;
 use crate::error::LeaseError;
 use crate::handle::{JobHandle, LeaseCore};
 use crate::host::Engine;
-use crate::messages::{BatchDone, Kick, StopGrinder};
+use crate::messages::{Kick, StopGrinder};
 use crate::registry::{LeaseParams, WaitMode};
 
 /// How a grinder stops.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
-    /// Run everything already queued, then stop.
+    /// Run everything already queued, then stop (within the grinder's `stop_timeout`).
     Drain,
-    /// Answer every pending item with `Stopped`; batches already running finish.
+    /// Answer every item not yet on a lease with `Stopped`; batches already running finish.
     CancelPending,
 }
 
@@ -35,7 +53,7 @@ pub enum StopMode {
 pub struct GrinderConfig {
     /// Pending items that start a batch.
     pub batch_size_threshold: usize,
-    /// Longest an item waits before a batch starts anyway.
+    /// Longest an item waits before a batch starts anyway (`Duration::MAX`: never by age).
     pub max_wait: Duration,
     /// Soft lifetime of each batch's lease.
     pub lease_for: Duration,
@@ -43,8 +61,10 @@ pub struct GrinderConfig {
     pub owner_prefix: String,
     /// Most items that may wait; `enqueue` fails with `Unavailable` beyond it.
     pub max_pending: usize,
-    /// Most batches running at once.
+    /// Most batches (waiting for a lease or running) at once.
     pub max_concurrent_batches: usize,
+    /// Longest a `stop` waits (for queued items to run, with `Drain`; for running batches).
+    pub stop_timeout: Duration,
 }
 
 /// A snapshot of a grinder.
@@ -55,7 +75,7 @@ pub struct GrinderStats {
     pub started: bool,
     /// Items waiting for a batch.
     pub pending: usize,
-    /// Batches running now.
+    /// Batches waiting for a lease or running now.
     pub in_flight_batches: usize,
     /// How long the oldest pending item has waited.
     pub oldest_wait: Option<Duration>,
@@ -81,30 +101,77 @@ struct Item<S: 'static> {
     launch: Launch<S>,
 }
 
-/// A batch ready to run: its number and its items.
-type DueBatch<S> = (u64, Vec<Item<S>>);
+impl<S: 'static> Item<S> {
+    fn fail(self, error: LeaseError) {
+        (self.launch)(Err(error));
+    }
+}
+
+/// A batch that has not finished.
+enum Batch<S: 'static> {
+    /// Waiting for its lease; its items stay here so that a stop can answer them. Dropping the
+    /// sender wakes the waiting task, which then leaves the manager's queue.
+    Acquiring {
+        items: Vec<Item<S>>,
+        _cancel: oneshot::Sender<()>,
+    },
+    /// On its lease; its items answer their callers themselves.
+    Running,
+}
 
 struct Books<S: 'static> {
     state: State,
     pending: BTreeMap<u64, Item<S>>,
     next_item: u64,
     next_batch: u64,
-    running: usize,
+    batches: HashMap<u64, Batch<S>>,
     batches_run: u64,
     items_done: u64,
     actor: Option<Addr<GrinderActor<S>>>,
+    /// Which actor is current (an old one's `Drop` must not stop a newer one).
+    incarnation: u64,
+    /// A `Kick` is in the actor's mailbox: enqueuers need not send another.
+    kick_queued: bool,
 }
 
-/// A grinder's shared state; `WorkGrinder` handles and the actor hold it.
+impl<S: 'static> Books<S> {
+    fn slot_free(&self, max: usize) -> bool {
+        self.batches.len() < max
+    }
+
+    /// Pending items and acquiring batches' items, taken out to be answered.
+    fn take_waiting(&mut self) -> Vec<Item<S>> {
+        let mut items: Vec<Item<S>> = std::mem::take(&mut self.pending).into_values().collect();
+        let acquiring: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| matches!(b, Batch::Acquiring { .. }))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in acquiring {
+            if let Some(Batch::Acquiring {
+                items: mut held, ..
+            }) = self.batches.remove(&n)
+            {
+                items.append(&mut held);
+            }
+        }
+        items
+    }
+}
+
+/// A grinder's shared state; `WorkGrinder` handles, the actor and batch tokens hold it.
 pub struct Grinder<S: 'static> {
     engine: Arc<Engine<S>>,
     config: GrinderConfig,
     books: Mutex<Books<S>>,
+    /// Serializes `start` and `stop`.
+    lifecycle: tokio::sync::Mutex<()>,
     /// Room in the queue (async waiters).
     room: Notify,
     /// Room in the queue (blocking waiters; paired with `books`).
     room_blocking: Condvar,
-    /// Pending items or running batches changed (for `stop`).
+    /// Pending items or batches changed (for `stop`).
     progress: Notify,
 }
 
@@ -126,11 +193,14 @@ impl<S: 'static> Grinder<S> {
                 pending: BTreeMap::new(),
                 next_item: 0,
                 next_batch: 1,
-                running: 0,
+                batches: HashMap::new(),
                 batches_run: 0,
                 items_done: 0,
                 actor: None,
+                incarnation: 0,
+                kick_queued: false,
             }),
+            lifecycle: tokio::sync::Mutex::new(()),
             room: Notify::new(),
             room_blocking: Condvar::new(),
             progress: Notify::new(),
@@ -143,27 +213,43 @@ impl<S: 'static> Grinder<S> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Books<S>> {
+        // No user code runs under this lock, so a poisoned lock still holds sane books.
         self.books.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts the grinder's actor on the manager's host. Idempotent; needs a started manager.
+    /// Waits for a `stop` in progress to finish first.
     pub async fn start(self: &Arc<Self>) -> Result<(), LeaseError> {
-        if matches!(self.lock().state, State::Running) {
-            return Ok(());
+        let _lifecycle = self.lifecycle.lock().await;
+        {
+            let books = self.lock();
+            let live = books.actor.as_ref().is_some_and(Addr::connected);
+            if books.state == State::Running && live {
+                return Ok(());
+            }
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let incarnation = self.lock().incarnation + 1;
+        let (tx, rx) = oneshot::channel();
         let grinder = Arc::clone(self);
         self.engine
             .run_on_host(Box::new(move || {
-                let _ = tx.send(GrinderActor { grinder }.start());
+                let actor = GrinderActor {
+                    grinder,
+                    incarnation,
+                    timer: None,
+                };
+                let _ = tx.send(actor.start());
             }))
             .await?;
         let actor = rx.await.map_err(|_| LeaseError::NotStarted)?;
         let mut books = self.lock();
+        books.incarnation = incarnation;
         if let Some(old) = books.actor.replace(actor) {
             old.do_send(StopGrinder);
         }
         books.state = State::Running;
+        books.kick_queued = false;
+        drop(books);
         tracing::info!(owner_prefix = %self.config.owner_prefix, "work grinder started");
         Ok(())
     }
@@ -176,13 +262,12 @@ impl<S: 'static> Grinder<S> {
         let (reply, handle) = JobHandle::channel();
         let launch: Launch<S> = Box::new(move |batch| match batch {
             Ok(token) => {
-                let token = Arc::clone(token);
                 let Some(lease) = token.lease.as_ref() else {
                     return reply.fail(LeaseError::WorkerLost);
                 };
                 // The job holds the batch token until it ends: the last one releases the lease.
                 let job = {
-                    let token = Arc::clone(&token);
+                    let token = Arc::clone(token);
                     move |_: &mut S| {
                         let _batch = token;
                         f()
@@ -239,12 +324,25 @@ impl<S: 'static> Grinder<S> {
         books.next_item += 1;
         books.pending.insert(id, item);
         let n = books.pending.len();
-        if n == 1 || n >= self.config.batch_size_threshold {
-            if let Some(actor) = &books.actor {
-                actor.do_send(Kick);
-            }
+        // The first item arms the max_wait timer; reaching the threshold starts a batch. With
+        // every slot taken there is nothing to do: the end of a batch looks again.
+        if (n == 1 || n >= self.config.batch_size_threshold)
+            && books.slot_free(self.config.max_concurrent_batches)
+        {
+            self.kick(&mut books);
         }
         Ok((id, handle))
+    }
+
+    /// Asks the actor to look at the books, unless a request is already in its mailbox.
+    fn kick(&self, books: &mut Books<S>) {
+        if books.kick_queued {
+            return;
+        }
+        if let Some(actor) = &books.actor {
+            books.kick_queued = true;
+            actor.do_send(Kick);
+        }
     }
 
     /// Adds an item now; `Unavailable` when `max_pending` items already wait. The handle may be
@@ -289,13 +387,14 @@ impl<S: 'static> Grinder<S> {
         removed.is_some()
     }
 
-    /// Adds an item from a plain thread, waiting for room, and waits for its result.
+    /// Adds an item from a thread where blocking is allowed, waiting for room, and waits for
+    /// its result. Refused with `BlockingOnRuntime` inside an async task or `block_on`.
     pub fn submit_blocking<F, R>(&self, f: F) -> Result<R, LeaseError>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
+        if blocking::inside_async_poll() {
             return Err(LeaseError::BlockingOnRuntime("submit_blocking"));
         }
         let (_, handle) = self.add(&mut Some(f), WhenFull::Block, false)?;
@@ -308,106 +407,167 @@ impl<S: 'static> Grinder<S> {
         self.progress.notify_waiters();
     }
 
-    /// Stops the grinder (see [`StopMode`]) and waits until no batch runs.
+    /// Stops the grinder (see [`StopMode`]) and waits — at most `stop_timeout` — until nothing
+    /// is pending and no batch runs. Items still waiting for a lease at the deadline are
+    /// answered `Stopped`; batches still running are left to finish on their own.
     pub async fn stop(&self, mode: StopMode) {
-        let cancelled = {
+        if mode == StopMode::CancelPending {
+            // Before waiting for a stop in progress: cancelling must not wait behind a drain.
+            self.cancel_waiting();
+        }
+        let _lifecycle = self.lifecycle.lock().await;
+        {
             let mut books = self.lock();
-            match books.state {
-                State::NotStarted | State::Stopped => return,
-                State::Running | State::Draining => {}
-            }
-            match mode {
-                StopMode::Drain => {
+            match (books.state, mode) {
+                (State::NotStarted, _) => return,
+                (State::Running | State::Draining, StopMode::Drain) => {
                     books.state = State::Draining;
-                    if let Some(actor) = &books.actor {
-                        actor.do_send(Kick);
-                    }
-                    Vec::new()
+                    self.kick(&mut books);
                 }
-                StopMode::CancelPending => {
+                (State::Running | State::Draining, StopMode::CancelPending) => {
                     books.state = State::Stopped;
-                    take_pending(&mut books)
                 }
+                (State::Stopped, _) => {}
             }
-        };
-        self.answer_stopped(cancelled);
-        loop {
-            let notified = self.progress.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let books = self.lock();
-                if books.pending.is_empty() && books.running == 0 {
-                    break;
-                }
-            }
-            notified.await;
+        }
+        if !self.wait_idle(self.config.stop_timeout).await {
+            let cancelled = self.cancel_waiting();
+            let running = self.lock().batches.len();
+            tracing::warn!(
+                owner_prefix = %self.config.owner_prefix,
+                cancelled,
+                running_batches = running,
+                stop_timeout = ?self.config.stop_timeout,
+                "work grinder stop timed out; items not on a lease answered Stopped, running batches left to finish"
+            );
         }
         let mut books = self.lock();
         books.state = State::Stopped;
         if let Some(actor) = books.actor.take() {
             actor.do_send(StopGrinder);
         }
+        drop(books);
         tracing::info!(owner_prefix = %self.config.owner_prefix, "work grinder stopped");
     }
 
-    /// Stops without waiting: pending items are answered `Stopped` (last handle dropped).
-    pub fn stop_detached(&self) {
-        let cancelled = {
-            let mut books = self.lock();
-            books.state = State::Stopped;
-            if let Some(actor) = books.actor.take() {
-                actor.do_send(StopGrinder);
+    /// Waits until nothing is pending and no batch exists; false if `timeout` passed first.
+    async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let notified = self.progress.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let books = self.lock();
+                if books.pending.is_empty() && books.batches.is_empty() {
+                    return true;
+                }
             }
-            take_pending(&mut books)
-        };
-        self.answer_stopped(cancelled);
+            match deadline {
+                None => notified.await,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
-    /// Answers cancelled items `Stopped` (outside the lock) and wakes anyone waiting for room.
-    fn answer_stopped(&self, items: Vec<Item<S>>) {
+    /// Stops accepting items and answers `Stopped` to every item not yet on a lease (pending,
+    /// or in a batch waiting for one, whose wait is cancelled). Returns how many.
+    fn cancel_waiting(&self) -> usize {
+        let items = {
+            let mut books = self.lock();
+            if matches!(books.state, State::Running | State::Draining) {
+                books.state = State::Stopped;
+            }
+            books.take_waiting()
+        };
+        let n = items.len();
         for item in items {
-            (item.launch)(Err(LeaseError::Stopped));
+            item.fail(LeaseError::Stopped);
         }
         self.freed_room();
+        n
+    }
+
+    /// Stops without waiting: items not yet on a lease are answered `Stopped` (last handle
+    /// dropped).
+    pub fn stop_detached(&self) {
+        self.cancel_waiting();
+        let mut books = self.lock();
+        if let Some(actor) = books.actor.take() {
+            actor.do_send(StopGrinder);
+        }
+    }
+
+    /// The actor of `incarnation` is gone (its host stopped): if it was the current one, the
+    /// grinder stops, answering what waits `Stopped`.
+    fn actor_gone(&self, incarnation: u64) {
+        {
+            let mut books = self.lock();
+            if books.incarnation != incarnation || books.actor.is_none() {
+                return;
+            }
+            books.actor = None;
+            books.kick_queued = false;
+        }
+        let cancelled = self.cancel_waiting();
+        tracing::info!(owner_prefix = %self.config.owner_prefix, cancelled, "the manager stopped; work grinder stopped");
     }
 
     /// A snapshot.
     pub fn stats(&self) -> GrinderStats {
         let books = self.lock();
         GrinderStats {
-            started: books.state == State::Running,
+            started: books.state == State::Running && books.actor.is_some(),
             pending: books.pending.len(),
-            in_flight_batches: books.running,
+            in_flight_batches: books.batches.len(),
             oldest_wait: books.pending.values().next().map(|i| i.enqueued.elapsed()),
             batches_run: books.batches_run,
             items_done: books.items_done,
         }
     }
 
-    /// Takes the items of every batch that should start now; returns them with their numbers,
-    /// and the deadline of the oldest item left waiting, if any.
-    fn due_batches(&self) -> (Vec<DueBatch<S>>, Option<Instant>) {
+    /// Takes the items of every batch that should start now into new acquiring batches; returns
+    /// their numbers and cancel receivers, and when the oldest item left waiting is due (if a
+    /// batch slot is free to take it and its deadline can be represented).
+    fn due_batches(&self) -> (Vec<(u64, oneshot::Receiver<()>)>, Option<Instant>) {
         let mut books = self.lock();
+        books.kick_queued = false;
+        let max = self.config.max_concurrent_batches;
         let mut due = Vec::new();
-        while books.running < self.config.max_concurrent_batches && !books.pending.is_empty() {
+        while books.slot_free(max) && !books.pending.is_empty() {
             let oldest = books.pending.values().next().map(|i| i.enqueued);
             let waited_enough = oldest.is_some_and(|t| t.elapsed() >= self.config.max_wait);
             let full = books.pending.len() >= self.config.batch_size_threshold;
             if !(full || waited_enough || books.state == State::Draining) {
                 break;
             }
-            let items = take_pending(&mut books);
+            let items: Vec<Item<S>> = std::mem::take(&mut books.pending).into_values().collect();
             let n = books.next_batch;
             books.next_batch += 1;
-            books.running += 1;
-            due.push((n, items));
+            let (cancel, cancelled) = oneshot::channel();
+            books.batches.insert(
+                n,
+                Batch::Acquiring {
+                    items,
+                    _cancel: cancel,
+                },
+            );
+            due.push((n, cancelled));
         }
-        let next_deadline = books
-            .pending
-            .values()
-            .next()
-            .map(|i| i.enqueued + self.config.max_wait);
+        let next_deadline = if books.slot_free(max) {
+            books
+                .pending
+                .values()
+                .next()
+                .and_then(|i| i.enqueued.checked_add(self.config.max_wait))
+        } else {
+            None
+        };
         drop(books);
         if !due.is_empty() {
             self.freed_room();
@@ -415,59 +575,96 @@ impl<S: 'static> Grinder<S> {
         (due, next_deadline)
     }
 
-    fn batch_done(&self, items: u64) {
+    /// The batch got its lease (or failed to): its items, unless a stop took them meanwhile.
+    fn batch_launching(&self, n: u64, succeeded: bool) -> Option<Vec<Item<S>>> {
         let mut books = self.lock();
-        books.running = books.running.saturating_sub(1);
+        match books.batches.remove(&n) {
+            Some(Batch::Acquiring { items, .. }) => {
+                if succeeded {
+                    books.batches.insert(n, Batch::Running);
+                }
+                Some(items)
+            }
+            Some(running) => {
+                books.batches.insert(n, running);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A batch ended (its lease released, or never got): free its slot and look again.
+    fn batch_finished(&self, n: u64, items: u64) {
+        let mut books = self.lock();
+        books.batches.remove(&n);
         books.batches_run += 1;
         books.items_done += items;
+        if !books.pending.is_empty() {
+            self.kick(&mut books);
+        }
         drop(books);
         self.progress.notify_waiters();
     }
 }
 
-fn take_pending<S: 'static>(books: &mut Books<S>) -> Vec<Item<S>> {
-    std::mem::take(&mut books.pending).into_values().collect()
-}
-
 /// Holds a batch's lease while its jobs run. Each job keeps a reference; when the last one is
-/// gone the lease is released (dropped: a non-blocking message) and the actor told.
+/// gone the lease is released (dropped: never blocks) and the batch's slot freed — in the books,
+/// so it does not depend on the actor still being there.
 pub struct BatchToken<S: 'static> {
     lease: Option<LeaseCore<S>>,
+    batch: u64,
     items: u64,
-    actor: Addr<GrinderActor<S>>,
+    grinder: Arc<Grinder<S>>,
 }
 
 impl<S: 'static> Drop for BatchToken<S> {
     fn drop(&mut self) {
         drop(self.lease.take());
-        self.actor.do_send(BatchDone { items: self.items });
+        self.grinder.batch_finished(self.batch, self.items);
     }
 }
 
-/// Forms batches for one grinder and runs each on a lease. Lives on the manager's host System.
+/// Forms batches for one grinder and starts each on a lease. Lives on the manager's host System.
 pub struct GrinderActor<S: 'static> {
     grinder: Arc<Grinder<S>>,
+    incarnation: u64,
+    /// The one `max_wait` timer: when it fires, and its handle.
+    timer: Option<(Instant, SpawnHandle)>,
 }
 
 impl<S: 'static> GrinderActor<S> {
     fn form_batches(&mut self, ctx: &mut Context<Self>) {
         let (due, next_deadline) = self.grinder.due_batches();
-        for (n, items) in due {
-            self.run_batch(n, items, ctx.address());
+        for (n, cancelled) in due {
+            self.start_batch(n, cancelled);
         }
-        if let Some(deadline) = next_deadline {
-            // One timer per check; a batch that starts earlier makes it a harmless no-op.
-            ctx.run_later(
-                deadline.saturating_duration_since(Instant::now()),
-                |act, ctx| act.form_batches(ctx),
-            );
+        match next_deadline {
+            Some(at) if self.timer.as_ref().is_some_and(|(t, _)| *t == at) => {}
+            Some(at) => {
+                if let Some((_, old)) = self.timer.take() {
+                    ctx.cancel_future(old);
+                }
+                let handle =
+                    ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+                        act.timer = None;
+                        act.form_batches(ctx);
+                    });
+                self.timer = Some((at, handle));
+            }
+            None => {
+                if let Some((_, old)) = self.timer.take() {
+                    ctx.cancel_future(old);
+                }
+            }
         }
     }
 
-    fn run_batch(&self, n: u64, items: Vec<Item<S>>, me: Addr<Self>) {
+    /// Acquires the batch's lease on the host, then launches its items on it. The wait for the
+    /// lease ends early when a stop cancels the batch (it drops the batch's cancel sender).
+    fn start_batch(&self, n: u64, mut cancelled: oneshot::Receiver<()>) {
         let grinder = Arc::clone(&self.grinder);
         let owner = format!("{}-batch-{n}", grinder.config.owner_prefix);
-        tracing::debug!(batch = n, size = items.len(), owner = %owner, "batch starting");
+        tracing::debug!(batch = n, owner = %owner, "batch waiting for a lease");
         actix_rt::spawn(async move {
             let params = LeaseParams {
                 owner: Some(owner),
@@ -475,26 +672,47 @@ impl<S: 'static> GrinderActor<S> {
             };
             let lease = match grinder.engine.begin_acquire(params, WaitMode::Forever) {
                 Ok(Ok(lease)) => Ok(lease),
-                Ok(Err(mut ticket)) => std::future::poll_fn(|cx| ticket.poll_wait(cx)).await,
+                Ok(Err(mut ticket)) => {
+                    let outcome = std::future::poll_fn(|cx| {
+                        if Pin::new(&mut cancelled).poll(cx).is_ready() {
+                            return Poll::Ready(None);
+                        }
+                        ticket.poll_wait(cx).map(Some)
+                    })
+                    .await;
+                    match outcome {
+                        Some(lease) => lease,
+                        // Cancelled: dropping the ticket leaves the queue; the stop that
+                        // cancelled us answered the items.
+                        None => return,
+                    }
+                }
                 Err(e) => Err(e),
             };
-            let (lease, failure) = match lease {
-                Ok(lease) => (Some(lease), None),
-                Err(e) => (None, Some(e)),
+            let Some(items) = grinder.batch_launching(n, lease.is_ok()) else {
+                return; // a stop took the items meanwhile; a lease we got is released on drop
             };
-            if let Some(e) = &failure {
-                tracing::warn!(batch = n, error = %e, "batch could not get a lease; its items fail");
-            }
+            let lease = match lease {
+                Ok(lease) => lease,
+                Err(e) => {
+                    tracing::warn!(batch = n, error = %e, "batch could not get a lease; its items fail");
+                    let count = items.len() as u64;
+                    for item in items {
+                        item.fail(e.clone());
+                    }
+                    grinder.batch_finished(n, count);
+                    return;
+                }
+            };
+            tracing::debug!(batch = n, size = items.len(), lease_id = %lease.id(), "batch running");
             let token = Arc::new(BatchToken {
                 items: items.len() as u64,
-                lease,
-                actor: me,
+                lease: Some(lease),
+                batch: n,
+                grinder,
             });
             for item in items {
-                match &failure {
-                    None => (item.launch)(Ok(&token)),
-                    Some(e) => (item.launch)(Err(e.clone())),
-                }
+                (item.launch)(Ok(&token));
             }
         });
     }
@@ -504,19 +722,17 @@ impl<S: 'static> Actor for GrinderActor<S> {
     type Context = Context<Self>;
 }
 
+impl<S: 'static> Drop for GrinderActor<S> {
+    fn drop(&mut self) {
+        // Stopped by `stop` (then this is a no-op), or dropped with its host's System.
+        self.grinder.actor_gone(self.incarnation);
+    }
+}
+
 impl<S: 'static> Handler<Kick> for GrinderActor<S> {
     type Result = ();
 
     fn handle(&mut self, _: Kick, ctx: &mut Context<Self>) {
-        self.form_batches(ctx);
-    }
-}
-
-impl<S: 'static> Handler<BatchDone> for GrinderActor<S> {
-    type Result = ();
-
-    fn handle(&mut self, msg: BatchDone, ctx: &mut Context<Self>) {
-        self.grinder.batch_done(msg.items);
         self.form_batches(ctx);
     }
 }

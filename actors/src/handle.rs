@@ -179,12 +179,17 @@ impl<R> JobReply<R> {
 }
 
 impl<R> JobHandle<R> {
-    /// Waits for the answer by blocking this thread. Only for threads outside an async runtime
-    /// (callers check first: blocking a runtime thread could deadlock it).
+    /// Waits for the answer by blocking this thread: from plain threads, `spawn_blocking`
+    /// closures, or threads that only entered a runtime handle.
+    ///
+    /// # Errors
+    /// [`LeaseError::BlockingOnRuntime`] inside an async task or `block_on`, where blocking
+    /// would stall the executor (await the handle there); otherwise the job's own outcome.
     pub fn blocking_wait(self) -> Result<R, LeaseError> {
-        self.answer
-            .blocking_recv()
-            .unwrap_or(Err(LeaseError::WorkerLost))
+        if crate::blocking::inside_async_poll() {
+            return Err(LeaseError::BlockingOnRuntime("blocking_wait"));
+        }
+        crate::blocking::block_on(self)
     }
 
     /// A reply channel and its handle.

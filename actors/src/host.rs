@@ -3,6 +3,12 @@
 //! `SyncArbiter::start`, `Arbiter::new` and `Actor::start` panic without a running System, and a
 //! `SyncArbiter`'s forwarder runs on the System arbiter, so the engine brings its own System
 //! and never blocks it. `Addr` is `Send + Sync`, so handles work from any runtime or thread.
+//!
+//! Who supervises the supervisor: a watchdog task on the host waits for the `ManagerActor` to
+//! end — by `Shutdown` or by a crash — then waits for the worker threads (at most
+//! `shutdown_timeout`) and stops the System. A crashed supervisor has already failed closed
+//! (its `Drop`), and if the host thread itself unwinds, a guard closes the books on the way out,
+//! so every waiter and `stop()` still gets its answer and `start()` works again.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -15,13 +21,14 @@ use crate::config::EngineConfig;
 use crate::error::LeaseError;
 use crate::handle::LeaseCore;
 use crate::manager::ManagerActor;
-use crate::messages::{InjectFault, RunOnHost, ScaleChanged, Shutdown};
+use crate::messages::{CrashSupervisor, InjectFault, RunOnHost, ScaleChanged, Shutdown};
 use crate::pool::PoolSpec;
-use crate::registry::{Attempt, LeaseParams, Registry, Run, WaitMode, WaitTicket};
+use crate::registry::{Attempt, LeaseParams, Registry, Run, StartOutcome, WaitMode, WaitTicket};
 use crate::stats::{Backend, Stats};
 use crate::threads::WorkerThreads;
 
 struct Host {
+    generation: u64,
     thread: JoinHandle<()>,
     exited: oneshot::Receiver<()>,
 }
@@ -48,11 +55,20 @@ impl<S: 'static> Engine<S> {
         &self.registry.config
     }
 
-    /// Starts the host thread and the `min_pools` initial pools. Idempotent.
+    /// Starts the host thread and the `min_pools` initial pools, and waits until each initial
+    /// pool has a worker that built its state or has failed to. Idempotent.
+    ///
+    /// Fails with `WorkerStateFailed` (and leaves the engine stopped) when not one worker could
+    /// build its state, unless `start_degraded` is set.
     pub async fn start(&self) -> Result<(), LeaseError> {
         let mut host = self.host.lock().await;
-        if host.is_some() {
-            return Ok(());
+        if let Some(running) = host.take() {
+            if self.registry.current_generation() == Some(running.generation) {
+                *host = Some(running);
+                return Ok(());
+            }
+            // The previous run ended without `stop` (its supervisor died): let it finish.
+            finish(running).await;
         }
         let generation = self.generation.fetch_add(1, Relaxed) + 1;
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -63,20 +79,49 @@ impl<S: 'static> Engine<S> {
             .name(name)
             .spawn(move || host_main(registry, generation, ready_tx, exit_tx))
             .map_err(|e| LeaseError::StartFailed(format!("cannot spawn the host thread: {e}")))?;
-        match ready_rx.await {
-            Ok(()) => {
-                *host = Some(Host {
-                    thread,
-                    exited: exit_rx,
-                });
-                tracing::info!(generation, "lease manager started");
-                Ok(())
+        let running = Host {
+            generation,
+            thread,
+            exited: exit_rx,
+        };
+        if ready_rx.await.is_err() {
+            finish(running).await;
+            return Err(LeaseError::StartFailed(
+                "the host thread exited during start-up".to_owned(),
+            ));
+        }
+        let failure = match self.initial_pools_settled().await {
+            StartOutcome::Serving | StartOutcome::Pending => None,
+            StartOutcome::Failed(error) if self.registry.config.start_degraded => {
+                tracing::warn!(error = %error, "no worker could build its state; started anyway (start_degraded), pools keep retrying");
+                None
             }
-            Err(_) => {
-                let _ = thread.join();
-                Err(LeaseError::StartFailed(
-                    "the host thread exited during start-up".to_owned(),
-                ))
+            StartOutcome::Failed(error) => Some(LeaseError::WorkerStateFailed(error)),
+            StartOutcome::Ended => Some(LeaseError::StartFailed(
+                "the supervisor ended during start-up".to_owned(),
+            )),
+        };
+        if let Some(error) = failure {
+            self.begin_shutdown();
+            finish(running).await;
+            tracing::warn!(error = %error, "lease manager did not start");
+            return Err(error);
+        }
+        *host = Some(running);
+        tracing::info!(generation, "lease manager started");
+        Ok(())
+    }
+
+    /// Waits until no pool is starting any more.
+    async fn initial_pools_settled(&self) -> StartOutcome {
+        loop {
+            let notified = self.registry.settled.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before looking, so a change between the look and the wait is seen.
+            notified.as_mut().enable();
+            match self.registry.start_outcome() {
+                StartOutcome::Pending => notified.await,
+                outcome => return outcome,
             }
         }
     }
@@ -89,9 +134,7 @@ impl<S: 'static> Engine<S> {
             return;
         };
         self.begin_shutdown();
-        let _ = running.exited.await;
-        // The host signalled its very last step, so this join does not wait in practice.
-        let _ = running.thread.join();
+        finish(running).await;
         tracing::info!("lease manager stopped");
     }
 
@@ -107,11 +150,13 @@ impl<S: 'static> Engine<S> {
             for waiter in waiters {
                 let _ = waiter.send(Err(LeaseError::Stopped));
             }
-            let shutdown = Shutdown {
-                timeout: self.registry.config.shutdown_timeout,
-            };
-            if run.manager.try_send(shutdown).is_err() {
-                // The supervisor is gone; stop its System directly so the host can exit.
+            if run.manager.connected() {
+                // `do_send`: a busy supervisor's mailbox may be over its capacity; this must
+                // still get through.
+                run.manager.do_send(Shutdown);
+            } else {
+                // The supervisor is gone (its watchdog is already stopping the host); stop the
+                // System directly so the host can exit.
                 run.system.stop();
             }
         }
@@ -141,6 +186,11 @@ impl<S: 'static> Engine<S> {
         self.registry.stats(backend)
     }
 
+    /// The current run's number, while started.
+    pub fn current_generation(&self) -> Option<u64> {
+        self.registry.current_generation()
+    }
+
     /// Asks the supervisor to re-evaluate the sizing target now.
     pub fn notify_scale_changed(&self) {
         if let Some(run) = self.registry.current_run() {
@@ -155,6 +205,22 @@ impl<S: 'static> Engine<S> {
             Some(run) => run.manager.send(fault).await.unwrap_or(false),
             None => false,
         }
+    }
+
+    /// Fault injection: makes the supervisor panic in a handler. Answers whether one was running.
+    pub fn crash_supervisor(&self) -> bool {
+        match self.registry.current_run() {
+            Some(run) if run.manager.connected() => {
+                run.manager.do_send(CrashSupervisor);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Fault injection: the next `n` worker-thread spawns fail as they do at the thread limit.
+    pub fn fail_next_worker_spawns(&self, n: usize) {
+        self.registry.inject_spawn_failures(n);
     }
 
     /// Runs `f` on the host System (for actors that must live there). Fails with `NotStarted`
@@ -173,12 +239,45 @@ impl<S: 'static> Engine<S> {
     }
 }
 
+/// Waits for a host thread's last step and joins it.
+async fn finish(running: Host) {
+    let _ = running.exited.await;
+    // The host signalled its very last step (or died), so this join does not wait in practice.
+    let _ = running.thread.join();
+}
+
+/// Closes the books of its run when the host thread ends for any reason, unwinding included.
+struct CloseOnExit<S: 'static> {
+    registry: Arc<Registry<S>>,
+    generation: u64,
+    exited: Option<oneshot::Sender<()>>,
+}
+
+impl<S: 'static> Drop for CloseOnExit<S> {
+    fn drop(&mut self) {
+        if self.registry.close_run(self.generation) {
+            tracing::error!(
+                generation = self.generation,
+                "the host thread ended without a shutdown; the books are closed"
+            );
+        }
+        if let Some(exited) = self.exited.take() {
+            let _ = exited.send(());
+        }
+    }
+}
+
 fn host_main<S: 'static>(
     registry: Arc<Registry<S>>,
     generation: u64,
     ready: oneshot::Sender<()>,
     exited: oneshot::Sender<()>,
 ) {
+    let _close = CloseOnExit {
+        registry: Arc::clone(&registry),
+        generation,
+        exited: Some(exited),
+    };
     let system = actix_rt::System::new();
     system.block_on(async {
         let ctx = Context::<ManagerActor<S>>::new();
@@ -192,14 +291,28 @@ fn host_main<S: 'static>(
         });
         let spec = PoolSpec {
             registry: Arc::clone(&registry),
-            threads,
+            threads: Arc::clone(&threads),
         };
-        let mut manager = ManagerActor::new(spec, generation);
-        // Initial pools exist before `start` returns.
+        let (ended_tx, ended_rx) = oneshot::channel::<()>();
+        let mut manager = ManagerActor::new(spec, generation, ended_tx);
+        // The initial pools are spawned before `start` begins waiting for them.
         manager.reconcile();
         ctx.run(manager);
+        let timeout = registry.config.shutdown_timeout;
+        actix_rt::spawn(async move {
+            // The supervisor ended: by `Shutdown`, or by a crash after failing closed.
+            let _ = ended_rx.await;
+            let stuck = threads.wait_all_exited(timeout).await;
+            if !stuck.is_empty() {
+                tracing::warn!(
+                    threads = ?stuck,
+                    timeout = ?timeout,
+                    "worker threads still busy after shutdown_timeout; leaving them detached"
+                );
+            }
+            actix_rt::System::current().stop();
+        });
     });
     let _ = ready.send(());
     let _ = system.run();
-    let _ = exited.send(());
 }

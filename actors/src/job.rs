@@ -3,6 +3,11 @@
 //! A job owns its reply sender. Whatever happens to it — it runs, it panics, it is skipped
 //! because its lease was revoked, its envelope is dropped because the pool died — it answers
 //! exactly once: the `Drop` impl answers `WorkerLost` if nothing else did.
+//!
+//! Everything a user handed us is also *dropped* under `catch_unwind`: a closure skipped unrun,
+//! a panic payload, a result nobody waits for any more. A destructor that panics outside
+//! `catch_unwind` would kill the worker thread (actix does not catch it), so such a panic is
+//! swallowed here and the job still answers what it would have answered.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -92,10 +97,12 @@ where
             .is_some_and(|guard| guard.lease().is_revoked());
         if revoked {
             // Dropping `self` answers WorkerLost: the job was queued when its lease was revoked.
+            drop_quietly(self.f.take());
             return JobOutcome::Ran;
         }
         if self.skip_if_abandoned && self.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
             self.reply = None;
+            drop_quietly(self.f.take());
             return JobOutcome::Ran;
         }
         let Some(f) = self.f.take() else {
@@ -109,6 +116,7 @@ where
             Err(payload) => {
                 CounterCells::bump(&counters.jobs_panicked);
                 let msg = panic_message(payload.as_ref());
+                drop_quietly(payload);
                 (Err(LeaseError::Panicked(msg)), JobOutcome::Panicked)
             }
         };
@@ -116,7 +124,10 @@ where
         // finds the lease idle, so its pool returns immediately instead of draining.
         drop(self.in_flight.take());
         if let Some(tx) = self.reply.take() {
-            let _ = tx.send(result);
+            if let Err(unsent) = tx.send(result) {
+                // The caller left: the result is dropped here, on the worker.
+                drop_quietly(unsent);
+            }
         }
         outcome
     }
@@ -124,8 +135,24 @@ where
 
 impl<F, R> Drop for TypedJob<F, R> {
     fn drop(&mut self) {
+        // An unrun job can be dropped anywhere (a worker, the host, a caller whose send failed).
+        drop_quietly(self.f.take());
         if let Some(tx) = self.reply.take() {
             let _ = tx.send(Err(LeaseError::WorkerLost));
+        }
+    }
+}
+
+/// Drops `value`, swallowing a panic from its destructor (and from the destructor of that
+/// panic's payload, which is leaked rather than dropped a third time).
+pub(crate) fn drop_quietly<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        tracing::error!(
+            panic = %panic_message(payload.as_ref()),
+            "a destructor panicked on a worker thread; the panic was contained"
+        );
+        if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            std::mem::forget(again);
         }
     }
 }

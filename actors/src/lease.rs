@@ -11,7 +11,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, WeakRecipient};
 use crate::error::LeaseError;
 use crate::messages::{Crash, Drained, Release};
 use crate::registry::Registry;
-use crate::stats::{CounterCells, LeaseId, PoolId};
+use crate::stats::{LeaseId, PoolId};
 
 const ACTIVE: u8 = 0;
 const RELEASED: u8 = 1;
@@ -169,8 +169,10 @@ impl<S: 'static> Actor for LeaseActor<S> {
             .hard_expires_at
             .saturating_duration_since(Instant::now());
         ctx.run_later(until_hard, |act, ctx| {
-            if act.shared.revoke(Revocation::Expired) {
-                CounterCells::bump(&act.registry.counters.revoked);
+            if act
+                .registry
+                .revoke_lease(act.shared.id, Revocation::Expired)
+            {
                 tracing::warn!(
                     lease_id = %act.shared.id,
                     owner = act.shared.owner.as_deref().unwrap_or(""),
@@ -179,7 +181,8 @@ impl<S: 'static> Actor for LeaseActor<S> {
                     "lease passed its hard expiry; revoked, its pool is retired"
                 );
             }
-            act.finish(ctx);
+            act.finished = true;
+            ctx.stop();
         });
     }
 }
@@ -190,12 +193,8 @@ impl<S: 'static> Drop for LeaseActor<S> {
         // without running `stopped`) or the host is shutting down. The holder must not keep
         // using a pool nobody tracks: revoke the lease (its jobs then fail with `WorkerLost`)
         // and retire the pool. During shutdown the books are already closed and this is a no-op.
-        if !self.finished && self.registry.is_live(self.shared.id) {
-            if self.shared.revoke(Revocation::Lost) {
-                CounterCells::bump(&self.registry.counters.revoked);
-            }
+        if !self.finished && self.registry.revoke_lease(self.shared.id, Revocation::Lost) {
             tracing::warn!(lease_id = %self.shared.id, pool = %self.shared.pool, "lease actor died; lease revoked");
-            self.registry.finish_lease(self.shared.id);
         }
     }
 }

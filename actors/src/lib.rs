@@ -13,6 +13,7 @@
 //! are in `registry.rs`; `docs/architecture.md` in the repository describes the message flow
 //! and the invariants.
 
+mod blocking;
 mod config;
 mod error;
 mod grinder;

@@ -1,40 +1,49 @@
 //! `ManagerActor`: the supervisor. Creates and retires pools, starts lease actors, keeps the
-//! sizing target, and runs the bounded shutdown.
+//! sizing target, and begins the shutdown.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::dev::channel::AddressReceiver;
-use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, ResponseActFuture, System, WrapFuture,
-};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
+use tokio::sync::oneshot;
 
+use crate::job::panic_message;
 use crate::lease::LeaseActor;
-use crate::messages::{Crash, KillWorkers, RunOnHost};
 use crate::messages::{
-    CreatePools, InjectFault, PoolDied, RetirePool, ScaleChanged, Shutdown, SpawnLease, StopPool,
+    Crash, CrashSupervisor, CreatePools, InjectFault, KillWorkers, PoolDied, RetirePool, RunOnHost,
+    ScaleChanged, Shutdown, SpawnLease, StopPool,
 };
 use crate::pool::{PoolActor, PoolSpec};
 use crate::registry::{Effects, PoolSlot};
-use crate::stats::CounterCells;
+use crate::stats::{CounterCells, PoolId};
 
 /// The supervisor of one manager run. Lives on the host System.
+///
+/// Its end — a `Shutdown`, or a crash — is what ends the run: dropping it drops `ended`, and
+/// the host's watchdog (see `host.rs`) then waits for the worker threads and stops the System.
+/// If it ends without a `Shutdown` (a panic in a handler), it fails closed first: the books are
+/// closed (waiters and leases answered `Stopped`) and every pool is told to stop.
 pub struct ManagerActor<S: 'static> {
     spec: PoolSpec<S>,
     generation: u64,
-    pools: HashMap<crate::stats::PoolId, actix::Addr<PoolActor<S>>>,
+    pools: HashMap<PoolId, actix::Addr<PoolActor<S>>>,
     size_provider_failing: bool,
+    /// Set by `Shutdown`: no pool is created any more, and the end is not a crash.
+    stopping: bool,
+    _ended: oneshot::Sender<()>,
 }
 
 impl<S: 'static> ManagerActor<S> {
-    pub(crate) fn new(spec: PoolSpec<S>, generation: u64) -> Self {
+    pub(crate) fn new(spec: PoolSpec<S>, generation: u64, ended: oneshot::Sender<()>) -> Self {
         Self {
             spec,
             generation,
             pools: HashMap::new(),
             size_provider_failing: false,
+            stopping: false,
+            _ended: ended,
         }
     }
 
@@ -61,7 +70,7 @@ impl<S: 'static> ManagerActor<S> {
             },
         };
         units
-            .div_ceil(config.units_per_pool)
+            .div_ceil(config.units_per_pool.max(1))
             .max(config.min_pools)
             .min(config.max_pools)
     }
@@ -85,20 +94,26 @@ impl<S: 'static> ManagerActor<S> {
 
     fn create_pools(&mut self, n: usize) {
         for _ in 0..n {
+            if self.stopping {
+                // A request that raced with `stop`: a pool made now would never be stopped.
+                return;
+            }
             let id = self.spec.registry.next_pool_id();
             let (addr, queue) = PoolActor::spawn(&self.spec, id);
-            self.pools.insert(id, addr);
             let slot = PoolSlot {
                 id,
                 generation: self.generation,
                 queue,
             };
-            let effects = self.spec.registry.add_pool(slot);
-            self.act_on(effects);
+            if self.spec.registry.pool_spawned(slot) {
+                self.pools.insert(id, addr);
+            } else {
+                addr.do_send(StopPool);
+            }
         }
     }
 
-    fn retire(&mut self, id: crate::stats::PoolId) {
+    fn retire(&mut self, id: PoolId) {
         if let Some(pool) = self.pools.remove(&id) {
             pool.do_send(StopPool);
         }
@@ -107,6 +122,13 @@ impl<S: 'static> ManagerActor<S> {
     fn start_lease(&mut self, mailbox: AddressReceiver<LeaseActor<S>>, actor: LeaseActor<S>) {
         Context::with_receiver(mailbox).run(actor);
     }
+
+    /// Runs a handler's body, containing a panic (a bug) so that the supervisor survives it.
+    fn guarded(&mut self, what: &str, body: impl FnOnce(&mut Self)) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| body(self))) {
+            tracing::error!(handler = what, panic = %panic_message(payload.as_ref()), "a supervisor handler panicked; the supervisor carries on");
+        }
+    }
 }
 
 impl<S: 'static> Actor for ManagerActor<S> {
@@ -114,7 +136,29 @@ impl<S: 'static> Actor for ManagerActor<S> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let every = self.spec.config().check_interval;
-        ctx.run_interval(every, |act, _| act.reconcile());
+        // actix's interval adds the period to `Instant::now()`; a period too long to add is as
+        // good as never.
+        if std::time::Instant::now().checked_add(every).is_some() {
+            ctx.run_interval(every, |act, _| act.guarded("tick", Self::reconcile));
+        }
+    }
+}
+
+impl<S: 'static> Drop for ManagerActor<S> {
+    fn drop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        // Dropped without a `Shutdown`: the supervisor died. Fail closed so that no waiter,
+        // job or `stop()` is left hanging; the host's watchdog then stops the System.
+        tracing::error!(
+            generation = self.generation,
+            "the supervisor died; failing closed (waiters and leases answered Stopped, pools stopped)"
+        );
+        self.spec.registry.close_run(self.generation);
+        for (_, pool) in self.pools.drain() {
+            pool.do_send(StopPool);
+        }
     }
 }
 
@@ -122,7 +166,7 @@ impl<S: 'static> Handler<CreatePools> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, msg: CreatePools, _: &mut Context<Self>) {
-        self.create_pools(msg.0);
+        self.guarded("CreatePools", |act| act.create_pools(msg.0));
     }
 }
 
@@ -130,11 +174,13 @@ impl<S: 'static> Handler<SpawnLease<S>> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, msg: SpawnLease<S>, _: &mut Context<Self>) {
-        if !self.spec.registry.is_live(msg.lease.id) {
-            return;
-        }
-        let actor = LeaseActor::new(msg.lease, Arc::clone(&self.spec.registry));
-        self.start_lease(msg.mailbox, actor);
+        self.guarded("SpawnLease", |act| {
+            if !act.spec.registry.is_live(msg.lease.id) {
+                return;
+            }
+            let actor = LeaseActor::new(msg.lease, Arc::clone(&act.spec.registry));
+            act.start_lease(msg.mailbox, actor);
+        });
     }
 }
 
@@ -142,7 +188,7 @@ impl<S: 'static> Handler<RetirePool> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, msg: RetirePool, _: &mut Context<Self>) {
-        self.retire(msg.0);
+        self.guarded("RetirePool", |act| act.retire(msg.0));
     }
 }
 
@@ -150,33 +196,21 @@ impl<S: 'static> Handler<ScaleChanged> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, _: ScaleChanged, _: &mut Context<Self>) {
-        self.reconcile();
+        self.guarded("ScaleChanged", Self::reconcile);
     }
 }
 
 impl<S: 'static> Handler<Shutdown> for ManagerActor<S> {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        // The books are already closed (`Registry::begin_stop`); stop every pool and end the
+        // supervisor. The watchdog waits for the threads and stops the System.
+        self.stopping = true;
         for (_, pool) in self.pools.drain() {
             pool.do_send(StopPool);
         }
-        let threads = Arc::clone(&self.spec.threads);
-        let timeout: Duration = msg.timeout;
-        Box::pin(
-            async move { threads.wait_all_exited(timeout).await }
-                .into_actor(self)
-                .map(move |stuck, _, _| {
-                    if !stuck.is_empty() {
-                        tracing::warn!(
-                            threads = ?stuck,
-                            timeout = ?timeout,
-                            "worker threads still busy after shutdown_timeout; leaving them detached"
-                        );
-                    }
-                    System::current().stop();
-                }),
-        )
+        ctx.stop();
     }
 }
 
@@ -184,10 +218,12 @@ impl<S: 'static> Handler<PoolDied> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, msg: PoolDied, _: &mut Context<Self>) {
-        self.pools.remove(&msg.0);
-        CounterCells::bump(&self.spec.counters().pools_restarted);
-        let effects = self.spec.registry.pool_died(msg.0);
-        self.act_on(effects);
+        self.guarded("PoolDied", |act| {
+            act.pools.remove(&msg.0);
+            CounterCells::bump(&act.spec.counters().pools_restarted);
+            let effects = act.spec.registry.pool_died(msg.0);
+            act.act_on(effects);
+        });
     }
 }
 
@@ -210,10 +246,18 @@ impl<S: 'static> Handler<InjectFault> for ManagerActor<S> {
     }
 }
 
+impl<S: 'static> Handler<CrashSupervisor> for ManagerActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: CrashSupervisor, _: &mut Context<Self>) {
+        panic!("the supervisor crashed by fault injection");
+    }
+}
+
 impl<S: 'static> Handler<RunOnHost> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, msg: RunOnHost, _: &mut Context<Self>) {
-        (msg.0)();
+        self.guarded("RunOnHost", |_| (msg.0)());
     }
 }

@@ -1,8 +1,6 @@
 //! Every message the engine's actors exchange, named as commands. Each doc line names the
 //! sender and the handler.
 
-use std::time::Duration;
-
 use actix::dev::channel::AddressReceiver;
 use actix::Message;
 
@@ -68,21 +66,31 @@ pub struct RetirePool(pub PoolId);
 #[rtype(result = "()")]
 pub struct ScaleChanged;
 
-/// Stop every pool, wait up to `timeout` for worker threads, then stop the host System.
-/// Sent by `stop`; handled by the manager.
+/// Stop every pool and end the supervisor; the host's watchdog then waits up to
+/// `shutdown_timeout` for the worker threads and stops the System. Sent by `stop` after it has
+/// closed the books; handled by the manager.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Shutdown {
-    pub(crate) timeout: Duration,
-}
+pub struct Shutdown;
 
-/// A worker thread of this pool died (its state factory panicked). Sent by the worker's exit
-/// guard while its thread unwinds; handled by the pool actor, which replaces it with backoff.
+/// A worker thread of this pool ended before the pool retired it. Sent by the worker's exit
+/// notice as its thread unwinds; handled by the pool actor, which replaces it with backoff.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WorkerExited {
     /// Which of the pool's `SyncArbiter`s the thread belonged to.
     pub(crate) arbiter: u64,
+    /// Why it ended.
+    pub(crate) cause: WorkerExit,
+}
+
+/// Why a worker thread ended early.
+#[derive(Debug, Clone)]
+pub(crate) enum WorkerExit {
+    /// Its state factory returned this error or panicked (the text says which).
+    StateFailed(String),
+    /// It unwound for another reason (a `kill_worker` fault, or a bug).
+    Crashed,
 }
 
 /// A worker built its state and is serving. Sent from the worker thread; handled by the pool
@@ -109,6 +117,13 @@ pub struct PoolDied(pub PoolId);
 #[rtype(result = "()")]
 pub struct Crash;
 
+/// Fault injection (feature `testing`): make the supervisor itself panic in a handler, as a bug
+/// would. Sent by `LeaseManager::kill_supervisor`; handled by the manager, outside the guard
+/// that contains its other handlers' failures.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CrashSupervisor;
+
 /// Fault injection (feature `testing`): kill this many workers of the pool, as crashes would.
 /// Sent by the manager; handled by the pool actor.
 #[derive(Message)]
@@ -134,20 +149,12 @@ pub enum InjectFault {
 #[rtype(result = "()")]
 pub struct RunOnHost(pub(crate) Box<dyn FnOnce() + Send>);
 
-/// Pending items changed (reached the threshold, or the first one arrived): see whether a
-/// batch should start, and arm the `max_wait` timer. Sent by the grinder's enqueuers; handled
-/// by the grinder actor.
+/// Look at the grinder's books: start the batches that are due and arm the `max_wait` timer.
+/// Sent by enqueuers (first item, or the threshold reached) and by a batch's end, at most one
+/// at a time; handled by the grinder actor.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Kick;
-
-/// A batch's last job ended (its lease is released as this is sent). Sent by the batch token;
-/// handled by the grinder actor.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BatchDone {
-    pub(crate) items: u64,
-}
 
 /// Stop the grinder actor. Sent by `Grinder::stop`; handled by the grinder actor.
 #[derive(Message)]

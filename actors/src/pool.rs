@@ -1,6 +1,9 @@
 //! `PoolActor`: owns one pool's worker threads (actix `SyncArbiter`s) and its job queue, and
 //! keeps the pool at `workers_per_pool` live workers.
 
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::thread;
@@ -10,8 +13,10 @@ use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SyncArbit
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::EngineConfig;
+use crate::job::panic_message;
 use crate::messages::{
-    Crash, Job, JobKind, KillWorkers, PoolDied, ReplaceWorkers, StopPool, WorkerExited, WorkerReady,
+    Crash, Job, JobKind, KillWorkers, PoolDied, ReplaceWorkers, StopPool, WorkerExit, WorkerExited,
+    WorkerReady,
 };
 use crate::registry::Registry;
 use crate::stats::{CounterCells, PoolId};
@@ -24,6 +29,13 @@ pub(crate) const BACKOFF_START: Duration = Duration::from_millis(10);
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// A pool that lost no worker for this long starts over at [`BACKOFF_START`].
 pub(crate) const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+
+/// A stack no machine can give a thread: the spawn fails with `EAGAIN`, as it does at the
+/// process's thread limit. Used to inject spawn failures in tests.
+#[cfg(target_pointer_width = "64")]
+const UNSPAWNABLE_STACK: usize = 1 << 46;
+#[cfg(not(target_pointer_width = "64"))]
+const UNSPAWNABLE_STACK: usize = usize::MAX / 2;
 
 /// What every pool of one manager run is built from: the manager's books (which own the
 /// settings and counters) and this run's worker-thread tracker.
@@ -59,6 +71,15 @@ pub struct PoolQueue<S> {
     pub(crate) dead: AtomicBool,
 }
 
+/// One group of worker threads started together: a `SyncArbiter`, or — when a spawn failed
+/// part-way — the threads that did start, whose arbiter address actix never returned.
+struct ThreadGroup<S: 'static> {
+    number: u64,
+    /// Dropping it stops the `SyncArbiter` (its threads exit once the job queue is closed).
+    _arbiter: Option<Addr<Worker<S>>>,
+    live: usize,
+}
+
 /// One pool of `workers_per_pool` threads.
 ///
 /// It holds the job queue's sender, a receiver (so the queue outlives any one generation of
@@ -66,20 +87,23 @@ pub struct PoolQueue<S> {
 /// queue closes, and a `SyncArbiter` stops its threads when its last address is gone, so
 /// dropping these is what retires the pool.
 ///
-/// Supervision: a worker thread that dies (its state factory panicked) reports `WorkerExited`.
-/// While no worker is alive the pool is *unhealthy*: queued jobs are answered `WorkerLost` and
-/// the books never hand the pool out. Dead workers are replaced by a fresh `SyncArbiter` after
-/// a backoff of 10 ms doubling to 5 s, reset after 30 s without a failure.
+/// A new pool is *starting* until its first worker has built its state; only then do the books
+/// hand it out. Supervision: a worker thread that ends early (its state factory failed, or it
+/// crashed) reports `WorkerExited`, and a thread that cannot be spawned counts the same way.
+/// While no worker is alive the pool is *unhealthy*: queued jobs are answered `WorkerLost`, the
+/// books never hand the pool out, and they learn the last failure (what acquirers are told when
+/// no pool can serve). Dead workers are replaced after a backoff of 10 ms doubling to 5 s,
+/// reset after 30 s without a failure.
 pub struct PoolActor<S: 'static> {
     id: PoolId,
     spec: PoolSpec<S>,
     queue: Option<Arc<PoolQueue<S>>>,
     receiver: Receiver<Job<S>>,
-    /// (arbiter number, address, its threads still alive).
-    arbiters: Vec<(u64, Addr<Worker<S>>, usize)>,
-    next_arbiter: u64,
+    groups: Vec<ThreadGroup<S>>,
+    next_group: u64,
     live: usize,
-    healthy: bool,
+    /// A worker has built its state since the pool started or last went unhealthy.
+    serving: bool,
     next_index: usize,
     backoff: Duration,
     last_failure: Option<Instant>,
@@ -97,52 +121,68 @@ impl<S: 'static> PoolActor<S> {
             dead: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&queue);
-        // The address exists before the actor runs, so the workers' exit notices can name it.
-        let ctx = Context::<Self>::new();
-        let mut actor = PoolActor {
+        let actor = PoolActor {
             id,
             spec: spec.clone(),
             queue: Some(queue),
             receiver,
-            arbiters: Vec::new(),
-            next_arbiter: 0,
+            groups: Vec::new(),
+            next_group: 0,
             live: 0,
-            healthy: true,
+            serving: false,
             next_index: 0,
             backoff: BACKOFF_START,
             last_failure: None,
             replacing: false,
             retired: false,
         };
-        actor.start_workers(spec.config().workers_per_pool, &ctx.address());
-        tracing::info!(pool = %id, workers = spec.config().workers_per_pool, "pool started");
-        (ctx.run(actor), weak)
+        tracing::info!(pool = %id, workers = spec.config().workers_per_pool, "pool starting");
+        // The workers start in `started()`, after the supervisor has entered the pool in the
+        // books as starting: a failure to start them then always finds the pool there.
+        (actor.start(), weak)
     }
 
-    fn start_workers(&mut self, n: usize, me: &Addr<Self>) {
-        let spec = &self.spec;
+    /// Spawns `n` worker threads as one `SyncArbiter`. actix's `SyncArbiter` panics when a
+    /// thread cannot be spawned (`EAGAIN` at the thread limit); that panic is contained here and
+    /// becomes a worker failure like any other: counted, logged, replaced with backoff.
+    fn start_workers(&mut self, n: usize, ctx: &mut Context<Self>) {
+        let me = ctx.address();
         let id = self.id;
-        let prefix = spec.config().name_prefix.clone();
-        let builder_threads = Arc::clone(&spec.threads);
+        let prefix = self.spec.config().name_prefix.clone();
+        let threads = Arc::clone(&self.spec.threads);
+        let registry = Arc::clone(&self.spec.registry);
+        // What the thread-builder closure saw, read back if the spawn panics.
+        let attempts: Rc<RefCell<Vec<String>>> = Rc::default();
         let mut index = self.next_index;
-        let thread_builder = move || {
-            let name = format!("{prefix}-{}-{index}", id.get());
-            index += 1;
-            builder_threads.expect(id, &name);
-            thread::Builder::new().name(name)
+        let thread_builder = {
+            let attempts = Rc::clone(&attempts);
+            let threads = Arc::clone(&threads);
+            move || {
+                let name = format!("{prefix}-{}-{index}", id.get());
+                index += 1;
+                threads.expect(id, &name);
+                attempts.borrow_mut().push(name.clone());
+                let builder = thread::Builder::new().name(name);
+                if registry.take_injected_spawn_failure() {
+                    builder.stack_size(UNSPAWNABLE_STACK)
+                } else {
+                    builder
+                }
+            }
         };
-        let factory = Arc::clone(&spec.config().state_factory);
-        let counters = Arc::clone(spec.counters());
-        let threads = Arc::clone(&spec.threads);
+        let factory = Arc::clone(&self.spec.config().state_factory);
+        let counters = Arc::clone(self.spec.counters());
         let queue = self.receiver.clone();
         let exits = me.clone().recipient::<WorkerExited>();
         let ready = me.clone().recipient::<WorkerReady>();
-        let arbiter = self.next_arbiter;
+        let group = self.next_group;
+        let worker_threads = Arc::clone(&threads);
         let make_worker = move || {
-            threads.adopt_current_thread(id);
+            worker_threads.adopt_current_thread(id);
             let exit = ExitNotice {
                 pool: exits.clone(),
-                arbiter,
+                arbiter: group,
+                reported: false,
             };
             let worker = Worker::new(
                 exit,
@@ -154,18 +194,90 @@ impl<S: 'static> PoolActor<S> {
             ready.do_send(WorkerReady);
             worker
         };
-        let addr = SyncArbiter::start_with_thread_builder(n, thread_builder, make_worker);
-        self.arbiters.push((arbiter, addr, n));
-        self.next_arbiter += 1;
-        self.next_index += n;
-        self.live += n;
+        let started = catch_unwind(AssertUnwindSafe(|| {
+            SyncArbiter::start_with_thread_builder(n, thread_builder, make_worker)
+        }));
+        self.next_group += 1;
+        let attempted = attempts.borrow().len();
+        self.next_index += attempted;
+        match started {
+            Ok(addr) => {
+                self.groups.push(ThreadGroup {
+                    number: group,
+                    _arbiter: Some(addr),
+                    live: n,
+                });
+                self.live += n;
+            }
+            Err(payload) => {
+                // Every attempt before the last one spawned a thread that now serves the queue;
+                // the last one failed.
+                let error = format!(
+                    "cannot spawn a worker thread: {}",
+                    panic_message(payload.as_ref())
+                );
+                let spawned = attempted.saturating_sub(1);
+                if let Some(failed) = attempts.borrow().last() {
+                    threads.spawn_failed(id, failed);
+                }
+                if spawned > 0 {
+                    self.groups.push(ThreadGroup {
+                        number: group,
+                        _arbiter: None,
+                        live: spawned,
+                    });
+                    self.live += spawned;
+                }
+                CounterCells::bump(&self.spec.counters().thread_spawn_failures);
+                tracing::warn!(pool = %id, spawned, wanted = n, error = %error, "worker thread spawn failed; retrying with backoff");
+                self.worker_failed(error, ctx);
+            }
+        }
     }
 
     /// Drops the queue's sender and the arbiters' addresses: the threads exit after what is
     /// queued.
     fn release_threads(&mut self) {
         self.queue = None;
-        self.arbiters.clear();
+        self.groups.clear();
+    }
+
+    /// A worker is gone or could not start: tell the books if the pool can no longer serve, and
+    /// schedule replacements with backoff.
+    fn worker_failed(&mut self, error: String, ctx: &mut Context<Self>) {
+        if self.retired {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_failure
+            .is_some_and(|t| now.saturating_duration_since(t) >= HEALTHY_PERIOD)
+        {
+            self.backoff = BACKOFF_START;
+        }
+        self.last_failure = Some(now);
+        if self.live == 0 {
+            if let Some(queue) = &self.queue {
+                queue.dead.store(true, Relaxed);
+            }
+            // Nobody can run what is queued: answer it now instead of letting callers hang.
+            let mut lost = 0usize;
+            while let Ok(job) = self.receiver.try_recv() {
+                drop(job);
+                lost += 1;
+            }
+            if self.serving {
+                tracing::warn!(pool = %self.id, lost, "pool has no live worker; it is unhealthy until rebuilt");
+            }
+            self.serving = false;
+            // Also when already unhealthy: the books keep the latest failure for acquirers.
+            self.spec.registry.pool_unhealthy(self.id, error).apply();
+        }
+        if !self.replacing {
+            self.replacing = true;
+            ctx.notify_later(ReplaceWorkers, self.backoff);
+            self.backoff = self.backoff.saturating_mul(2).min(BACKOFF_CAP);
+        }
     }
 
     /// Reports a stop that nobody asked for (a panic in a handler) to the supervisor, once.
@@ -180,20 +292,12 @@ impl<S: 'static> PoolActor<S> {
     }
 }
 
-impl<S: 'static> Handler<KillWorkers> for PoolActor<S> {
-    type Result = ();
-
-    fn handle(&mut self, msg: KillWorkers, _: &mut Context<Self>) {
-        if let Some(queue) = &self.queue {
-            for _ in 0..msg.0 {
-                let _ = queue.jobs.send(Job(JobKind::KillWorker));
-            }
-        }
-    }
-}
-
 impl<S: 'static> Actor for PoolActor<S> {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.start_workers(self.spec.config().workers_per_pool, ctx);
+    }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         // After a panic in a handler, actix drops the context, which stops the actor and runs
@@ -208,6 +312,18 @@ impl<S: 'static> Drop for PoolActor<S> {
     fn drop(&mut self) {
         // In case the actor is dropped without `stopped` running.
         self.report_unexpected_stop();
+    }
+}
+
+impl<S: 'static> Handler<KillWorkers> for PoolActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: KillWorkers, _: &mut Context<Self>) {
+        if let Some(queue) = &self.queue {
+            for _ in 0..msg.0 {
+                let _ = queue.jobs.send(Job(JobKind::KillWorker));
+            }
+        }
     }
 }
 
@@ -226,47 +342,28 @@ impl<S: 'static> Handler<WorkerExited> for PoolActor<S> {
 
     fn handle(&mut self, msg: WorkerExited, ctx: &mut Context<Self>) {
         self.live = self.live.saturating_sub(1);
-        CounterCells::bump(&self.spec.counters().worker_state_failures);
-        if let Some(at) = self.arbiters.iter().position(|a| a.0 == msg.arbiter) {
-            self.arbiters[at].2 = self.arbiters[at].2.saturating_sub(1);
-            if self.arbiters[at].2 == 0 {
+        if let Some(at) = self.groups.iter().position(|g| g.number == msg.arbiter) {
+            self.groups[at].live = self.groups[at].live.saturating_sub(1);
+            if self.groups[at].live == 0 {
                 // Every thread of that SyncArbiter is gone; dropping its address stops it.
-                self.arbiters.swap_remove(at);
+                self.groups.swap_remove(at);
             }
         }
         if self.retired {
             return;
         }
-        let now = Instant::now();
-        if self
-            .last_failure
-            .is_some_and(|t| now.duration_since(t) >= HEALTHY_PERIOD)
-        {
-            self.backoff = BACKOFF_START;
-        }
-        self.last_failure = Some(now);
-        tracing::warn!(pool = %self.id, live = self.live, "a worker thread died (its state factory panicked)");
-        if self.live == 0 {
-            if let Some(queue) = &self.queue {
-                queue.dead.store(true, Relaxed);
+        let error = match msg.cause {
+            WorkerExit::StateFailed(error) => {
+                CounterCells::bump(&self.spec.counters().worker_state_failures);
+                tracing::warn!(pool = %self.id, live = self.live, error = %error, "a worker could not build its state");
+                error
             }
-            // Nobody can run what is queued: answer it now instead of letting callers hang.
-            let mut lost = 0usize;
-            while let Ok(job) = self.receiver.try_recv() {
-                drop(job);
-                lost += 1;
+            WorkerExit::Crashed => {
+                tracing::warn!(pool = %self.id, live = self.live, "a worker thread crashed");
+                "a worker thread crashed".to_owned()
             }
-            tracing::warn!(pool = %self.id, lost, "pool has no live worker; it is unhealthy until rebuilt");
-            if self.healthy {
-                self.healthy = false;
-                self.spec.registry.pool_unhealthy(self.id).apply();
-            }
-        }
-        if !self.replacing {
-            self.replacing = true;
-            ctx.notify_later(ReplaceWorkers, self.backoff);
-            self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
-        }
+        };
+        self.worker_failed(error, ctx);
     }
 }
 
@@ -286,9 +383,9 @@ impl<S: 'static> Handler<ReplaceWorkers> for PoolActor<S> {
         if missing == 0 {
             return;
         }
-        self.start_workers(missing, &ctx.address());
         CounterCells::bump(&self.spec.counters().pools_restarted);
-        tracing::info!(pool = %self.id, started = missing, "replacement workers started");
+        tracing::info!(pool = %self.id, starting = missing, "starting replacement workers");
+        self.start_workers(missing, ctx);
     }
 }
 
@@ -296,14 +393,14 @@ impl<S: 'static> Handler<WorkerReady> for PoolActor<S> {
     type Result = ();
 
     fn handle(&mut self, _: WorkerReady, _: &mut Context<Self>) {
-        // Only a worker that built its state proves the pool can serve again.
-        if !self.healthy && !self.retired {
-            self.healthy = true;
+        // Only a worker that built its state proves the pool can serve.
+        if !self.serving && !self.retired {
+            self.serving = true;
             if let Some(queue) = &self.queue {
                 queue.dead.store(false, Relaxed);
             }
-            tracing::info!(pool = %self.id, "pool is healthy again");
-            self.spec.registry.pool_healthy(self.id).apply();
+            tracing::info!(pool = %self.id, "pool is serving");
+            self.spec.registry.pool_ready(self.id).apply();
         }
     }
 }

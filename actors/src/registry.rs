@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -111,12 +111,14 @@ struct Books<S: 'static> {
     /// Keyed by arrival number: first entry = longest waiting. O(log n) removal on cancel.
     waiters: BTreeMap<u64, Waiter<S>>,
     leases: BTreeMap<LeaseId, LeaseEntry<S>>,
-    /// Pools taken out of service whose threads may still be finishing their last jobs.
-    retiring: Vec<PoolId>,
+    /// Pools spawned whose first worker has not built its state yet. Never handed out.
+    starting: Vec<PoolSlot<S>>,
     /// Pools with no live worker (their pool actor is rebuilding them). Never handed out.
     unhealthy: HashSet<PoolId>,
     /// Unhealthy pools that are not leased: out of `pools`, waiting to be healthy again.
     parked: Vec<PoolSlot<S>>,
+    /// Why the last pool went unhealthy: what acquirers are told when no pool can serve.
+    last_failure: Option<String>,
     desired: usize,
 }
 
@@ -125,6 +127,23 @@ pub struct Registry<S: 'static> {
     books: Mutex<Books<S>>,
     pub(crate) config: Arc<EngineConfig<S>>,
     pub(crate) counters: Arc<CounterCells>,
+    /// A starting pool became ready or failed, or the run ended (what `start` waits for).
+    pub(crate) settled: tokio::sync::Notify,
+    /// Fault injection: this many coming worker-thread spawns fail.
+    injected_spawn_failures: AtomicUsize,
+}
+
+/// Where the pools of a starting run stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StartOutcome {
+    /// Some pool is still starting.
+    Pending,
+    /// A pool serves, or no pool was asked for.
+    Serving,
+    /// Every pool failed to build a worker; the last failure.
+    Failed(String),
+    /// The run ended while starting.
+    Ended,
 }
 
 /// Work decided under the lock and done after it is released.
@@ -132,6 +151,7 @@ pub struct Effects<S: 'static> {
     manager: Option<Addr<ManagerActor<S>>>,
     spawn: Vec<SpawnLease<S>>,
     deliver: Vec<(WaiterReply<S>, LeaseCore<S>)>,
+    fail: Vec<(WaiterReply<S>, LeaseError)>,
     create: usize,
     retire: Vec<PoolId>,
 }
@@ -142,6 +162,7 @@ impl<S: 'static> Effects<S> {
             manager,
             spawn: Vec::new(),
             deliver: Vec::new(),
+            fail: Vec::new(),
             create: 0,
             retire: Vec::new(),
         }
@@ -174,6 +195,9 @@ impl<S: 'static> Effects<S> {
             // releases it, and its pool goes to the next waiter.
             let _ = reply.send(Ok(lease));
         }
+        for (reply, error) in self.fail {
+            let _ = reply.send(Err(error));
+        }
     }
 }
 
@@ -197,13 +221,16 @@ impl<S: 'static> Registry<S> {
                 creating: 0,
                 waiters: BTreeMap::new(),
                 leases: BTreeMap::new(),
-                retiring: Vec::new(),
+                starting: Vec::new(),
                 unhealthy: HashSet::new(),
                 parked: Vec::new(),
+                last_failure: None,
                 desired,
             }),
             config,
             counters: Arc::new(CounterCells::default()),
+            settled: tokio::sync::Notify::new(),
+            injected_spawn_failures: AtomicUsize::new(0),
         })
     }
 
@@ -216,12 +243,20 @@ impl<S: 'static> Registry<S> {
         self.lock().run.clone()
     }
 
-    /// Records a freshly started host. Pools come after, through `add_pool`.
+    pub(crate) fn current_generation(&self) -> Option<u64> {
+        self.lock().run.as_ref().map(|r| r.generation)
+    }
+
+    /// Records a freshly started host. Pools come after, through `pool_spawned`.
     pub(crate) fn begin_run(&self, run: Run<S>) {
         let mut books = self.lock();
         books.run = Some(run);
         books.pools.clear();
         books.idle.clear();
+        books.starting.clear();
+        books.parked.clear();
+        books.unhealthy.clear();
+        books.last_failure = None;
         books.creating = 0;
         books.desired = self.config.min_pools;
     }
@@ -229,8 +264,36 @@ impl<S: 'static> Registry<S> {
     /// Closes the books for `stop`: revokes every lease, hands back the waiters to be answered
     /// with `Stopped`, and returns the run to shut down (None if not running).
     pub(crate) fn begin_stop(&self) -> Option<(Run<S>, Vec<WaiterReply<S>>)> {
-        let mut books = self.lock();
-        let run = books.run.take()?;
+        let closed = {
+            let mut books = self.lock();
+            let run = books.run.take()?;
+            self.close(&mut books, run)
+        };
+        self.settled.notify_waiters();
+        closed
+    }
+
+    /// Closes the books of run `generation` if it is still the current one (the supervisor of
+    /// that run died): like `begin_stop`, and the waiters are answered here.
+    pub(crate) fn close_run(&self, generation: u64) -> bool {
+        let closed = {
+            let mut books = self.lock();
+            if books.run.as_ref().map(|r| r.generation) != Some(generation) {
+                return false;
+            }
+            let run = books.run.take().expect("checked above");
+            self.close(&mut books, run)
+        };
+        if let Some((_, waiters)) = closed {
+            for waiter in waiters {
+                let _ = waiter.send(Err(LeaseError::Stopped));
+            }
+        }
+        self.settled.notify_waiters();
+        true
+    }
+
+    fn close(&self, books: &mut Books<S>, run: Run<S>) -> Option<(Run<S>, Vec<WaiterReply<S>>)> {
         let waiters = std::mem::take(&mut books.waiters)
             .into_values()
             .map(|w| w.reply)
@@ -243,7 +306,7 @@ impl<S: 'static> Registry<S> {
         books.leases.clear();
         books.pools.clear();
         books.idle.clear();
-        books.retiring.clear();
+        books.starting.clear();
         books.unhealthy.clear();
         books.parked.clear();
         books.creating = 0;
@@ -277,13 +340,19 @@ impl<S: 'static> Registry<S> {
                 return Ok(Attempt::Ready(lease, effects));
             }
         }
-        // Pools that will exist without anyone releasing: those being created plus the room
-        // left under max_pools. Waiters ahead of us are served from those first.
-        let growth = books.creating
+        if let Some(failure) = unservable(&books) {
+            // Waiting would be waiting for a factory that keeps failing: say why, like a
+            // connection pool whose connect fails.
+            return Err(LeaseError::WorkerStateFailed(failure));
+        }
+        // Pools that will exist without anyone releasing: those being created or starting, plus
+        // the room left under max_pools. Waiters ahead of us are served from those first.
+        let coming = books.creating + books.starting.len();
+        let growth = coming
             + self
                 .config
                 .max_pools
-                .saturating_sub(books.pools.len() + books.parked.len() + books.creating);
+                .saturating_sub(books.pools.len() + books.parked.len() + coming);
         let served_by_growth = books.waiters.len() < growth;
         let refuse = match mode {
             WaitMode::NoWait => !served_by_growth,
@@ -320,17 +389,16 @@ impl<S: 'static> Registry<S> {
         self.lock().waiters.remove(&id).is_some()
     }
 
-    /// A pool the manager just created.
-    pub(crate) fn add_pool(self: &Arc<Self>, slot: PoolSlot<S>) -> Effects<S> {
+    /// A pool the manager just spawned: it is starting until a worker is ready. False if the
+    /// pool belongs to a run that has ended (the manager then stops it at once).
+    pub(crate) fn pool_spawned(&self, slot: PoolSlot<S>) -> bool {
         let mut books = self.lock();
-        let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
         books.creating = books.creating.saturating_sub(1);
         if books.run.as_ref().map(|r| r.generation) != Some(slot.generation) {
-            return effects;
+            return false;
         }
-        books.pools.insert(slot.id, PoolUse::Idle);
-        self.route_pool(&mut books, slot, &mut effects);
-        effects
+        books.starting.push(slot);
+        true
     }
 
     /// Ends a lease: gives its pool to the next waiter, parks it, or — if the lease was
@@ -355,34 +423,107 @@ impl<S: 'static> Registry<S> {
         effects.apply();
     }
 
-    /// The pool has no live worker: take it out of the idle set until it is healthy again.
-    pub(crate) fn pool_unhealthy(self: &Arc<Self>, id: PoolId) -> Effects<S> {
+    /// Revokes a live lease and retires its pool, in one step under the lock (so that no
+    /// snapshot shows the revocation counted but the lease still in the table). False if the
+    /// lease had already ended.
+    pub(crate) fn revoke_lease(self: &Arc<Self>, id: LeaseId, why: Revocation) -> bool {
+        let effects = {
+            let mut books = self.lock();
+            let Some(entry) = books.leases.remove(&id) else {
+                return false;
+            };
+            if entry.shared.revoke(why) {
+                CounterCells::bump(&self.counters.revoked);
+            }
+            let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
+            retire(&mut books, entry.slot.id, &mut effects);
+            self.replenish(&mut books, &mut effects);
+            effects
+        };
+        effects.apply();
+        true
+    }
+
+    /// The pool has no live worker: take it out of service until it is healthy again, and
+    /// remember why. If then no pool at all can serve, the waiters are told why instead of
+    /// waiting for a factory that keeps failing.
+    pub(crate) fn pool_unhealthy(self: &Arc<Self>, id: PoolId, failure: String) -> Effects<S> {
         let mut books = self.lock();
-        let effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
-        if books.run.is_none() || !books.pools.contains_key(&id) {
+        let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
+        if books.run.is_none() {
             return effects;
         }
-        books.unhealthy.insert(id);
-        if let Some(at) = books.idle.iter().position(|s| s.id == id) {
+        if let Some(at) = books.starting.iter().position(|s| s.id == id) {
+            let slot = books.starting.swap_remove(at);
+            books.parked.push(slot);
+        } else if let Some(at) = books.idle.iter().position(|s| s.id == id) {
             if let Some(slot) = books.idle.remove(at) {
                 books.pools.remove(&id);
                 books.parked.push(slot);
             }
+        } else if !books.pools.contains_key(&id) && !books.parked.iter().any(|s| s.id == id) {
+            return effects; // retired or unknown: nothing to track
         }
+        books.unhealthy.insert(id);
+        books.last_failure = Some(failure);
+        if let Some(failure) = unservable(&books) {
+            for (_, waiter) in std::mem::take(&mut books.waiters) {
+                effects
+                    .fail
+                    .push((waiter.reply, LeaseError::WorkerStateFailed(failure.clone())));
+            }
+        }
+        drop(books);
+        self.settled.notify_waiters();
         effects
     }
 
-    /// The pool serves again: a parked pool goes to the first waiter or the idle set.
-    pub(crate) fn pool_healthy(self: &Arc<Self>, id: PoolId) -> Effects<S> {
+    /// A worker of the pool built its state: a starting or parked pool goes to the first waiter
+    /// or the idle set.
+    pub(crate) fn pool_ready(self: &Arc<Self>, id: PoolId) -> Effects<S> {
         let mut books = self.lock();
         let mut effects = Effects::new(books.run.as_ref().map(|r| r.manager.clone()));
         books.unhealthy.remove(&id);
-        if let Some(at) = books.parked.iter().position(|s| s.id == id) {
-            let slot = books.parked.swap_remove(at);
+        let slot = if let Some(at) = books.starting.iter().position(|s| s.id == id) {
+            Some(books.starting.swap_remove(at))
+        } else {
+            let at = books.parked.iter().position(|s| s.id == id);
+            at.map(|at| books.parked.swap_remove(at))
+        };
+        if let Some(slot) = slot {
             books.pools.insert(slot.id, PoolUse::Idle);
             self.route_pool(&mut books, slot, &mut effects);
         }
+        drop(books);
+        self.settled.notify_waiters();
         effects
+    }
+
+    /// Where the pools of the current run stand, for `start`.
+    pub(crate) fn start_outcome(&self) -> StartOutcome {
+        let books = self.lock();
+        if books.run.is_none() {
+            StartOutcome::Ended
+        } else if !books.starting.is_empty() || books.creating > 0 {
+            StartOutcome::Pending
+        } else {
+            match unservable(&books) {
+                Some(failure) => StartOutcome::Failed(failure),
+                None => StartOutcome::Serving,
+            }
+        }
+    }
+
+    /// Fault injection: the next `n` worker-thread spawns fail.
+    pub(crate) fn inject_spawn_failures(&self, n: usize) {
+        self.injected_spawn_failures.store(n, Relaxed);
+    }
+
+    /// Whether this spawn is to fail (consumes one injected failure).
+    pub(crate) fn take_injected_spawn_failure(&self) -> bool {
+        self.injected_spawn_failures
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// The pool's actor crashed: take the pool out of the books (revoking the lease holding it,
@@ -395,6 +536,7 @@ impl<S: 'static> Registry<S> {
         }
         books.unhealthy.remove(&id);
         books.parked.retain(|s| s.id != id);
+        books.starting.retain(|s| s.id != id);
         books.idle.retain(|s| s.id != id);
         if let Some(PoolUse::Leased(lease)) = books.pools.remove(&id) {
             if let Some(entry) = books.leases.remove(&lease) {
@@ -404,8 +546,9 @@ impl<S: 'static> Registry<S> {
                 tracing::warn!(lease_id = %lease, pool = %id, "pool died under its lease; lease revoked");
             }
         }
-        books.retiring.push(id);
         self.replenish(&mut books, &mut effects);
+        drop(books);
+        self.settled.notify_waiters();
         effects
     }
 
@@ -464,7 +607,7 @@ impl<S: 'static> Registry<S> {
         let need = (leased + books.waiters.len())
             .max(books.desired)
             .min(self.config.max_pools);
-        let have = books.pools.len() + books.parked.len() + books.creating;
+        let have = books.pools.len() + books.parked.len() + books.starting.len() + books.creating;
         let room = self.config.max_pools.saturating_sub(have);
         let want = need.saturating_sub(have).min(room);
         books.creating += want;
@@ -525,10 +668,20 @@ impl<S: 'static> Registry<S> {
 
     /// A consistent snapshot, taken under the lock.
     pub(crate) fn stats(&self, backend: Backend) -> Stats {
-        let mut books = self.lock();
-        if let Some(threads) = books.run.as_ref().map(|r| Arc::clone(&r.threads)) {
-            books.retiring.retain(|id| threads.live_in(*id) > 0);
-        }
+        let books = self.lock();
+        // Retiring = pools out of the books whose threads still run; derived, so that nothing
+        // has to prune a list of retired pools.
+        let retiring = books.run.as_ref().map_or(0, |run| {
+            run.threads
+                .pools_with_threads()
+                .into_iter()
+                .filter(|id| {
+                    !books.pools.contains_key(id)
+                        && !books.parked.iter().any(|s| s.id == *id)
+                        && !books.starting.iter().any(|s| s.id == *id)
+                })
+                .count()
+        });
         debug_assert!(
             books.pools.values().all(|u| match u {
                 PoolUse::Idle => true,
@@ -561,8 +714,9 @@ impl<S: 'static> Registry<S> {
             total: books.pools.len(),
             workers_per_pool: self.config.workers_per_pool,
             waiting: books.waiters.len(),
-            retiring: books.retiring.len(),
+            retiring,
             unhealthy: books.unhealthy.len(),
+            starting: books.starting.len(),
             leases,
             counters: self.counters.snapshot(),
         }
@@ -574,12 +728,24 @@ impl<S: 'static> Registry<S> {
     }
 }
 
-/// Takes a pool out of service: out of the books, counted as retiring until its threads exit,
-/// and its actor told to stop.
+/// Takes a pool out of service: out of every set of the books (it counts as retiring while its
+/// threads run), and its actor told to stop.
 fn retire<S: 'static>(books: &mut Books<S>, id: PoolId, fx: &mut Effects<S>) {
     books.pools.remove(&id);
-    books.retiring.push(id);
+    books.unhealthy.remove(&id);
+    books.parked.retain(|s| s.id != id);
+    books.starting.retain(|s| s.id != id);
     fx.retire.push(id);
+}
+
+/// The last failure, when no pool can serve: none in service is healthy, none is starting or
+/// being created, and at least one is unhealthy. `None` otherwise.
+fn unservable<S: 'static>(books: &Books<S>) -> Option<String> {
+    let serving = books.pools.keys().any(|id| !books.unhealthy.contains(id));
+    if serving || !books.starting.is_empty() || books.creating > 0 || books.unhealthy.is_empty() {
+        return None;
+    }
+    books.last_failure.clone()
 }
 
 fn later(from: Instant, by: Duration) -> Instant {

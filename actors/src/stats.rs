@@ -98,6 +98,9 @@ pub struct Stats {
     /// backoff. They are never handed out; an unhealthy pool that is not leased is not counted
     /// in `total` either.
     pub unhealthy: usize,
+    /// Pools whose worker threads are starting: none has built its state yet, so they are not
+    /// handed out and not counted in `total` until one has.
+    pub starting: usize,
     /// Every live lease, oldest first.
     pub leases: Vec<LeaseInfo>,
     /// Monotonic counters since the manager was built (they survive stop/start).
@@ -155,6 +158,9 @@ pub struct Counters {
     pub pools_restarted: u64,
     /// Worker threads lost because their state factory failed (returned `Err` or panicked).
     pub worker_state_failures: u64,
+    /// Worker threads that could not be spawned (for example `EAGAIN` at the thread limit);
+    /// each is retried with the same backoff as a failing state factory.
+    pub thread_spawn_failures: u64,
 }
 
 /// The live counters; cheap relaxed atomics shared by the engine.
@@ -171,6 +177,7 @@ pub(crate) struct CounterCells {
     pub workers_restarted: AtomicU64,
     pub pools_restarted: AtomicU64,
     pub worker_state_failures: AtomicU64,
+    pub thread_spawn_failures: AtomicU64,
 }
 
 impl CounterCells {
@@ -191,6 +198,7 @@ impl CounterCells {
             workers_restarted: self.workers_restarted.load(Relaxed),
             pools_restarted: self.pools_restarted.load(Relaxed),
             worker_state_failures: self.worker_state_failures.load(Relaxed),
+            thread_spawn_failures: self.thread_spawn_failures.load(Relaxed),
         }
     }
 }

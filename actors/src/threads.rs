@@ -3,15 +3,15 @@
 //! actix's `SyncArbiter` spawns detached threads and keeps no handles (rule 5 of the design), so
 //! a thread is counted when the pool asks for its builder (on the host, before the spawn) and
 //! uncounted by a thread-local token whose destructor runs when the thread exits, after its last
-//! job and after its state was dropped.
+//! job and after its state was dropped. A spawn that fails is uncounted by the pool.
 //!
 //! That destructor runs while the thread's other thread-locals (tokio's among them) may already
 //! be gone, so it only touches an atomic and a std mutex; it never wakes a task. `stop` polls.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::stats::PoolId;
@@ -40,12 +40,36 @@ impl WorkerThreads {
         self.live.fetch_add(1, SeqCst);
     }
 
-    /// Threads of `pool` that have not exited yet.
-    pub(crate) fn live_in(&self, pool: PoolId) -> usize {
-        self.lock_pools().get(&pool).copied().unwrap_or(0)
+    /// Uncounts a thread whose spawn failed.
+    pub(crate) fn spawn_failed(&self, pool: PoolId, name: &str) {
+        self.forget(pool, name);
     }
 
-    fn lock_pools(&self) -> std::sync::MutexGuard<'_, HashMap<PoolId, usize>> {
+    fn forget(&self, pool: PoolId, name: &str) {
+        {
+            let mut names = self.lock_names();
+            if let Some(at) = names.iter().position(|n| n == name) {
+                names.swap_remove(at);
+            }
+        }
+        {
+            let mut pools = self.lock_pools();
+            if let Some(n) = pools.get_mut(&pool) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    pools.remove(&pool);
+                }
+            }
+        }
+        self.live.fetch_sub(1, SeqCst);
+    }
+
+    /// The pools that still have at least one thread alive.
+    pub(crate) fn pools_with_threads(&self) -> HashSet<PoolId> {
+        self.lock_pools().keys().copied().collect()
+    }
+
+    fn lock_pools(&self) -> MutexGuard<'_, HashMap<PoolId, usize>> {
         self.per_pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -66,14 +90,15 @@ impl WorkerThreads {
     }
 
     /// Waits until every counted thread has exited; returns the names still alive on timeout.
-    /// Runs on the host runtime; polls every 2 ms.
+    /// A timeout too long to represent waits as long as it takes. Runs on the host runtime;
+    /// polls every 2 ms.
     pub(crate) async fn wait_all_exited(&self, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if self.live() == 0 {
                 return Vec::new();
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return self.lock_names().clone();
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -85,7 +110,7 @@ impl WorkerThreads {
         self.live.load(SeqCst)
     }
 
-    fn lock_names(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn lock_names(&self) -> MutexGuard<'_, Vec<String>> {
         self.names.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -98,22 +123,7 @@ struct ExitToken {
 
 impl Drop for ExitToken {
     fn drop(&mut self) {
-        {
-            let mut names = self.threads.lock_names();
-            if let Some(at) = names.iter().position(|n| *n == self.name) {
-                names.swap_remove(at);
-            }
-        }
-        {
-            let mut pools = self.threads.lock_pools();
-            if let Some(n) = pools.get_mut(&self.pool) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    pools.remove(&self.pool);
-                }
-            }
-        }
-        self.threads.live.fetch_sub(1, SeqCst);
+        self.threads.forget(self.pool, &self.name);
     }
 }
 

@@ -1,13 +1,14 @@
 //! `Worker<S>`: the sync actor on each pool thread.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use actix::{Actor, Recipient, SyncContext};
 use crossbeam_channel::Receiver;
 
 use crate::config::StateFactory;
-use crate::job::JobOutcome;
-use crate::messages::{Job, JobKind, WorkerExited};
+use crate::job::{drop_quietly, panic_message, JobOutcome};
+use crate::messages::{Job, JobKind, WorkerExit, WorkerExited};
 use crate::stats::{CounterCells, PoolId};
 
 /// One worker of a pool: owns the thread's state `S` and serves the pool's job queue.
@@ -21,30 +22,44 @@ use crate::stats::{CounterCells, PoolId};
 ///
 /// actix does not catch panics in sync actors — a panicking job would kill its thread for good
 /// — so every job runs inside `catch_unwind` (see `job.rs`), and after a panic the worker
-/// rebuilds its state from the factory on the same thread. If the factory itself panics, the
-/// thread dies; its [`ExitNotice`] tells the pool, which replaces it.
+/// rebuilds its state from the factory on the same thread. If the factory fails (returns `Err`
+/// or panics), the thread ends; its exit notice tells the pool why, and the pool replaces it.
 pub struct Worker<S> {
     state: S,
     queue: Receiver<Job<S>>,
     factory: StateFactory<S>,
     pool: PoolId,
     counters: Arc<CounterCells>,
-    _exit: ExitNotice,
+    exit: ExitNotice,
 }
 
-/// Tells the pool when its worker thread dies: dropped while the thread unwinds (the state
-/// factory panicked, or a `kill_worker` fault), it sends `WorkerExited`. It is created before
-/// the factory runs, so a factory that fails on the very first call is noticed too.
+/// Tells the pool when its worker thread ends before its pool retires it: either explicitly
+/// ([`ExitNotice::report`], when the state factory failed) or, if the thread unwinds for any
+/// other reason (a `kill_worker` fault, a bug), from `Drop`. It exists before the factory first
+/// runs, so a factory that fails on the very first call is reported too.
 pub(crate) struct ExitNotice {
     pub(crate) pool: Recipient<WorkerExited>,
     pub(crate) arbiter: u64,
+    pub(crate) reported: bool,
+}
+
+impl ExitNotice {
+    /// Reports the thread's end with its cause; the thread then unwinds.
+    fn report(&mut self, cause: WorkerExit) {
+        self.reported = true;
+        self.pool.do_send(WorkerExited {
+            arbiter: self.arbiter,
+            cause,
+        });
+    }
 }
 
 impl Drop for ExitNotice {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.reported {
             self.pool.do_send(WorkerExited {
                 arbiter: self.arbiter,
+                cause: WorkerExit::Crashed,
             });
         }
     }
@@ -55,19 +70,20 @@ impl<S> Unpin for Worker<S> {}
 
 impl<S> Worker<S> {
     pub(crate) fn new(
-        exit: ExitNotice,
+        mut exit: ExitNotice,
         queue: Receiver<Job<S>>,
         factory: StateFactory<S>,
         pool: PoolId,
         counters: Arc<CounterCells>,
     ) -> Self {
+        let state = build_state_or_exit(&factory, pool, &mut exit);
         Self {
-            state: build_state(&factory, pool),
+            state,
             queue,
             factory,
             pool,
             counters,
-            _exit: exit,
+            exit,
         }
     }
 
@@ -78,26 +94,47 @@ impl<S> Worker<S> {
                 JobKind::Run(job) => job,
                 JobKind::KillWorker => panic!("worker of {} killed by fault injection", self.pool),
             };
-            if job.run(&mut self.state, &self.counters) == JobOutcome::Panicked {
+            // A job contains its own panics; this net catches anything that still escapes, so
+            // that nothing a job does can end the thread.
+            let outcome = match catch_unwind(AssertUnwindSafe(|| {
+                job.run(&mut self.state, &self.counters)
+            })) {
+                Ok(outcome) => outcome,
+                Err(payload) => {
+                    tracing::error!(pool = %self.pool, panic = %panic_message(payload.as_ref()), "a panic escaped a job's own handling; rebuilding the worker's state");
+                    drop_quietly(payload);
+                    JobOutcome::Panicked
+                }
+            };
+            if outcome == JobOutcome::Panicked {
                 CounterCells::bump(&self.counters.workers_restarted);
                 tracing::warn!(pool = %self.pool, "job panicked; rebuilding the worker's state");
-                self.state = build_state(&self.factory, self.pool);
+                let fresh = build_state_or_exit(&self.factory, self.pool, &mut self.exit);
+                drop_quietly(std::mem::replace(&mut self.state, fresh));
             }
         }
     }
 }
 
-/// Runs the state factory. On `Err` the thread ends the way a panicking factory ends it —
-/// unwinding, so the exit notice reports it — but through `resume_unwind`, which skips the
-/// panic hook: an expected failure is logged here once, not printed as a crash.
-fn build_state<S>(factory: &StateFactory<S>, pool: PoolId) -> S {
-    match factory() {
-        Ok(state) => state,
-        Err(error) => {
-            tracing::warn!(pool = %pool, error = %error, "worker state factory failed; the worker will be replaced");
-            std::panic::resume_unwind(Box::new(error))
+/// Runs the state factory. If it fails — returns `Err` or panics — the worker reports why and
+/// its thread ends: by unwinding through `resume_unwind`, which skips the panic hook (an
+/// expected failure is logged here once, not printed again as a crash).
+fn build_state_or_exit<S>(factory: &StateFactory<S>, pool: PoolId, exit: &mut ExitNotice) -> S {
+    let error = match catch_unwind(AssertUnwindSafe(|| factory())) {
+        Ok(Ok(state)) => return state,
+        Ok(Err(error)) => {
+            tracing::warn!(pool = %pool, error = %error, "worker state factory returned an error; the worker will be replaced");
+            error
         }
-    }
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            drop_quietly(payload);
+            tracing::warn!(pool = %pool, panic = %message, "worker state factory panicked; the worker will be replaced");
+            format!("the worker state factory panicked: {message}")
+        }
+    };
+    exit.report(WorkerExit::StateFailed(error.clone()));
+    std::panic::resume_unwind(Box::new(error))
 }
 
 impl<S: 'static> Actor for Worker<S> {

@@ -1,0 +1,386 @@
+//! WorkGrinder lifecycle under attack: settings at their extremes, a manager that stops or
+//! restarts under the grinder, start and stop racing, cancelling a batch that waits for a lease,
+//! and a host thread that stays idle while a saturated grinder waits.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::EVENTUALLY;
+use leasepool::{GrinderStats, LeaseError, LeaseManager, StopMode, WorkGrinder};
+
+/// Bound for an operation that must not hang (it usually takes milliseconds).
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(PROMPTLY, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not finish within {PROMPTLY:?}"),
+    }
+}
+
+async fn grinder_until(
+    g: &WorkGrinder,
+    what: &str,
+    pred: impl Fn(&GrinderStats) -> bool,
+) -> GrinderStats {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let s = g.stats().await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A gate jobs can wait on (from worker threads) until the test opens it.
+#[derive(Clone)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn new() -> Self {
+        Gate(Arc::new((Mutex::new(false), Condvar::new())))
+    }
+    fn wait(&self) {
+        let (open, cv) = &*self.0;
+        let guard = open.lock().unwrap();
+        let _ = cv
+            .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
+            .unwrap();
+    }
+    fn open(&self) {
+        let (open, cv) = &*self.0;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+fn manager(prefix: &str, pools: usize, workers: usize) -> LeaseManager {
+    LeaseManager::builder()
+        .max_pools(pools)
+        .min_pools(1)
+        .workers_per_pool(workers)
+        .name_prefix(prefix)
+        .shutdown_timeout(Duration::from_millis(500))
+        .build()
+        .expect("valid settings")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_wait_of_duration_max_means_never_flush_by_age() {
+    let _deadline = common::deadline();
+    let m = manager("gl-maxwait", 1, 2);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(3)
+        .max_wait(Duration::MAX)
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let first = g.enqueue(|| 1).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = g.stats().await;
+    assert_eq!(
+        (s.pending, s.in_flight_batches),
+        (1, 0),
+        "below the threshold, never by age"
+    );
+    let rest = [g.enqueue(|| 2).unwrap(), g.enqueue(|| 3).unwrap()];
+    assert_eq!(within("first item", first).await.unwrap(), 1);
+    for (i, h) in rest.into_iter().enumerate() {
+        assert_eq!(within("item", h).await.unwrap(), i as i32 + 2);
+    }
+    let pending = g.enqueue(|| 4).unwrap();
+    within("stop(Drain)", g.stop(StopMode::Drain)).await;
+    assert_eq!(within("drained item", pending).await.unwrap(), 4);
+    within("manager stop", m.stop()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_manager_stops_enqueue_is_refused_and_pending_items_are_answered() {
+    let _deadline = common::deadline();
+    let m = manager("gl-mstop", 1, 2);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1_000)
+        .max_wait(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let pending: Vec<_> = (0..5).map(|i| g.enqueue(move || i).unwrap()).collect();
+    within("manager stop", m.stop()).await;
+    for h in pending {
+        assert_eq!(
+            within("a pending item", h).await,
+            Err(LeaseError::Stopped),
+            "items pending when the manager stopped are answered Stopped"
+        );
+    }
+    match g.enqueue(|| 0) {
+        Err(LeaseError::Stopped | LeaseError::NotStarted) => {}
+        Err(other) => panic!("unexpected refusal {other}"),
+        Ok(h) => panic!(
+            "enqueue after the manager stopped was accepted (answer: {:?})",
+            tokio::time::timeout(Duration::from_secs(1), h).await
+        ),
+    }
+    assert!(
+        !g.stats().await.started,
+        "a grinder whose manager stopped is not started"
+    );
+    // The natural order manager.stop() then grinder.stop() returns at once.
+    within(
+        "grinder stop(Drain) after the manager",
+        g.stop(StopMode::Drain),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grinder_starts_again_after_its_manager_restarts() {
+    let _deadline = common::deadline();
+    let m = manager("gl-restart", 1, 2);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1)
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    assert_eq!(within("submit", g.submit(|| 1)).await.unwrap(), 1);
+    within("manager stop", m.stop()).await;
+    assert_eq!(
+        g.start().await,
+        Err(LeaseError::NotStarted),
+        "no manager, no grinder"
+    );
+    m.start().await.unwrap();
+    within("grinder start", g.start()).await.unwrap();
+    assert!(g.stats().await.started);
+    assert_eq!(
+        within("submit after restart", g.submit(|| 2))
+            .await
+            .unwrap(),
+        2
+    );
+    within("grinder stop", g.stop(StopMode::Drain)).await;
+    within("manager stop", m.stop()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_pending_returns_when_the_manager_stopped_under_a_stuck_batch() {
+    let _deadline = common::deadline();
+    let m = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("gl-stuck")
+        .shutdown_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1)
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let gate = Gate::new();
+    let stuck = {
+        let gate = gate.clone();
+        g.enqueue(move || gate.wait()).unwrap()
+    };
+    grinder_until(&g, "the batch to run", |s| s.in_flight_batches == 1).await;
+    within("manager stop", m.stop()).await; // leaves the stuck job's thread detached
+    within(
+        "grinder stop(CancelPending)",
+        g.stop(StopMode::CancelPending),
+    )
+    .await;
+    gate.open();
+    within("the stuck item", stuck)
+        .await
+        .expect("it ran to the end");
+    grinder_until(&g, "no batch left", |s| s.in_flight_batches == 0).await;
+    assert!(
+        common::wait_no_threads("gl-stuck", EVENTUALLY).is_empty(),
+        "the detached thread exits once its job ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_while_a_stop_waits_loses_no_batch_and_both_return() {
+    let _deadline = common::deadline();
+    let m = manager("gl-startstop", 1, 1);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1)
+        .max_concurrent_batches(1)
+        .stop_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let gate = Gate::new();
+    let running = {
+        let gate = gate.clone();
+        g.enqueue(move || {
+            gate.wait();
+            "ran"
+        })
+        .unwrap()
+    };
+    grinder_until(&g, "the batch to run", |s| s.in_flight_batches == 1).await;
+    let stop = tokio::spawn({
+        let g = g.clone();
+        async move { g.stop(StopMode::Drain).await }
+    });
+    grinder_until(&g, "the stop to begin", |s| !s.started).await;
+    let start = tokio::spawn({
+        let g = g.clone();
+        async move { g.start().await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.open();
+    within("the running item", running).await.unwrap();
+    within("stop", stop).await.unwrap();
+    within("start", start).await.unwrap().unwrap();
+    let s = g.stats().await;
+    assert!(s.started, "start came after the stop: {s:?}");
+    assert_eq!(s.in_flight_batches, 0, "no batch slot lost: {s:?}");
+    // With the one batch slot free, new work runs.
+    assert_eq!(within("submit", g.submit(|| 7)).await.unwrap(), 7);
+    within("grinder stop", g.stop(StopMode::Drain)).await;
+    within("manager stop", m.stop()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_pending_cancels_a_batch_waiting_for_a_lease() {
+    let _deadline = common::deadline();
+    let m = manager("gl-waitlease", 1, 1);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1)
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let held = m.acquire().owner("someone else").await.unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let item = {
+        let ran = Arc::clone(&ran);
+        g.enqueue(move || ran.fetch_add(1, SeqCst)).unwrap()
+    };
+    common::stats_until(&m, "the batch to wait for a lease", |s| s.waiting == 1).await;
+    within(
+        "stop(CancelPending) while the batch waits",
+        g.stop(StopMode::CancelPending),
+    )
+    .await;
+    assert_eq!(within("the item", item).await, Err(LeaseError::Stopped));
+    common::stats_until(&m, "the lease wait to be cancelled", |s| s.waiting == 0).await;
+    held.release().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ran.load(SeqCst), 0, "a cancelled item never runs");
+    assert_eq!(g.stats().await.in_flight_batches, 0);
+    let s = m.stats().await;
+    assert_eq!((s.leased, s.available), (0, 1), "the pool is back: {s:?}");
+    within("manager stop", m.stop()).await;
+}
+
+/// CPU time (user + system, in clock ticks) of this process's thread named `name`.
+fn thread_cpu_ticks(name: &str) -> Option<u64> {
+    let shown = &name[..name.len().min(15)];
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim_end() != shown {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        return Some(utime + stime);
+    }
+    None
+}
+
+/// Share of one core the host thread used over `wall` (clock ticks are 1/100 s on Linux).
+async fn host_cpu_share(prefix: &str, wall: Duration) -> f64 {
+    let host = format!("{prefix}-host");
+    let before = thread_cpu_ticks(&host).expect("the host thread exists");
+    let begun = Instant::now();
+    tokio::time::sleep(wall).await;
+    let after = thread_cpu_ticks(&host).expect("the host thread exists");
+    (after - before) as f64 / 100.0 / begun.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_grinder_leaves_the_host_thread_idle() {
+    let _deadline = common::deadline();
+    let prefix = "gl-busy";
+    let m = manager(prefix, 1, 1);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1)
+        .max_wait(Duration::from_millis(1))
+        .max_concurrent_batches(1)
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let gate = Gate::new();
+    let mut handles = Vec::new();
+    {
+        let gate = gate.clone();
+        handles.push(g.enqueue(move || gate.wait()).unwrap());
+    }
+    grinder_until(&g, "the first batch", |s| s.in_flight_batches == 1).await;
+    for _ in 0..2_000 {
+        handles.push(g.enqueue(|| ()).unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await; // every item is overdue now
+    let share = host_cpu_share(prefix, Duration::from_secs(1)).await;
+    assert!(
+        share < 0.05,
+        "the host thread used {:.0} % of a core while the saturated grinder waited",
+        share * 100.0
+    );
+    gate.open();
+    for h in handles {
+        within("an item", h).await.unwrap();
+    }
+    within("grinder stop", g.stop(StopMode::Drain)).await;
+    within("manager stop", m.stop()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_item_waiting_for_max_wait_leaves_the_host_thread_idle() {
+    let _deadline = common::deadline();
+    let prefix = "gl-onewait";
+    let m = manager(prefix, 1, 1);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(100)
+        .max_wait(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let begun = Instant::now();
+    let item = g.enqueue(|| 5).unwrap();
+    let share = host_cpu_share(prefix, Duration::from_secs(1)).await;
+    assert!(
+        share < 0.05,
+        "the host thread used {:.0} % of a core while one item waited for max_wait",
+        share * 100.0
+    );
+    assert_eq!(within("the item", item).await.unwrap(), 5);
+    assert!(
+        begun.elapsed() >= Duration::from_millis(1_900),
+        "the item ran only at max_wait"
+    );
+    within("grinder stop", g.stop(StopMode::Drain)).await;
+    within("manager stop", m.stop()).await;
+}
