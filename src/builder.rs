@@ -193,11 +193,11 @@ impl<S> ManagerBuilder<S> {
     }
 
     /// Whether `start` succeeds when not one worker can build its state. Default `false`:
-    /// `start` then fails with [`LeaseError::WorkerStateFailed`](crate::LeaseError) carrying
+    /// `start` then fails with [`LeaseError::NoHealthyPool`](crate::LeaseError) carrying
     /// the factory's error, and the manager stays stopped — the way a service finds out at
     /// boot that its database is unreachable. With `true`, `start` logs a warning and returns
     /// `Ok`; the pools keep retrying with backoff, acquires fail at once with
-    /// `WorkerStateFailed` while no pool can serve, and succeed again once a worker builds
+    /// `NoHealthyPool` while no pool can serve, and succeed again once a worker builds
     /// its state.
     pub fn start_degraded(mut self, allow: bool) -> Self {
         self.start_degraded = allow;
@@ -220,7 +220,7 @@ impl<S> ManagerBuilder<S> {
     /// (10 ms doubling to 5 s). A pool is handed out only once a worker has built its state;
     /// while a pool has no such worker it is *unhealthy* (`Stats::unhealthy`) and never handed
     /// out. When no pool at all can serve, acquires fail at once with
-    /// [`LeaseError::WorkerStateFailed`](crate::LeaseError) carrying the factory's last error
+    /// [`LeaseError::NoHealthyPool`](crate::LeaseError) carrying the factory's last error
     /// (like a connection pool whose connect fails), and `start` fails with it unless
     /// [`start_degraded`](Self::start_degraded) is set. `counters.worker_state_failures` counts
     /// the failures.

@@ -91,7 +91,7 @@ impl<S: 'static> LeaseManager<S> {
     ///
     /// # Errors
     /// [`LeaseError::StartFailed`] if the host thread cannot be spawned;
-    /// [`LeaseError::WorkerStateFailed`] if not one worker could build its state (unless
+    /// [`LeaseError::NoHealthyPool`] if not one worker could build its state (unless
     /// [`start_degraded`](crate::ManagerBuilder::start_degraded)); the manager is then stopped.
     pub async fn start(&self) -> Result<(), LeaseError> {
         self.inner.engine.start().await
@@ -189,6 +189,14 @@ impl<S: 'static> LeaseManager<S> {
     #[cfg(feature = "testing")]
     pub fn fail_next_worker_spawns(&self, n: usize) {
         self.inner.engine.fail_next_worker_spawns(n);
+    }
+
+    /// Entries in the engine's books — pools in every state, queued waiters, live leases. It is
+    /// bounded by `max_pools`, the live leases and the waiters whatever ran before, so a leak
+    /// test can churn pools and leases and check that nothing accumulates. Feature `testing`.
+    #[cfg(feature = "testing")]
+    pub fn book_entries(&self) -> usize {
+        self.inner.engine.book_entries()
     }
 
     pub(crate) fn engine(&self) -> &Arc<Engine<S>> {

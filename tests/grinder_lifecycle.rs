@@ -384,3 +384,69 @@ async fn one_item_waiting_for_max_wait_leaves_the_host_thread_idle() {
     within("grinder stop", g.stop(StopMode::Drain)).await;
     within("manager stop", m.stop()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_batches_get_distinct_owners() {
+    let _deadline = common::deadline();
+    let m = manager("gl-owners", 1, 1);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1)
+        .owner_prefix("own")
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let mut owners = Vec::new();
+    for batch in 1..=3u64 {
+        let gate = Gate::new();
+        let item = {
+            let gate = gate.clone();
+            g.enqueue(move || gate.wait()).unwrap()
+        };
+        let s = common::stats_until(&m, "the batch's lease", |s| s.leased == 1).await;
+        owners.push(s.leases[0].owner.clone().unwrap_or_default());
+        gate.open();
+        within("the item", item).await.unwrap();
+        grinder_until(&g, "the batch done", |s| s.batches_run == batch).await;
+        common::stats_until(&m, "the lease released", |s| s.leased == 0).await;
+    }
+    assert_eq!(owners, ["own-batch-1", "own-batch-2", "own-batch-3"]);
+    within("grinder stop", g.stop(StopMode::Drain)).await;
+    within("manager stop", m.stop()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_waiting_for_room_gets_in_when_a_batch_takes_the_pending_items() {
+    let _deadline = common::deadline();
+    let m = manager("gl-room", 1, 1);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(2)
+        .max_wait(Duration::from_secs(3600))
+        .max_pending(2)
+        .max_concurrent_batches(1)
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    // The pool is held, so the batch that takes the two pending items waits for its lease
+    // and never completes while the submit below waits.
+    let held = m.acquire().await.unwrap();
+    let first = g.enqueue(|| 1).unwrap();
+    let second = g.enqueue(|| 2).unwrap();
+    let third = tokio::spawn({
+        let g = g.clone();
+        async move { g.submit(|| 3).await }
+    });
+    // The batch took the two items: the queue has room, and the submit got in.
+    grinder_until(&g, "the third item queued", |s| {
+        s.in_flight_batches == 1 && s.pending == 1
+    })
+    .await;
+    assert_eq!(g.stats().await.batches_run, 0, "no batch completed yet");
+    held.release().await;
+    assert_eq!(within("first", first).await, Ok(1));
+    assert_eq!(within("second", second).await, Ok(2));
+    within("grinder stop", g.stop(StopMode::Drain)).await;
+    assert_eq!(within("third", third).await.unwrap(), Ok(3));
+    within("manager stop", m.stop()).await;
+}

@@ -342,3 +342,354 @@ async fn a_pool_that_went_unhealthy_while_leased_leaves_the_unhealthy_count_when
     drop(lease);
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_pools_leave_nothing_in_the_books_without_anyone_calling_stats() {
+    let _deadline = common::deadline();
+    let m = LeaseManager::builder()
+        .max_pools(2)
+        .workers_per_pool(1)
+        .name_prefix("hd-books")
+        .lease_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    // Each revoked lease retires its pool: 120 retirements, and nobody looks at stats().
+    for _ in 0..120 {
+        let lease = within("acquire", m.acquire().lease_for(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        let begun = Instant::now();
+        while lease.run(|| ()).await != Err(LeaseError::Expired) {
+            assert!(begun.elapsed() < EVENTUALLY, "the lease never expired");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let entries = m.book_entries();
+    assert!(
+        entries <= 2 * 2,
+        "{entries} entries left in the books after 120 retired pools (max_pools 2, no lease held)"
+    );
+    let s = m.stats().await;
+    assert_eq!(s.counters.revoked, 120);
+    m.stop().await;
+}
+
+async fn run_until_served<S: 'static>(m: &LeaseManager<S>) -> usize {
+    let begun = Instant::now();
+    loop {
+        match m.acquire().timeout(Duration::from_secs(5)).await {
+            Ok(lease) => {
+                let pool = lease.pool().get() as usize;
+                assert_eq!(
+                    within("the first job", lease.run(|| "served")).await,
+                    Ok("served"),
+                    "a pool handed out has a worker ready for its first job"
+                );
+                lease.release().await;
+                return pool;
+            }
+            Err(LeaseError::NoHealthyPool(_)) => {}
+            Err(other) => panic!("unexpected {other}"),
+        }
+        assert!(begun.elapsed() < EVENTUALLY, "never served");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_thread_that_cannot_be_spawned_is_retried_and_the_supervisor_survives() {
+    let _deadline = common::deadline();
+    let m = LeaseManager::builder()
+        .max_pools(2)
+        .workers_per_pool(3)
+        .name_prefix("hd-spawn")
+        .lease_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let first = m.acquire().await.unwrap();
+    // The second pool's first thread cannot be spawned (EAGAIN, as at the thread limit).
+    m.fail_next_worker_spawns(1);
+    let second = within("acquire of a second pool", m.acquire())
+        .await
+        .unwrap();
+    assert_eq!(within("a job on it", second.run(|| 2)).await, Ok(2));
+    let s = stats_until(&m, "the missing threads replaced", |s| {
+        s.counters.thread_spawn_failures == 1 && s.counters.pools_restarted >= 1
+    })
+    .await;
+    common::assert_invariant(&s);
+    let begun = Instant::now();
+    while m.live_worker_threads() != 6 {
+        assert!(
+            begun.elapsed() < EVENTUALLY,
+            "threads never replaced: {}",
+            m.live_worker_threads()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The supervisor is alive: a dropped lease returns its pool, and leases still expire.
+    drop(second);
+    // (Above the sizing target of 1, the returned pool is retired rather than kept idle.)
+    stats_until(&m, "the dropped lease ended", |s| {
+        s.counters.released == 1 && s.leased == 1
+    })
+    .await;
+    let short = m
+        .acquire()
+        .lease_for(Duration::from_millis(50))
+        .await
+        .unwrap();
+    stats_until(&m, "hard expiry", |s| s.counters.revoked == 1).await;
+    assert_eq!(short.run(|| ()).await, Err(LeaseError::Expired));
+    first.release().await;
+    m.stop().await;
+    assert!(common::wait_no_threads("hd-spawn", EVENTUALLY).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_no_thread_of_the_first_pool_can_be_spawned_start_says_so_or_recovers() {
+    let _deadline = common::deadline();
+    let m = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("hd-spawn0")
+        .build()
+        .unwrap();
+    m.fail_next_worker_spawns(1);
+    match m.start().await {
+        Err(LeaseError::NoHealthyPool(e)) => assert!(e.contains("spawn"), "{e}"),
+        other => panic!("start must say no worker could start, got {other:?}"),
+    }
+    assert!(common::wait_no_threads("hd-spawn0", EVENTUALLY).is_empty());
+    let degraded = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("hd-spawn1")
+        .start_degraded(true)
+        .build()
+        .unwrap();
+    degraded.fail_next_worker_spawns(1);
+    degraded.start().await.unwrap();
+    run_until_served(&degraded).await;
+    assert_eq!(degraded.stats().await.counters.thread_spawn_failures, 1);
+    degraded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_is_handed_out_only_once_a_worker_built_its_state() {
+    let _deadline = common::deadline();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let m = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("hd-ready")
+        .start_degraded(true)
+        .try_worker_state(move || {
+            // The first two attempts fail, the rest succeed.
+            if c.fetch_add(1, SeqCst) < 2 {
+                Err("unable to open database file")
+            } else {
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    // Whatever the moment, an acquire either says no pool can serve or gets a pool whose
+    // worker is ready: never a lease whose first job is lost.
+    run_until_served(&m).await;
+    assert!(calls.load(SeqCst) >= 3);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_supervisor_fails_closed_and_the_manager_starts_again() {
+    let _deadline = common::deadline();
+    let m = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("hd-sup")
+        .shutdown_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let held = m.acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let m = m.clone();
+        async move { m.acquire().await.map(|_| ()) }
+    });
+    stats_until(&m, "a waiter", |s| s.waiting == 1).await;
+    assert!(m.kill_supervisor());
+    assert_eq!(
+        within("the waiter", waiter).await.unwrap(),
+        Err(LeaseError::Stopped),
+        "a waiter is answered when the supervisor dies"
+    );
+    assert_eq!(
+        within("a job on the held lease", held.run(|| ())).await,
+        Err(LeaseError::Stopped)
+    );
+    assert_eq!(
+        m.acquire().no_wait().await.unwrap_err(),
+        LeaseError::NotStarted
+    );
+    // start() works again without an explicit stop() first.
+    within("start after the crash", m.start()).await.unwrap();
+    let lease = within("acquire", m.acquire()).await.unwrap();
+    assert_eq!(within("run", lease.run(|| 5)).await, Ok(5));
+    lease.release().await;
+    // And once more: crash, then stop() returns, then start() works.
+    assert!(m.kill_supervisor());
+    within("stop after the crash", m.stop()).await;
+    within("start", m.start()).await.unwrap();
+    within("stop", m.stop()).await;
+    drop(held);
+    assert!(common::wait_no_threads("hd-sup", EVENTUALLY).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_target_with_a_short_check_interval_keeps_its_pool() {
+    let _deadline = common::deadline();
+    let m = LeaseManager::builder()
+        .max_pools(3)
+        .min_pools(1)
+        .workers_per_pool(1)
+        .check_interval(Duration::from_millis(5))
+        .name_prefix("hd-steady")
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let mut pools = Vec::new();
+    for _ in 0..10 {
+        let lease = m.acquire().await.unwrap();
+        pools.push(lease.pool());
+        // Several sizing ticks pass while the lease is held and while it is idle.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lease.release().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        pools.iter().all(|p| *p == pools[0]),
+        "the same pool is handed out again: {pools:?}"
+    );
+    let s = m.stats().await;
+    assert_eq!((s.total, s.retiring, s.desired), (1, 0, 1), "{s:?}");
+    assert_eq!(m.live_worker_threads(), 1, "no pool was churned");
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_unhealthy_idle_pool_is_replaced_and_serves_once_the_factory_recovers() {
+    let _deadline = common::deadline();
+    let failing = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let m = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("hd-parked")
+        .try_worker_state(switchable_factory(&failing, &calls))
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    let pool = lease.pool();
+    failing.store(true, SeqCst);
+    assert!(m.kill_worker(pool, 1).await);
+    stats_until(&m, "the leased pool unhealthy", |s| s.unhealthy == 1).await;
+    lease.release().await; // parked: unhealthy and idle
+    let s = stats_until(&m, "the pool parked", |s| s.leased == 0 && s.unhealthy == 1).await;
+    assert_eq!((s.available, s.total), (0, 0), "{s:?}");
+    assert!(m.kill_pool(pool).await, "the parked pool's actor exists");
+    failing.store(false, SeqCst);
+    let served = run_until_served(&m).await;
+    assert_ne!(served, pool.get() as usize, "a replacement pool serves");
+    let s = stats_until(&m, "one healthy pool", |s| {
+        s.unhealthy == 0 && s.available == 1
+    })
+    .await;
+    common::assert_invariant(&s);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_lease_with_a_running_job_is_not_draining() {
+    let _deadline = common::deadline();
+    let m = one_worker("hd-draining").await;
+    let lease = m.acquire().await.unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let job = lease
+        .submit(move || {
+            started_tx.send(()).unwrap();
+            let _ = go_rx.recv_timeout(Duration::from_secs(30));
+        })
+        .unwrap();
+    started_rx.recv_timeout(PROMPTLY).unwrap();
+    let info = m.stats().await.leases[0].clone();
+    assert_eq!((info.in_flight, info.draining), (1, false), "{info:?}");
+    let releasing = tokio::spawn(lease.release());
+    let info = stats_until(&m, "draining", |s| {
+        s.leases.first().is_some_and(|l| l.draining)
+    })
+    .await
+    .leases[0]
+        .clone();
+    assert_eq!(info.in_flight, 1);
+    go_tx.send(()).unwrap();
+    within("the job", job).await.unwrap();
+    within("the release", releasing).await.unwrap();
+    stats_until(&m, "the pool back", |s| s.available == 1 && s.leased == 0).await;
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacement_worker_threads_get_new_names() {
+    let _deadline = common::deadline();
+    let prefix = "hd-names";
+    let m = LeaseManager::builder()
+        .workers_per_pool(2)
+        .name_prefix(prefix)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let workers = |names: Vec<String>| -> Vec<String> {
+        let mut w: Vec<String> = names.into_iter().filter(|n| n != "hd-names-host").collect();
+        w.sort();
+        w
+    };
+    // A thread names itself once it runs: wait for both.
+    let begun = Instant::now();
+    let before = loop {
+        let before = workers(common::threads_named(prefix));
+        if before.len() == 2 {
+            break before;
+        }
+        assert!(begun.elapsed() < EVENTUALLY, "workers {before:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let lease = m.acquire().await.unwrap();
+    for round in 1..=3 {
+        assert!(m.kill_worker(lease.pool(), 1).await);
+        stats_until(&m, "a replacement", |s| s.counters.pools_restarted == round).await;
+        let begun = Instant::now();
+        let after = loop {
+            let after = workers(common::threads_named(prefix));
+            if after.len() == 2 && !after.iter().all(|n| before.contains(n)) {
+                break after;
+            }
+            assert!(
+                begun.elapsed() < EVENTUALLY,
+                "round {round}: threads {after:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let mut unique = after.clone();
+        unique.dedup();
+        assert_eq!(unique, after, "round {round}: two threads share a name");
+    }
+    let all = workers(common::threads_named(prefix));
+    assert!(
+        all.iter().any(|n| n.ends_with("-4")),
+        "the third replacement is worker 4: {all:?}"
+    );
+    lease.release().await;
+    m.stop().await;
+}

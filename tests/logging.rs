@@ -154,3 +154,69 @@ async fn a_failing_size_provider_is_logged_once_per_streak() {
     assert_eq!(warnings() - before, 2, "a new streak is logged again");
     manager.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_error_and_a_factory_panic_are_logged_as_what_they_are() {
+    let _deadline = common::deadline();
+    events();
+    let by_text =
+        |text: &'static str| move |e: &Captured| e.fields.values().any(|v| v.contains(text));
+    let erring = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("log-ferr")
+        .try_worker_state(|| Err::<(), _>("no such file: log-ferr.db"))
+        .build()
+        .unwrap();
+    assert!(erring.start().await.is_err());
+    let err_events = matching(by_text("no such file: log-ferr.db"));
+    assert!(
+        err_events
+            .iter()
+            .any(|e| e.level == Level::WARN && e.message().contains("returned an error")),
+        "an Err is logged as an error returned: {err_events:#?}"
+    );
+    assert!(
+        !err_events.iter().any(|e| e.message().contains("panicked")),
+        "an Err is not called a panic: {err_events:#?}"
+    );
+    let panicking = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix("log-fpanic")
+        .worker_state(|| -> () { panic!("boom: log-fpanic") })
+        .build()
+        .unwrap();
+    assert!(panicking.start().await.is_err());
+    let panic_events = matching(by_text("boom: log-fpanic"));
+    assert!(
+        panic_events
+            .iter()
+            .any(|e| e.level == Level::WARN && e.message().contains("panicked")),
+        "a panic is logged as a panic: {panic_events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_manager_with_held_leases_logs_no_lease_actor_death() {
+    let _deadline = common::deadline();
+    events();
+    let deaths = || matching(|e| e.message().contains("lease actor died")).len();
+    let before = deaths();
+    let manager = LeaseManager::builder()
+        .max_pools(3)
+        .workers_per_pool(1)
+        .name_prefix("log-stop-held")
+        .build()
+        .unwrap();
+    manager.start().await.unwrap();
+    let held = [
+        manager.acquire().await.unwrap(),
+        manager.acquire().await.unwrap(),
+        manager.acquire().await.unwrap(),
+    ];
+    // Let the host start every lease's actor before stopping.
+    stats_until(&manager, "three leases", |s| s.leased == 3).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    manager.stop().await;
+    assert_eq!(deaths() - before, 0, "stop revokes leases; no actor died");
+    drop(held);
+}

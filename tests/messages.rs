@@ -175,7 +175,7 @@ async fn start_fails_with_the_factory_error_when_no_worker_can_build_its_state()
         .build()
         .unwrap();
     match manager.start().await {
-        Err(LeaseError::WorkerStateFailed(e)) => {
+        Err(LeaseError::NoHealthyPool(e)) => {
             assert!(
                 e.contains("database unreachable"),
                 "the factory's own error: {e}"
@@ -222,7 +222,7 @@ async fn a_fallible_factory_that_fails_makes_acquires_fail_with_its_error_until_
     ] {
         let begun = std::time::Instant::now();
         match acquire.await {
-            Err(LeaseError::WorkerStateFailed(e)) => {
+            Err(LeaseError::NoHealthyPool(e)) => {
                 assert!(e.contains("database unreachable"), "{e}");
             }
             other => panic!("expected the factory's error, got {other:?}"),

@@ -97,9 +97,8 @@ async fn a_pool_that_cannot_build_its_workers_is_never_handed_out() {
     let stats = stats_until(&manager, "unhealthy pool", |s| s.unhealthy == 1).await;
     assert_eq!((stats.available, stats.total), (0, 0), "{stats:?}");
     // No pool can serve: acquires fail at once with the factory's last failure (a panic).
-    let failure = LeaseError::WorkerStateFailed(
-        "the worker state factory panicked: no database today".into(),
-    );
+    let failure =
+        LeaseError::NoHealthyPool("worker state factory panicked: no database today".into());
     let err = manager
         .acquire()
         .timeout(Duration::from_secs(30))

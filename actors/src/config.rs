@@ -39,7 +39,7 @@ pub struct EngineConfig<S> {
     /// Builds per-worker state.
     pub state_factory: StateFactory<S>,
     /// `start` succeeds even when not one worker can build its state (the pools then keep
-    /// retrying, and acquires fail with `WorkerStateFailed` until one succeeds).
+    /// retrying, and acquires fail with `NoHealthyPool` until one succeeds).
     pub start_degraded: bool,
 }
 

@@ -49,12 +49,13 @@ pub enum LeaseError {
     /// An argument passed to an acquire or a job call is invalid; the text names it.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// No pool can serve because no worker can build its state: the worker state factory keeps
-    /// failing, and this is its last error (or panic). Acquires fail with it at once instead of
-    /// waiting; they succeed again as soon as a worker builds its state. `start` fails with it
-    /// when not one worker could be built.
-    #[error("no pool can serve: the worker state factory failed: {0}")]
-    WorkerStateFailed(String),
+    /// No pool can serve, because no worker can start: the text is the last failure — the
+    /// worker state factory's error (`worker state factory failed: …`) or panic, or a thread
+    /// that could not be spawned. Acquires fail with it at once instead of waiting for a
+    /// factory that keeps failing; they succeed again as soon as a worker builds its state.
+    /// `start` fails with it when not one worker could start (unless `start_degraded`).
+    #[error("no pool can serve: {0}")]
+    NoHealthyPool(String),
 }
 
 impl LeaseError {
@@ -73,7 +74,7 @@ impl LeaseError {
             LeaseError::StartFailed(_) => "start_failed",
             LeaseError::BlockingOnRuntime(_) => "blocking_on_runtime",
             LeaseError::InvalidArgument(_) => "invalid_argument",
-            LeaseError::WorkerStateFailed(_) => "worker_state_failed",
+            LeaseError::NoHealthyPool(_) => "no_healthy_pool",
         }
     }
 
@@ -88,7 +89,7 @@ impl LeaseError {
                 | LeaseError::Timeout(_)
                 | LeaseError::Stopped
                 | LeaseError::StartFailed(_)
-                | LeaseError::WorkerStateFailed(_)
+                | LeaseError::NoHealthyPool(_)
         )
     }
 }

@@ -58,7 +58,7 @@ impl<S: 'static> Engine<S> {
     /// Starts the host thread and the `min_pools` initial pools, and waits until each initial
     /// pool has a worker that built its state or has failed to. Idempotent.
     ///
-    /// Fails with `WorkerStateFailed` (and leaves the engine stopped) when not one worker could
+    /// Fails with `NoHealthyPool` (and leaves the engine stopped) when not one worker could
     /// build its state, unless `start_degraded` is set.
     pub async fn start(&self) -> Result<(), LeaseError> {
         let mut host = self.host.lock().await;
@@ -96,7 +96,7 @@ impl<S: 'static> Engine<S> {
                 tracing::warn!(error = %error, "no worker could build its state; started anyway (start_degraded), pools keep retrying");
                 None
             }
-            StartOutcome::Failed(error) => Some(LeaseError::WorkerStateFailed(error)),
+            StartOutcome::Failed(error) => Some(LeaseError::NoHealthyPool(error)),
             StartOutcome::Ended => Some(LeaseError::StartFailed(
                 "the supervisor ended during start-up".to_owned(),
             )),
@@ -231,6 +231,11 @@ impl<S: 'static> Engine<S> {
             .send(RunOnHost(f))
             .await
             .map_err(|_| LeaseError::NotStarted)
+    }
+
+    /// Entries in the engine's books (pools in every state, waiters, leases), for leak tests.
+    pub fn book_entries(&self) -> usize {
+        self.registry.entries()
     }
 
     /// Worker threads alive in the current run (0 when stopped).

@@ -343,7 +343,7 @@ impl<S: 'static> Registry<S> {
         if let Some(failure) = unservable(&books) {
             // Waiting would be waiting for a factory that keeps failing: say why, like a
             // connection pool whose connect fails.
-            return Err(LeaseError::WorkerStateFailed(failure));
+            return Err(LeaseError::NoHealthyPool(failure));
         }
         // Pools that will exist without anyone releasing: those being created or starting, plus
         // the room left under max_pools. Waiters ahead of us are served from those first.
@@ -470,7 +470,7 @@ impl<S: 'static> Registry<S> {
             for (_, waiter) in std::mem::take(&mut books.waiters) {
                 effects
                     .fail
-                    .push((waiter.reply, LeaseError::WorkerStateFailed(failure.clone())));
+                    .push((waiter.reply, LeaseError::NoHealthyPool(failure.clone())));
             }
         }
         drop(books);
@@ -512,6 +512,19 @@ impl<S: 'static> Registry<S> {
                 None => StartOutcome::Serving,
             }
         }
+    }
+
+    /// Entries in every collection of the books (for leak tests): bounded by `max_pools`, the
+    /// live leases and the queued waiters, whatever ran before.
+    pub(crate) fn entries(&self) -> usize {
+        let b = self.lock();
+        b.pools.len()
+            + b.idle.len()
+            + b.starting.len()
+            + b.parked.len()
+            + b.unhealthy.len()
+            + b.waiters.len()
+            + b.leases.len()
     }
 
     /// Fault injection: the next `n` worker-thread spawns fail.

@@ -124,13 +124,13 @@ fn build_state_or_exit<S>(factory: &StateFactory<S>, pool: PoolId, exit: &mut Ex
         Ok(Ok(state)) => return state,
         Ok(Err(error)) => {
             tracing::warn!(pool = %pool, error = %error, "worker state factory returned an error; the worker will be replaced");
-            error
+            format!("worker state factory failed: {error}")
         }
         Err(payload) => {
             let message = panic_message(payload.as_ref());
             drop_quietly(payload);
             tracing::warn!(pool = %pool, panic = %message, "worker state factory panicked; the worker will be replaced");
-            format!("the worker state factory panicked: {message}")
+            format!("worker state factory panicked: {message}")
         }
     };
     exit.report(WorkerExit::StateFailed(error.clone()));
