@@ -275,7 +275,12 @@ impl<S: 'static> Grinder<S> {
                 };
                 lease.dispatch_reply(job, reply, skip_if_abandoned);
             }
-            Err(e) => reply.fail(e),
+            Err(e) => {
+                reply.fail(e);
+                // Possibly on the host thread, which must never panic: the item's captures are
+                // user values with user destructors.
+                crate::job::drop_quietly(f);
+            }
         });
         let item = Item {
             enqueued: Instant::now(),

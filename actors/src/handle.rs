@@ -128,7 +128,11 @@ impl<S: 'static> LeaseCore<S> {
                     TypedJob::new(f, reply.0, in_flight, skip_if_abandoned),
                 );
             }
-            Err(e) => reply.fail(e),
+            Err(e) => {
+                reply.fail(e);
+                // A grinder dispatches from the host thread, which must never panic.
+                crate::job::drop_quietly(f);
+            }
         }
     }
 

@@ -278,10 +278,9 @@ impl<S: 'static> Registry<S> {
     pub(crate) fn close_run(&self, generation: u64) -> bool {
         let closed = {
             let mut books = self.lock();
-            if books.run.as_ref().map(|r| r.generation) != Some(generation) {
+            let Some(run) = books.run.take_if(|r| r.generation == generation) else {
                 return false;
-            }
-            let run = books.run.take().expect("checked above");
+            };
             self.close(&mut books, run)
         };
         if let Some((_, waiters)) = closed {
@@ -762,9 +761,12 @@ fn unservable<S: 'static>(books: &Books<S>) -> Option<String> {
 }
 
 fn later(from: Instant, by: Duration) -> Instant {
-    // A lifetime too long to represent is as good as forever; never panic on user input.
+    // A lifetime too long to represent is as good as forever (a century); never panic on user
+    // input. (A clock that cannot add a century either cannot happen; `from` keeps it total.)
+    const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     from.checked_add(by)
-        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
+        .or_else(|| from.checked_add(FOREVER))
+        .unwrap_or(from)
 }
 
 /// A queued acquirer's place in line: poll it until it yields a lease or an error. Dropping it
