@@ -8,11 +8,19 @@
 # Retry-After. Reports status counts, p50/p99 latency, throughput and the service's peak RSS,
 # and fails unless every non-200 answer was a 503 carrying Retry-After.
 #
-# Usage: bench/http_load.sh [--out DIR]   (default DIR: target/bench)
+# Usage: bench/http_load.sh [--out DIR]   (default DIR: bench/ under cargo's target directory)
+#
+# The unpaced (closed-loop) case: no pause between a connection's requests, which offers as much
+# as the loopback and the service can take (thousands of times capacity):
+#   PAUSE_MS=0 CONNECTIONS=100 bench/http_load.sh
+# Other knobs: LEASEPOOL_LOAD_SECS (default 10), LEASEPOOL_LOAD_PORT (default 18089).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=target/bench
+# Cargo's own idea of the target directory (CARGO_TARGET_DIR, .cargo/config, or ./target).
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+[ -n "$target_dir" ] || { echo "FAIL: cannot find cargo's target directory" >&2; exit 1; }
+out=$target_dir/bench
 if [ "${1:-}" = "--out" ] && [ -n "${2:-}" ]; then out=$2; fi
 mkdir -p "$out"
 port=${LEASEPOOL_LOAD_PORT:-18089}
@@ -25,14 +33,23 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 cargo build --release --quiet --example actix_web_service --features web,serde
+binary=$target_dir/release/examples/actix_web_service
+[ -x "$binary" ] || { echo "FAIL: the service was not built at $binary" >&2; exit 1; }
 LEASEPOOL_ADDR="127.0.0.1:$port" LEASEPOOL_SERVE_SECS=$((duration + 15)) \
-  ./target/release/examples/actix_web_service >"$out/http_service.log" 2>&1 &
+  "$binary" >"$out/http_service.log" 2>&1 &
 service=$!
 trap 'kill "$service" 2>/dev/null || true' EXIT
+up=no
 for _ in $(seq 1 100); do
-  curl -s -o /dev/null "http://127.0.0.1:$port/stats" && break
+  if curl -sf -o /dev/null "http://127.0.0.1:$port/stats"; then up=yes; break; fi
+  kill -0 "$service" 2>/dev/null || break
   sleep 0.1
 done
+if [ "$up" != yes ]; then
+  echo "FAIL: the service did not come up on 127.0.0.1:$port; its log ($out/http_service.log):" >&2
+  tail -n 20 "$out/http_service.log" >&2
+  exit 1
+fi
 
 lua=$(mktemp --suffix=.lua)
 cat >"$lua" <<'LUA'

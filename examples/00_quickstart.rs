@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .max_pools(2)
         .min_pools(1)
         .workers_per_pool(4)
-        .name_prefix("quickstart-worker")
+        .name_prefix("quickstart")
         .build()?;
     manager.start().await?;
 

@@ -2,9 +2,11 @@
 //! answers 503 + Retry-After when overloaded (instead of queueing without bound), and exposes
 //! `/stats` (JSON) and `/metrics` (Prometheus text exposition, via the `prometheus-client` crate).
 //!
-//! The manager is started before `HttpServer::run` and stopped after it returns: on Ctrl-C the
-//! server stops accepting, lets in-flight requests finish (`shutdown_timeout`), then the manager
-//! stops and joins its threads.
+//! The manager is started before `HttpServer::run` and stopped after it returns. On SIGTERM (what
+//! `kill`, systemd and Kubernetes send) the server stops accepting, lets in-flight requests
+//! finish (`shutdown_timeout`), then the manager stops and joins its threads. Ctrl-C (SIGINT) is
+//! a *forced* shutdown in actix-web: in-flight requests are dropped — send SIGTERM
+//! (`kill <pid>`) to see the graceful path.
 //!
 //! Run: `cargo run --release --example actix_web_service --features web,serde`
 //! (`LEASEPOOL_ADDR` sets the address, default 127.0.0.1:8080; `LEASEPOOL_SERVE_SECS=N` stops it

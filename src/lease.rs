@@ -10,8 +10,29 @@ use crate::message::Handle;
 /// Exclusive use of one pool of `workers_per_pool` worker threads, until released or revoked.
 ///
 /// Jobs go straight from this handle to the pool's workers. Up to `workers_per_pool` jobs run
-/// in parallel; more queue in the pool. Dropping the lease releases it (a non-blocking message;
-/// `Drop` never blocks and works on any thread).
+/// in parallel; more queue in the pool. Dropping the lease releases it (`Drop` never blocks and
+/// works on any thread).
+///
+/// ```
+/// use std::time::Duration;
+/// use leasepool::LeaseManager;
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().workers_per_pool(2).build()?;
+/// manager.start().await?;
+/// let lease = manager
+///     .acquire()
+///     .owner("nightly-import")
+///     .lease_for(Duration::from_secs(60))
+///     .await?;
+/// let rows = lease.run(|| 3 /* a blocking driver call */).await?;
+/// let more = lease.submit(|| 4)?; // sent now, awaited later
+/// assert_eq!(rows + more.await?, 7);
+/// assert_eq!(lease.owner(), Some("nightly-import"));
+/// lease.release().await; // or drop it
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
 #[must_use = "dropping a Lease releases it"]
 pub struct Lease<S: 'static = ()> {
     core: LeaseCore<S>,

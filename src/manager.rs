@@ -115,14 +115,28 @@ impl<S: 'static> LeaseManager<S> {
     /// Dropping the future leaves the queue at once; a pool is never handed to a dropped
     /// acquire (if one was handed over at that very moment, it is released again).
     pub fn acquire(&self) -> Acquire<'_, S> {
-        Acquire {
-            manager: self,
-            owner: None,
-            lease_for: None,
-            timeout: None,
-            no_wait: false,
-            progress: Progress::Configuring,
-        }
+        Acquire::new(ManagerRef::Borrowed(self))
+    }
+
+    /// Like [`acquire`](Self::acquire), but the acquire owns a handle to the manager (a cheap
+    /// clone), so it is `'static` and can be spawned or stored:
+    ///
+    /// ```
+    /// use leasepool::LeaseManager;
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), leasepool::LeaseError> {
+    /// let manager = LeaseManager::builder().build().expect("valid settings");
+    /// manager.start().await?;
+    /// let task = tokio::spawn(manager.acquire_owned().owner("background"));
+    /// let lease = task.await.expect("task ran")?;
+    /// assert_eq!(lease.owner(), Some("background"));
+    /// lease.release().await;
+    /// manager.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn acquire_owned(&self) -> Acquire<'static, S> {
+        Acquire::new(ManagerRef::Owned(self.clone()))
     }
 
     /// A consistent snapshot: pool counts, waiters, every lease, counters.
@@ -145,6 +159,7 @@ impl<S: 'static> LeaseManager<S> {
     /// supervisor replaces the pool; a lease holding it is revoked (its jobs fail with
     /// `WorkerLost`). Returns whether the pool existed. Feature `testing`.
     #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn kill_pool(&self, pool: PoolId) -> bool {
         self.inner
             .engine
@@ -155,6 +170,7 @@ impl<S: 'static> LeaseManager<S> {
     /// Fault injection: kills `n` worker threads of `pool` (each takes a poison job and dies
     /// outside `catch_unwind`). The pool replaces them with backoff. Feature `testing`.
     #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn kill_worker(&self, pool: PoolId, n: usize) -> bool {
         self.inner
             .engine
@@ -165,6 +181,7 @@ impl<S: 'static> LeaseManager<S> {
     /// Fault injection: makes the actor of `lease` panic in a handler. The lease is revoked
     /// (jobs fail with `WorkerLost`) and its pool retired and replaced. Feature `testing`.
     #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn kill_lease_actor(&self, lease: LeaseId) -> bool {
         self.inner
             .engine
@@ -178,6 +195,7 @@ impl<S: 'static> LeaseManager<S> {
     /// (at most `shutdown_timeout`); `stop()` returns and `start()` works again. Returns
     /// whether a supervisor was running. Feature `testing`.
     #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn kill_supervisor(&self) -> bool {
         self.inner.engine.crash_supervisor()
     }
@@ -187,6 +205,7 @@ impl<S: 'static> LeaseManager<S> {
     /// (`counters.thread_spawn_failures`), logged and retried with backoff; a pool with no
     /// thread is never handed out. Feature `testing`.
     #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn fail_next_worker_spawns(&self, n: usize) {
         self.inner.engine.fail_next_worker_spawns(n);
     }
@@ -195,6 +214,7 @@ impl<S: 'static> LeaseManager<S> {
     /// bounded by `max_pools`, the live leases and the waiters whatever ran before, so a leak
     /// test can churn pools and leases and check that nothing accumulates. Feature `testing`.
     #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn book_entries(&self) -> usize {
         self.inner.engine.book_entries()
     }
@@ -209,11 +229,45 @@ impl<S: 'static> LeaseManager<S> {
     }
 }
 
+/// The manager an [`Acquire`] works on: borrowed (`acquire`) or owned (`acquire_owned`).
+enum ManagerRef<'a, S: 'static> {
+    Borrowed(&'a LeaseManager<S>),
+    Owned(LeaseManager<S>),
+}
+
+impl<S: 'static> ManagerRef<'_, S> {
+    fn get(&self) -> &LeaseManager<S> {
+        match self {
+            ManagerRef::Borrowed(m) => m,
+            ManagerRef::Owned(m) => m,
+        }
+    }
+}
+
 /// An acquire being configured. `.await` it to get a [`Lease`]; it is a `Future` whose work
 /// starts at the first poll.
+///
+/// ```
+/// use std::time::Duration;
+/// use leasepool::{LeaseError, LeaseManager};
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().max_pools(1).build()?;
+/// manager.start().await?;
+/// let first = manager.acquire().owner("first").await?; // waits as long as it takes
+/// // Nothing free: fail at once, or wait a bounded time.
+/// assert_eq!(manager.acquire().no_wait().await.unwrap_err(), LeaseError::Unavailable);
+/// let waited = manager.acquire().timeout(Duration::from_millis(20)).await.unwrap_err();
+/// assert_eq!(waited, LeaseError::Timeout(Duration::from_millis(20)));
+/// first.release().await;
+/// let second = manager.acquire().lease_for(Duration::from_secs(30)).await?;
+/// # second.release().await;
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
 #[must_use = "an acquire does nothing until awaited"]
 pub struct Acquire<'a, S: 'static> {
-    manager: &'a LeaseManager<S>,
+    manager: ManagerRef<'a, S>,
     owner: Option<String>,
     lease_for: Option<Duration>,
     timeout: Option<Duration>,
@@ -232,7 +286,18 @@ impl<S: 'static> fmt::Debug for Acquire<'_, S> {
     }
 }
 
-impl<S: 'static> Acquire<'_, S> {
+impl<'a, S: 'static> Acquire<'a, S> {
+    fn new(manager: ManagerRef<'a, S>) -> Self {
+        Acquire {
+            manager,
+            owner: None,
+            lease_for: None,
+            timeout: None,
+            no_wait: false,
+            progress: Progress::Configuring,
+        }
+    }
+
     /// Labels the lease in logs and [`Stats`].
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
@@ -267,16 +332,18 @@ enum Progress<S: 'static> {
     Done,
 }
 
-/// `Acquire` is itself the future (so it also works where a `Future` is required, such as
-/// `block_on` or `tokio::spawn`); the work starts at the first poll. It is a small state
-/// machine polled in place — no boxed future — so a queued acquirer costs little memory.
+/// `Acquire` is itself the future, so it also works where a `Future` is required, such as
+/// `block_on` or `select!`; the work starts at the first poll. It is a small state machine polled
+/// in place — no boxed future — so a queued acquirer costs little memory. `acquire()` borrows the
+/// manager; to hand the future to `tokio::spawn` (which needs `'static`), use
+/// [`LeaseManager::acquire_owned`].
 impl<S: 'static> Future for Acquire<'_, S> {
     type Output = Result<Lease<S>, LeaseError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if let Progress::Configuring = this.progress {
-            let engine = &this.manager.inner.engine;
+            let engine = &this.manager.get().inner.engine;
             let lease_for = this.lease_for.unwrap_or(engine.config().default_lease);
             if lease_for.is_zero() {
                 this.progress = Progress::Done;

@@ -1,10 +1,53 @@
 //! actix-web integration (feature `web`): overload becomes 503 + `Retry-After`, and a lease per
-//! request through the [`Leased`] extractor.
+//! request through the [`Leased`] and [`LeasedAfter`] extractors.
 //!
-//! `LeaseError` implements `actix_web::ResponseError`: `Unavailable`, `Timeout`, `NotStarted`
-//! and `Stopped` answer **503** with `Retry-After` (see [`set_retry_after`]); `Expired`,
-//! `Released`, `WorkerLost` and `Panicked` answer **500**. Bodies are small JSON objects such as
+//! *Available with the cargo feature `web`.*
+//!
+//! `LeaseError` implements `actix_web::ResponseError`: `Unavailable`, `Timeout`, `NotStarted`,
+//! `Stopped`, `StartFailed` and `NoHealthyPool` answer **503** with `Retry-After` (see
+//! [`set_retry_after`], or [`LeaseConfig::retry_after`] per route); `Expired`, `Released`,
+//! `WorkerLost` and `Panicked` answer **500**. Bodies are small JSON objects such as
 //! `{"error":"unavailable","retry_after":1}` and never carry panic messages (those are logged).
+//!
+//! # Settings for a lease per request
+//!
+//! With `Leased`, every request that runs blocking work holds a whole pool for the handler's
+//! duration, so the manager's settings read as request concurrency:
+//! - `max_pools(n)`: how many such requests run at once (the default, 1, serves one at a time);
+//! - `workers_per_pool(1)`: one job at a time per request is the common case; more workers only
+//!   help a handler that submits several jobs in parallel (and every pool starts all its threads);
+//! - `min_pools(k)`: pools kept warm for the first `k` concurrent requests;
+//! - `max_waiters(m)` and [`LeaseConfig::timeout`]: how many requests may queue, and how long.
+//!
+//! Consecutive `send`s or `run`s on one lease may reach different workers of its pool: a
+//! transaction spread over several messages on per-worker state (a database connection per
+//! worker) needs `workers_per_pool(1)`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use actix_web::{web, App, HttpResponse};
+//! use leasepool::web::{LeaseConfig, Leased};
+//! use leasepool::{LeaseError, LeaseManager};
+//!
+//! async fn report(lease: Leased) -> Result<HttpResponse, LeaseError> {
+//!     let pdf = lease.run(|| vec![0u8; 16] /* a blocking renderer */).await?;
+//!     Ok(HttpResponse::Ok().body(pdf))
+//! }
+//!
+//! # fn app() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = LeaseManager::builder()
+//!     .max_pools(8)         // 8 requests render at once
+//!     .min_pools(2)         // 2 pools warm
+//!     .workers_per_pool(1)  // one job per request
+//!     .max_waiters(64)      // 64 more may wait; beyond that, 503 at once
+//!     .build()?;
+//! let data = web::Data::new(manager); // start() it before HttpServer::run
+//! let _app = App::new()
+//!     .app_data(data.clone())
+//!     .app_data(LeaseConfig::timeout(Duration::from_millis(500)))
+//!     .route("/report", web::get().to(report));
+//! # Ok(()) }
+//! ```
 
 use std::future::Future;
 use std::ops::Deref;
@@ -12,19 +55,35 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 
 pub use leasepool_actors::{retry_after_secs, set_retry_after};
 
 use crate::{Lease, LeaseError, LeaseManager};
 
-/// How [`Leased`] acquires: put one in `app_data` (`App::new().app_data(LeaseConfig::…)`).
-/// Without one, requests wait at most 5 s for a lease and hold it for the manager's
-/// `default_lease`.
+/// How [`Leased`] and [`LeasedAfter`] acquire: put one in `app_data`
+/// (`App::new().app_data(LeaseConfig::…)`, plain or in a `web::Data`). Without one, requests wait
+/// at most 5 s for a lease, hold it for the manager's `default_lease`, and 503s carry the
+/// process-wide `Retry-After` hint ([`set_retry_after`], default 1 s).
+///
+/// *Available with the cargo feature `web`.*
+///
+/// ```
+/// use std::time::Duration;
+/// use leasepool::web::LeaseConfig;
+///
+/// // Wait up to 500 ms; hold the lease at most 30 s; tell shed clients to come back in 2 s.
+/// let config = LeaseConfig::timeout(Duration::from_millis(500))
+///     .lease_for(Duration::from_secs(30))
+///     .retry_after(Duration::from_secs(2));
+/// # let _ = config;
+/// ```
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
     wait: Wait,
     lease_for: Option<Duration>,
+    retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,12 +97,15 @@ impl Default for LeaseConfig {
         Self {
             wait: Wait::Timeout(Duration::from_secs(5)),
             lease_for: None,
+            retry_after: None,
         }
     }
 }
 
 impl LeaseConfig {
-    /// Wait at most `d` for a lease, then answer 503.
+    /// Wait at most `d` for a lease, then answer 503. Choose it below the request timeout of
+    /// whatever calls you: actix-web does not cancel a handler whose client hung up, so a
+    /// vanished client keeps its place in the queue until this passes.
     pub fn timeout(d: Duration) -> Self {
         Self {
             wait: Wait::Timeout(d),
@@ -64,14 +126,116 @@ impl LeaseConfig {
         self.lease_for = Some(d);
         self
     }
+
+    /// The `Retry-After` hint of this route's 503s (whole seconds, at least 1), instead of the
+    /// process-wide [`set_retry_after`] — for two services in one process, or routes of
+    /// different capacity.
+    pub fn retry_after(mut self, hint: Duration) -> Self {
+        self.retry_after = Some(hint.as_secs().max(1));
+        self
+    }
+
+    fn from_request(req: &HttpRequest) -> Self {
+        req.app_data::<LeaseConfig>()
+            .cloned()
+            .or_else(|| {
+                req.app_data::<web::Data<LeaseConfig>>()
+                    .map(|d| d.get_ref().clone())
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Why [`Leased`] or [`LeasedAfter`] gave the handler no lease. As a response: overload
+/// (`Unavailable`, `Timeout`, `NotStarted`, `Stopped`, `NoHealthyPool`) is a **503** with the
+/// route's `Retry-After`; a missing manager is a server bug, a **500**.
+///
+/// *Available with the cargo feature `web`.*
+///
+/// ```
+/// use actix_web::ResponseError;
+/// use leasepool::web::LeasedError;
+///
+/// let missing = LeasedError::MissingManager { manager: "leasepool::LeaseManager<app::Db>" };
+/// assert_eq!(missing.status_code().as_u16(), 500);
+/// assert!(missing.to_string().contains("LeaseManager<app::Db>"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeasedError {
+    /// The acquire failed.
+    #[error("{error}")]
+    Acquire {
+        /// What the acquire answered.
+        error: LeaseError,
+        /// The route's `Retry-After` hint in seconds, if its `LeaseConfig` sets one.
+        retry_after: Option<u64>,
+    },
+    /// No `LeaseManager<S>` of the extractor's `S` is in `app_data`: a configuration mistake.
+    #[error("no {manager} in app_data: register it with App::app_data(web::Data::new(manager))")]
+    MissingManager {
+        /// The full type name of the manager that was looked for.
+        manager: &'static str,
+    },
+}
+
+impl LeasedError {
+    /// The acquire's error, if the acquire ran.
+    pub fn lease_error(&self) -> Option<&LeaseError> {
+        match self {
+            LeasedError::Acquire { error, .. } => Some(error),
+            LeasedError::MissingManager { .. } => None,
+        }
+    }
+}
+
+impl ResponseError for LeasedError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            LeasedError::Acquire { error, .. } => error.status_code(),
+            LeasedError::MissingManager { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            LeasedError::Acquire {
+                error,
+                retry_after: Some(secs),
+            } if error.is_overload() => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
+                .insert_header((header::CONTENT_TYPE, "application/json"))
+                .insert_header((header::RETRY_AFTER, secs.to_string()))
+                .body(format!(
+                    r#"{{"error":"{}","retry_after":{secs}}}"#,
+                    error.code()
+                )),
+            LeasedError::Acquire { error, .. } => error.error_response(),
+            LeasedError::MissingManager { .. } => {
+                HttpResponse::build(StatusCode::INTERNAL_SERVER_ERROR)
+                    .insert_header((header::CONTENT_TYPE, "application/json"))
+                    .body(r#"{"error":"misconfigured"}"#)
+            }
+        }
+    }
 }
 
 /// A lease held for one request. Extract it in a handler; it is released when the handler's
 /// future ends (dropped with the request). Its owner label is the request's method and matched
 /// route, such as `GET /devices/{id}/status`.
 ///
+/// *Available with the cargo feature `web`.*
+///
 /// Needs the manager in `app_data`, as `web::Data<LeaseManager<S>>` or a plain
-/// `LeaseManager<S>`; without one the extractor answers 503 (`not_started`) and logs why.
+/// `LeaseManager<S>`; without one the extractor answers 500 and logs the manager type it looked
+/// for (a configuration mistake is not overload).
+///
+/// **Routes with a request body: use [`LeasedAfter`].** actix-web runs a handler's extractors
+/// concurrently, so `Leased` next to `web::Json<T>` (in any order) acquires the lease while the
+/// body is still uploading: a slow client then holds a whole pool doing nothing, and a few of
+/// them can take every pool. `LeasedAfter<web::Json<T>>` extracts the body first and leases
+/// only once it is in.
+///
+/// See the [module docs](self) for the manager settings that fit a lease per request.
 ///
 /// ```
 /// use actix_web::{web, App, HttpResponse};
@@ -92,8 +256,13 @@ impl LeaseConfig {
 ///     .route("/devices/{id}/status", web::get().to(status));
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct Leased<S: 'static = ()>(pub Lease<S>);
+
+impl<S: 'static> std::fmt::Debug for Leased<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Leased").field(&self.0).finish()
+    }
+}
 
 impl<S: 'static> Leased<S> {
     /// The lease itself.
@@ -110,39 +279,116 @@ impl<S: 'static> Deref for Leased<S> {
     }
 }
 
-impl<S: 'static> FromRequest for Leased<S> {
-    type Error = LeaseError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, LeaseError>>>>;
+/// What one request's acquire needs, taken from the request up front.
+struct RequestAcquire<S: 'static> {
+    manager: Option<LeaseManager<S>>,
+    config: LeaseConfig,
+    owner: String,
+}
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+impl<S: 'static> RequestAcquire<S> {
+    fn new(req: &HttpRequest) -> Self {
         let manager = req
             .app_data::<web::Data<LeaseManager<S>>>()
             .map(|data| data.get_ref().clone())
             .or_else(|| req.app_data::<LeaseManager<S>>().cloned());
-        let config = req
-            .app_data::<LeaseConfig>()
-            .cloned()
-            .or_else(|| {
-                req.app_data::<web::Data<LeaseConfig>>()
-                    .map(|d| d.get_ref().clone())
-            })
-            .unwrap_or_default();
         let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
-        let owner = format!("{} {route}", req.method());
+        Self {
+            manager,
+            config: LeaseConfig::from_request(req),
+            owner: format!("{} {route}", req.method()),
+        }
+    }
+
+    async fn run(self) -> Result<Lease<S>, LeasedError> {
+        let Some(manager) = self.manager else {
+            let manager = std::any::type_name::<LeaseManager<S>>();
+            tracing::error!(owner = %self.owner, manager, "Leased extractor: no {manager} in app_data; answering 500");
+            return Err(LeasedError::MissingManager { manager });
+        };
+        let mut acquire = manager.acquire().owner(self.owner);
+        acquire = match self.config.wait {
+            Wait::Timeout(d) => acquire.timeout(d),
+            Wait::NoWait => acquire.no_wait(),
+        };
+        if let Some(d) = self.config.lease_for {
+            acquire = acquire.lease_for(d);
+        }
+        acquire.await.map_err(|error| LeasedError::Acquire {
+            error,
+            retry_after: self.config.retry_after,
+        })
+    }
+}
+
+impl<S: 'static> FromRequest for Leased<S> {
+    type Error = LeasedError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, LeasedError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let acquire = RequestAcquire::<S>::new(req);
+        Box::pin(async move { acquire.run().await.map(Leased) })
+    }
+}
+
+/// Extracts `T` first — typically the request body (`web::Json<_>`, `web::Bytes`,
+/// `web::Form<_>`) — and only then acquires a lease, as [`Leased`] does. Use it for routes with
+/// a body, so that a slow upload never holds a pool.
+///
+/// *Available with the cargo feature `web`.*
+///
+/// If `T` fails, its own error is the response and no lease is taken.
+///
+/// ```
+/// use actix_web::{web, App, HttpResponse};
+/// use leasepool::web::LeasedAfter;
+/// use leasepool::LeaseManager;
+///
+/// async fn import(LeasedAfter(body, lease): LeasedAfter<web::Bytes>) -> actix_web::Result<HttpResponse> {
+///     // The body is complete before the lease was taken.
+///     let rows = lease.run(move || body.len() /* a blocking bulk insert */).await?;
+///     Ok(HttpResponse::Ok().body(format!("{rows} bytes imported")))
+/// }
+///
+/// # fn app(manager: LeaseManager) {
+/// let _app = App::new()
+///     .app_data(web::Data::new(manager))
+///     .route("/import", web::post().to(import));
+/// # }
+/// ```
+pub struct LeasedAfter<T, S: 'static = ()>(pub T, pub Lease<S>);
+
+impl<T: std::fmt::Debug, S: 'static> std::fmt::Debug for LeasedAfter<T, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LeasedAfter")
+            .field(&self.0)
+            .field(&self.1)
+            .finish()
+    }
+}
+
+impl<T, S: 'static> LeasedAfter<T, S> {
+    /// The extracted value and the lease.
+    pub fn into_parts(self) -> (T, Lease<S>) {
+        (self.0, self.1)
+    }
+}
+
+impl<T, S> FromRequest for LeasedAfter<T, S>
+where
+    T: FromRequest + 'static,
+    S: 'static,
+{
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, actix_web::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let first = T::from_request(req, payload);
+        let acquire = RequestAcquire::<S>::new(req);
         Box::pin(async move {
-            let Some(manager) = manager else {
-                tracing::error!(owner = %owner, "Leased extractor: no LeaseManager in app_data");
-                return Err(LeaseError::NotStarted);
-            };
-            let mut acquire = manager.acquire().owner(owner);
-            acquire = match config.wait {
-                Wait::Timeout(d) => acquire.timeout(d),
-                Wait::NoWait => acquire.no_wait(),
-            };
-            if let Some(d) = config.lease_for {
-                acquire = acquire.lease_for(d);
-            }
-            acquire.await.map(Leased)
+            let value = first.await.map_err(Into::into)?;
+            let lease = acquire.run().await?;
+            Ok(LeasedAfter(value, lease))
         })
     }
 }

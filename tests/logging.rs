@@ -1,5 +1,6 @@
-//! Observability: lifecycle events carry `lease_id`, `owner` and `pool` fields, and a failing
-//! size provider is logged once per streak of failures, not on every evaluation.
+//! Observability: lifecycle events carry `manager`, `lease_id`, `owner` and `pool` fields, every
+//! engine event names its manager under a `leasepool…` target, rejections are logged at DEBUG,
+//! and a failing size provider is logged once per streak of failures, not on every evaluation.
 
 mod common;
 
@@ -17,6 +18,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 #[derive(Debug, Clone)]
 struct Captured {
     level: Level,
+    target: String,
     fields: BTreeMap<String, String>,
 }
 
@@ -46,6 +48,7 @@ impl<S: Subscriber> Layer<S> for Capture {
         event.record(&mut fields);
         self.0.lock().unwrap().push(Captured {
             level: *event.metadata().level(),
+            target: event.metadata().target().to_owned(),
             fields: fields.0,
         });
     }
@@ -219,4 +222,109 @@ async fn stopping_a_manager_with_held_leases_logs_no_lease_actor_death() {
     manager.stop().await;
     assert_eq!(deaths() - before, 0, "stop revokes leases; no actor died");
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_in_one_process_are_told_apart_in_every_event() {
+    let _deadline = common::deadline();
+    events();
+    let start = |name: &'static str| {
+        LeaseManager::builder()
+            .max_pools(1)
+            .workers_per_pool(1)
+            .name_prefix(name)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (start("log-two-a"), start("log-two-b"));
+    for m in [&a, &b] {
+        m.start().await.unwrap();
+        let lease = m.acquire().owner("twin").await.unwrap();
+        lease.run(|| ()).await.unwrap();
+        lease.release().await;
+        m.stop().await;
+    }
+    for name in ["log-two-a", "log-two-b"] {
+        let mine = matching(|e| e.fields.get("manager").map(String::as_str) == Some(name));
+        for what in [
+            "pool starting",
+            "lease granted",
+            "lease manager started",
+            "lease manager stopped",
+        ] {
+            assert!(
+                mine.iter().any(|e| e.message().contains(what)),
+                "{name}: no `{what}` event with manager = {name}: {mine:#?}"
+            );
+        }
+    }
+    // Every event the engine logged in this test binary names its manager, under a target
+    // that `RUST_LOG=leasepool=debug` selects (targets are matched by prefix).
+    let engine = matching(|e| e.target.starts_with("leasepool"));
+    assert!(!engine.is_empty());
+    let anonymous: Vec<_> = engine
+        .iter()
+        .filter(|e| !e.fields.contains_key("manager"))
+        .collect();
+    assert!(
+        anonymous.is_empty(),
+        "events without a manager field: {anonymous:#?}"
+    );
+    assert!(
+        matching(|e| e.fields.contains_key("manager"))
+            .iter()
+            .all(|e| e.target.starts_with("leasepool")),
+        "every engine event is under a leasepool target"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_logged_at_debug_with_owner_and_reason() {
+    let _deadline = common::deadline();
+    events();
+    let name = "log-reject";
+    let m = LeaseManager::builder()
+        .max_pools(1)
+        .workers_per_pool(1)
+        .max_waiters(1)
+        .name_prefix(name)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let held = m.acquire().await.unwrap();
+    assert!(m.acquire().owner("impatient").no_wait().await.is_err());
+    assert!(m
+        .acquire()
+        .owner("patient")
+        .timeout(Duration::from_millis(20))
+        .await
+        .is_err());
+    let waiting = tokio::spawn({
+        let m = m.clone();
+        async move { m.acquire().owner("queued").await.map(|_| ()) }
+    });
+    stats_until(&m, "a waiter", |s| s.waiting == 1).await;
+    assert!(m
+        .acquire()
+        .owner("crowded")
+        .timeout(Duration::from_secs(5))
+        .await
+        .is_err());
+    let mine = matching(|e| {
+        e.level == Level::DEBUG
+            && e.fields.get("manager").map(String::as_str) == Some(name)
+            && e.message().starts_with("acquire refused")
+    });
+    let find = |owner: &str| {
+        mine.iter()
+            .find(|e| e.fields.get("owner").map(String::as_str) == Some(owner))
+            .unwrap_or_else(|| panic!("no DEBUG rejection for {owner}: {mine:#?}"))
+            .clone()
+    };
+    assert!(find("impatient").fields["reason"].contains("no_wait"));
+    assert!(find("patient").message().contains("timed out"));
+    assert!(find("crowded").fields["reason"].contains("max_waiters"));
+    held.release().await;
+    waiting.await.unwrap().unwrap();
+    m.stop().await;
 }

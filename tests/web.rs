@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{test, web, App, HttpResponse, HttpServer, ResponseError};
-use leasepool::web::{LeaseConfig, Leased};
+use leasepool::web::{LeaseConfig, Leased, LeasedAfter};
 use leasepool::{LeaseError, LeaseManager};
 
 async fn slow(lease: Leased, ms: web::Path<u64>) -> Result<HttpResponse, LeaseError> {
@@ -151,12 +151,162 @@ async fn the_extractor_releases_its_lease_when_the_handler_ends_even_on_errors()
     manager.stop().await;
 }
 
+struct Db;
+
+async fn with_db(lease: Leased<Db>) -> HttpResponse {
+    HttpResponse::Ok().body(lease.owner().unwrap_or_default().to_owned())
+}
+
 #[actix_web::test]
-async fn a_missing_manager_is_a_503_not_a_panic() {
+async fn a_missing_manager_is_a_500_naming_the_manager_type_not_an_overload() {
     let _deadline = common::deadline();
-    let svc = test::init_service(App::new().route("/slow/{ms}", web::get().to(slow))).await;
-    let resp = test::call_service(&svc, test::TestRequest::get().uri("/slow/1").to_request()).await;
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A LeaseManager<()> is registered, but the route wants a LeaseManager<Db>.
+    let manager = one_pool("web-missing");
+    let svc = test::init_service(
+        App::new()
+            .app_data(web::Data::new(manager))
+            .route("/db", web::get().to(with_db)),
+    )
+    .await;
+    let resp = test::call_service(&svc, test::TestRequest::get().uri("/db").to_request()).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!resp.headers().contains_key(header::RETRY_AFTER));
+    let body = test::read_body(resp).await;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["error"],
+        "misconfigured"
+    );
+    let req = test::TestRequest::get().to_http_request();
+    let err = <Leased<Db> as actix_web::FromRequest>::extract(&req)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("LeaseManager<web::Db>"),
+        "the error names the missing manager type: {err}"
+    );
+}
+
+#[actix_web::test]
+async fn each_route_can_carry_its_own_retry_after_hint() {
+    let _deadline = common::deadline();
+    leasepool::web::set_retry_after(Duration::from_secs(1));
+    let manager = one_pool("web-hint");
+    manager.start().await.unwrap();
+    let svc = test::init_service(
+        App::new()
+            .app_data(web::Data::new(manager.clone()))
+            .service(
+                web::scope("/fast")
+                    .app_data(LeaseConfig::no_wait().retry_after(Duration::from_secs(7)))
+                    .route("/{ms}", web::get().to(slow)),
+            )
+            .service(
+                web::scope("/plain")
+                    .app_data(LeaseConfig::no_wait())
+                    .route("/{ms}", web::get().to(slow)),
+            ),
+    )
+    .await;
+    let held = manager.acquire().await.unwrap();
+    for (uri, hint) in [("/fast/1", "7"), ("/plain/1", "1")] {
+        let resp = test::call_service(&svc, test::TestRequest::get().uri(uri).to_request()).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+        assert_eq!(
+            resp.headers().get(header::RETRY_AFTER).unwrap(),
+            hint,
+            "{uri}"
+        );
+        let body = test::read_body(resp).await;
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["retry_after"].to_string(), hint, "{uri}");
+    }
+    held.release().await;
+    manager.stop().await;
+}
+
+async fn import_after(
+    LeasedAfter(body, lease): LeasedAfter<web::Bytes>,
+) -> actix_web::Result<HttpResponse> {
+    let n = lease.run(move || body.len()).await?;
+    Ok(HttpResponse::Ok().body(n.to_string()))
+}
+
+async fn import_naive(body: web::Bytes, lease: Leased) -> actix_web::Result<HttpResponse> {
+    let n = lease.run(move || body.len()).await?;
+    Ok(HttpResponse::Ok().body(n.to_string()))
+}
+
+/// Sends a 6 000-byte body to `path` in 12 slices, 60 ms apart, signalling after the 6th; returns
+/// the status line of the answer.
+fn slow_upload(
+    addr: std::net::SocketAddr,
+    path: &str,
+    halfway: std::sync::mpsc::Sender<()>,
+) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: 6000\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    for slice in 0..12 {
+        stream.write_all(&[b'x'; 500]).unwrap();
+        stream.flush().unwrap();
+        if slice == 5 {
+            halfway.send(()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[actix_web::test]
+async fn leased_after_takes_no_pool_while_a_slow_client_uploads_its_body() {
+    let _deadline = common::deadline();
+    let manager = one_pool("web-body");
+    manager.start().await.unwrap();
+    let data = web::Data::new(manager.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/after", web::post().to(import_after))
+            .route("/naive", web::post().to(import_naive))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    let running = actix_web::rt::spawn(server);
+
+    for (path, leased_while_uploading) in [("/after", 0), ("/naive", 1)] {
+        let (halfway_tx, halfway_rx) = std::sync::mpsc::channel();
+        let client = std::thread::spawn(move || slow_upload(addr, path, halfway_tx));
+        let halfway =
+            tokio::task::spawn_blocking(move || halfway_rx.recv_timeout(Duration::from_secs(30)));
+        halfway.await.unwrap().expect("the upload got halfway");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(
+            manager.stats().await.leased,
+            leased_while_uploading,
+            "{path}: pools leased while the body is still uploading"
+        );
+        let status = tokio::task::spawn_blocking(move || client.join().unwrap())
+            .await
+            .unwrap();
+        assert!(status.contains("200"), "{path}: {status}");
+        common::stats_until(&manager, "the request's lease released", |s| s.leased == 0).await;
+    }
+    handle.stop(true).await;
+    running.await.unwrap().unwrap();
+    manager.stop().await;
 }
 
 #[actix_web::test]

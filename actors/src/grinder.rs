@@ -250,16 +250,17 @@ impl<S: 'static> Grinder<S> {
         books.state = State::Running;
         books.kick_queued = false;
         drop(books);
-        tracing::info!(owner_prefix = %self.config.owner_prefix, "work grinder started");
+        tracing::info!(manager = %self.engine.config().name_prefix, owner_prefix = %self.config.owner_prefix, "work grinder started");
         Ok(())
     }
 
-    fn make_item<F, R>(f: F, skip_if_abandoned: bool) -> (Item<S>, JobHandle<R>)
+    fn make_item<F, R>(&self, f: F, skip_if_abandoned: bool) -> (Item<S>, JobHandle<R>)
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
         let (reply, handle) = JobHandle::channel();
+        let manager = Arc::clone(self.engine.name());
         let launch: Launch<S> = Box::new(move |batch| match batch {
             Ok(token) => {
                 let Some(lease) = token.lease.as_ref() else {
@@ -279,7 +280,7 @@ impl<S: 'static> Grinder<S> {
                 reply.fail(e);
                 // Possibly on the host thread, which must never panic: the item's captures are
                 // user values with user destructors.
-                crate::job::drop_quietly(f);
+                crate::job::drop_quietly(f, &manager);
             }
         });
         let item = Item {
@@ -324,7 +325,7 @@ impl<S: 'static> Grinder<S> {
         let Some(f) = f.take() else {
             return Err(LeaseError::Stopped);
         };
-        let (item, handle) = Self::make_item(f, skip_if_abandoned);
+        let (item, handle) = self.make_item(f, skip_if_abandoned);
         let id = books.next_item;
         books.next_item += 1;
         books.pending.insert(id, item);
@@ -438,7 +439,7 @@ impl<S: 'static> Grinder<S> {
         if !self.wait_idle(self.config.stop_timeout).await {
             let cancelled = self.cancel_waiting();
             let running = self.lock().batches.len();
-            tracing::warn!(
+            tracing::warn!(manager = %self.engine.config().name_prefix,
                 owner_prefix = %self.config.owner_prefix,
                 cancelled,
                 running_batches = running,
@@ -452,7 +453,7 @@ impl<S: 'static> Grinder<S> {
             actor.do_send(StopGrinder);
         }
         drop(books);
-        tracing::info!(owner_prefix = %self.config.owner_prefix, "work grinder stopped");
+        tracing::info!(manager = %self.engine.config().name_prefix, owner_prefix = %self.config.owner_prefix, "work grinder stopped");
     }
 
     /// Waits until nothing is pending and no batch exists; false if `timeout` passed first.
@@ -520,7 +521,7 @@ impl<S: 'static> Grinder<S> {
             books.kick_queued = false;
         }
         let cancelled = self.cancel_waiting();
-        tracing::info!(owner_prefix = %self.config.owner_prefix, cancelled, "the manager stopped; work grinder stopped");
+        tracing::info!(manager = %self.engine.config().name_prefix, owner_prefix = %self.config.owner_prefix, cancelled, "the manager stopped; work grinder stopped");
     }
 
     /// A snapshot.
@@ -669,7 +670,7 @@ impl<S: 'static> GrinderActor<S> {
     fn start_batch(&self, n: u64, mut cancelled: oneshot::Receiver<()>) {
         let grinder = Arc::clone(&self.grinder);
         let owner = format!("{}-batch-{n}", grinder.config.owner_prefix);
-        tracing::debug!(batch = n, owner = %owner, "batch waiting for a lease");
+        tracing::debug!(manager = %grinder.engine.config().name_prefix, batch = n, owner = %owner, "batch waiting for a lease");
         actix_rt::spawn(async move {
             let params = LeaseParams {
                 owner: Some(owner),
@@ -700,7 +701,7 @@ impl<S: 'static> GrinderActor<S> {
             let lease = match lease {
                 Ok(lease) => lease,
                 Err(e) => {
-                    tracing::warn!(batch = n, error = %e, "batch could not get a lease; its items fail");
+                    tracing::warn!(manager = %grinder.engine.config().name_prefix, batch = n, error = %e, "batch could not get a lease; its items fail");
                     let count = items.len() as u64;
                     for item in items {
                         item.fail(e.clone());
@@ -709,7 +710,7 @@ impl<S: 'static> GrinderActor<S> {
                     return;
                 }
             };
-            tracing::debug!(batch = n, size = items.len(), lease_id = %lease.id(), "batch running");
+            tracing::debug!(manager = %grinder.engine.config().name_prefix, batch = n, size = items.len(), lease_id = %lease.id(), "batch running");
             let token = Arc::new(BatchToken {
                 items: items.len() as u64,
                 lease: Some(lease),

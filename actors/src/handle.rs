@@ -83,7 +83,7 @@ impl<S: 'static> LeaseCore<S> {
         if queue.dead.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(LeaseError::WorkerLost);
         }
-        tracing::debug!(lease_id = %self.shared.id, pool = %self.shared.pool, "job sent");
+        tracing::debug!(manager = %self.registry.config.name_prefix, lease_id = %self.shared.id, pool = %self.shared.pool, "job sent");
         Ok((in_flight, queue))
     }
 
@@ -131,7 +131,7 @@ impl<S: 'static> LeaseCore<S> {
             Err(e) => {
                 reply.fail(e);
                 // A grinder dispatches from the host thread, which must never panic.
-                crate::job::drop_quietly(f);
+                crate::job::drop_quietly(f, &self.shared.manager);
             }
         }
     }

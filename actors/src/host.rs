@@ -55,6 +55,11 @@ impl<S: 'static> Engine<S> {
         &self.registry.config
     }
 
+    /// The manager's name (`name_prefix`), as every log event carries it in its `manager` field.
+    pub fn name(&self) -> &Arc<str> {
+        &self.registry.name
+    }
+
     /// Starts the host thread and the `min_pools` initial pools, and waits until each initial
     /// pool has a worker that built its state or has failed to. Idempotent.
     ///
@@ -93,7 +98,7 @@ impl<S: 'static> Engine<S> {
         let failure = match self.initial_pools_settled().await {
             StartOutcome::Serving | StartOutcome::Pending => None,
             StartOutcome::Failed(error) if self.registry.config.start_degraded => {
-                tracing::warn!(error = %error, "no worker could build its state; started anyway (start_degraded), pools keep retrying");
+                tracing::warn!(manager = %self.registry.config.name_prefix, error = %error, "no worker could build its state; started anyway (start_degraded), pools keep retrying");
                 None
             }
             StartOutcome::Failed(error) => Some(LeaseError::NoHealthyPool(error)),
@@ -104,11 +109,11 @@ impl<S: 'static> Engine<S> {
         if let Some(error) = failure {
             self.begin_shutdown();
             finish(running).await;
-            tracing::warn!(error = %error, "lease manager did not start");
+            tracing::warn!(manager = %self.registry.config.name_prefix, error = %error, "lease manager did not start");
             return Err(error);
         }
         *host = Some(running);
-        tracing::info!(generation, "lease manager started");
+        tracing::info!(manager = %self.registry.config.name_prefix, generation, "lease manager started");
         Ok(())
     }
 
@@ -135,7 +140,7 @@ impl<S: 'static> Engine<S> {
         };
         self.begin_shutdown();
         finish(running).await;
-        tracing::info!("lease manager stopped");
+        tracing::info!(manager = %self.registry.config.name_prefix, "lease manager stopped");
     }
 
     /// Begins a shutdown without waiting for it (used when the last manager handle is dropped).
@@ -261,7 +266,7 @@ struct CloseOnExit<S: 'static> {
 impl<S: 'static> Drop for CloseOnExit<S> {
     fn drop(&mut self) {
         if self.registry.close_run(self.generation) {
-            tracing::error!(
+            tracing::error!(manager = %self.registry.config.name_prefix,
                 generation = self.generation,
                 "the host thread ended without a shutdown; the books are closed"
             );
@@ -304,12 +309,13 @@ fn host_main<S: 'static>(
         manager.reconcile();
         ctx.run(manager);
         let timeout = registry.config.shutdown_timeout;
+        let name = registry.config.name_prefix.clone();
         actix_rt::spawn(async move {
             // The supervisor ended: by `Shutdown`, or by a crash after failing closed.
             let _ = ended_rx.await;
             let stuck = threads.wait_all_exited(timeout).await;
             if !stuck.is_empty() {
-                tracing::warn!(
+                tracing::warn!(manager = %name,
                     threads = ?stuck,
                     timeout = ?timeout,
                     "worker threads still busy after shutdown_timeout; leaving them detached"

@@ -30,7 +30,7 @@ pub(crate) enum JobOutcome {
 
 /// A job with its closure and result type erased, so one `Worker<S>` serves every `R`.
 pub(crate) trait ErasedJob<S>: Send {
-    fn run(self: Box<Self>, state: &mut S, counters: &CounterCells) -> JobOutcome;
+    fn run(self: Box<Self>, state: &mut S, counters: &CounterCells, manager: &str) -> JobOutcome;
 }
 
 /// Counts a job as in flight on its lease for as long as it exists.
@@ -90,19 +90,24 @@ where
     F: FnOnce(&mut S) -> R + Send,
     R: Send,
 {
-    fn run(mut self: Box<Self>, state: &mut S, counters: &CounterCells) -> JobOutcome {
+    fn run(
+        mut self: Box<Self>,
+        state: &mut S,
+        counters: &CounterCells,
+        manager: &str,
+    ) -> JobOutcome {
         let revoked = self
             .in_flight
             .as_ref()
             .is_some_and(|guard| guard.lease().is_revoked());
         if revoked {
             // Dropping `self` answers WorkerLost: the job was queued when its lease was revoked.
-            drop_quietly(self.f.take());
+            drop_quietly(self.f.take(), manager);
             return JobOutcome::Ran;
         }
         if self.skip_if_abandoned && self.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
             self.reply = None;
-            drop_quietly(self.f.take());
+            drop_quietly(self.f.take(), manager);
             return JobOutcome::Ran;
         }
         let Some(f) = self.f.take() else {
@@ -116,7 +121,7 @@ where
             Err(payload) => {
                 CounterCells::bump(&counters.jobs_panicked);
                 let msg = panic_message(payload.as_ref());
-                drop_quietly(payload);
+                drop_quietly(payload, manager);
                 (Err(LeaseError::Panicked(msg)), JobOutcome::Panicked)
             }
         };
@@ -126,7 +131,7 @@ where
         if let Some(tx) = self.reply.take() {
             if let Err(unsent) = tx.send(result) {
                 // The caller left: the result is dropped here, on the worker.
-                drop_quietly(unsent);
+                drop_quietly(unsent, manager);
             }
         }
         outcome
@@ -136,7 +141,10 @@ where
 impl<F, R> Drop for TypedJob<F, R> {
     fn drop(&mut self) {
         // An unrun job can be dropped anywhere (a worker, the host, a caller whose send failed).
-        drop_quietly(self.f.take());
+        if let Some(f) = self.f.take() {
+            let manager = self.in_flight.as_ref().map_or("", |g| &*g.lease().manager);
+            drop_quietly(f, manager);
+        }
         if let Some(tx) = self.reply.take() {
             let _ = tx.send(Err(LeaseError::WorkerLost));
         }
@@ -145,9 +153,9 @@ impl<F, R> Drop for TypedJob<F, R> {
 
 /// Drops `value`, swallowing a panic from its destructor (and from the destructor of that
 /// panic's payload, which is leaked rather than dropped a third time).
-pub(crate) fn drop_quietly<T>(value: T) {
+pub(crate) fn drop_quietly<T>(value: T, manager: &str) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        tracing::error!(
+        tracing::error!(manager,
             panic = %panic_message(payload.as_ref()),
             "a destructor panicked on a worker thread; the panic was contained"
         );

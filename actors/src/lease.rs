@@ -32,6 +32,8 @@ pub(crate) enum Revocation {
 
 /// State shared by a lease's handle, its actor, its in-flight jobs and the registry.
 pub(crate) struct LeaseShared {
+    /// The manager's name (`name_prefix`), for log fields.
+    pub(crate) manager: Arc<str>,
     pub(crate) id: LeaseId,
     pub(crate) pool: PoolId,
     pub(crate) owner: Option<String>,
@@ -45,6 +47,7 @@ pub(crate) struct LeaseShared {
 
 impl LeaseShared {
     pub(crate) fn new(
+        manager: Arc<str>,
         id: LeaseId,
         pool: PoolId,
         owner: Option<String>,
@@ -53,6 +56,7 @@ impl LeaseShared {
         actor: WeakRecipient<Drained>,
     ) -> Self {
         Self {
+            manager,
             id,
             pool,
             owner,
@@ -173,7 +177,7 @@ impl<S: 'static> Actor for LeaseActor<S> {
                 .registry
                 .revoke_lease(act.shared.id, Revocation::Expired)
             {
-                tracing::warn!(
+                tracing::warn!(manager = %act.registry.config.name_prefix,
                     lease_id = %act.shared.id,
                     owner = act.shared.owner.as_deref().unwrap_or(""),
                     pool = %act.shared.pool,
@@ -194,7 +198,7 @@ impl<S: 'static> Drop for LeaseActor<S> {
         // using a pool nobody tracks: revoke the lease (its jobs then fail with `WorkerLost`)
         // and retire the pool. During shutdown the books are already closed and this is a no-op.
         if !self.finished && self.registry.revoke_lease(self.shared.id, Revocation::Lost) {
-            tracing::warn!(lease_id = %self.shared.id, pool = %self.shared.pool, "lease actor died; lease revoked");
+            tracing::warn!(manager = %self.registry.config.name_prefix, lease_id = %self.shared.id, pool = %self.shared.pool, "lease actor died; lease revoked");
         }
     }
 }
@@ -216,11 +220,11 @@ impl<S: 'static> Handler<Release> for LeaseActor<S> {
             return;
         }
         if self.shared.in_flight() == 0 {
-            tracing::debug!(lease_id = %self.shared.id, pool = %self.shared.pool, "lease released");
+            tracing::debug!(manager = %self.registry.config.name_prefix, lease_id = %self.shared.id, pool = %self.shared.pool, "lease released");
             self.finish(ctx);
         } else {
             self.shared.draining.store(true, SeqCst);
-            tracing::debug!(
+            tracing::debug!(manager = %self.registry.config.name_prefix,
                 lease_id = %self.shared.id,
                 pool = %self.shared.pool,
                 in_flight = self.shared.in_flight(),

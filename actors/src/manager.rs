@@ -60,7 +60,7 @@ impl<S: 'static> ManagerActor<S> {
                 }
                 Err(_) => {
                     if !self.size_provider_failing {
-                        tracing::warn!(
+                        tracing::warn!(manager = %self.spec.config().name_prefix,
                             "size_provider panicked; counting 0 units until it recovers"
                         );
                     }
@@ -126,7 +126,7 @@ impl<S: 'static> ManagerActor<S> {
     /// Runs a handler's body, containing a panic (a bug) so that the supervisor survives it.
     fn guarded(&mut self, what: &str, body: impl FnOnce(&mut Self)) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| body(self))) {
-            tracing::error!(handler = what, panic = %panic_message(payload.as_ref()), "a supervisor handler panicked; the supervisor carries on");
+            tracing::error!(manager = %self.spec.config().name_prefix, handler = what, panic = %panic_message(payload.as_ref()), "a supervisor handler panicked; the supervisor carries on");
         }
     }
 }
@@ -151,7 +151,7 @@ impl<S: 'static> Drop for ManagerActor<S> {
         }
         // Dropped without a `Shutdown`: the supervisor died. Fail closed so that no waiter,
         // job or `stop()` is left hanging; the host's watchdog then stops the System.
-        tracing::error!(
+        tracing::error!(manager = %self.spec.config().name_prefix,
             generation = self.generation,
             "the supervisor died; failing closed (waiters and leases answered Stopped, pools stopped)"
         );

@@ -136,7 +136,7 @@ impl<S: 'static> PoolActor<S> {
             replacing: false,
             retired: false,
         };
-        tracing::info!(pool = %id, workers = spec.config().workers_per_pool, "pool starting");
+        tracing::info!(manager = %spec.config().name_prefix, pool = %id, workers = spec.config().workers_per_pool, "pool starting");
         // The workers start in `started()`, after the supervisor has entered the pool in the
         // books as starting: a failure to start them then always finds the pool there.
         (actor.start(), weak)
@@ -177,6 +177,7 @@ impl<S: 'static> PoolActor<S> {
         let ready = me.clone().recipient::<WorkerReady>();
         let group = self.next_group;
         let worker_threads = Arc::clone(&threads);
+        let manager: Arc<str> = Arc::clone(&self.spec.registry.name);
         let make_worker = move || {
             worker_threads.adopt_current_thread(id);
             let exit = ExitNotice {
@@ -185,6 +186,7 @@ impl<S: 'static> PoolActor<S> {
                 reported: false,
             };
             let worker = Worker::new(
+                Arc::clone(&manager),
                 exit,
                 queue.clone(),
                 Arc::clone(&factory),
@@ -229,7 +231,7 @@ impl<S: 'static> PoolActor<S> {
                     self.live += spawned;
                 }
                 CounterCells::bump(&self.spec.counters().thread_spawn_failures);
-                tracing::warn!(pool = %id, spawned, wanted = n, error = %error, "worker thread spawn failed; retrying with backoff");
+                tracing::warn!(manager = %self.spec.config().name_prefix, pool = %id, spawned, wanted = n, error = %error, "worker thread spawn failed; retrying with backoff");
                 self.worker_failed(error, ctx);
             }
         }
@@ -267,7 +269,7 @@ impl<S: 'static> PoolActor<S> {
                 lost += 1;
             }
             if self.serving {
-                tracing::warn!(pool = %self.id, lost, "pool has no live worker; it is unhealthy until rebuilt");
+                tracing::warn!(manager = %self.spec.config().name_prefix, pool = %self.id, lost, "pool has no live worker; it is unhealthy until rebuilt");
             }
             self.serving = false;
             // Also when already unhealthy: the books keep the latest failure for acquirers.
@@ -284,7 +286,7 @@ impl<S: 'static> PoolActor<S> {
     fn report_unexpected_stop(&mut self) {
         if !self.retired {
             self.retired = true;
-            tracing::warn!(pool = %self.id, "pool actor stopped unexpectedly");
+            tracing::warn!(manager = %self.spec.config().name_prefix, pool = %self.id, "pool actor stopped unexpectedly");
             if let Some(run) = self.spec.registry.current_run() {
                 run.manager.do_send(PoolDied(self.id));
             }
@@ -304,7 +306,7 @@ impl<S: 'static> Actor for PoolActor<S> {
         // this hook: a stop the supervisor did not ask for is a crash to report.
         self.report_unexpected_stop();
         self.release_threads();
-        tracing::info!(pool = %self.id, "pool stopped; its threads exit after their queued jobs");
+        tracing::info!(manager = %self.spec.config().name_prefix, pool = %self.id, "pool stopped; its threads exit after their queued jobs");
     }
 }
 
@@ -355,11 +357,11 @@ impl<S: 'static> Handler<WorkerExited> for PoolActor<S> {
         let error = match msg.cause {
             WorkerExit::StateFailed(error) => {
                 CounterCells::bump(&self.spec.counters().worker_state_failures);
-                tracing::warn!(pool = %self.id, live = self.live, error = %error, "a worker could not build its state");
+                tracing::warn!(manager = %self.spec.config().name_prefix, pool = %self.id, live = self.live, error = %error, "a worker could not build its state");
                 error
             }
             WorkerExit::Crashed => {
-                tracing::warn!(pool = %self.id, live = self.live, "a worker thread crashed");
+                tracing::warn!(manager = %self.spec.config().name_prefix, pool = %self.id, live = self.live, "a worker thread crashed");
                 "a worker thread crashed".to_owned()
             }
         };
@@ -384,7 +386,7 @@ impl<S: 'static> Handler<ReplaceWorkers> for PoolActor<S> {
             return;
         }
         CounterCells::bump(&self.spec.counters().pools_restarted);
-        tracing::info!(pool = %self.id, starting = missing, "starting replacement workers");
+        tracing::info!(manager = %self.spec.config().name_prefix, pool = %self.id, starting = missing, "starting replacement workers");
         self.start_workers(missing, ctx);
     }
 }
@@ -399,7 +401,7 @@ impl<S: 'static> Handler<WorkerReady> for PoolActor<S> {
             if let Some(queue) = &self.queue {
                 queue.dead.store(false, Relaxed);
             }
-            tracing::info!(pool = %self.id, "pool is serving");
+            tracing::info!(manager = %self.spec.config().name_prefix, pool = %self.id, "pool is serving");
             self.spec.registry.pool_ready(self.id).apply();
         }
     }

@@ -126,6 +126,8 @@ struct Books<S: 'static> {
 pub struct Registry<S: 'static> {
     books: Mutex<Books<S>>,
     pub(crate) config: Arc<EngineConfig<S>>,
+    /// The manager's name (`name_prefix`), shared by every lease for its log fields.
+    pub(crate) name: Arc<str>,
     pub(crate) counters: Arc<CounterCells>,
     /// A starting pool became ready or failed, or the run ended (what `start` waits for).
     pub(crate) settled: tokio::sync::Notify,
@@ -210,6 +212,7 @@ pub enum Attempt<S: 'static> {
 impl<S: 'static> Registry<S> {
     pub(crate) fn new(config: Arc<EngineConfig<S>>) -> Arc<Self> {
         let desired = config.min_pools;
+        let name = Arc::from(config.name_prefix.as_str());
         Arc::new(Self {
             books: Mutex::new(Books {
                 run: None,
@@ -228,6 +231,7 @@ impl<S: 'static> Registry<S> {
                 desired,
             }),
             config,
+            name,
             counters: Arc::new(CounterCells::default()),
             settled: tokio::sync::Notify::new(),
             injected_spawn_failures: AtomicUsize::new(0),
@@ -342,6 +346,7 @@ impl<S: 'static> Registry<S> {
         if let Some(failure) = unservable(&books) {
             // Waiting would be waiting for a factory that keeps failing: say why, like a
             // connection pool whose connect fails.
+            tracing::debug!(manager = %self.name, owner = params.owner.as_deref().unwrap_or(""), reason = %failure, "acquire refused: no pool can serve");
             return Err(LeaseError::NoHealthyPool(failure));
         }
         // Pools that will exist without anyone releasing: those being created or starting, plus
@@ -359,6 +364,12 @@ impl<S: 'static> Registry<S> {
         };
         if refuse {
             CounterCells::bump(&self.counters.rejected);
+            let reason = if mode == WaitMode::NoWait {
+                "no_wait and no pool free"
+            } else {
+                "no pool free and the waiter queue is full (max_waiters)"
+            };
+            tracing::debug!(manager = %self.name, owner = params.owner.as_deref().unwrap_or(""), reason, "acquire refused: unavailable");
             return Err(LeaseError::Unavailable);
         }
         let id = books.next_waiter;
@@ -383,9 +394,9 @@ impl<S: 'static> Registry<S> {
         Ok(Attempt::Queued(ticket, effects))
     }
 
-    /// Removes a waiter that gave up; false if it was already served or answered.
-    fn cancel_waiter(&self, id: u64) -> bool {
-        self.lock().waiters.remove(&id).is_some()
+    /// Removes a waiter that gave up; `None` if it was already served or answered.
+    fn cancel_waiter(&self, id: u64) -> Option<Waiter<S>> {
+        self.lock().waiters.remove(&id)
     }
 
     /// A pool the manager just spawned: it is starting until a worker is ready. False if the
@@ -555,7 +566,7 @@ impl<S: 'static> Registry<S> {
                 if entry.shared.revoke(Revocation::Lost) {
                     CounterCells::bump(&self.counters.revoked);
                 }
-                tracing::warn!(lease_id = %lease, pool = %id, "pool died under its lease; lease revoked");
+                tracing::warn!(manager = %self.config.name_prefix, lease_id = %lease, pool = %id, "pool died under its lease; lease revoked");
             }
         }
         self.replenish(&mut books, &mut effects);
@@ -604,7 +615,7 @@ impl<S: 'static> Registry<S> {
             fx.spawn.push(spawn);
             fx.deliver.push((waiter.reply, lease));
         } else if books.pools.len() > books.desired {
-            tracing::debug!(pool = %slot.id, "pool above the sizing target; retiring it");
+            tracing::debug!(manager = %self.config.name_prefix, pool = %slot.id, "pool above the sizing target; retiring it");
             retire(books, slot.id, fx);
         } else {
             books.pools.insert(slot.id, PoolUse::Idle);
@@ -641,6 +652,7 @@ impl<S: 'static> Registry<S> {
         let actor = Addr::new(sender);
         let actor_weak = actor.downgrade();
         let shared = Arc::new(LeaseShared::new(
+            Arc::clone(&self.name),
             id,
             slot.id,
             params.owner,
@@ -649,7 +661,7 @@ impl<S: 'static> Registry<S> {
             actor.downgrade().recipient(),
         ));
         books.pools.insert(slot.id, PoolUse::Leased(id));
-        tracing::debug!(
+        tracing::debug!(manager = %self.config.name_prefix,
             lease_id = %id,
             owner = shared.owner.as_deref().unwrap_or(""),
             pool = %slot.id,
@@ -814,9 +826,10 @@ impl<S: 'static> WaitTicket<S> {
         if sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        if self.registry.cancel_waiter(self.id) {
+        if let Some(waiter) = self.registry.cancel_waiter(self.id) {
             self.answered = true;
             self.registry.counters.timed_out.fetch_add(1, Relaxed);
+            tracing::debug!(manager = %self.registry.name, owner = waiter.params.owner.as_deref().unwrap_or(""), waited = ?limit, "acquire refused: timed out waiting for a pool");
             return Poll::Ready(Err(LeaseError::Timeout(limit)));
         }
         // Picked at the last moment: the answer is on its way; the receiver is registered.
@@ -830,7 +843,8 @@ impl<S: 'static> Drop for WaitTicket<S> {
         // Leave the queue before the receiver goes, so no pool is handed to a dead waiter;
         // a lease already sent to us is dropped with the receiver and so released.
         if !self.answered {
-            self.registry.cancel_waiter(self.id);
+            // (A waiter removed here is dropped here, outside the lock.)
+            drop(self.registry.cancel_waiter(self.id));
         }
     }
 }

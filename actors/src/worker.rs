@@ -25,6 +25,8 @@ use crate::stats::{CounterCells, PoolId};
 /// rebuilds its state from the factory on the same thread. If the factory fails (returns `Err`
 /// or panics), the thread ends; its exit notice tells the pool why, and the pool replaces it.
 pub struct Worker<S> {
+    /// The manager's name (`name_prefix`), for log fields.
+    manager: Arc<str>,
     state: S,
     queue: Receiver<Job<S>>,
     factory: StateFactory<S>,
@@ -70,14 +72,16 @@ impl<S> Unpin for Worker<S> {}
 
 impl<S> Worker<S> {
     pub(crate) fn new(
+        manager: Arc<str>,
         mut exit: ExitNotice,
         queue: Receiver<Job<S>>,
         factory: StateFactory<S>,
         pool: PoolId,
         counters: Arc<CounterCells>,
     ) -> Self {
-        let state = build_state_or_exit(&factory, pool, &mut exit);
+        let state = build_state_or_exit(&factory, pool, &manager, &mut exit);
         Self {
+            manager,
             state,
             queue,
             factory,
@@ -97,20 +101,21 @@ impl<S> Worker<S> {
             // A job contains its own panics; this net catches anything that still escapes, so
             // that nothing a job does can end the thread.
             let outcome = match catch_unwind(AssertUnwindSafe(|| {
-                job.run(&mut self.state, &self.counters)
+                job.run(&mut self.state, &self.counters, &self.manager)
             })) {
                 Ok(outcome) => outcome,
                 Err(payload) => {
-                    tracing::error!(pool = %self.pool, panic = %panic_message(payload.as_ref()), "a panic escaped a job's own handling; rebuilding the worker's state");
-                    drop_quietly(payload);
+                    tracing::error!(manager = %self.manager, pool = %self.pool, panic = %panic_message(payload.as_ref()), "a panic escaped a job's own handling; rebuilding the worker's state");
+                    drop_quietly(payload, &self.manager);
                     JobOutcome::Panicked
                 }
             };
             if outcome == JobOutcome::Panicked {
                 CounterCells::bump(&self.counters.workers_restarted);
-                tracing::warn!(pool = %self.pool, "job panicked; rebuilding the worker's state");
-                let fresh = build_state_or_exit(&self.factory, self.pool, &mut self.exit);
-                drop_quietly(std::mem::replace(&mut self.state, fresh));
+                tracing::warn!(manager = %self.manager, pool = %self.pool, "job panicked; rebuilding the worker's state");
+                let fresh =
+                    build_state_or_exit(&self.factory, self.pool, &self.manager, &mut self.exit);
+                drop_quietly(std::mem::replace(&mut self.state, fresh), &self.manager);
             }
         }
     }
@@ -119,17 +124,22 @@ impl<S> Worker<S> {
 /// Runs the state factory. If it fails — returns `Err` or panics — the worker reports why and
 /// its thread ends: by unwinding through `resume_unwind`, which skips the panic hook (an
 /// expected failure is logged here once, not printed again as a crash).
-fn build_state_or_exit<S>(factory: &StateFactory<S>, pool: PoolId, exit: &mut ExitNotice) -> S {
+fn build_state_or_exit<S>(
+    factory: &StateFactory<S>,
+    pool: PoolId,
+    manager: &str,
+    exit: &mut ExitNotice,
+) -> S {
     let error = match catch_unwind(AssertUnwindSafe(|| factory())) {
         Ok(Ok(state)) => return state,
         Ok(Err(error)) => {
-            tracing::warn!(pool = %pool, error = %error, "worker state factory returned an error; the worker will be replaced");
+            tracing::warn!(manager, pool = %pool, error = %error, "worker state factory returned an error; the worker will be replaced");
             format!("worker state factory failed: {error}")
         }
         Err(payload) => {
             let message = panic_message(payload.as_ref());
-            drop_quietly(payload);
-            tracing::warn!(pool = %pool, panic = %message, "worker state factory panicked; the worker will be replaced");
+            drop_quietly(payload, manager);
+            tracing::warn!(manager, pool = %pool, panic = %message, "worker state factory panicked; the worker will be replaced");
             format!("worker state factory panicked: {message}")
         }
     };
