@@ -418,7 +418,7 @@ async fn consecutive_batches_get_distinct_owners() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_waiting_for_room_gets_in_when_a_batch_takes_the_pending_items() {
     let _deadline = common::deadline();
-    let m = manager("gl-room", 1, 1);
+    let m = manager("gl-room", 1, 2);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(2)
@@ -428,25 +428,99 @@ async fn a_submit_waiting_for_room_gets_in_when_a_batch_takes_the_pending_items(
         .build()
         .unwrap();
     g.start().await.unwrap();
-    // The pool is held, so the batch that takes the two pending items waits for its lease
-    // and never completes while the submit below waits.
-    let held = m.acquire().await.unwrap();
-    let first = g.enqueue(|| 1).unwrap();
-    let second = g.enqueue(|| 2).unwrap();
-    let third = tokio::spawn({
-        let g = g.clone();
-        async move { g.submit(|| 3).await }
-    });
-    // The batch took the two items: the queue has room, and the submit got in.
-    grinder_until(&g, "the third item queued", |s| {
-        s.in_flight_batches == 1 && s.pending == 1
+    let (first_gate, second_gate) = (Gate::new(), Gate::new());
+    let blocking = |gate: &Gate, value: u32| {
+        let gate = gate.clone();
+        move || {
+            gate.wait();
+            value
+        }
+    };
+    // Batch 1 takes the only batch slot and holds it until the first gate opens.
+    let batch_one = [
+        g.enqueue(blocking(&first_gate, 1)).unwrap(),
+        g.enqueue(blocking(&first_gate, 2)).unwrap(),
+    ];
+    grinder_until(&g, "batch 1 running", |s| {
+        s.in_flight_batches == 1 && s.pending == 0
     })
     .await;
-    assert_eq!(g.stats().await.batches_run, 0, "no batch completed yet");
-    held.release().await;
-    assert_eq!(within("first", first).await, Ok(1));
-    assert_eq!(within("second", second).await, Ok(2));
+    // The queue fills up behind it, and a submit has to wait for room.
+    let batch_two = [
+        g.enqueue(blocking(&second_gate, 3)).unwrap(),
+        g.enqueue(blocking(&second_gate, 4)).unwrap(),
+    ];
+    let third = tokio::spawn({
+        let g = g.clone();
+        async move { g.submit(|| 5).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!third.is_finished(), "the queue is full: the submit waits");
+    assert_eq!(g.stats().await.pending, 2);
+    // Batch 1 ends; batch 2 takes the two pending items and runs them, and does not end (the
+    // second gate stays shut). Taking the items made room: the submit gets in now.
+    first_gate.open();
+    for (h, v) in batch_one.into_iter().zip([1, 2]) {
+        assert_eq!(within("a batch-1 item", h).await, Ok(v));
+    }
+    grinder_until(&g, "the submit queued behind batch 2", |s| {
+        s.in_flight_batches == 1 && s.pending == 1 && s.batches_run == 1
+    })
+    .await;
+    second_gate.open();
+    for (h, v) in batch_two.into_iter().zip([3, 4]) {
+        assert_eq!(within("a batch-2 item", h).await, Ok(v));
+    }
     within("grinder stop", g.stop(StopMode::Drain)).await;
-    assert_eq!(within("third", third).await.unwrap(), Ok(3));
+    assert_eq!(within("third", third).await.unwrap(), Ok(5));
+    within("manager stop", m.stop()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_stops_each_return_within_their_own_stop_timeout() {
+    let _deadline = common::deadline();
+    let m = manager("gl-overlap", 1, 1);
+    m.start().await.unwrap();
+    let stop_timeout = Duration::from_millis(500);
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1)
+        .stop_timeout(stop_timeout)
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let gate = Gate::new();
+    let stuck = {
+        let gate = gate.clone();
+        g.enqueue(move || gate.wait()).unwrap()
+    };
+    grinder_until(&g, "the batch to run", |s| s.in_flight_batches == 1).await;
+    let mut stops = Vec::new();
+    for mode in [
+        StopMode::Drain,
+        StopMode::CancelPending,
+        StopMode::Drain,
+        StopMode::CancelPending,
+    ] {
+        let g = g.clone();
+        stops.push(tokio::spawn(async move {
+            let begun = Instant::now();
+            g.stop(mode).await;
+            (mode, begun.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut took = Vec::new();
+    for stop in stops {
+        took.push(within("a stop", stop).await.unwrap());
+    }
+    gate.open();
+    within("the stuck item", stuck).await.unwrap();
+    for (mode, t) in took {
+        assert!(
+            t < stop_timeout + Duration::from_millis(400),
+            "stop({mode:?}) took {t:?} with a stop_timeout of {stop_timeout:?}"
+        );
+    }
+    grinder_until(&g, "the batch done", |s| s.in_flight_batches == 0).await;
     within("manager stop", m.stop()).await;
 }

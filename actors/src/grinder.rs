@@ -417,11 +417,25 @@ impl<S: 'static> Grinder<S> {
     /// is pending and no batch runs. Items still waiting for a lease at the deadline are
     /// answered `Stopped`; batches still running are left to finish on their own.
     pub async fn stop(&self, mode: StopMode) {
+        // One deadline for the whole call, waiting behind another stop included: stops that
+        // overlap each return within their own `stop_timeout`, not one after another.
+        let deadline = Instant::now().checked_add(self.config.stop_timeout);
         if mode == StopMode::CancelPending {
             // Before waiting for a stop in progress: cancelling must not wait behind a drain.
             self.cancel_waiting();
         }
-        let _lifecycle = self.lifecycle.lock().await;
+        let lifecycle = match deadline {
+            None => Some(self.lifecycle.lock().await),
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.lifecycle.lock())
+                .await
+                .ok(),
+        };
+        let Some(_lifecycle) = lifecycle else {
+            // Another stop (or a start) still holds the grinder: it finishes the job; this
+            // call's time is up.
+            self.timed_out();
+            return;
+        };
         {
             let mut books = self.lock();
             match (books.state, mode) {
@@ -436,16 +450,8 @@ impl<S: 'static> Grinder<S> {
                 (State::Stopped, _) => {}
             }
         }
-        if !self.wait_idle(self.config.stop_timeout).await {
-            let cancelled = self.cancel_waiting();
-            let running = self.lock().batches.len();
-            tracing::warn!(manager = %self.engine.config().name_prefix,
-                owner_prefix = %self.config.owner_prefix,
-                cancelled,
-                running_batches = running,
-                stop_timeout = ?self.config.stop_timeout,
-                "work grinder stop timed out; items not on a lease answered Stopped, running batches left to finish"
-            );
+        if !self.wait_idle(deadline).await {
+            self.timed_out();
         }
         let mut books = self.lock();
         books.state = State::Stopped;
@@ -456,9 +462,23 @@ impl<S: 'static> Grinder<S> {
         tracing::info!(manager = %self.engine.config().name_prefix, owner_prefix = %self.config.owner_prefix, "work grinder stopped");
     }
 
-    /// Waits until nothing is pending and no batch exists; false if `timeout` passed first.
-    async fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now().checked_add(timeout);
+    /// A stop's time ran out: items not yet on a lease are answered `Stopped`; running batches
+    /// are left to finish.
+    fn timed_out(&self) {
+        let cancelled = self.cancel_waiting();
+        let running = self.lock().batches.len();
+        tracing::warn!(manager = %self.engine.config().name_prefix,
+            owner_prefix = %self.config.owner_prefix,
+            cancelled,
+            running_batches = running,
+            stop_timeout = ?self.config.stop_timeout,
+            "work grinder stop timed out; items not on a lease answered Stopped, running batches left to finish"
+        );
+    }
+
+    /// Waits until nothing is pending and no batch exists; false if the deadline passed first
+    /// (`None`: no deadline).
+    async fn wait_idle(&self, deadline: Option<Instant>) -> bool {
         loop {
             let notified = self.progress.notified();
             let mut notified = std::pin::pin!(notified);
@@ -472,8 +492,10 @@ impl<S: 'static> Grinder<S> {
             match deadline {
                 None => notified.await,
                 Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                    if tokio::time::timeout_at(deadline.into(), notified)
+                        .await
+                        .is_err()
+                    {
                         return false;
                     }
                 }
