@@ -1,4 +1,4 @@
-//! Every test in this directory is bounded in time: its first statement starts a
+//! Every test in this directory and in `integration/tests` is bounded in time: its first statement starts a
 //! `common::deadline()` watchdog, so a broken engine fails the run with a message naming the
 //! test instead of hanging CI. This test reads the sources and names any test without one.
 
@@ -50,10 +50,13 @@ fn unbounded_tests(source: &str) -> Vec<String> {
 #[test]
 fn every_test_starts_with_a_deadline() {
     let _deadline = common::deadline();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     let mut missing = Vec::new();
-    for entry in fs::read_dir(&dir).expect("tests/ is readable") {
+    let entries = ["tests", "integration/tests"].into_iter().flat_map(|dir| {
+        fs::read_dir(root.join(dir)).unwrap_or_else(|e| panic!("{dir}/ is readable: {e}"))
+    });
+    for entry in entries {
         let path = entry.expect("a directory entry").path();
         if path.extension().is_none_or(|e| e != "rs") {
             continue;
@@ -64,7 +67,10 @@ fn every_test_starts_with_a_deadline() {
             missing.push(format!("{}: {name}", path.display()));
         }
     }
-    assert!(checked >= 10, "found only {checked} test files in {dir:?}");
+    assert!(
+        checked >= 18,
+        "found only {checked} test files under {root:?}"
+    );
     assert!(
         missing.is_empty(),
         "tests without `let _deadline = common::deadline();` as their first line:\n{}",

@@ -4,6 +4,7 @@
 //! At the end: every job ran at most once and agrees with the outcome its caller saw, and every
 //! acquirer (including background waiters) was answered.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

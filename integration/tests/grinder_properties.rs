@@ -14,6 +14,7 @@
 //! 2 s; at the end nothing is pending, no batch is in flight, the batch counters agree with the
 //! answers, and no thread of the manager is left.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

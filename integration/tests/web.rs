@@ -1,6 +1,7 @@
 //! actix-web integration: error mapping, the `Leased` extractor under overload, releases,
 //! and a real `HttpServer` on 127.0.0.1 with a real HTTP client, including graceful shutdown.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
