@@ -11,6 +11,14 @@ use crate::manager::LeaseManager;
 pub const MAX_TOTAL_WORKERS: usize = 10_000;
 
 /// A setting that `build()` refused. The text names the setting and the value.
+///
+/// ```
+/// use leasepool::{BuildError, LeaseManager};
+///
+/// let err = LeaseManager::builder().workers_per_pool(0).build().unwrap_err();
+/// assert_eq!(err, BuildError::Zero { setting: "workers_per_pool" });
+/// assert_eq!(err.to_string(), "workers_per_pool must be at least 1 (got 0)");
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {

@@ -171,7 +171,23 @@ impl<S: 'static> WorkGrinder<S> {
     }
 }
 
-/// Configures a [`WorkGrinder`].
+/// Configures a [`WorkGrinder`]. Start from [`WorkGrinder::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use leasepool::{LeaseManager, WorkGrinder};
+///
+/// let manager = LeaseManager::builder().max_pools(4).build().expect("valid");
+/// let grinder = WorkGrinder::builder(&manager)
+///     .batch_size_threshold(64)               // a batch at 64 items …
+///     .max_wait(Duration::from_millis(5))      // … or when the oldest waited 5 ms
+///     .max_concurrent_batches(2)               // leave 2 pools to other users
+///     .max_pending(10_000)                     // backpressure beyond it
+///     .stop_timeout(Duration::from_secs(30))   // time to drain at shutdown
+///     .build()
+///     .expect("valid settings");
+/// # drop(grinder);
+/// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct GrinderBuilder<S: 'static> {
     manager: LeaseManager<S>,

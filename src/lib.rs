@@ -16,7 +16,131 @@ pub use lease::Lease;
 pub use manager::{Acquire, LeaseManager};
 pub use message::Handle;
 
-pub use leasepool_actors::{Backend, Counters, GrinderStats, LeaseId, LeaseInfo, PoolId, StopMode};
+/// # Example
+///
+/// ```
+/// use leasepool::{Backend, LeaseManager};
+///
+/// let manager = LeaseManager::builder().backend(Backend::Thread).build().expect("valid");
+/// assert_eq!(manager.backend(), Backend::Thread);
+/// assert_eq!(Backend::Thread.to_string(), "thread");
+/// ```
+pub use leasepool_actors::Backend;
+
+/// # Example
+///
+/// Counters only grow (across stop/start), so a monitor reports their differences:
+///
+/// ```
+/// use leasepool::LeaseManager;
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().build()?;
+/// manager.start().await?;
+/// let before = manager.stats().await.counters;
+/// let lease = manager.acquire().await?;
+/// let _ = lease.run(|| panic!("oops")).await;
+/// lease.release().await;
+/// let after = manager.stats().await.counters;
+/// assert_eq!(after.acquired - before.acquired, 1);
+/// assert_eq!(after.jobs_panicked - before.jobs_panicked, 1);
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub use leasepool_actors::Counters;
+
+/// # Example
+///
+/// ```
+/// use leasepool::{LeaseManager, WorkGrinder};
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().build()?;
+/// manager.start().await?;
+/// let grinder = WorkGrinder::builder(&manager).batch_size_threshold(1).build()?;
+/// grinder.start().await?;
+/// grinder.submit(|| ()).await?;
+/// let stats = grinder.stats().await;
+/// assert!(stats.started);
+/// assert_eq!(stats.pending, 0);
+/// # grinder.stop(leasepool::StopMode::Drain).await;
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub use leasepool_actors::GrinderStats;
+
+/// # Example
+///
+/// ```
+/// use leasepool::LeaseManager;
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().max_pools(2).build()?;
+/// manager.start().await?;
+/// let (a, b) = (manager.acquire().await?, manager.acquire().await?);
+/// assert_ne!(a.id(), b.id());
+/// assert!(a.id().get() < b.id().get(), "increasing in acquisition order");
+/// assert_eq!(a.id().to_string(), format!("lease-{}", a.id().get()));
+/// # drop((a, b));
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub use leasepool_actors::LeaseId;
+
+/// # Example
+///
+/// ```
+/// use leasepool::LeaseManager;
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().build()?;
+/// manager.start().await?;
+/// let lease = manager.acquire().owner("nightly").await?;
+/// let info = &manager.stats().await.leases[0];
+/// assert_eq!((info.id, info.owner.as_deref()), (lease.id(), Some("nightly")));
+/// assert_eq!((info.in_flight, info.draining), (0, false));
+/// assert_eq!(info.pool, lease.pool());
+/// # lease.release().await;
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub use leasepool_actors::LeaseInfo;
+
+/// # Example
+///
+/// ```
+/// use leasepool::LeaseManager;
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().name_prefix("docs").build()?;
+/// manager.start().await?;
+/// let lease = manager.acquire().await?;
+/// // Worker threads are named `{prefix}-{pool}-{worker}`.
+/// let name = lease.run(|| std::thread::current().name().map(str::to_owned)).await?;
+/// assert!(name.unwrap().starts_with(&format!("docs-{}-", lease.pool().get())));
+/// # lease.release().await;
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub use leasepool_actors::PoolId;
+
+/// # Example
+///
+/// ```
+/// use leasepool::{LeaseError, LeaseManager, StopMode, WorkGrinder};
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().build()?;
+/// manager.start().await?;
+/// let grinder = WorkGrinder::builder(&manager).batch_size_threshold(100).build()?;
+/// grinder.start().await?;
+/// let pending = grinder.enqueue(|| "never runs")?; // below the threshold: it waits
+/// grinder.stop(StopMode::CancelPending).await;
+/// assert_eq!(pending.await, Err(LeaseError::Stopped));
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub use leasepool_actors::StopMode;
 
 /// # Example
 ///
