@@ -80,9 +80,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("a fresh lease works: {}", fresh.run(|| "yes").await?);
     let s = manager.stats().await;
     println!(
-        "workers_restarted={} pools_restarted={} revoked={} total={} unhealthy={}",
-        s.counters.workers_restarted,
-        s.counters.pools_restarted,
+        "worker_states_rebuilt={} workers_replaced={} pools_replaced={} revoked={} total={} unhealthy={}",
+        s.counters.worker_states_rebuilt,
+        s.counters.workers_replaced,
+        s.counters.pools_replaced,
         s.counters.revoked,
         s.total,
         s.unhealthy

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use leasepool_actors::{Grinder, GrinderConfig, GrinderStats, JobHandle, LeaseError, StopMode};
 
-use crate::builder::BuildError;
 use crate::manager::LeaseManager;
+use leasepool_actors::BuildError;
 
 /// Batches many small blocking jobs onto leases, so callers submit single items and never deal
 /// with leases.
@@ -90,8 +90,8 @@ impl<S: 'static> WorkGrinder<S> {
                 lease_for: Duration::from_secs(60),
                 owner_prefix: "work-grinder".to_owned(),
                 max_pending: 100_000,
-                max_concurrent_batches: manager.engine().config().max_pools,
-                stop_timeout: manager.engine().config().shutdown_timeout,
+                max_concurrent_batches: manager.engine().config().max_pools(),
+                stop_timeout: manager.engine().config().shutdown_timeout(),
             },
         }
     }

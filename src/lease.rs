@@ -3,15 +3,16 @@
 use std::fmt;
 use std::time::Instant;
 
-use leasepool_actors::{JobHandle, LeaseCore, LeaseError, LeaseId, PoolId};
+use leasepool_actors::{IfAbandoned, JobHandle, LeaseCore, LeaseError, LeaseId, PoolId};
 
 use crate::message::Handle;
 
 /// Exclusive use of one pool of `workers_per_pool` worker threads, until released or revoked.
 ///
 /// Jobs go straight from this handle to the pool's workers. Up to `workers_per_pool` jobs run
-/// in parallel; more queue in the pool. Dropping the lease releases it (`Drop` never blocks and
-/// works on any thread).
+/// in parallel; more queue in the pool. Dropping the lease releases it at once, like
+/// [`release`](Self::release) (`Drop` takes the engine's short lock, never blocks on other work,
+/// and works on any thread).
 ///
 /// ```
 /// use std::time::Duration;
@@ -41,9 +42,9 @@ pub struct Lease<S: 'static = ()> {
 impl<S: 'static> fmt::Debug for Lease<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
-            .field("id", &self.core.id())
-            .field("pool", &self.core.pool())
-            .field("owner", &self.core.owner())
+            .field("id", &self.id())
+            .field("pool", &self.pool())
+            .field("owner", &self.owner())
             .finish()
     }
 }
@@ -55,27 +56,27 @@ impl<S: 'static> Lease<S> {
 
     /// This lease's id (as shown in logs and [`Stats`](crate::Stats)).
     pub fn id(&self) -> LeaseId {
-        self.core.id()
+        self.core.facts().id
     }
 
     /// The pool this lease holds (as shown in [`Stats`](crate::Stats)).
     pub fn pool(&self) -> PoolId {
-        self.core.pool()
+        self.core.facts().pool
     }
 
     /// The owner label given at acquire.
     pub fn owner(&self) -> Option<&str> {
-        self.core.owner()
+        self.core.facts().owner.as_deref()
     }
 
     /// When the soft lifetime (`lease_for`) runs out. Jobs still run during the grace period.
     pub fn soft_expires_at(&self) -> Instant {
-        self.core.soft_expires_at()
+        self.core.facts().soft_expires_at
     }
 
     /// When the lease is revoked: new jobs then fail with [`LeaseError::Expired`].
     pub fn hard_expires_at(&self) -> Instant {
-        self.core.hard_expires_at()
+        self.core.facts().hard_expires_at
     }
 
     /// Jobs sent on this lease that have not finished yet.
@@ -98,7 +99,9 @@ impl<S: 'static> Lease<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.core.dispatch(move |_: &mut S| f(), true)?.await
+        self.core
+            .dispatch(move |_: &mut S| f(), IfAbandoned::Skip)?
+            .await
     }
 
     /// Like [`run`](Self::run), with `&mut` access to the worker thread's own state.
@@ -107,7 +110,7 @@ impl<S: 'static> Lease<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.core.dispatch(f, true)?.await
+        self.core.dispatch(f, IfAbandoned::Skip)?.await
     }
 
     /// Sends a typed message to a worker: runs `<S as Handle<M>>::handle` on its state.
@@ -117,7 +120,7 @@ impl<S: 'static> Lease<S> {
         M: Send + 'static,
     {
         self.core
-            .dispatch(move |state: &mut S| state.handle(msg), true)?
+            .dispatch(move |state: &mut S| state.handle(msg), IfAbandoned::Skip)?
             .await
     }
 
@@ -131,12 +134,14 @@ impl<S: 'static> Lease<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.core.dispatch(move |_: &mut S| f(), false)
+        self.core.dispatch(move |_: &mut S| f(), IfAbandoned::Run)
     }
 
-    /// Releases the lease and waits until the supervisor has taken it back: its pool is free
-    /// again, or — if jobs still run — the lease is draining and the pool returns when they end.
+    /// Releases the lease. When it returns the pool is free again (handed to the next waiter,
+    /// idle, or retired), or — if jobs still run — the lease is draining and its pool returns
+    /// when the last one ends. Dropping the lease does exactly the same; neither waits for
+    /// another thread's work.
     pub async fn release(self) {
-        self.core.release().await;
+        self.core.release();
     }
 }

@@ -10,11 +10,23 @@ mod message;
 #[cfg_attr(docsrs, doc(cfg(feature = "web")))]
 pub mod web;
 
-pub use builder::{BuildError, ManagerBuilder, MAX_TOTAL_WORKERS};
+pub use builder::ManagerBuilder;
 pub use grinder::{GrinderBuilder, WorkGrinder};
 pub use lease::Lease;
 pub use manager::{Acquire, LeaseManager};
 pub use message::Handle;
+
+/// # Example
+///
+/// ```
+/// use leasepool::{BuildError, LeaseManager};
+///
+/// let err = LeaseManager::builder().workers_per_pool(0).build().unwrap_err();
+/// assert_eq!(err, BuildError::Zero { setting: "workers_per_pool" });
+/// assert_eq!(err.to_string(), "workers_per_pool must be at least 1 (got 0)");
+/// ```
+pub use leasepool_actors::BuildError;
+pub use leasepool_actors::MAX_TOTAL_WORKERS;
 
 /// # Example
 ///

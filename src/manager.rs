@@ -12,7 +12,7 @@ use leasepool_actors::{
 };
 
 #[cfg(feature = "testing")]
-use leasepool_actors::{messages::InjectFault, LeaseId, PoolId};
+use leasepool_actors::{InjectFault, LeaseId, PoolId};
 
 use crate::builder::ManagerBuilder;
 use crate::lease::Lease;
@@ -41,7 +41,6 @@ pub struct LeaseManager<S: 'static = ()> {
 
 struct Inner<S: 'static> {
     engine: Arc<Engine<S>>,
-    backend: Backend,
 }
 
 impl<S: 'static> Drop for Inner<S> {
@@ -62,7 +61,6 @@ impl<S: 'static> Clone for LeaseManager<S> {
 impl<S: 'static> fmt::Debug for LeaseManager<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeaseManager")
-            .field("backend", &self.inner.backend)
             .field("config", self.inner.engine.config())
             .finish()
     }
@@ -76,11 +74,10 @@ impl LeaseManager<()> {
 }
 
 impl<S: 'static> LeaseManager<S> {
-    pub(crate) fn from_config(backend: Backend, config: EngineConfig<S>) -> Self {
+    pub(crate) fn from_config(config: EngineConfig<S>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine: Arc::new(Engine::new(config)),
-                backend,
             }),
         }
     }
@@ -141,7 +138,7 @@ impl<S: 'static> LeaseManager<S> {
 
     /// A consistent snapshot: pool counts, waiters, every lease, counters.
     pub async fn stats(&self) -> Stats {
-        self.inner.engine.stats(self.inner.backend)
+        self.inner.engine.stats()
     }
 
     /// Tells the supervisor the work-unit count changed, so it re-evaluates sizing now instead
@@ -152,7 +149,7 @@ impl<S: 'static> LeaseManager<S> {
 
     /// The backend this manager runs.
     pub fn backend(&self) -> Backend {
-        self.inner.backend
+        self.inner.engine.config().backend()
     }
 
     /// Fault injection: makes the actor of `pool` panic in a handler, as a bug would. The
@@ -344,7 +341,7 @@ impl<S: 'static> Future for Acquire<'_, S> {
         let this = &mut *self;
         if let Progress::Configuring = this.progress {
             let engine = &this.manager.get().inner.engine;
-            let lease_for = this.lease_for.unwrap_or(engine.config().default_lease);
+            let lease_for = this.lease_for.unwrap_or(engine.config().default_lease());
             if lease_for.is_zero() {
                 this.progress = Progress::Done;
                 return Poll::Ready(Err(LeaseError::InvalidArgument(

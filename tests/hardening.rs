@@ -150,7 +150,7 @@ async fn a_payload_that_panics_when_dropped_does_not_kill_the_worker() {
     let c = m.stats().await.counters;
     assert_eq!(c.jobs_panicked, 1);
     assert_eq!(c.worker_state_failures, 0, "the state factory never failed");
-    assert_eq!(c.pools_restarted, 0, "no worker thread had to be replaced");
+    assert_eq!(c.workers_replaced, 0, "no worker thread had to be replaced");
     lease.release().await;
     m.stop().await;
 }
@@ -173,7 +173,7 @@ async fn a_result_that_panics_when_dropped_after_its_caller_left_does_not_kill_t
     assert_eq!(within("the next job", next).await, Ok("next"));
     let c = m.stats().await.counters;
     assert_eq!(c.worker_state_failures, 0, "the state factory never failed");
-    assert_eq!(c.pools_restarted, 0, "no worker thread had to be replaced");
+    assert_eq!(c.workers_replaced, 0, "no worker thread had to be replaced");
     lease.release().await;
     m.stop().await;
 }
@@ -204,7 +204,7 @@ async fn a_skipped_job_whose_captures_panic_when_dropped_does_not_kill_the_worke
         within("the next job", lease.run(|| "next")).await,
         Ok("next")
     );
-    assert_eq!(m.stats().await.counters.pools_restarted, 0);
+    assert_eq!(m.stats().await.counters.workers_replaced, 0);
     lease.release().await;
     m.stop().await;
 }
@@ -416,7 +416,7 @@ async fn a_worker_thread_that_cannot_be_spawned_is_retried_and_the_supervisor_su
         .unwrap();
     assert_eq!(within("a job on it", second.run(|| 2)).await, Ok(2));
     let s = stats_until(&m, "the missing threads replaced", |s| {
-        s.counters.thread_spawn_failures == 1 && s.counters.pools_restarted >= 1
+        s.counters.thread_spawn_failures == 1 && s.counters.workers_replaced >= 1
     })
     .await;
     common::assert_invariant(&s);
@@ -668,7 +668,10 @@ async fn replacement_worker_threads_get_new_names() {
     let lease = m.acquire().await.unwrap();
     for round in 1..=3 {
         assert!(m.kill_worker(lease.pool(), 1).await);
-        stats_until(&m, "a replacement", |s| s.counters.pools_restarted == round).await;
+        stats_until(&m, "a replacement", |s| {
+            s.counters.workers_replaced == round
+        })
+        .await;
         let begun = Instant::now();
         let after = loop {
             let after = workers(common::threads_named(prefix));

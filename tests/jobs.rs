@@ -213,7 +213,7 @@ async fn a_panicking_job_fails_alone_and_the_worker_restarts_with_fresh_state() 
     );
     let counters = manager.stats().await.counters;
     assert_eq!(counters.jobs_panicked, 1);
-    assert_eq!(counters.workers_restarted, 1);
+    assert_eq!(counters.worker_states_rebuilt, 1);
     assert!(counters.jobs_completed >= 25);
     lease.release().await;
     manager.stop().await;

@@ -241,7 +241,7 @@ async fn a_fallible_factory_that_fails_makes_acquires_fail_with_its_error_until_
     assert!(attempt >= 3, "state came from a later attempt: {attempt}");
     let stats = manager.stats().await;
     assert_eq!(stats.unhealthy, 0);
-    assert!(stats.counters.pools_restarted >= 1);
+    assert!(stats.counters.workers_replaced >= 1);
     lease.release().await;
     manager.stop().await;
 }
@@ -273,7 +273,10 @@ async fn one_failing_worker_is_replaced_while_the_others_serve() {
             "the healthy workers serve"
         );
     }
-    let stats = stats_until(&manager, "replacement", |s| s.counters.pools_restarted == 1).await;
+    let stats = stats_until(&manager, "replacement", |s| {
+        s.counters.workers_replaced == 1
+    })
+    .await;
     assert_eq!(stats.counters.worker_state_failures, 1);
     assert_eq!(stats.unhealthy, 0, "a pool with live workers stays healthy");
     let deadline = std::time::Instant::now() + common::EVENTUALLY;

@@ -68,10 +68,10 @@ async fn a_factory_that_panics_n_times_then_recovers_brings_the_pool_back() {
     assert_eq!(calls.load(SeqCst), 5, "1 ok + 3 failures + 1 ok");
     let stats = manager.stats().await;
     assert_eq!(
-        stats.counters.pools_restarted, 3,
+        stats.counters.workers_replaced, 3,
         "one replacement per failure"
     );
-    assert_eq!(stats.counters.workers_restarted, 1);
+    assert_eq!(stats.counters.worker_states_rebuilt, 1);
     assert_eq!(stats.unhealthy, 0);
     assert_invariant(&stats);
     lease.release().await;
@@ -128,7 +128,10 @@ mod fault_injection {
         let manager = common::started("sup-killw", 1, 2).await;
         let lease = manager.acquire().await.unwrap();
         assert!(manager.kill_worker(lease.pool(), 1).await);
-        stats_until(&manager, "replacement", |s| s.counters.pools_restarted == 1).await;
+        stats_until(&manager, "replacement", |s| {
+            s.counters.workers_replaced == 1
+        })
+        .await;
         for i in 0..20 {
             assert_eq!(lease.run(move || i).await.unwrap(), i);
         }
@@ -174,7 +177,7 @@ mod fault_injection {
         };
         assert!(manager.kill_pool(pool).await);
         let stats = stats_until(&manager, "replacement", |s| {
-            s.counters.pools_restarted == 1 && s.available == 1
+            s.counters.pools_replaced == 1 && s.available == 1
         })
         .await;
         assert_eq!(stats.counters.revoked, 0);

@@ -1,6 +1,58 @@
-//! Runtime outcomes of acquiring leases and running jobs.
+//! Errors: `BuildError` for settings out of range, `LeaseError` for runtime outcomes.
 
 use std::time::Duration;
+
+use crate::stats::Backend;
+
+/// Most worker threads one manager may run (`max_pools * workers_per_pool`).
+pub const MAX_TOTAL_WORKERS: usize = 10_000;
+
+/// A setting that `build()` refused. The text names the setting and the value.
+///
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// A count that must be at least 1 was 0.
+    #[error("{setting} must be at least 1 (got 0)")]
+    Zero {
+        /// The setting's builder method name.
+        setting: &'static str,
+    },
+    /// A duration that must be positive was zero.
+    #[error("{setting} must be greater than zero (got 0s)")]
+    ZeroDuration {
+        /// The setting's builder method name.
+        setting: &'static str,
+    },
+    /// `min_pools` is larger than `max_pools`.
+    #[error("min_pools ({min_pools}) exceeds max_pools ({max_pools})")]
+    MinAboveMax {
+        /// The `min_pools` given.
+        min_pools: usize,
+        /// The `max_pools` given.
+        max_pools: usize,
+    },
+    /// `max_pools * workers_per_pool` is more threads than one manager may run.
+    #[error(
+        "max_pools ({max_pools}) x workers_per_pool ({workers_per_pool}) = {total} worker threads exceeds the limit of {limit}"
+    )]
+    TooManyThreads {
+        /// The `max_pools` given.
+        max_pools: usize,
+        /// The `workers_per_pool` given.
+        workers_per_pool: usize,
+        /// Their product (saturating).
+        total: usize,
+        /// [`MAX_TOTAL_WORKERS`].
+        limit: usize,
+    },
+    /// The name prefix cannot name threads.
+    #[error("name_prefix {0:?} is invalid: it must be non-empty and contain no NUL byte")]
+    InvalidNamePrefix(String),
+    /// The backend is not available in this build.
+    #[error("backend {0} is not supported yet; use Backend::Thread")]
+    UnsupportedBackend(Backend),
+}
 
 /// Why an acquire, a job or a lease operation did not produce its value.
 ///

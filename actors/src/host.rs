@@ -14,17 +14,18 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use actix::{AsyncContext, Context};
+use actix::{Addr, AsyncContext, Context};
 use tokio::sync::{oneshot, Mutex};
 
+use crate::bookkeeper::{Bookkeeper, LeaseParams, Run, WaitTicket};
+use crate::books::{StartOutcome, WaitMode};
 use crate::config::EngineConfig;
 use crate::error::LeaseError;
 use crate::handle::LeaseCore;
-use crate::manager::ManagerActor;
-use crate::messages::{CrashSupervisor, InjectFault, RunOnHost, ScaleChanged, Shutdown};
+use crate::manager::{CrashSupervisor, InjectFault, ManagerActor, ScaleChanged, Shutdown};
 use crate::pool::PoolSpec;
-use crate::registry::{Attempt, LeaseParams, Registry, Run, StartOutcome, WaitMode, WaitTicket};
-use crate::stats::{Backend, Stats};
+use crate::stats::Stats;
+use crate::sync::lock;
 use crate::threads::WorkerThreads;
 
 struct Host {
@@ -35,8 +36,10 @@ struct Host {
 
 /// One manager's engine: its books and, while started, its host thread.
 pub struct Engine<S: 'static> {
-    registry: Arc<Registry<S>>,
+    keeper: Arc<Bookkeeper<S>>,
     host: Mutex<Option<Host>>,
+    /// The current run's supervisor (a dead address once that run ended).
+    supervisor: std::sync::Mutex<Option<Addr<ManagerActor<S>>>>,
     generation: AtomicU64,
 }
 
@@ -44,20 +47,26 @@ impl<S: 'static> Engine<S> {
     /// An engine with the given (validated) settings; nothing runs until [`Engine::start`].
     pub fn new(config: EngineConfig<S>) -> Self {
         Self {
-            registry: Registry::new(Arc::new(config)),
+            keeper: Bookkeeper::new(config),
             host: Mutex::new(None),
+            supervisor: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
         }
     }
 
     /// The settings.
     pub fn config(&self) -> &EngineConfig<S> {
-        &self.registry.config
+        &self.keeper.config
     }
 
     /// The manager's name (`name_prefix`), as every log event carries it in its `manager` field.
     pub fn name(&self) -> &Arc<str> {
-        &self.registry.name
+        &self.keeper.name
+    }
+
+    /// Checks the books' invariants (tests and property tests).
+    pub fn check_books(&self) -> Result<(), String> {
+        self.keeper.check()
     }
 
     /// Starts the host thread and the `min_pools` initial pools, and waits until each initial
@@ -68,7 +77,7 @@ impl<S: 'static> Engine<S> {
     pub async fn start(&self) -> Result<(), LeaseError> {
         let mut host = self.host.lock().await;
         if let Some(running) = host.take() {
-            if self.registry.current_generation() == Some(running.generation) {
+            if self.keeper.current_generation() == Some(running.generation) {
                 *host = Some(running);
                 return Ok(());
             }
@@ -78,27 +87,30 @@ impl<S: 'static> Engine<S> {
         let generation = self.generation.fetch_add(1, Relaxed) + 1;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = oneshot::channel();
-        let registry = Arc::clone(&self.registry);
-        let name = format!("{}-host", self.registry.config.name_prefix);
+        let keeper = Arc::clone(&self.keeper);
+        let name = format!("{}-host", self.keeper.name);
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || host_main(registry, generation, ready_tx, exit_tx))
+            .spawn(move || host_main(keeper, generation, ready_tx, exit_tx))
             .map_err(|e| LeaseError::StartFailed(format!("cannot spawn the host thread: {e}")))?;
         let running = Host {
             generation,
             thread,
             exited: exit_rx,
         };
-        if ready_rx.await.is_err() {
-            finish(running).await;
-            return Err(LeaseError::StartFailed(
-                "the host thread exited during start-up".to_owned(),
-            ));
+        match ready_rx.await {
+            Ok(supervisor) => *lock(&self.supervisor) = Some(supervisor),
+            Err(_) => {
+                finish(running).await;
+                return Err(LeaseError::StartFailed(
+                    "the host thread exited during start-up".to_owned(),
+                ));
+            }
         }
         let failure = match self.initial_pools_settled().await {
             StartOutcome::Serving | StartOutcome::Pending => None,
-            StartOutcome::Failed(error) if self.registry.config.start_degraded => {
-                tracing::warn!(manager = %self.registry.config.name_prefix, error = %error, "no worker could build its state; started anyway (start_degraded), pools keep retrying");
+            StartOutcome::Failed(error) if self.keeper.config.settings.start_degraded => {
+                tracing::warn!(manager = %self.keeper.name, error = %error, "no worker could build its state; started anyway (start_degraded), pools keep retrying");
                 None
             }
             StartOutcome::Failed(error) => Some(LeaseError::NoHealthyPool(error)),
@@ -109,22 +121,22 @@ impl<S: 'static> Engine<S> {
         if let Some(error) = failure {
             self.begin_shutdown();
             finish(running).await;
-            tracing::warn!(manager = %self.registry.config.name_prefix, error = %error, "lease manager did not start");
+            tracing::warn!(manager = %self.keeper.name, error = %error, "lease manager did not start");
             return Err(error);
         }
         *host = Some(running);
-        tracing::info!(manager = %self.registry.config.name_prefix, generation, "lease manager started");
+        tracing::info!(manager = %self.keeper.name, generation, "lease manager started");
         Ok(())
     }
 
     /// Waits until no pool is starting any more.
     async fn initial_pools_settled(&self) -> StartOutcome {
         loop {
-            let notified = self.registry.settled.notified();
+            let notified = self.keeper.settled.notified();
             let mut notified = std::pin::pin!(notified);
             // Registered before looking, so a change between the look and the wait is seen.
             notified.as_mut().enable();
-            match self.registry.start_outcome() {
+            match self.keeper.start_outcome() {
                 StartOutcome::Pending => notified.await,
                 outcome => return outcome,
             }
@@ -140,7 +152,7 @@ impl<S: 'static> Engine<S> {
         };
         self.begin_shutdown();
         finish(running).await;
-        tracing::info!(manager = %self.registry.config.name_prefix, "lease manager stopped");
+        tracing::info!(manager = %self.keeper.name, "lease manager stopped");
     }
 
     /// Begins a shutdown without waiting for it (used when the last manager handle is dropped).
@@ -151,14 +163,12 @@ impl<S: 'static> Engine<S> {
     /// Closes the books (waiters answered `Stopped`, leases revoked) and tells the supervisor
     /// to shut the host down.
     fn begin_shutdown(&self) {
-        if let Some((run, waiters)) = self.registry.begin_stop() {
-            for waiter in waiters {
-                let _ = waiter.send(Err(LeaseError::Stopped));
-            }
-            if run.manager.connected() {
+        if let Some(run) = self.keeper.end_run(None) {
+            let supervisor = self.supervisor();
+            if let Some(supervisor) = supervisor.filter(Addr::connected) {
                 // `do_send`: a busy supervisor's mailbox may be over its capacity; this must
                 // still get through.
-                run.manager.do_send(Shutdown);
+                supervisor.do_send(Shutdown);
             } else {
                 // The supervisor is gone (its watchdog is already stopping the host); stop the
                 // System directly so the host can exit.
@@ -174,78 +184,80 @@ impl<S: 'static> Engine<S> {
         params: LeaseParams,
         mode: WaitMode,
     ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
-        Ok(match self.registry.try_acquire(params, mode)? {
-            Attempt::Ready(lease, effects) => {
-                effects.apply();
-                Ok(lease)
-            }
-            Attempt::Queued(ticket, effects) => {
-                effects.apply();
-                Err(ticket)
-            }
-        })
+        self.keeper.acquire(params, mode)
     }
 
     /// A consistent snapshot of pools, leases, waiters and counters.
-    pub fn stats(&self, backend: Backend) -> Stats {
-        self.registry.stats(backend)
+    pub fn stats(&self) -> Stats {
+        self.keeper.stats(self.keeper.config.backend())
     }
 
     /// The current run's number, while started.
     pub fn current_generation(&self) -> Option<u64> {
-        self.registry.current_generation()
+        self.keeper.current_generation()
     }
 
     /// Asks the supervisor to re-evaluate the sizing target now.
     pub fn notify_scale_changed(&self) {
-        if let Some(run) = self.registry.current_run() {
-            run.manager.do_send(ScaleChanged);
+        if let Some(supervisor) = self.running_supervisor() {
+            supervisor.do_send(ScaleChanged);
         }
     }
 
     /// Fault injection for supervision tests: forwards `fault` to the supervisor and answers
     /// whether its target existed.
     pub async fn inject_fault(&self, fault: InjectFault) -> bool {
-        match self.registry.current_run() {
-            Some(run) => run.manager.send(fault).await.unwrap_or(false),
+        match self.running_supervisor() {
+            Some(supervisor) => supervisor.send(fault).await.unwrap_or(false),
             None => false,
         }
     }
 
     /// Fault injection: makes the supervisor panic in a handler. Answers whether one was running.
     pub fn crash_supervisor(&self) -> bool {
-        match self.registry.current_run() {
-            Some(run) if run.manager.connected() => {
-                run.manager.do_send(CrashSupervisor);
+        match self.running_supervisor().filter(Addr::connected) {
+            Some(supervisor) => {
+                supervisor.do_send(CrashSupervisor);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
     /// Fault injection: the next `n` worker-thread spawns fail as they do at the thread limit.
     pub fn fail_next_worker_spawns(&self, n: usize) {
-        self.registry.inject_spawn_failures(n);
+        self.keeper.inject_spawn_failures(n);
     }
 
-    /// Runs `f` on the host System (for actors that must live there). Fails with `NotStarted`
-    /// when the manager is not running.
-    pub async fn run_on_host(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), LeaseError> {
-        let run = self.registry.current_run().ok_or(LeaseError::NotStarted)?;
-        run.manager
-            .send(RunOnHost(f))
-            .await
-            .map_err(|_| LeaseError::NotStarted)
+    fn supervisor(&self) -> Option<Addr<ManagerActor<S>>> {
+        lock(&self.supervisor).clone()
+    }
+
+    /// The supervisor, while a run is on.
+    fn running_supervisor(&self) -> Option<Addr<ManagerActor<S>>> {
+        self.keeper.current_generation()?;
+        self.supervisor()
+    }
+
+    /// Runs `f` on the host thread, where actors of this engine must start (the grinder's).
+    /// Fails with `NotStarted` when the manager is not running.
+    pub fn spawn_on_host(&self, f: impl FnOnce() + Send + 'static) -> Result<(), LeaseError> {
+        let run = self.keeper.current_run().ok_or(LeaseError::NotStarted)?;
+        if run.system.arbiter().spawn_fn(f) {
+            Ok(())
+        } else {
+            Err(LeaseError::NotStarted)
+        }
     }
 
     /// Entries in the engine's books (pools in every state, waiters, leases), for leak tests.
     pub fn book_entries(&self) -> usize {
-        self.registry.entries()
+        self.keeper.entries()
     }
 
     /// Worker threads alive in the current run (0 when stopped).
     pub fn live_worker_threads(&self) -> usize {
-        self.registry.live_threads()
+        self.keeper.live_threads()
     }
 }
 
@@ -258,15 +270,15 @@ async fn finish(running: Host) {
 
 /// Closes the books of its run when the host thread ends for any reason, unwinding included.
 struct CloseOnExit<S: 'static> {
-    registry: Arc<Registry<S>>,
+    keeper: Arc<Bookkeeper<S>>,
     generation: u64,
     exited: Option<oneshot::Sender<()>>,
 }
 
 impl<S: 'static> Drop for CloseOnExit<S> {
     fn drop(&mut self) {
-        if self.registry.close_run(self.generation) {
-            tracing::error!(manager = %self.registry.config.name_prefix,
+        if self.keeper.end_run(Some(self.generation)).is_some() {
+            tracing::error!(manager = %self.keeper.name,
                 generation = self.generation,
                 "the host thread ended without a shutdown; the books are closed"
             );
@@ -278,38 +290,39 @@ impl<S: 'static> Drop for CloseOnExit<S> {
 }
 
 fn host_main<S: 'static>(
-    registry: Arc<Registry<S>>,
+    keeper: Arc<Bookkeeper<S>>,
     generation: u64,
-    ready: oneshot::Sender<()>,
+    ready: oneshot::Sender<Addr<ManagerActor<S>>>,
     exited: oneshot::Sender<()>,
 ) {
     let _close = CloseOnExit {
-        registry: Arc::clone(&registry),
+        keeper: Arc::clone(&keeper),
         generation,
         exited: Some(exited),
     };
     let system = actix_rt::System::new();
-    system.block_on(async {
+    let supervisor = system.block_on(async {
         let ctx = Context::<ManagerActor<S>>::new();
         let threads = WorkerThreads::new();
-        registry.begin_run(Run {
+        keeper.begin_run(Run {
             generation,
-            manager: ctx.address(),
+            host: ctx.address().recipient(),
             timers: tokio::runtime::Handle::current(),
             system: actix_rt::System::current(),
             threads: Arc::clone(&threads),
         });
         let spec = PoolSpec {
-            registry: Arc::clone(&registry),
+            keeper: Arc::clone(&keeper),
             threads: Arc::clone(&threads),
+            supervisor: ctx.address().recipient(),
         };
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
         let mut manager = ManagerActor::new(spec, generation, ended_tx);
         // The initial pools are spawned before `start` begins waiting for them.
         manager.reconcile();
-        ctx.run(manager);
-        let timeout = registry.config.shutdown_timeout;
-        let name = registry.config.name_prefix.clone();
+        let supervisor = ctx.run(manager);
+        let timeout = keeper.config.settings.shutdown_timeout;
+        let name = Arc::clone(&keeper.name);
         actix_rt::spawn(async move {
             // The supervisor ended: by `Shutdown`, or by a crash after failing closed.
             let _ = ended_rx.await;
@@ -323,7 +336,8 @@ fn host_main<S: 'static>(
             }
             actix_rt::System::current().stop();
         });
+        supervisor
     });
-    let _ = ready.send(());
+    let _ = ready.send(supervisor);
     let _ = system.run();
 }

@@ -1,4 +1,8 @@
-//! The unit of work that travels from a lease handle to a worker thread.
+//! The unit of work that travels from a lease handle to a worker thread, the queue it travels
+//! on, and the handle its caller awaits.
+//!
+//! Jobs do not travel through actix: each pool has a crossbeam queue ([`PoolQueue`]) that its
+//! `Worker` sync actors serve directly (see `worker.rs` for why).
 //!
 //! A job owns its reply sender. Whatever happens to it — it runs, it panics, it is skipped
 //! because its lease was revoked, its envelope is dropped because the pool died — it answers
@@ -10,14 +14,45 @@
 //! swallowed here and the job still answers what it would have answered.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
 use crate::error::LeaseError;
-use crate::lease::LeaseShared;
+use crate::lease_state::LeaseShared;
 use crate::stats::CounterCells;
+
+/// One message on a pool's job queue.
+pub(crate) enum Job<S> {
+    /// Run this job.
+    Run(Box<dyn ErasedJob<S>>),
+    /// Fault injection (`kill_worker`): kill the thread that takes this, outside
+    /// `catch_unwind`, as a crash in the worker itself would.
+    KillWorker,
+}
+
+/// The sending side of a pool's job queue. The pool actor owns the only `Arc`; lease handles
+/// hold `Weak`s, so a handle kept after its lease ended cannot keep the pool's threads alive.
+pub(crate) struct PoolQueue<S> {
+    pub(crate) jobs: Sender<Job<S>>,
+    /// Set while the pool has no live worker: new jobs fail at once with `WorkerLost`.
+    pub(crate) dead: AtomicBool,
+}
+
+/// What happens to a job whose caller stops waiting before a worker starts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfAbandoned {
+    /// Skip it (`run`, `run_with`, `send`: dropping the future cancels the job).
+    Skip,
+    /// Run it anyway (`submit`: the caller may drop the handle on purpose).
+    Run,
+}
 
 /// What running a job did to the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +99,7 @@ pub(crate) struct TypedJob<F, R> {
     f: Option<F>,
     reply: Option<oneshot::Sender<Result<R, LeaseError>>>,
     in_flight: Option<InFlight>,
-    /// `run`/`send` futures: skip the job if the caller stopped waiting before it started.
-    /// `submit`: run it anyway (the caller may drop the handle on purpose).
-    skip_if_abandoned: bool,
+    if_abandoned: IfAbandoned,
 }
 
 impl<F, R> TypedJob<F, R> {
@@ -74,13 +107,13 @@ impl<F, R> TypedJob<F, R> {
         f: F,
         reply: oneshot::Sender<Result<R, LeaseError>>,
         in_flight: InFlight,
-        skip_if_abandoned: bool,
+        if_abandoned: IfAbandoned,
     ) -> Self {
         Self {
             f: Some(f),
             reply: Some(reply),
             in_flight: Some(in_flight),
-            skip_if_abandoned,
+            if_abandoned,
         }
     }
 }
@@ -105,7 +138,8 @@ where
             drop_quietly(self.f.take(), manager);
             return JobOutcome::Ran;
         }
-        if self.skip_if_abandoned && self.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
+        let abandoned = self.reply.as_ref().is_some_and(|tx| tx.is_closed());
+        if self.if_abandoned == IfAbandoned::Skip && abandoned {
             self.reply = None;
             drop_quietly(self.f.take(), manager);
             return JobOutcome::Ran;
@@ -142,7 +176,10 @@ impl<F, R> Drop for TypedJob<F, R> {
     fn drop(&mut self) {
         // An unrun job can be dropped anywhere (a worker, the host, a caller whose send failed).
         if let Some(f) = self.f.take() {
-            let manager = self.in_flight.as_ref().map_or("", |g| &*g.lease().manager);
+            let manager = self
+                .in_flight
+                .as_ref()
+                .map_or("", |g| &*g.lease().facts.manager);
             drop_quietly(f, manager);
         }
         if let Some(tx) = self.reply.take() {
@@ -172,5 +209,55 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+/// The result of one job: a future that resolves exactly once, with the job's value or the
+/// reason it has none. Dropping it does not cancel a job sent with `submit`.
+#[must_use = "a JobHandle does nothing unless awaited (the job itself runs regardless)"]
+#[derive(Debug)]
+pub struct JobHandle<R> {
+    answer: oneshot::Receiver<Result<R, LeaseError>>,
+}
+
+/// The sending side of a [`JobHandle`], for work whose job is created later.
+#[derive(Debug)]
+pub struct JobReply<R>(pub(crate) oneshot::Sender<Result<R, LeaseError>>);
+
+impl<R> JobReply<R> {
+    /// Answers the job's handle with an error instead of a value.
+    pub fn fail(self, error: LeaseError) {
+        let _ = self.0.send(Err(error));
+    }
+}
+
+impl<R> JobHandle<R> {
+    /// Waits for the answer by blocking this thread: from plain threads, `spawn_blocking`
+    /// closures, or threads that only entered a runtime handle.
+    ///
+    /// # Errors
+    /// [`LeaseError::BlockingOnRuntime`] inside an async task or `block_on`, where blocking
+    /// would stall the executor (await the handle there); otherwise the job's own outcome.
+    pub fn blocking_wait(self) -> Result<R, LeaseError> {
+        if crate::blocking::inside_async_poll() {
+            return Err(LeaseError::BlockingOnRuntime("blocking_wait"));
+        }
+        crate::blocking::block_on(self)
+    }
+
+    /// A reply channel and its handle.
+    pub fn channel() -> (JobReply<R>, JobHandle<R>) {
+        let (reply, answer) = oneshot::channel();
+        (JobReply(reply), JobHandle { answer })
+    }
+}
+
+impl<R> Future for JobHandle<R> {
+    type Output = Result<R, LeaseError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(LeaseError::WorkerLost)))
     }
 }

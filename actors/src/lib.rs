@@ -1,19 +1,29 @@
-//! The actor engine behind [`leasepool`](https://docs.rs/leasepool).
+//! The actor engine behind [`leasepool`](https://docs.rs/leasepool). Users depend on
+//! `leasepool`, which re-exports what they need; this crate exports what `leasepool` needs and
+//! nothing more.
 //!
-//! Users depend on `leasepool`, which re-exports what they need; this crate holds the actors:
+//! The files form layers, and no file imports one above it (`docs/architecture.md` has the
+//! picture):
 //!
-//! - [`ManagerActor`] (`manager.rs`): the supervisor — pools, leases, sizing, shutdown.
-//! - [`PoolActor`] (`pool.rs`): owns one `SyncArbiter<Worker<S>>`.
-//! - [`LeaseActor`] (`lease.rs`): one per lease — release, draining, hard expiry.
-//! - [`GrinderActor`] (`grinder.rs`): forms batches for a `WorkGrinder` and runs each on a lease.
-//! - [`Worker`] (`worker.rs`): the sync actor on each pool thread; serves its pool's job queue,
-//!   every job inside `catch_unwind`.
-//!
-//! Every message is in [`messages`]. The shared books (idle pools, FIFO waiters, lease table)
-//! are in `registry.rs`; `docs/architecture.md` in the repository describes the message flow
-//! and the invariants.
+//! 1. values: `stats` (ids, `Stats`, `Counters`), `error` (`LeaseError`, `BuildError`),
+//!    `config` (settings, checked once), `sync` (the one way to take a lock);
+//! 2. job and lease state: `job` (a job, its pool's queue, its `JobHandle`), `lease_state` (a
+//!    lease's atomics), `threads` (worker-thread tracking), `blocking` (waits outside async
+//!    code), and `handle` (`LeaseCore`: the job path and release, built from those two);
+//! 3. `books`: the pure state machine of pools, waiters and leases;
+//! 4. `bookkeeper`: the books' one interpreter, behind the engine's short mutex (with the
+//!    acquire path and a queued acquirer's `WaitTicket`);
+//! 5. the actors, each with the messages it handles or emits: `worker` (`Worker`, the sync
+//!    actor on a pool thread), `pool` (`PoolActor`), `lease` (`LeaseActor`), `manager`
+//!    (`ManagerActor`, the supervisor);
+//! 6. `host` (`Engine`: the host thread and the API `leasepool` drives), then the
+//!    `WorkGrinder` engine, `grinder`: its plain data and books (`backlog`), the grinder and its
+//!    batches, and on top its actor (`actor`).
+#![warn(unreachable_pub)]
 
 mod blocking;
+mod bookkeeper;
+mod books;
 mod config;
 mod error;
 mod grinder;
@@ -21,24 +31,24 @@ mod handle;
 mod host;
 mod job;
 mod lease;
+mod lease_state;
 mod manager;
-pub mod messages;
 mod pool;
-mod registry;
 mod stats;
+mod sync;
 mod threads;
 mod worker;
 
-pub use config::{EngineConfig, SizeProvider, StateFactory};
-pub use error::LeaseError;
+pub use bookkeeper::{LeaseParams, WaitTicket};
+pub use books::WaitMode;
+pub use config::{EngineConfig, Settings, SizeProvider, StateFactory};
 #[cfg(feature = "web")]
 pub use error::{retry_after_secs, set_retry_after};
-pub use grinder::{Grinder, GrinderActor, GrinderConfig, GrinderStats, StopMode};
-pub use handle::{JobHandle, JobReply, LeaseCore};
+pub use error::{BuildError, LeaseError, MAX_TOTAL_WORKERS};
+pub use grinder::{Grinder, GrinderConfig, GrinderStats, StopMode};
+pub use handle::LeaseCore;
 pub use host::Engine;
-pub use lease::LeaseActor;
-pub use manager::ManagerActor;
-pub use pool::{PoolActor, PoolQueue};
-pub use registry::{LeaseParams, Registry, WaitMode, WaitTicket};
+pub use job::{IfAbandoned, JobHandle, JobReply};
+pub use lease_state::LeaseFacts;
+pub use manager::InjectFault;
 pub use stats::{Backend, Counters, LeaseId, LeaseInfo, PoolId, Stats};
-pub use worker::Worker;

@@ -1,34 +1,61 @@
-//! `ManagerActor`: the supervisor. Creates and retires pools, starts lease actors, keeps the
-//! sizing target, and begins the shutdown.
+//! `ManagerActor`: the supervisor. Creates and retires pools and lease actors as the books
+//! decide, watches both, keeps the sizing target, and begins the shutdown.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use actix::dev::channel::AddressReceiver;
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
+use crate::bookkeeper::{Bookkeeper, HostTask, HostWork};
 use crate::job::panic_message;
-use crate::lease::LeaseActor;
-use crate::messages::{
-    Crash, CrashSupervisor, CreatePools, InjectFault, KillWorkers, PoolDied, RetirePool, RunOnHost,
-    ScaleChanged, Shutdown, SpawnLease, StopPool,
-};
-use crate::pool::{PoolActor, PoolSpec};
-use crate::registry::{Effects, PoolSlot};
-use crate::stats::{CounterCells, PoolId};
+use crate::lease::{CrashLease, LeaseActor, LeaseActorDied, StopLease};
+use crate::pool::{CrashPool, KillWorkers, PoolActor, PoolDied, PoolSpec, StopPool};
+use crate::stats::{CounterCells, LeaseId, PoolId};
+
+/// Stop every pool and lease actor and end the supervisor; the host's watchdog then waits up to
+/// `shutdown_timeout` for the worker threads and stops the System. Sent by `stop` after it has
+/// closed the books.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Shutdown;
+
+/// Re-evaluate `desired` now. Sent by `notify_scale_changed`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ScaleChanged;
+
+/// Fault injection (feature `testing`), sent by `LeaseManager`'s testing methods; forwarded
+/// to its target. Answers whether the target exists.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub enum InjectFault {
+    /// Make a pool actor panic in a handler.
+    CrashPool(PoolId),
+    /// Kill `n` worker threads of a pool.
+    KillWorkers(PoolId, usize),
+    /// Make a lease actor panic in a handler.
+    CrashLease(LeaseId),
+}
+
+/// Fault injection (feature `testing`): make the supervisor itself panic, outside the guard
+/// that contains its other handlers' failures.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CrashSupervisor;
 
 /// The supervisor of one manager run. Lives on the host System.
 ///
-/// Its end — a `Shutdown`, or a crash — is what ends the run: dropping it drops `ended`, and
-/// the host's watchdog (see `host.rs`) then waits for the worker threads and stops the System.
-/// If it ends without a `Shutdown` (a panic in a handler), it fails closed first: the books are
-/// closed (waiters and leases answered `Stopped`) and every pool is told to stop.
-pub struct ManagerActor<S: 'static> {
+/// Its end — a `Shutdown`, or a crash — ends the run: dropping it drops `ended`, and the host's
+/// watchdog (see `host.rs`) then waits for the worker threads and stops the System. If it ends
+/// without a `Shutdown` (a panic in a handler), it fails closed first: the books are closed
+/// (waiters and leases answered `Stopped`) and every pool and lease actor is told to stop.
+pub(crate) struct ManagerActor<S: 'static> {
     spec: PoolSpec<S>,
     generation: u64,
-    pools: HashMap<PoolId, actix::Addr<PoolActor<S>>>,
+    pools: HashMap<PoolId, Addr<PoolActor<S>>>,
+    leases: HashMap<LeaseId, Addr<LeaseActor<S>>>,
     size_provider_failing: bool,
     /// Set by `Shutdown`: no pool is created any more, and the end is not a crash.
     stopping: bool,
@@ -41,17 +68,22 @@ impl<S: 'static> ManagerActor<S> {
             spec,
             generation,
             pools: HashMap::new(),
+            leases: HashMap::new(),
             size_provider_failing: false,
             stopping: false,
             _ended: ended,
         }
     }
 
+    fn keeper(&self) -> &Arc<Bookkeeper<S>> {
+        &self.spec.keeper
+    }
+
     /// desired = min(max_pools, max(min_pools, ceil(units / units_per_pool))); a panicking
     /// size provider counts as 0 and is logged once per streak of failures.
     pub(crate) fn desired(&mut self) -> usize {
-        let config = self.spec.config();
-        let units = match &config.size_provider {
+        let settings = self.spec.settings();
+        let units = match &settings.size_provider {
             None => 0,
             Some(provider) => match catch_unwind(AssertUnwindSafe(|| provider())) {
                 Ok(units) => {
@@ -60,73 +92,61 @@ impl<S: 'static> ManagerActor<S> {
                 }
                 Err(_) => {
                     if !self.size_provider_failing {
-                        tracing::warn!(manager = %self.spec.config().name_prefix,
-                            "size_provider panicked; counting 0 units until it recovers"
-                        );
+                        tracing::warn!(manager = %self.spec.keeper.name, "size_provider panicked; counting 0 units until it recovers");
                     }
                     self.size_provider_failing = true;
                     0
                 }
             },
         };
+        let settings = self.spec.settings();
+        // `units_per_pool` is at least 1 (`EngineConfig::new` checks it).
         units
-            .div_ceil(config.units_per_pool.max(1))
-            .max(config.min_pools)
-            .min(config.max_pools)
+            .div_ceil(settings.units_per_pool.max(1))
+            .max(settings.min_pools)
+            .min(settings.max_pools)
     }
 
-    /// Re-evaluates the target and acts on it. Runs on the host (at start, on every tick, on
-    /// `ScaleChanged`).
+    /// Re-evaluates the target and acts on it (at start, on every tick, on `ScaleChanged`).
     pub(crate) fn reconcile(&mut self) {
         let desired = self.desired();
-        let effects = self.spec.registry.set_desired(desired);
-        self.act_on(effects);
+        self.keeper().set_desired(desired);
     }
 
-    fn act_on(&mut self, mut effects: Effects<S>) {
-        let create = effects.take_create();
-        for id in effects.take_retire() {
-            self.retire(id);
+    fn create_pool(&mut self, id: PoolId) {
+        if self.stopping {
+            // A request that raced with `stop`: a pool made now would never be stopped.
+            return;
         }
-        effects.apply();
-        self.create_pools(create);
-    }
-
-    fn create_pools(&mut self, n: usize) {
-        for _ in 0..n {
-            if self.stopping {
-                // A request that raced with `stop`: a pool made now would never be stopped.
-                return;
-            }
-            let id = self.spec.registry.next_pool_id();
-            let (addr, queue) = PoolActor::spawn(&self.spec, id);
-            let slot = PoolSlot {
-                id,
-                generation: self.generation,
-                queue,
-            };
-            if self.spec.registry.pool_spawned(slot) {
-                self.pools.insert(id, addr);
-            } else {
-                addr.do_send(StopPool);
-            }
+        let (addr, queue) = PoolActor::spawn(&self.spec, id);
+        if self.keeper().pool_spawned(id, self.generation, queue) {
+            self.pools.insert(id, addr);
+        } else {
+            addr.do_send(StopPool);
         }
     }
 
-    fn retire(&mut self, id: PoolId) {
-        if let Some(pool) = self.pools.remove(&id) {
+    fn spawn_lease_actors(&mut self, me: &Addr<Self>) {
+        for shared in self.keeper().take_unswept() {
+            let id = shared.facts.id;
+            let actor = LeaseActor::new(shared, Arc::clone(self.keeper()), me.clone().recipient());
+            self.leases.insert(id, actor.start());
+        }
+    }
+
+    fn stop_everything(&mut self) {
+        for (_, pool) in self.pools.drain() {
             pool.do_send(StopPool);
         }
-    }
-
-    fn start_lease(&mut self, mailbox: AddressReceiver<LeaseActor<S>>, actor: LeaseActor<S>) {
-        Context::with_receiver(mailbox).run(actor);
+        for (_, lease) in self.leases.drain() {
+            lease.do_send(StopLease);
+        }
     }
 
     /// Runs a handler's body, containing a panic (a bug) so that the supervisor survives it.
     fn guarded(&mut self, what: &str, body: impl FnOnce(&mut Self)) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| body(self))) {
-            tracing::error!(manager = %self.spec.config().name_prefix, handler = what, panic = %panic_message(payload.as_ref()), "a supervisor handler panicked; the supervisor carries on");
+            tracing::error!(manager = %self.spec.keeper.name, handler = what, panic = %panic_message(payload.as_ref()), "a supervisor handler panicked; the supervisor carries on");
         }
     }
 }
@@ -135,7 +155,7 @@ impl<S: 'static> Actor for ManagerActor<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let every = self.spec.config().check_interval;
+        let every = self.spec.settings().check_interval;
         // actix's interval adds the period to `Instant::now()`; a period too long to add is as
         // good as never.
         if std::time::Instant::now().checked_add(every).is_some() {
@@ -151,44 +171,39 @@ impl<S: 'static> Drop for ManagerActor<S> {
         }
         // Dropped without a `Shutdown`: the supervisor died. Fail closed so that no waiter,
         // job or `stop()` is left hanging; the host's watchdog then stops the System.
-        tracing::error!(manager = %self.spec.config().name_prefix,
+        tracing::error!(
+            manager = %self.spec.keeper.name,
             generation = self.generation,
             "the supervisor died; failing closed (waiters and leases answered Stopped, pools stopped)"
         );
-        self.spec.registry.close_run(self.generation);
-        for (_, pool) in self.pools.drain() {
-            pool.do_send(StopPool);
-        }
+        self.spec.keeper.end_run(Some(self.generation));
+        self.stop_everything();
     }
 }
 
-impl<S: 'static> Handler<CreatePools> for ManagerActor<S> {
+impl<S: 'static> Handler<HostWork> for ManagerActor<S> {
     type Result = ();
 
-    fn handle(&mut self, msg: CreatePools, _: &mut Context<Self>) {
-        self.guarded("CreatePools", |act| act.create_pools(msg.0));
-    }
-}
-
-impl<S: 'static> Handler<SpawnLease<S>> for ManagerActor<S> {
-    type Result = ();
-
-    fn handle(&mut self, msg: SpawnLease<S>, _: &mut Context<Self>) {
-        self.guarded("SpawnLease", |act| {
-            if !act.spec.registry.is_live(msg.lease.id) {
-                return;
+    fn handle(&mut self, msg: HostWork, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        self.guarded("HostWork", |act| {
+            for task in msg.0 {
+                match task {
+                    HostTask::CreatePool(id) => act.create_pool(id),
+                    HostTask::RetirePool(id) => {
+                        if let Some(pool) = act.pools.remove(&id) {
+                            pool.do_send(StopPool);
+                        }
+                    }
+                    HostTask::SpawnLeaseActors => act.spawn_lease_actors(&me),
+                    HostTask::StopLeaseActor(id) => {
+                        if let Some(lease) = act.leases.remove(&id) {
+                            lease.do_send(StopLease);
+                        }
+                    }
+                }
             }
-            let actor = LeaseActor::new(msg.lease, Arc::clone(&act.spec.registry));
-            act.start_lease(msg.mailbox, actor);
         });
-    }
-}
-
-impl<S: 'static> Handler<RetirePool> for ManagerActor<S> {
-    type Result = ();
-
-    fn handle(&mut self, msg: RetirePool, _: &mut Context<Self>) {
-        self.guarded("RetirePool", |act| act.retire(msg.0));
     }
 }
 
@@ -204,12 +219,10 @@ impl<S: 'static> Handler<Shutdown> for ManagerActor<S> {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
-        // The books are already closed (`Registry::begin_stop`); stop every pool and end the
-        // supervisor. The watchdog waits for the threads and stops the System.
+        // The books are already closed (`Bookkeeper::end_run`); stop everything and end. The
+        // watchdog waits for the threads and stops the System.
         self.stopping = true;
-        for (_, pool) in self.pools.drain() {
-            pool.do_send(StopPool);
-        }
+        self.stop_everything();
         ctx.stop();
     }
 }
@@ -220,9 +233,22 @@ impl<S: 'static> Handler<PoolDied> for ManagerActor<S> {
     fn handle(&mut self, msg: PoolDied, _: &mut Context<Self>) {
         self.guarded("PoolDied", |act| {
             act.pools.remove(&msg.0);
-            CounterCells::bump(&act.spec.counters().pools_restarted);
-            let effects = act.spec.registry.pool_died(msg.0);
-            act.act_on(effects);
+            CounterCells::bump(&act.spec.counters().pools_replaced);
+            act.keeper().pool_died(msg.0);
+        });
+    }
+}
+
+impl<S: 'static> Handler<LeaseActorDied> for ManagerActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaseActorDied, _: &mut Context<Self>) {
+        self.guarded("LeaseActorDied", |act| {
+            act.leases.remove(&msg.0);
+            // Nobody would revoke it at its hard expiry any more: revoke it now.
+            if act.keeper().revoke(msg.0, crate::lease_state::Revocation::Lost) {
+                tracing::warn!(manager = %act.spec.keeper.name, lease_id = %msg.0, "lease actor died; lease revoked");
+            }
         });
     }
 }
@@ -232,16 +258,19 @@ impl<S: 'static> Handler<InjectFault> for ManagerActor<S> {
 
     fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> bool {
         match msg {
-            InjectFault::CrashPool(id) => self.pools.get(&id).map(|p| p.do_send(Crash)).is_some(),
+            InjectFault::CrashPool(id) => {
+                self.pools.get(&id).map(|p| p.do_send(CrashPool)).is_some()
+            }
             InjectFault::KillWorkers(id, n) => self
                 .pools
                 .get(&id)
                 .map(|p| p.do_send(KillWorkers(n)))
                 .is_some(),
-            InjectFault::CrashLease(id) => match self.spec.registry.lease_actor(id) {
-                Some(actor) => actor.upgrade().map(|a| a.do_send(Crash)).is_some(),
-                None => false,
-            },
+            InjectFault::CrashLease(id) => self
+                .leases
+                .get(&id)
+                .map(|a| a.do_send(CrashLease))
+                .is_some(),
         }
     }
 }
@@ -251,13 +280,5 @@ impl<S: 'static> Handler<CrashSupervisor> for ManagerActor<S> {
 
     fn handle(&mut self, _: CrashSupervisor, _: &mut Context<Self>) {
         panic!("the supervisor crashed by fault injection");
-    }
-}
-
-impl<S: 'static> Handler<RunOnHost> for ManagerActor<S> {
-    type Result = ();
-
-    fn handle(&mut self, msg: RunOnHost, _: &mut Context<Self>) {
-        self.guarded("RunOnHost", |_| (msg.0)());
     }
 }

@@ -9,19 +9,47 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, SyncArbiter};
-use crossbeam_channel::{Receiver, Sender};
-
-use crate::config::EngineConfig;
-use crate::job::panic_message;
-use crate::messages::{
-    Crash, Job, JobKind, KillWorkers, PoolDied, ReplaceWorkers, StopPool, WorkerExit, WorkerExited,
-    WorkerReady,
+use actix::{
+    Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, Recipient, SyncArbiter,
 };
-use crate::registry::Registry;
+use crossbeam_channel::Receiver;
+
+use crate::bookkeeper::Bookkeeper;
+use crate::config::Settings;
+use crate::job::{panic_message, Job, PoolQueue};
 use crate::stats::{CounterCells, PoolId};
 use crate::threads::WorkerThreads;
-use crate::worker::{ExitNotice, Worker};
+use crate::worker::{ExitNotice, Worker, WorkerExit, WorkerExited, WorkerReady};
+
+/// Take this pool out of service: drop the workers' address so the `SyncArbiter` stops and its
+/// threads exit after the jobs already queued. Sent by the supervisor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopPool;
+
+/// Start replacement workers for those that died. Scheduled by the pool actor itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReplaceWorkers;
+
+/// Fault injection (feature `testing`): kill this many workers of the pool, as crashes would.
+/// Sent by the supervisor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct KillWorkers(pub(crate) usize);
+
+/// Fault injection (feature `testing`): panic in a handler, as a bug would. Sent by the
+/// supervisor (`kill_pool`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CrashPool;
+
+/// A pool actor stopped without being retired (a panic in one of its handlers). Sent from its
+/// `stopped()` hook; handled by the supervisor, which takes the pool out of the books (revoking
+/// its lease, if any) and builds capacity back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct PoolDied(pub(crate) PoolId);
 
 /// First delay before replacing dead workers; doubled on each failure up to [`BACKOFF_CAP`].
 pub(crate) const BACKOFF_START: Duration = Duration::from_millis(10);
@@ -37,38 +65,32 @@ const UNSPAWNABLE_STACK: usize = 1 << 46;
 #[cfg(not(target_pointer_width = "64"))]
 const UNSPAWNABLE_STACK: usize = usize::MAX / 2;
 
-/// What every pool of one manager run is built from: the manager's books (which own the
-/// settings and counters) and this run's worker-thread tracker.
+/// What every pool of one manager run is built from: the bookkeeper (which owns the settings
+/// and counters), this run's worker-thread tracker, and the supervisor to report a crash to.
 pub(crate) struct PoolSpec<S: 'static> {
-    pub(crate) registry: Arc<Registry<S>>,
+    pub(crate) keeper: Arc<Bookkeeper<S>>,
     pub(crate) threads: Arc<WorkerThreads>,
+    pub(crate) supervisor: Recipient<PoolDied>,
 }
 
 impl<S: 'static> PoolSpec<S> {
-    pub(crate) fn config(&self) -> &EngineConfig<S> {
-        &self.registry.config
+    pub(crate) fn settings(&self) -> &Settings<S> {
+        &self.keeper.config.settings
     }
 
     pub(crate) fn counters(&self) -> &Arc<CounterCells> {
-        &self.registry.counters
+        &self.keeper.counters
     }
 }
 
 impl<S: 'static> Clone for PoolSpec<S> {
     fn clone(&self) -> Self {
         Self {
-            registry: Arc::clone(&self.registry),
+            keeper: Arc::clone(&self.keeper),
             threads: Arc::clone(&self.threads),
+            supervisor: self.supervisor.clone(),
         }
     }
-}
-
-/// The sending side of a pool's job queue. The pool actor owns the only `Arc`; lease handles
-/// hold `Weak`s, so a handle kept after its lease ended cannot keep the pool's threads alive.
-pub struct PoolQueue<S> {
-    pub(crate) jobs: Sender<Job<S>>,
-    /// Set while the pool has no live worker: new jobs fail at once with `WorkerLost`.
-    pub(crate) dead: AtomicBool,
 }
 
 /// One group of worker threads started together: a `SyncArbiter`, or — when a spawn failed
@@ -94,7 +116,7 @@ struct ThreadGroup<S: 'static> {
 /// books never hand the pool out, and they learn the last failure (what acquirers are told when
 /// no pool can serve). Dead workers are replaced after a backoff of 10 ms doubling to 5 s,
 /// reset after 30 s without a failure.
-pub struct PoolActor<S: 'static> {
+pub(crate) struct PoolActor<S: 'static> {
     id: PoolId,
     spec: PoolSpec<S>,
     queue: Option<Arc<PoolQueue<S>>>,
@@ -136,7 +158,7 @@ impl<S: 'static> PoolActor<S> {
             replacing: false,
             retired: false,
         };
-        tracing::info!(manager = %spec.config().name_prefix, pool = %id, workers = spec.config().workers_per_pool, "pool starting");
+        tracing::info!(manager = %spec.settings().name_prefix, pool = %id, workers = spec.settings().workers_per_pool, "pool starting");
         // The workers start in `started()`, after the supervisor has entered the pool in the
         // books as starting: a failure to start them then always finds the pool there.
         (actor.start(), weak)
@@ -148,9 +170,9 @@ impl<S: 'static> PoolActor<S> {
     fn start_workers(&mut self, n: usize, ctx: &mut Context<Self>) {
         let me = ctx.address();
         let id = self.id;
-        let prefix = self.spec.config().name_prefix.clone();
+        let prefix = self.spec.settings().name_prefix.clone();
         let threads = Arc::clone(&self.spec.threads);
-        let registry = Arc::clone(&self.spec.registry);
+        let keeper = Arc::clone(&self.spec.keeper);
         // What the thread-builder closure saw, read back if the spawn panics.
         let attempts: Rc<RefCell<Vec<String>>> = Rc::default();
         let mut index = self.next_index;
@@ -160,29 +182,29 @@ impl<S: 'static> PoolActor<S> {
             move || {
                 let name = format!("{prefix}-{}-{index}", id.get());
                 index += 1;
-                threads.expect(id, &name);
+                threads.will_spawn(id, &name);
                 attempts.borrow_mut().push(name.clone());
                 let builder = thread::Builder::new().name(name);
-                if registry.take_injected_spawn_failure() {
+                if keeper.take_injected_spawn_failure() {
                     builder.stack_size(UNSPAWNABLE_STACK)
                 } else {
                     builder
                 }
             }
         };
-        let factory = Arc::clone(&self.spec.config().state_factory);
+        let factory = Arc::clone(&self.spec.settings().state_factory);
         let counters = Arc::clone(self.spec.counters());
         let queue = self.receiver.clone();
         let exits = me.clone().recipient::<WorkerExited>();
         let ready = me.clone().recipient::<WorkerReady>();
         let group = self.next_group;
         let worker_threads = Arc::clone(&threads);
-        let manager: Arc<str> = Arc::clone(&self.spec.registry.name);
+        let manager: Arc<str> = Arc::clone(&self.spec.keeper.name);
         let make_worker = move || {
             worker_threads.adopt_current_thread(id);
             let exit = ExitNotice {
                 pool: exits.clone(),
-                arbiter: group,
+                group,
                 reported: false,
             };
             let worker = Worker::new(
@@ -231,7 +253,7 @@ impl<S: 'static> PoolActor<S> {
                     self.live += spawned;
                 }
                 CounterCells::bump(&self.spec.counters().thread_spawn_failures);
-                tracing::warn!(manager = %self.spec.config().name_prefix, pool = %id, spawned, wanted = n, error = %error, "worker thread spawn failed; retrying with backoff");
+                tracing::warn!(manager = %self.spec.settings().name_prefix, pool = %id, spawned, wanted = n, error = %error, "worker thread spawn failed; retrying with backoff");
                 self.worker_failed(error, ctx);
             }
         }
@@ -269,11 +291,11 @@ impl<S: 'static> PoolActor<S> {
                 lost += 1;
             }
             if self.serving {
-                tracing::warn!(manager = %self.spec.config().name_prefix, pool = %self.id, lost, "pool has no live worker; it is unhealthy until rebuilt");
+                tracing::warn!(manager = %self.spec.settings().name_prefix, pool = %self.id, lost, "pool has no live worker; it is unhealthy until rebuilt");
             }
             self.serving = false;
             // Also when already unhealthy: the books keep the latest failure for acquirers.
-            self.spec.registry.pool_unhealthy(self.id, error).apply();
+            self.spec.keeper.pool_unhealthy(self.id, error);
         }
         if !self.replacing {
             self.replacing = true;
@@ -286,10 +308,8 @@ impl<S: 'static> PoolActor<S> {
     fn report_unexpected_stop(&mut self) {
         if !self.retired {
             self.retired = true;
-            tracing::warn!(manager = %self.spec.config().name_prefix, pool = %self.id, "pool actor stopped unexpectedly");
-            if let Some(run) = self.spec.registry.current_run() {
-                run.manager.do_send(PoolDied(self.id));
-            }
+            tracing::warn!(manager = %self.spec.settings().name_prefix, pool = %self.id, "pool actor stopped unexpectedly");
+            self.spec.supervisor.do_send(PoolDied(self.id));
         }
     }
 }
@@ -298,7 +318,7 @@ impl<S: 'static> Actor for PoolActor<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.start_workers(self.spec.config().workers_per_pool, ctx);
+        self.start_workers(self.spec.settings().workers_per_pool, ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -306,7 +326,7 @@ impl<S: 'static> Actor for PoolActor<S> {
         // this hook: a stop the supervisor did not ask for is a crash to report.
         self.report_unexpected_stop();
         self.release_threads();
-        tracing::info!(manager = %self.spec.config().name_prefix, pool = %self.id, "pool stopped; its threads exit after their queued jobs");
+        tracing::info!(manager = %self.spec.settings().name_prefix, pool = %self.id, "pool stopped; its threads exit after their queued jobs");
     }
 }
 
@@ -323,7 +343,7 @@ impl<S: 'static> Handler<KillWorkers> for PoolActor<S> {
     fn handle(&mut self, msg: KillWorkers, _: &mut Context<Self>) {
         if let Some(queue) = &self.queue {
             for _ in 0..msg.0 {
-                let _ = queue.jobs.send(Job(JobKind::KillWorker));
+                let _ = queue.jobs.send(Job::KillWorker);
             }
         }
     }
@@ -344,7 +364,7 @@ impl<S: 'static> Handler<WorkerExited> for PoolActor<S> {
 
     fn handle(&mut self, msg: WorkerExited, ctx: &mut Context<Self>) {
         self.live = self.live.saturating_sub(1);
-        if let Some(at) = self.groups.iter().position(|g| g.number == msg.arbiter) {
+        if let Some(at) = self.groups.iter().position(|g| g.number == msg.group) {
             self.groups[at].live = self.groups[at].live.saturating_sub(1);
             if self.groups[at].live == 0 {
                 // Every thread of that SyncArbiter is gone; dropping its address stops it.
@@ -357,11 +377,11 @@ impl<S: 'static> Handler<WorkerExited> for PoolActor<S> {
         let error = match msg.cause {
             WorkerExit::StateFailed(error) => {
                 CounterCells::bump(&self.spec.counters().worker_state_failures);
-                tracing::warn!(manager = %self.spec.config().name_prefix, pool = %self.id, live = self.live, error = %error, "a worker could not build its state");
+                tracing::warn!(manager = %self.spec.settings().name_prefix, pool = %self.id, live = self.live, error = %error, "a worker could not build its state");
                 error
             }
             WorkerExit::Crashed => {
-                tracing::warn!(manager = %self.spec.config().name_prefix, pool = %self.id, live = self.live, "a worker thread crashed");
+                tracing::warn!(manager = %self.spec.settings().name_prefix, pool = %self.id, live = self.live, "a worker thread crashed");
                 "a worker thread crashed".to_owned()
             }
         };
@@ -379,14 +399,14 @@ impl<S: 'static> Handler<ReplaceWorkers> for PoolActor<S> {
         }
         let missing = self
             .spec
-            .config()
+            .settings()
             .workers_per_pool
             .saturating_sub(self.live);
         if missing == 0 {
             return;
         }
-        CounterCells::bump(&self.spec.counters().pools_restarted);
-        tracing::info!(manager = %self.spec.config().name_prefix, pool = %self.id, starting = missing, "starting replacement workers");
+        CounterCells::bump(&self.spec.counters().workers_replaced);
+        tracing::info!(manager = %self.spec.settings().name_prefix, pool = %self.id, starting = missing, "starting replacement workers");
         self.start_workers(missing, ctx);
     }
 }
@@ -401,16 +421,16 @@ impl<S: 'static> Handler<WorkerReady> for PoolActor<S> {
             if let Some(queue) = &self.queue {
                 queue.dead.store(false, Relaxed);
             }
-            tracing::info!(manager = %self.spec.config().name_prefix, pool = %self.id, "pool is serving");
-            self.spec.registry.pool_ready(self.id).apply();
+            tracing::info!(manager = %self.spec.settings().name_prefix, pool = %self.id, "pool is serving");
+            self.spec.keeper.pool_ready(self.id);
         }
     }
 }
 
-impl<S: 'static> Handler<Crash> for PoolActor<S> {
+impl<S: 'static> Handler<CrashPool> for PoolActor<S> {
     type Result = ();
 
-    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+    fn handle(&mut self, _: CrashPool, _: &mut Context<Self>) {
         panic!("pool actor {} crashed by fault injection", self.id);
     }
 }

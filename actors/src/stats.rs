@@ -130,7 +130,10 @@ pub struct LeaseInfo {
     pub pool: PoolId,
 }
 
-/// Monotonic event counts.
+/// Monotonic event counts, since the manager was built (they survive stop/start).
+///
+/// The lease counts (`acquired` … `revoked`) are kept by the books themselves, so a [`Stats`]
+/// snapshot and its counts always agree; the job and worker counts are live atomics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -145,61 +148,69 @@ pub struct Counters {
     pub rejected: u64,
     /// Leases released by their holder and finished (pool returned or retired).
     pub released: u64,
-    /// Leases revoked (hard expiry, stop, or a lost lease actor).
+    /// Leases revoked (hard expiry, stop, a dead pool or lease actor).
     pub revoked: u64,
     /// Jobs that ran to completion and delivered a value.
     pub jobs_completed: u64,
     /// Jobs that panicked (answered with `Panicked`).
     pub jobs_panicked: u64,
-    /// Workers rebuilt with fresh state after a panicking job.
-    pub workers_restarted: u64,
-    /// Replacement worker threads started (after a state factory failure or a crash), plus
-    /// pools replaced after their actor crashed.
-    pub pools_restarted: u64,
+    /// Worker states rebuilt from the factory on the same thread after a job panicked.
+    pub worker_states_rebuilt: u64,
+    /// Replacement worker threads started for threads that ended early (a failing state
+    /// factory, a crash, a thread that could not be spawned).
+    pub workers_replaced: u64,
+    /// Pools replaced because their pool actor crashed.
+    pub pools_replaced: u64,
     /// Worker threads lost because their state factory failed (returned `Err` or panicked).
     pub worker_state_failures: u64,
     /// Worker threads that could not be spawned (for example `EAGAIN` at the thread limit);
     /// each is retried with the same backoff as a failing state factory.
     pub thread_spawn_failures: u64,
+    /// `worker_states_rebuilt` under its old name.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `worker_states_rebuilt`: it counts state rebuilds after a panicking job, not restarts"
+    )]
+    pub workers_restarted: u64,
+    /// `workers_replaced + pools_replaced` under its old name, which mixed the two.
+    #[deprecated(
+        since = "0.2.0",
+        note = "split into `workers_replaced` and `pools_replaced`"
+    )]
+    pub pools_restarted: u64,
 }
 
-/// The live counters; cheap relaxed atomics shared by the engine.
-#[derive(Debug, Default)]
-pub(crate) struct CounterCells {
-    pub acquired: AtomicU64,
-    pub acquired_after_wait: AtomicU64,
-    pub timed_out: AtomicU64,
-    pub rejected: AtomicU64,
-    pub released: AtomicU64,
-    pub revoked: AtomicU64,
-    pub jobs_completed: AtomicU64,
-    pub jobs_panicked: AtomicU64,
-    pub workers_restarted: AtomicU64,
-    pub pools_restarted: AtomicU64,
-    pub worker_state_failures: AtomicU64,
-    pub thread_spawn_failures: AtomicU64,
+/// Declares the live atomic counters once: their struct and how they fill a [`Counters`].
+macro_rules! counter_cells {
+    ($($name:ident),* $(,)?) => {
+        /// The live counters; cheap relaxed atomics shared by the engine.
+        #[derive(Debug, Default)]
+        pub(crate) struct CounterCells {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl CounterCells {
+            /// Copies every live counter into `counters`.
+            pub(crate) fn fill(&self, counters: &mut Counters) {
+                $(counters.$name = self.$name.load(Relaxed);)*
+            }
+        }
+    };
 }
+
+counter_cells!(
+    jobs_completed,
+    jobs_panicked,
+    worker_states_rebuilt,
+    workers_replaced,
+    pools_replaced,
+    worker_state_failures,
+    thread_spawn_failures,
+);
 
 impl CounterCells {
     pub(crate) fn bump(cell: &AtomicU64) {
         cell.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self) -> Counters {
-        Counters {
-            acquired: self.acquired.load(Relaxed),
-            acquired_after_wait: self.acquired_after_wait.load(Relaxed),
-            timed_out: self.timed_out.load(Relaxed),
-            rejected: self.rejected.load(Relaxed),
-            released: self.released.load(Relaxed),
-            revoked: self.revoked.load(Relaxed),
-            jobs_completed: self.jobs_completed.load(Relaxed),
-            jobs_panicked: self.jobs_panicked.load(Relaxed),
-            workers_restarted: self.workers_restarted.load(Relaxed),
-            pools_restarted: self.pools_restarted.load(Relaxed),
-            worker_state_failures: self.worker_state_failures.load(Relaxed),
-            thread_spawn_failures: self.thread_spawn_failures.load(Relaxed),
-        }
     }
 }
 

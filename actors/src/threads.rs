@@ -34,7 +34,7 @@ impl WorkerThreads {
     }
 
     /// Counts a thread of `pool` that is about to be spawned under `name`.
-    pub(crate) fn expect(&self, pool: PoolId, name: &str) {
+    pub(crate) fn will_spawn(&self, pool: PoolId, name: &str) {
         self.lock_names().push(name.to_owned());
         *self.lock_pools().entry(pool).or_insert(0) += 1;
         self.live.fetch_add(1, SeqCst);

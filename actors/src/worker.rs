@@ -3,13 +3,38 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use actix::{Actor, Recipient, SyncContext};
+use actix::{Actor, Message, Recipient, SyncContext};
 use crossbeam_channel::Receiver;
 
 use crate::config::StateFactory;
-use crate::job::{drop_quietly, panic_message, JobOutcome};
-use crate::messages::{Job, JobKind, WorkerExit, WorkerExited};
+use crate::job::{drop_quietly, panic_message, Job, JobOutcome};
 use crate::stats::{CounterCells, PoolId};
+
+/// A worker thread of a pool ended before the pool retired it. Sent by the worker's exit
+/// notice as its thread unwinds; handled by the pool actor, which replaces it with backoff.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerExited {
+    /// Which of the pool's thread groups the thread belonged to.
+    pub(crate) group: u64,
+    /// Why it ended.
+    pub(crate) cause: WorkerExit,
+}
+
+/// Why a worker thread ended early.
+#[derive(Debug, Clone)]
+pub(crate) enum WorkerExit {
+    /// Its state factory returned this error or panicked (the text says which).
+    StateFailed(String),
+    /// It unwound for another reason (a `kill_worker` fault, or a bug).
+    Crashed,
+}
+
+/// A worker built its state and is serving. Sent from the worker thread; handled by the pool
+/// actor, which declares the pool serving only on this proof.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerReady;
 
 /// One worker of a pool: owns the thread's state `S` and serves the pool's job queue.
 ///
@@ -24,7 +49,7 @@ use crate::stats::{CounterCells, PoolId};
 /// — so every job runs inside `catch_unwind` (see `job.rs`), and after a panic the worker
 /// rebuilds its state from the factory on the same thread. If the factory fails (returns `Err`
 /// or panics), the thread ends; its exit notice tells the pool why, and the pool replaces it.
-pub struct Worker<S> {
+pub(crate) struct Worker<S> {
     /// The manager's name (`name_prefix`), for log fields.
     manager: Arc<str>,
     state: S,
@@ -41,7 +66,7 @@ pub struct Worker<S> {
 /// runs, so a factory that fails on the very first call is reported too.
 pub(crate) struct ExitNotice {
     pub(crate) pool: Recipient<WorkerExited>,
-    pub(crate) arbiter: u64,
+    pub(crate) group: u64,
     pub(crate) reported: bool,
 }
 
@@ -50,7 +75,7 @@ impl ExitNotice {
     fn report(&mut self, cause: WorkerExit) {
         self.reported = true;
         self.pool.do_send(WorkerExited {
-            arbiter: self.arbiter,
+            group: self.group,
             cause,
         });
     }
@@ -60,7 +85,7 @@ impl Drop for ExitNotice {
     fn drop(&mut self) {
         if std::thread::panicking() && !self.reported {
             self.pool.do_send(WorkerExited {
-                arbiter: self.arbiter,
+                group: self.group,
                 cause: WorkerExit::Crashed,
             });
         }
@@ -93,10 +118,10 @@ impl<S> Worker<S> {
 
     /// Runs jobs until the pool's queue is closed and drained.
     fn serve(&mut self) {
-        while let Ok(Job(job)) = self.queue.recv() {
+        while let Ok(job) = self.queue.recv() {
             let job = match job {
-                JobKind::Run(job) => job,
-                JobKind::KillWorker => panic!("worker of {} killed by fault injection", self.pool),
+                Job::Run(job) => job,
+                Job::KillWorker => panic!("worker of {} killed by fault injection", self.pool),
             };
             // A job contains its own panics; this net catches anything that still escapes, so
             // that nothing a job does can end the thread.
@@ -111,7 +136,7 @@ impl<S> Worker<S> {
                 }
             };
             if outcome == JobOutcome::Panicked {
-                CounterCells::bump(&self.counters.workers_restarted);
+                CounterCells::bump(&self.counters.worker_states_rebuilt);
                 tracing::warn!(manager = %self.manager, pool = %self.pool, "job panicked; rebuilding the worker's state");
                 let fresh =
                     build_state_or_exit(&self.factory, self.pool, &self.manager, &mut self.exit);

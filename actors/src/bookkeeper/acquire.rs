@@ -1,0 +1,92 @@
+//! The acquire path: a lease at once, a place in the queue, or a refusal — and leaving the
+//! queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::wait::WaitTicket;
+use super::{Bookkeeper, LeaseParams, Waiter};
+use crate::books::{Acquired, WaitMode, WaiterId};
+use crate::error::LeaseError;
+use crate::handle::LeaseCore;
+
+impl<S: 'static> Bookkeeper<S> {
+    /// The synchronous part of an acquire: a lease at once, a place in the queue, or a refusal.
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        params: LeaseParams,
+        mode: WaitMode,
+    ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
+        let (outcome, deferred) = {
+            let mut ledger = self.lock();
+            let mut fx = Vec::new();
+            let mut answer = None;
+            let owner = params.owner.clone();
+            let attempt = ledger.books.acquire(
+                mode,
+                || {
+                    let (reply, receiver) = oneshot::channel();
+                    answer = Some(receiver);
+                    Waiter {
+                        reply,
+                        params: params.clone(),
+                    }
+                },
+                &mut fx,
+            );
+            let outcome = match attempt {
+                Ok(Acquired::Now {
+                    lease,
+                    pool,
+                    handle,
+                }) => Ok(Ok(self.make_lease(
+                    &mut ledger,
+                    lease,
+                    pool,
+                    handle,
+                    params,
+                ))),
+                Ok(Acquired::Queued(id)) => {
+                    let timers = ledger.run.as_ref().map(|r| r.timers.clone());
+                    match (answer, timers) {
+                        (Some(answer), Some(timers)) => Ok(Err(WaitTicket::new(
+                            id,
+                            answer,
+                            Arc::clone(self),
+                            timers,
+                            mode,
+                        ))),
+                        _ => Err(LeaseError::NotStarted),
+                    }
+                }
+                Err(error) => {
+                    let reason = match &error {
+                        LeaseError::Unavailable if mode == WaitMode::NoWait => {
+                            "no_wait and no pool free".to_owned()
+                        }
+                        LeaseError::Unavailable => {
+                            "no pool free and the waiter queue is full (max_waiters)".to_owned()
+                        }
+                        other => other.to_string(),
+                    };
+                    tracing::debug!(manager = %self.name, owner = owner.as_deref().unwrap_or(""), reason = %reason, "acquire refused: {}", error.code());
+                    Err(error)
+                }
+            };
+            (outcome, self.apply(&mut ledger, fx))
+        };
+        deferred.run();
+        outcome
+    }
+
+    /// A waiter gave up; its place is freed. Logs a timeout.
+    pub(crate) fn cancel_waiter(&self, id: WaiterId, timed_out: Option<Duration>) -> bool {
+        let waiter = self.lock().books.cancel_waiter(id, timed_out.is_some());
+        if let (Some(waiter), Some(waited)) = (&waiter, timed_out) {
+            tracing::debug!(manager = %self.name, owner = waiter.params.owner.as_deref().unwrap_or(""), waited = ?waited, "acquire refused: timed out waiting for a pool");
+        }
+        waiter.is_some()
+    }
+}

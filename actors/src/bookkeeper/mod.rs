@@ -1,0 +1,361 @@
+//! The bookkeeper: the one interpreter of the [books](crate::books).
+//!
+//! It keeps the books behind the engine's one short mutex, together with what the pure books
+//! leave out — each live lease's shared state, each waiter's reply channel, each pool's job
+//! queue (as the books' opaque payloads) — and carries out the books' effects: under the lock
+//! what must be seen atomically with the books (a lease's shared state is made or revoked in the
+//! same step that the books record it, so no snapshot disagrees with itself), after the lock
+//! what answers or wakes someone (a waiter's reply, one `HostWork` message to the supervisor).
+//!
+//! The fast paths keep their property: an acquire that finds an idle pool and a release with
+//! nothing in flight run here, on the caller's thread, and wake no one — new leases' actors are
+//! asked for once per batch (`HostWork::SpawnLeaseActors`), not once per acquire.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use actix::{Message, Recipient};
+use tokio::sync::oneshot;
+
+use crate::books::{Books, Effect, Limits};
+use crate::config::EngineConfig;
+use crate::error::LeaseError;
+use crate::handle::LeaseCore;
+use crate::job::PoolQueue;
+use crate::lease_state::{LeaseEnds, LeaseFacts, LeaseShared, Revocation};
+use crate::stats::{CounterCells, LeaseId, PoolId};
+use crate::sync::lock;
+use crate::threads::WorkerThreads;
+
+mod acquire;
+mod report;
+mod wait;
+
+pub use wait::WaitTicket;
+
+/// What an acquirer asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseParams {
+    /// Label for logs and stats.
+    pub owner: Option<String>,
+    /// Soft lifetime.
+    pub lease_for: Duration,
+}
+
+/// A queued acquirer's reply channel and request.
+pub(crate) struct Waiter<S: 'static> {
+    reply: oneshot::Sender<Result<LeaseCore<S>, LeaseError>>,
+    params: LeaseParams,
+}
+
+type PoolHandle<S> = Weak<PoolQueue<S>>;
+
+/// Work for the supervisor on the host thread, batched per transition. Sent by the
+/// bookkeeper; handled by the `ManagerActor`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct HostWork(pub(crate) Vec<HostTask>);
+
+/// One piece of [`HostWork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostTask {
+    /// Spawn this pool.
+    CreatePool(PoolId),
+    /// Stop this pool: it left service.
+    RetirePool(PoolId),
+    /// Start the actors of the leases made since the last sweep.
+    SpawnLeaseActors,
+    /// This lease ended: stop its actor.
+    StopLeaseActor(LeaseId),
+}
+
+/// The host of one manager run, as the bookkeeper sees it.
+#[derive(Clone)]
+pub(crate) struct Run {
+    pub(crate) generation: u64,
+    pub(crate) host: Recipient<HostWork>,
+    pub(crate) timers: tokio::runtime::Handle,
+    pub(crate) system: actix_rt::System,
+    pub(crate) threads: Arc<WorkerThreads>,
+}
+
+struct Ledger<S: 'static> {
+    books: Books<PoolHandle<S>, Waiter<S>>,
+    leases: HashMap<LeaseId, Arc<LeaseShared>>,
+    run: Option<Run>,
+}
+
+/// A waiter and its answer.
+type Reply<S> = (Waiter<S>, Result<LeaseCore<S>, LeaseError>);
+
+/// What must happen once the lock is released.
+struct Deferred<S: 'static> {
+    host: Option<Recipient<HostWork>>,
+    tasks: Vec<HostTask>,
+    replies: Vec<Reply<S>>,
+}
+
+impl<S: 'static> Deferred<S> {
+    fn run(self) {
+        if !self.tasks.is_empty() {
+            if let Some(host) = &self.host {
+                host.do_send(HostWork(self.tasks));
+            }
+        }
+        for (waiter, answer) in self.replies {
+            // A waiter that vanished after being picked gets nothing; its lease, dropped
+            // here, releases itself and the pool goes to the next waiter.
+            let _ = waiter.reply.send(answer);
+        }
+    }
+}
+
+/// The books of one manager, and the interpreter of their effects.
+pub(crate) struct Bookkeeper<S: 'static> {
+    ledger: Mutex<Ledger<S>>,
+    pub(crate) config: EngineConfig<S>,
+    /// The manager's name (`name_prefix`), for every log event's `manager` field.
+    pub(crate) name: Arc<str>,
+    pub(crate) counters: Arc<CounterCells>,
+    /// A starting pool became ready or failed, or the run ended (what `start` waits for).
+    pub(crate) settled: tokio::sync::Notify,
+    injected_spawn_failures: AtomicUsize,
+    me: Weak<Bookkeeper<S>>,
+}
+
+impl<S: 'static> LeaseEnds for Bookkeeper<S> {
+    fn drained(&self, lease: LeaseId) {
+        self.transition(|books, fx| {
+            books.release(lease, fx);
+        });
+    }
+}
+
+impl<S: 'static> Bookkeeper<S> {
+    pub(crate) fn new(config: EngineConfig<S>) -> Arc<Self> {
+        let s = &config.settings;
+        let limits = Limits {
+            max_pools: s.max_pools,
+            min_pools: s.min_pools,
+            max_waiters: s.max_waiters,
+        };
+        let name = Arc::from(s.name_prefix.as_str());
+        Arc::new_cyclic(|me| Self {
+            ledger: Mutex::new(Ledger {
+                books: Books::new(limits),
+                leases: HashMap::new(),
+                run: None,
+            }),
+            config,
+            name,
+            counters: Arc::default(),
+            settled: tokio::sync::Notify::new(),
+            injected_spawn_failures: AtomicUsize::new(0),
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ledger<S>> {
+        lock(&self.ledger)
+    }
+
+    /// Runs one transition of the books and carries out its effects.
+    fn transition<T>(
+        &self,
+        step: impl FnOnce(
+            &mut Books<PoolHandle<S>, Waiter<S>>,
+            &mut Vec<Effect<PoolHandle<S>, Waiter<S>>>,
+        ) -> T,
+    ) -> T {
+        let (out, deferred) = {
+            let mut ledger = self.lock();
+            let mut fx = Vec::new();
+            let out = step(&mut ledger.books, &mut fx);
+            (out, self.apply(&mut ledger, fx))
+        };
+        deferred.run();
+        out
+    }
+
+    /// Carries out effects: under the lock what the books' readers must see at once, the rest
+    /// collected for after it.
+    fn apply(
+        &self,
+        ledger: &mut Ledger<S>,
+        fx: Vec<Effect<PoolHandle<S>, Waiter<S>>>,
+    ) -> Deferred<S> {
+        let mut deferred = Deferred {
+            host: ledger.run.as_ref().map(|r| r.host.clone()),
+            tasks: Vec::new(),
+            replies: Vec::new(),
+        };
+        for effect in fx {
+            match effect {
+                Effect::CreatePool(pool) => deferred.tasks.push(HostTask::CreatePool(pool)),
+                Effect::RetirePool(pool) => deferred.tasks.push(HostTask::RetirePool(pool)),
+                Effect::SpawnLeaseActors => deferred.tasks.push(HostTask::SpawnLeaseActors),
+                Effect::Grant {
+                    waiter,
+                    lease,
+                    pool,
+                    handle,
+                } => {
+                    let core = self.make_lease(ledger, lease, pool, handle, waiter.params.clone());
+                    deferred.replies.push((waiter, Ok(core)));
+                }
+                Effect::Refuse { waiter, error } => deferred.replies.push((waiter, Err(error))),
+                Effect::Revoke { lease, why } => {
+                    if let Some(shared) = ledger.leases.get(&lease) {
+                        shared.revoke(why);
+                    }
+                }
+                Effect::LeaseEnded { lease, had_actor } => {
+                    ledger.leases.remove(&lease);
+                    if had_actor {
+                        deferred.tasks.push(HostTask::StopLeaseActor(lease));
+                    }
+                }
+            }
+        }
+        deferred
+    }
+
+    /// Makes a granted lease's shared state and handle, and records them.
+    fn make_lease(
+        &self,
+        ledger: &mut Ledger<S>,
+        lease: LeaseId,
+        pool: PoolId,
+        queue: PoolHandle<S>,
+        params: LeaseParams,
+    ) -> LeaseCore<S> {
+        let now = Instant::now();
+        let soft_expires_at = later(now, params.lease_for);
+        let facts = LeaseFacts {
+            manager: Arc::clone(&self.name),
+            id: lease,
+            pool,
+            owner: params.owner,
+            soft_expires_at,
+            hard_expires_at: later(soft_expires_at, self.config.settings.lease_grace),
+        };
+        let ends: Weak<dyn LeaseEnds> = self.me.clone();
+        let shared = Arc::new(LeaseShared::new(facts, ends));
+        tracing::debug!(manager = %self.name, lease_id = %lease, owner = shared.facts.owner.as_deref().unwrap_or(""), pool = %pool, "lease granted");
+        ledger.leases.insert(lease, Arc::clone(&shared));
+        LeaseCore::new(shared, queue)
+    }
+
+    // ---- runs -----------------------------------------------------------------------------
+
+    pub(crate) fn current_run(&self) -> Option<Run> {
+        self.lock().run.clone()
+    }
+
+    pub(crate) fn current_generation(&self) -> Option<u64> {
+        self.lock().books.run()
+    }
+
+    /// Records a freshly started host; pools come from the first sizing decision.
+    pub(crate) fn begin_run(&self, run: Run) {
+        let mut ledger = self.lock();
+        ledger.books.begin_run(run.generation);
+        ledger.run = Some(run);
+    }
+
+    /// Closes the books of the current run — or only of run `generation`, if given (its
+    /// supervisor died) — answering waiters and revoking leases with `Stopped`. Returns the run
+    /// closed, if any.
+    pub(crate) fn end_run(&self, generation: Option<u64>) -> Option<Run> {
+        let (run, deferred) = {
+            let mut ledger = self.lock();
+            if generation.is_some() && ledger.books.run() != generation {
+                return None;
+            }
+            let mut fx = Vec::new();
+            if !ledger.books.end_run(&mut fx) {
+                return None;
+            }
+            let run = ledger.run.take();
+            let mut deferred = self.apply(&mut ledger, fx);
+            // The supervisor is stopping everything itself: nothing to ask of it.
+            deferred.tasks.clear();
+            (run, deferred)
+        };
+        deferred.run();
+        self.settled.notify_waiters();
+        run
+    }
+
+    // ---- leases -----------------------------------------------------------------------------
+
+    /// Revokes a live lease and retires its pool. False if it had already ended.
+    pub(crate) fn revoke(&self, lease: LeaseId, why: Revocation) -> bool {
+        self.transition(|books, fx| books.revoke(lease, why, fx))
+    }
+
+    /// The shared state of the leases whose actors should start now.
+    pub(crate) fn take_unswept(&self) -> Vec<Arc<LeaseShared>> {
+        let mut ledger = self.lock();
+        let swept = ledger.books.take_unswept();
+        swept
+            .into_iter()
+            .filter_map(|lease| ledger.leases.get(&lease).cloned())
+            .collect()
+    }
+
+    // ---- pools ------------------------------------------------------------------------------
+
+    /// A pool the supervisor spawned: it starts. False if its run ended (stop it).
+    pub(crate) fn pool_spawned(&self, pool: PoolId, generation: u64, queue: PoolHandle<S>) -> bool {
+        self.lock().books.pool_spawned(pool, generation, queue)
+    }
+
+    /// A worker of the pool built its state.
+    pub(crate) fn pool_ready(&self, pool: PoolId) {
+        self.transition(|books, fx| books.pool_ready(pool, fx));
+        self.settled.notify_waiters();
+    }
+
+    /// The pool has no live worker; `failure` says why.
+    pub(crate) fn pool_unhealthy(&self, pool: PoolId, failure: String) {
+        self.transition(|books, fx| books.pool_unhealthy(pool, failure, fx));
+        self.settled.notify_waiters();
+    }
+
+    /// The pool's actor died.
+    pub(crate) fn pool_died(&self, pool: PoolId) {
+        self.transition(|books, fx| books.pool_died(pool, fx));
+        self.settled.notify_waiters();
+    }
+
+    /// A new sizing target.
+    pub(crate) fn set_desired(&self, desired: usize) {
+        self.transition(|books, fx| books.set_desired(desired, fx));
+    }
+
+    // ---- fault injection ----------------------------------------------------------------------
+
+    /// The next `n` worker-thread spawns fail.
+    pub(crate) fn inject_spawn_failures(&self, n: usize) {
+        self.injected_spawn_failures.store(n, Relaxed);
+    }
+
+    /// Whether this spawn is to fail (consumes one injected failure).
+    pub(crate) fn take_injected_spawn_failure(&self) -> bool {
+        self.injected_spawn_failures
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// `from + by`; a lifetime too long to represent is as good as forever (a century). Never
+/// panics on user input.
+fn later(from: Instant, by: Duration) -> Instant {
+    const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    from.checked_add(by)
+        .or_else(|| from.checked_add(FOREVER))
+        .unwrap_or(from)
+}

@@ -1,0 +1,112 @@
+//! What the bookkeeper reports: consistent snapshots, counters, and its own checks.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::Bookkeeper;
+use crate::books::{BookCounts, BookStats, StartOutcome};
+use crate::stats::{Backend, Counters, LeaseInfo, PoolId, Stats};
+
+impl<S: 'static> Bookkeeper<S> {
+    pub(crate) fn start_outcome(&self) -> StartOutcome {
+        self.lock().books.start_outcome()
+    }
+
+    /// A consistent snapshot, taken under the lock.
+    pub(crate) fn stats(&self, backend: Backend) -> Stats {
+        let ledger = self.lock();
+        let BookStats {
+            desired,
+            available,
+            leased,
+            waiting,
+            starting,
+            unhealthy,
+            leases,
+            pools,
+            counts,
+        } = ledger.books.stats();
+        // Retiring = pools out of the books whose threads still run (derived, not listed).
+        let retiring = ledger.run.as_ref().map_or(0, |run| {
+            let known: HashSet<PoolId> = pools.into_iter().collect();
+            run.threads
+                .pools_with_threads()
+                .into_iter()
+                .filter(|p| !known.contains(p))
+                .count()
+        });
+        let now = Instant::now();
+        let leases = leases
+            .into_iter()
+            .filter_map(|(id, _)| ledger.leases.get(&id))
+            .map(|l| LeaseInfo {
+                id: l.facts.id,
+                owner: l.facts.owner.clone(),
+                until_soft_expiry: l.facts.soft_expires_at.saturating_duration_since(now),
+                until_hard_expiry: l.facts.hard_expires_at.saturating_duration_since(now),
+                in_flight: l.in_flight(),
+                draining: l.is_draining(),
+                pool: l.facts.pool,
+            })
+            .collect();
+        let s = &self.config.settings;
+        Stats {
+            backend,
+            desired,
+            max_pools: s.max_pools,
+            min_pools: s.min_pools,
+            available,
+            leased,
+            total: available + leased,
+            workers_per_pool: s.workers_per_pool,
+            waiting,
+            retiring,
+            unhealthy,
+            starting,
+            leases,
+            counters: self.counters(counts),
+        }
+    }
+
+    #[allow(deprecated)] // fills the deprecated aliases too
+    fn counters(&self, books: BookCounts) -> Counters {
+        let mut counters = Counters {
+            acquired: books.acquired,
+            acquired_after_wait: books.acquired_after_wait,
+            timed_out: books.timed_out,
+            rejected: books.rejected,
+            released: books.released,
+            revoked: books.revoked,
+            ..Counters::default()
+        };
+        self.counters.fill(&mut counters);
+        counters.workers_restarted = counters.worker_states_rebuilt;
+        counters.pools_restarted = counters.workers_replaced + counters.pools_replaced;
+        counters
+    }
+
+    /// Entries in the books and the ledger (for leak tests).
+    pub(crate) fn entries(&self) -> usize {
+        let ledger = self.lock();
+        ledger.books.entries() + ledger.leases.len()
+    }
+
+    /// Worker threads alive in the current run (0 when stopped).
+    pub(crate) fn live_threads(&self) -> usize {
+        self.lock().run.as_ref().map_or(0, |r| r.threads.live())
+    }
+
+    /// Checks the books' invariants (tests).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let ledger = self.lock();
+        ledger.books.check()?;
+        let leased = ledger.books.stats().leased;
+        if leased != ledger.leases.len() {
+            return Err(format!(
+                "{leased} leases in the books, {} in the ledger",
+                ledger.leases.len()
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! A queued acquirer's place in line.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::Bookkeeper;
+use crate::books::{WaitMode, WaiterId};
+use crate::error::LeaseError;
+use crate::handle::LeaseCore;
+
+/// A queued acquirer's place in line: poll it until it yields a lease or an error. Dropping it
+/// leaves the queue. It is polled in place (no boxed future), so a waiter costs little memory.
+pub struct WaitTicket<S: 'static> {
+    id: WaiterId,
+    /// Set once an answer was taken, so Drop need not look for us in the queue.
+    answered: bool,
+    answer: oneshot::Receiver<Result<LeaseCore<S>, LeaseError>>,
+    keeper: Arc<Bookkeeper<S>>,
+    timers: tokio::runtime::Handle,
+    limit: Option<Duration>,
+    /// Created on first poll of a timed wait; boxed so untimed waiters do not carry it.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer fired but a pool was handed to us at that moment: only the answer is awaited.
+    expired: bool,
+}
+
+impl<S: 'static> WaitTicket<S> {
+    pub(crate) fn new(
+        id: WaiterId,
+        answer: oneshot::Receiver<Result<LeaseCore<S>, LeaseError>>,
+        keeper: Arc<Bookkeeper<S>>,
+        timers: tokio::runtime::Handle,
+        mode: WaitMode,
+    ) -> Self {
+        let limit = match mode {
+            WaitMode::Timeout(d) => Some(d),
+            WaitMode::Forever | WaitMode::NoWait => None,
+        };
+        Self {
+            id,
+            answered: false,
+            answer,
+            keeper,
+            timers,
+            limit,
+            sleep: None,
+            expired: false,
+        }
+    }
+
+    /// Polls for the answer, enforcing the wait limit.
+    pub fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<LeaseCore<S>, LeaseError>> {
+        if self.answered {
+            return Poll::Ready(Err(LeaseError::Stopped));
+        }
+        // The receiver is polled first: an answer that raced with the timer wins.
+        if let Poll::Ready(answer) = Pin::new(&mut self.answer).poll(cx) {
+            self.answered = true;
+            return Poll::Ready(answer.unwrap_or(Err(LeaseError::Stopped)));
+        }
+        let Some(limit) = self.limit else {
+            return Poll::Pending;
+        };
+        if self.expired {
+            return Poll::Pending;
+        }
+        let timers = &self.timers;
+        let sleep = self.sleep.get_or_insert_with(|| {
+            // The timer lives on the host runtime, so waiting works from any executor or thread.
+            let _guard = timers.enter();
+            Box::pin(tokio::time::sleep(limit))
+        });
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if self.keeper.cancel_waiter(self.id, Some(limit)) {
+            self.answered = true;
+            return Poll::Ready(Err(LeaseError::Timeout(limit)));
+        }
+        // Picked at the last moment: the answer is on its way; the receiver is registered.
+        self.expired = true;
+        Poll::Pending
+    }
+}
+
+impl<S: 'static> Drop for WaitTicket<S> {
+    fn drop(&mut self) {
+        // Leave the queue before the receiver goes, so no pool is handed to a dead waiter; a
+        // lease already sent to us is dropped with the receiver and so released.
+        if !self.answered {
+            self.keeper.cancel_waiter(self.id, None);
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The `WorkGrinder` engine: many small submissions, run in leased batches.
+//!
+//! Items wait in the grinder's books (`grinder_backlog.rs`; any thread can add to them). The
+//! `GrinderActor` on the host
+//! System starts a batch when pending items reach `batch_size_threshold` or the oldest has waited
+//! `max_wait`: the batch takes every pending item and acquires one lease; once it has the lease
+//! it sends each item to that lease's workers, where it answers its own caller directly. A batch
+//! token shared by the batch's jobs holds the lease; when the last job ends the token drops,
+//! which releases the lease and frees the batch's slot. Up to `max_concurrent_batches` batches
+//! (waiting for a lease or running) exist at once.
+//!
+//! Lifecycle rules, each one a hang that happened before:
+//! - The books, not the actor, count batches: a batch's end is recorded by its token wherever
+//!   the last job ends, so no completion is lost when the actor is replaced or its host stops.
+//! - A batch waiting for a lease keeps its items in the books and can be cancelled: a stop
+//!   answers them `Stopped` and the wait leaves the manager's queue.
+//! - The actor lives on the manager's host; when that host stops, the actor's `Drop` stops the
+//!   grinder (pending items answered `Stopped`), and `start` after a manager restart starts a
+//!   new actor on the new host.
+//! - One `max_wait` timer per grinder, armed only while a batch could start; enqueuers send at
+//!   most one `Kick` at a time, and none while every batch slot is taken.
+//! - `start` and `stop` are serialized; every stop returns within `stop_timeout`, after which
+//!   items not yet on a lease are answered `Stopped` and running batches finish on their own.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use actix::Recipient;
+use tokio::sync::{oneshot, Notify};
+
+use crate::blocking;
+use crate::error::LeaseError;
+use backlog::{Backlog, Item, Kick, Launch, State, StopGrinder};
+pub use backlog::{GrinderConfig, GrinderStats, StopMode};
+
+mod actor;
+mod backlog;
+use crate::handle::LeaseCore;
+use crate::host::Engine;
+use crate::job::{drop_quietly, IfAbandoned, JobHandle};
+use crate::sync::lock;
+
+/// A batch's lease token, as items see it.
+type Token<S> = Arc<BatchToken<S>>;
+
+/// The grinder's books.
+type Books<S> = Backlog<Token<S>, ActorHandle>;
+
+/// The grinder's actor, as the grinder talks to it (the actor is a layer above, in `actor.rs`).
+pub(crate) struct ActorHandle {
+    kick: Recipient<Kick>,
+    stop: Recipient<StopGrinder>,
+}
+
+/// A grinder's shared state; `WorkGrinder` handles, the actor and batch tokens hold it.
+pub struct Grinder<S: 'static> {
+    engine: Arc<Engine<S>>,
+    config: GrinderConfig,
+    books: Mutex<Books<S>>,
+    /// Serializes `start` and `stop`.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Room in the queue (async waiters).
+    room: Notify,
+    /// Room in the queue (blocking waiters; paired with `books`).
+    room_blocking: Condvar,
+    /// Pending items or batches changed (for `stop`).
+    progress: Notify,
+}
+
+/// What `enqueue` does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenFull {
+    Refuse,
+    Block,
+}
+
+impl<S: 'static> Grinder<S> {
+    /// A grinder over `engine`'s leases (not started).
+    pub fn new(engine: Arc<Engine<S>>, config: GrinderConfig) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            config,
+            books: Mutex::new(Backlog::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            room: Notify::new(),
+            room_blocking: Condvar::new(),
+            progress: Notify::new(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GrinderConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Books<S>> {
+        lock(&self.books)
+    }
+
+    fn make_item<F, R>(&self, f: F, if_abandoned: IfAbandoned) -> (Item<Token<S>>, JobHandle<R>)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, handle) = JobHandle::channel();
+        let manager = Arc::clone(self.engine.name());
+        let launch: Launch<Token<S>> = Box::new(move |batch| match batch {
+            Ok(token) => {
+                let Some(lease) = token.lease.as_ref() else {
+                    return reply.fail(LeaseError::WorkerLost);
+                };
+                // The job holds the batch token until it ends: the last one releases the lease.
+                let job = {
+                    let token = Arc::clone(token);
+                    move |_: &mut S| {
+                        let _batch = token;
+                        f()
+                    }
+                };
+                lease.dispatch_reply(job, reply, if_abandoned);
+            }
+            Err(e) => {
+                reply.fail(e);
+                // Possibly on the host thread, which must never panic: the item's captures are
+                // user values with user destructors.
+                drop_quietly(f, &manager);
+            }
+        });
+        let item = Item {
+            enqueued: Instant::now(),
+            launch,
+        };
+        (item, handle)
+    }
+
+    /// Adds the item in `f` (taking it only if there is room); `Unavailable` — or, for `Block`,
+    /// waiting — when `max_pending` items already wait.
+    fn add<F, R>(
+        &self,
+        f: &mut Option<F>,
+        when_full: WhenFull,
+        if_abandoned: IfAbandoned,
+    ) -> Result<(u64, JobHandle<R>), LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let mut books = self.lock();
+        loop {
+            match books.state {
+                State::Running => {}
+                State::NotStarted => return Err(LeaseError::NotStarted),
+                State::Draining | State::Stopped => return Err(LeaseError::Stopped),
+            }
+            if books.pending.len() < self.config.max_pending {
+                break;
+            }
+            match when_full {
+                WhenFull::Refuse => return Err(LeaseError::Unavailable),
+                WhenFull::Block => {
+                    books = self
+                        .room_blocking
+                        .wait(books)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+        let Some(f) = f.take() else {
+            return Err(LeaseError::Stopped);
+        };
+        let (item, handle) = self.make_item(f, if_abandoned);
+        let id = books.next_item;
+        books.next_item += 1;
+        books.pending.insert(id, item);
+        let n = books.pending.len();
+        // The first item arms the max_wait timer; reaching the threshold starts a batch. With
+        // every slot taken there is nothing to do: the end of a batch looks again.
+        if (n == 1 || n >= self.config.batch_size_threshold)
+            && books.slot_free(self.config.max_concurrent_batches)
+        {
+            self.kick(&mut books);
+        }
+        Ok((id, handle))
+    }
+
+    /// Asks the actor to look at the books, unless a request is already in its mailbox.
+    fn kick(&self, books: &mut Books<S>) {
+        if books.kick_queued {
+            return;
+        }
+        if let Some(actor) = &books.actor {
+            books.kick_queued = true;
+            actor.kick.do_send(Kick);
+        }
+    }
+
+    /// Adds an item now; `Unavailable` when `max_pending` items already wait. The handle may be
+    /// dropped: the item still runs.
+    pub fn enqueue<F, R>(&self, f: F) -> Result<JobHandle<R>, LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.add(&mut Some(f), WhenFull::Refuse, IfAbandoned::Run)
+            .map(|(_, handle)| handle)
+    }
+
+    /// Adds an item, waiting (asynchronously) for room; returns its id (for [`cancel`]) and
+    /// handle. If the handle is dropped before a worker starts the item, the item is skipped.
+    ///
+    /// [`cancel`]: Self::cancel
+    pub async fn submit<F, R>(&self, f: F) -> Result<(u64, JobHandle<R>), LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let mut f = Some(f);
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before looking, so room freed between the look and the wait is seen.
+            notified.as_mut().enable();
+            match self.add(&mut f, WhenFull::Refuse, IfAbandoned::Skip) {
+                Err(LeaseError::Unavailable) => notified.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// Removes a pending item (its submitter gave up); false if a batch already took it.
+    pub fn cancel(&self, id: u64) -> bool {
+        let removed = self.lock().pending.remove(&id);
+        if removed.is_some() {
+            self.freed_room();
+        }
+        removed.is_some()
+    }
+
+    /// Adds an item from a thread where blocking is allowed, waiting for room, and waits for
+    /// its result. Refused with `BlockingOnRuntime` inside an async task or `block_on`.
+    pub fn submit_blocking<F, R>(&self, f: F) -> Result<R, LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        if blocking::inside_async_poll() {
+            return Err(LeaseError::BlockingOnRuntime("submit_blocking"));
+        }
+        let (_, handle) = self.add(&mut Some(f), WhenFull::Block, IfAbandoned::Run)?;
+        handle.blocking_wait()
+    }
+
+    fn freed_room(&self) {
+        self.room.notify_waiters();
+        self.room_blocking.notify_all();
+        self.progress.notify_waiters();
+    }
+
+    /// Stops the grinder (see [`StopMode`]) and waits — at most `stop_timeout` — until nothing
+    /// is pending and no batch runs. Items still waiting for a lease at the deadline are
+    /// answered `Stopped`; batches still running are left to finish on their own.
+    pub async fn stop(&self, mode: StopMode) {
+        // One deadline for the whole call, waiting behind another stop included: stops that
+        // overlap each return within their own `stop_timeout`, not one after another.
+        let deadline = Instant::now().checked_add(self.config.stop_timeout);
+        if mode == StopMode::CancelPending {
+            // Before waiting for a stop in progress: cancelling must not wait behind a drain.
+            self.cancel_waiting();
+        }
+        let lifecycle = match deadline {
+            None => Some(self.lifecycle.lock().await),
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.lifecycle.lock())
+                .await
+                .ok(),
+        };
+        let Some(_lifecycle) = lifecycle else {
+            // Another stop (or a start) still holds the grinder: it finishes the job; this
+            // call's time is up.
+            self.timed_out();
+            return;
+        };
+        {
+            let mut books = self.lock();
+            match (books.state, mode) {
+                (State::NotStarted, _) => return,
+                (State::Running | State::Draining, StopMode::Drain) => {
+                    books.state = State::Draining;
+                    self.kick(&mut books);
+                }
+                (State::Running | State::Draining, StopMode::CancelPending) => {
+                    books.state = State::Stopped;
+                }
+                (State::Stopped, _) => {}
+            }
+        }
+        if !self.wait_idle(deadline).await {
+            self.timed_out();
+        }
+        let mut books = self.lock();
+        books.state = State::Stopped;
+        if let Some(actor) = books.actor.take() {
+            actor.stop.do_send(StopGrinder);
+        }
+        drop(books);
+        tracing::info!(manager = %self.engine.name(), owner_prefix = %self.config.owner_prefix, "work grinder stopped");
+    }
+
+    /// A stop's time ran out: items not yet on a lease are answered `Stopped`; running batches
+    /// are left to finish.
+    fn timed_out(&self) {
+        let cancelled = self.cancel_waiting();
+        let running = self.lock().batches();
+        tracing::warn!(manager = %self.engine.name(),
+            owner_prefix = %self.config.owner_prefix,
+            cancelled,
+            running_batches = running,
+            stop_timeout = ?self.config.stop_timeout,
+            "work grinder stop timed out; items not on a lease answered Stopped, running batches left to finish"
+        );
+    }
+
+    /// Waits until nothing is pending and no batch exists; false if the deadline passed first
+    /// (`None`: no deadline).
+    async fn wait_idle(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            let notified = self.progress.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let books = self.lock();
+                if books.idle() {
+                    return true;
+                }
+            }
+            match deadline {
+                None => notified.await,
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline.into(), notified)
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops accepting items and answers `Stopped` to every item not yet on a lease (pending,
+    /// or in a batch waiting for one, whose wait is cancelled). Returns how many.
+    fn cancel_waiting(&self) -> usize {
+        let items = {
+            let mut books = self.lock();
+            if matches!(books.state, State::Running | State::Draining) {
+                books.state = State::Stopped;
+            }
+            books.take_waiting()
+        };
+        let n = items.len();
+        for item in items {
+            item.fail(LeaseError::Stopped);
+        }
+        self.freed_room();
+        n
+    }
+
+    /// Stops without waiting: items not yet on a lease are answered `Stopped` (last handle
+    /// dropped).
+    pub fn stop_detached(&self) {
+        self.cancel_waiting();
+        let mut books = self.lock();
+        if let Some(actor) = books.actor.take() {
+            actor.stop.do_send(StopGrinder);
+        }
+    }
+
+    /// The actor of `incarnation` is gone (its host stopped): if it was the current one, the
+    /// grinder stops, answering what waits `Stopped`.
+    fn actor_gone(&self, incarnation: u64) {
+        {
+            let mut books = self.lock();
+            if books.incarnation != incarnation || books.actor.is_none() {
+                return;
+            }
+            books.actor = None;
+            books.kick_queued = false;
+        }
+        let cancelled = self.cancel_waiting();
+        tracing::info!(manager = %self.engine.name(), owner_prefix = %self.config.owner_prefix, cancelled, "the manager stopped; work grinder stopped");
+    }
+
+    /// A snapshot.
+    pub fn stats(&self) -> GrinderStats {
+        self.lock().stats()
+    }
+
+    /// Takes the items of every batch due now (see `Backlog::take_due`), making room.
+    fn due_batches(&self) -> (Vec<(u64, oneshot::Receiver<()>)>, Option<Instant>) {
+        let due = self.lock().take_due(&self.config);
+        if !due.0.is_empty() {
+            self.freed_room();
+        }
+        due
+    }
+
+    /// The batch got its lease (or failed to): its items, unless a stop took them meanwhile.
+    fn batch_launching(&self, n: u64, succeeded: bool) -> Option<Vec<Item<Token<S>>>> {
+        self.lock().launching(n, succeeded)
+    }
+
+    /// A batch ended (its lease released, or never got): free its slot and look again.
+    fn batch_finished(&self, n: u64, items: u64) {
+        let mut books = self.lock();
+        books.finished(n, items);
+        if !books.pending.is_empty() {
+            self.kick(&mut books);
+        }
+        drop(books);
+        self.progress.notify_waiters();
+    }
+}
+
+/// Holds a batch's lease while its jobs run. Each job keeps a reference; when the last one is
+/// gone the lease is released (dropped: never blocks) and the batch's slot freed — in the books,
+/// so it does not depend on the actor still being there.
+pub(crate) struct BatchToken<S: 'static> {
+    lease: Option<LeaseCore<S>>,
+    batch: u64,
+    items: u64,
+    grinder: Arc<Grinder<S>>,
+}
+
+impl<S: 'static> Drop for BatchToken<S> {
+    fn drop(&mut self) {
+        drop(self.lease.take());
+        self.grinder.batch_finished(self.batch, self.items);
+    }
+}
