@@ -290,3 +290,24 @@ async fn acquire_before_start_and_after_stop_is_not_started() {
     manager.stop().await;
     assert_eq!(manager.acquire().await.unwrap_err(), LeaseError::NotStarted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_idle_lease_frees_its_pool_before_drop_returns() {
+    let _deadline = common::deadline();
+    let manager = common::started("acq-drop-now", 1, 1).await;
+    for round in 0..50 {
+        let lease = manager.acquire().await.unwrap();
+        lease.run(|| ()).await.unwrap();
+        drop(lease);
+        let s = manager.stats().await;
+        assert_eq!(
+            (s.leased, s.available),
+            (0, 1),
+            "round {round}: the pool is back the moment the lease is dropped: {s:?}"
+        );
+        // And the next acquire takes it without waiting.
+        let again = manager.acquire().no_wait().await.unwrap();
+        drop(again);
+    }
+    manager.stop().await;
+}

@@ -8,3 +8,30 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// A map keyed by the engine's own sequential ids (`LeaseId`, `PoolId`): no DoS-resistant
+/// hashing needed for keys the engine makes itself, and this is on the acquire/release path.
+pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, IdHasherBuilder>;
+
+/// Builds [`IdHasher`]s.
+pub(crate) type IdHasherBuilder = std::hash::BuildHasherDefault<IdHasher>;
+
+/// Multiplicative (Fibonacci) hashing of a `u64` id: spreads sequential ids over the table.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0.rotate_left(5) ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}

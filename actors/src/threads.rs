@@ -11,10 +11,11 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::stats::PoolId;
+use crate::sync::lock;
 
 /// Live worker threads of one manager run.
 #[derive(Debug)]
@@ -70,7 +71,7 @@ impl WorkerThreads {
     }
 
     fn lock_pools(&self) -> MutexGuard<'_, HashMap<PoolId, usize>> {
-        self.per_pool.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.per_pool)
     }
 
     /// Called on a worker thread each time its actor is built: the first call installs the
@@ -111,7 +112,7 @@ impl WorkerThreads {
     }
 
     fn lock_names(&self) -> MutexGuard<'_, Vec<String>> {
-        self.names.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.names)
     }
 }
 

@@ -21,7 +21,7 @@ impl<S: 'static> Bookkeeper<S> {
     ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
         let (outcome, deferred) = {
             let mut ledger = self.lock();
-            let mut fx = Vec::new();
+            let mut fx = ledger.take_fx();
             let mut answer = None;
             let owner = params.owner.clone();
             let attempt = ledger.books.acquire(

@@ -11,7 +11,6 @@
 //! nothing in flight run here, on the caller's thread, and wake no one — new leases' actors are
 //! asked for once per batch (`HostWork::SpawnLeaseActors`), not once per acquire.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use crate::handle::LeaseCore;
 use crate::job::PoolQueue;
 use crate::lease_state::{LeaseEnds, LeaseFacts, LeaseShared, Revocation};
 use crate::stats::{CounterCells, LeaseId, PoolId};
-use crate::sync::lock;
+use crate::sync::{lock, IdMap};
 use crate::threads::WorkerThreads;
 
 mod acquire;
@@ -81,10 +80,21 @@ pub(crate) struct Run {
     pub(crate) threads: Arc<WorkerThreads>,
 }
 
+type Fx<S> = Vec<Effect<PoolHandle<S>, Waiter<S>>>;
+
 struct Ledger<S: 'static> {
     books: Books<PoolHandle<S>, Waiter<S>>,
-    leases: HashMap<LeaseId, Arc<LeaseShared>>,
+    leases: IdMap<LeaseId, Arc<LeaseShared>>,
     run: Option<Run>,
+    /// The effects buffer, kept between transitions so that the fast paths do not allocate.
+    fx: Fx<S>,
+}
+
+impl<S: 'static> Ledger<S> {
+    /// The (empty) effects buffer, taken for one transition; `apply` drains it and puts it back.
+    fn take_fx(&mut self) -> Fx<S> {
+        std::mem::take(&mut self.fx)
+    }
 }
 
 /// A waiter and its answer.
@@ -99,15 +109,18 @@ struct Deferred<S: 'static> {
 
 impl<S: 'static> Deferred<S> {
     fn run(self) {
+        // (Both are empty on the fast paths: look before iterating.)
         if !self.tasks.is_empty() {
             if let Some(host) = &self.host {
                 host.do_send(HostWork(self.tasks));
             }
         }
-        for (waiter, answer) in self.replies {
-            // A waiter that vanished after being picked gets nothing; its lease, dropped
-            // here, releases itself and the pool goes to the next waiter.
-            let _ = waiter.reply.send(answer);
+        if !self.replies.is_empty() {
+            for (waiter, answer) in self.replies {
+                // A waiter that vanished after being picked gets nothing; its lease, dropped
+                // here, releases itself and the pool goes to the next waiter.
+                let _ = waiter.reply.send(answer);
+            }
         }
     }
 }
@@ -145,8 +158,9 @@ impl<S: 'static> Bookkeeper<S> {
         Arc::new_cyclic(|me| Self {
             ledger: Mutex::new(Ledger {
                 books: Books::new(limits),
-                leases: HashMap::new(),
+                leases: IdMap::default(),
                 run: None,
+                fx: Vec::new(),
             }),
             config,
             name,
@@ -171,7 +185,7 @@ impl<S: 'static> Bookkeeper<S> {
     ) -> T {
         let (out, deferred) = {
             let mut ledger = self.lock();
-            let mut fx = Vec::new();
+            let mut fx = ledger.take_fx();
             let out = step(&mut ledger.books, &mut fx);
             (out, self.apply(&mut ledger, fx))
         };
@@ -181,17 +195,13 @@ impl<S: 'static> Bookkeeper<S> {
 
     /// Carries out effects: under the lock what the books' readers must see at once, the rest
     /// collected for after it.
-    fn apply(
-        &self,
-        ledger: &mut Ledger<S>,
-        fx: Vec<Effect<PoolHandle<S>, Waiter<S>>>,
-    ) -> Deferred<S> {
+    fn apply(&self, ledger: &mut Ledger<S>, mut fx: Fx<S>) -> Deferred<S> {
         let mut deferred = Deferred {
-            host: ledger.run.as_ref().map(|r| r.host.clone()),
+            host: None,
             tasks: Vec::new(),
             replies: Vec::new(),
         };
-        for effect in fx {
+        for effect in fx.drain(..) {
             match effect {
                 Effect::CreatePool(pool) => deferred.tasks.push(HostTask::CreatePool(pool)),
                 Effect::RetirePool(pool) => deferred.tasks.push(HostTask::RetirePool(pool)),
@@ -218,6 +228,10 @@ impl<S: 'static> Bookkeeper<S> {
                     }
                 }
             }
+        }
+        ledger.fx = fx;
+        if !deferred.tasks.is_empty() {
+            deferred.host = ledger.run.as_ref().map(|r| r.host.clone());
         }
         deferred
     }
@@ -274,7 +288,7 @@ impl<S: 'static> Bookkeeper<S> {
             if generation.is_some() && ledger.books.run() != generation {
                 return None;
             }
-            let mut fx = Vec::new();
+            let mut fx = ledger.take_fx();
             if !ledger.books.end_run(&mut fx) {
                 return None;
             }

@@ -15,6 +15,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::sync::IdMap;
+
 mod check;
 mod decide;
 #[cfg(test)]
@@ -81,13 +83,13 @@ pub(crate) struct Books<P, W> {
     next_waiter: WaiterId,
     /// Pools asked of the supervisor, not spawned yet.
     creating: BTreeSet<PoolId>,
-    pools: BTreeMap<PoolId, Pool<P>>,
+    pools: IdMap<PoolId, Pool<P>>,
     /// How many pools are in each state (indexed by `PoolState::slot`).
     by_state: [usize; 4],
     /// Idle pools, first to be handed out first.
     idle: VecDeque<PoolId>,
     waiters: BTreeMap<WaiterId, W>,
-    leases: BTreeMap<LeaseId, Lease>,
+    leases: IdMap<LeaseId, Lease>,
     /// Pools that are `Parked` or broken under a lease.
     unhealthy: usize,
     last_failure: Option<String>,
@@ -108,11 +110,11 @@ impl<P: Clone, W> Books<P, W> {
             next_lease: 1,
             next_waiter: 0,
             creating: BTreeSet::new(),
-            pools: BTreeMap::new(),
+            pools: IdMap::default(),
             by_state: [0; 4],
             idle: VecDeque::new(),
             waiters: BTreeMap::new(),
-            leases: BTreeMap::new(),
+            leases: IdMap::default(),
             unhealthy: 0,
             last_failure: None,
             unswept: Vec::new(),
@@ -408,7 +410,11 @@ impl<P: Clone, W> Books<P, W> {
             waiting: self.waiters.len(),
             starting: self.coming(),
             unhealthy: self.unhealthy,
-            leases: self.leases.iter().map(|(id, l)| (*id, l.pool)).collect(),
+            leases: {
+                let mut leases: Vec<_> = self.leases.iter().map(|(id, l)| (*id, l.pool)).collect();
+                leases.sort_unstable();
+                leases
+            },
             pools: self
                 .creating
                 .iter()
