@@ -1,10 +1,58 @@
-//! The books' invariants, checked in one place (by the tests, and by the engine's test hook).
+//! What the books tell: the start outcome, snapshots, their size, and their invariants —
+//! checked in one place (by the tests, and by the engine's test hook).
 
 use std::collections::BTreeSet;
 
-use super::{Books, PoolState, IDLE};
+use super::{BookStats, Books, PoolState, StartOutcome, IDLE};
 
 impl<P: Clone, W> Books<P, W> {
+    /// For `start`: whether the pools asked for so far serve, fail, or are still coming.
+    pub(crate) fn start_outcome(&self) -> StartOutcome {
+        if self.run.is_none() {
+            return StartOutcome::Ended;
+        }
+        if self.coming() > 0 {
+            return StartOutcome::Pending;
+        }
+        match self.unservable() {
+            Some(failure) => StartOutcome::Failed(failure),
+            None => StartOutcome::Serving,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> BookStats {
+        BookStats {
+            desired: self.desired,
+            available: self.idle.len(),
+            leased: self.leases.len(),
+            waiting: self.waiters.len(),
+            starting: self.coming(),
+            unhealthy: self.unhealthy,
+            leases: {
+                let mut leases: Vec<_> = self.leases.iter().map(|(id, l)| (*id, l.pool)).collect();
+                leases.sort_unstable();
+                leases
+            },
+            pools: self
+                .creating
+                .iter()
+                .chain(self.pools.keys())
+                .copied()
+                .collect(),
+            counts: self.counts,
+        }
+    }
+
+    /// Entries in every collection (for leak tests).
+    pub(crate) fn entries(&self) -> usize {
+        self.creating.len()
+            + self.pools.len()
+            + self.idle.len()
+            + self.waiters.len()
+            + self.leases.len()
+            + self.unswept.len()
+    }
+
     /// Checks every invariant; the message names the first one broken.
     pub(crate) fn check(&self) -> Result<(), String> {
         let mut by_state = [0; 4];
