@@ -4,55 +4,14 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leasepool::{BuildError, GrinderStats, LeaseError, LeaseManager, StopMode, WorkGrinder};
+use common::{grinder_until, Gate};
+use leasepool::{BuildError, LeaseError, LeaseManager, StopMode, WorkGrinder};
 
 async fn manager(prefix: &str, pools: usize) -> LeaseManager {
     common::started(prefix, pools, 2).await
-}
-
-async fn grinder_until(
-    g: &WorkGrinder,
-    what: &str,
-    pred: impl Fn(&GrinderStats) -> bool,
-) -> GrinderStats {
-    let deadline = Instant::now() + common::EVENTUALLY;
-    loop {
-        let s = g.stats().await;
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A gate jobs can wait on (from worker threads) until the test opens it.
-#[derive(Clone)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-fn gate() -> Gate {
-    Gate(Arc::new((Mutex::new(false), Condvar::new())))
-}
-
-impl Gate {
-    fn wait(&self) {
-        let (open, cv) = &*self.0;
-        let guard = open.lock().unwrap();
-        let _ = cv
-            .wait_timeout_while(guard, Duration::from_secs(30), |open| !*open)
-            .unwrap();
-    }
-    fn open(&self) {
-        let (open, cv) = &*self.0;
-        *open.lock().unwrap() = true;
-        cv.notify_all();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +25,7 @@ async fn a_batch_starts_at_the_threshold_on_one_lease_named_after_the_batch() {
         .build()
         .unwrap();
     g.start().await.unwrap();
-    let hold = gate();
+    let hold = Gate::new();
     let mut handles = Vec::new();
     for i in 0..4 {
         let hold = hold.clone();
@@ -145,7 +104,7 @@ async fn up_to_max_concurrent_batches_run_at_once() {
         .build()
         .unwrap();
     g.start().await.unwrap();
-    let hold = gate();
+    let hold = Gate::new();
     let mut handles = Vec::new();
     for i in 0..2 {
         let hold = hold.clone();

@@ -5,62 +5,11 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::EVENTUALLY;
-use leasepool::{GrinderStats, LeaseError, LeaseManager, StopMode, WorkGrinder};
-
-/// Bound for an operation that must not hang (it usually takes milliseconds).
-const PROMPTLY: Duration = Duration::from_secs(10);
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(PROMPTLY, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not finish within {PROMPTLY:?}"),
-    }
-}
-
-async fn grinder_until(
-    g: &WorkGrinder,
-    what: &str,
-    pred: impl Fn(&GrinderStats) -> bool,
-) -> GrinderStats {
-    let deadline = Instant::now() + EVENTUALLY;
-    loop {
-        let s = g.stats().await;
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A gate jobs can wait on (from worker threads) until the test opens it.
-#[derive(Clone)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn new() -> Self {
-        Gate(Arc::new((Mutex::new(false), Condvar::new())))
-    }
-    fn wait(&self) {
-        let (open, cv) = &*self.0;
-        let guard = open.lock().unwrap();
-        let _ = cv
-            .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
-            .unwrap();
-    }
-    fn open(&self) {
-        let (open, cv) = &*self.0;
-        *open.lock().unwrap() = true;
-        cv.notify_all();
-    }
-}
+use common::{grinder_until, within, Gate, EVENTUALLY};
+use leasepool::{LeaseError, LeaseManager, StopMode, WorkGrinder};
 
 fn manager(prefix: &str, pools: usize, workers: usize) -> LeaseManager {
     LeaseManager::builder()

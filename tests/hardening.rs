@@ -7,18 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{stats_until, EVENTUALLY};
+use common::{stats_until, within, EVENTUALLY, PROMPTLY};
 use leasepool::{LeaseError, LeaseManager, StopMode, WorkGrinder};
-
-/// Bound for an operation that must not hang (it usually takes milliseconds).
-const PROMPTLY: Duration = Duration::from_secs(10);
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(PROMPTLY, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not finish within {PROMPTLY:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duration_max_is_accepted_everywhere_and_stop_still_returns() {

@@ -18,9 +18,10 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Gate;
 use leasepool::{GrinderStats, JobHandle, Lease, LeaseError, LeaseManager, StopMode, WorkGrinder};
 use proptest::prelude::*;
 use tokio::sync::oneshot;
@@ -129,29 +130,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..GATES).prop_map(Op::OpenGate),
         4 => (1u64..=25).prop_map(Op::Sleep),
     ]
-}
-
-/// A gate items wait on (from worker threads) until the test opens it.
-#[derive(Clone)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn new() -> Self {
-        Gate(Arc::new((Mutex::new(false), Condvar::new())))
-    }
-    fn wait(&self) {
-        let (open, cv) = &*self.0;
-        let guard = open.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded, so that a failed case cannot keep worker threads forever.
-        let _ = cv
-            .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
-            .unwrap_or_else(|e| e.into_inner());
-    }
-    fn open(&self) {
-        let (open, cv) = &*self.0;
-        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_all();
-    }
 }
 
 /// The case's gates; dropping them (also when a check panics) opens them all.

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use leasepool::{LeaseManager, Stats};
+use leasepool::{GrinderStats, LeaseManager, Stats, WorkGrinder};
 
 /// Generous bound for "eventually" on a shared 2-core VM.
 pub const EVENTUALLY: Duration = Duration::from_secs(20);
@@ -79,24 +79,34 @@ pub async fn started(prefix: &str, max_pools: usize, workers: usize) -> LeaseMan
     manager
 }
 
+/// Polls `fetch` every 5 ms until `pred` holds on what it returns; panics with the last value
+/// after [`EVENTUALLY`].
+pub async fn until<T: std::fmt::Debug, F: Future<Output = T>>(
+    what: &str,
+    mut fetch: impl FnMut() -> F,
+    pred: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let value = fetch().await;
+        if pred(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last: {value:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Polls `stats()` until `pred` holds; panics with the last snapshot after [`EVENTUALLY`].
 pub async fn stats_until<S: 'static>(
     manager: &LeaseManager<S>,
     what: &str,
     pred: impl Fn(&Stats) -> bool,
 ) -> Stats {
-    let deadline = Instant::now() + EVENTUALLY;
-    loop {
-        let stats = manager.stats().await;
-        if pred(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last stats: {stats:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(what, || manager.stats(), pred).await
 }
 
 /// Checks the count invariant of one snapshot.
@@ -156,4 +166,59 @@ pub fn block_on_tokio<F: Future>(fut: F) -> F::Output {
         .build()
         .expect("runtime")
         .block_on(fut)
+}
+
+/// Bound for an operation that must not hang (it usually takes milliseconds).
+pub const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test (instead of hanging it) after [`PROMPTLY`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(PROMPTLY, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not finish within {PROMPTLY:?}"),
+    }
+}
+
+/// Polls a grinder's `stats()` until `pred` holds; panics with the last snapshot after
+/// [`EVENTUALLY`].
+pub async fn grinder_until<S: 'static>(
+    g: &WorkGrinder<S>,
+    what: &str,
+    pred: impl Fn(&GrinderStats) -> bool,
+) -> GrinderStats {
+    until(what, || g.stats(), pred).await
+}
+
+/// A gate jobs can wait on (from worker threads) until the test opens it. The wait is bounded
+/// (60 s), so that a failed test cannot keep worker threads forever.
+#[derive(Clone)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Gate(Arc::new((Mutex::new(false), Condvar::new())))
+    }
+
+    /// Waits until the gate is open (at most 60 s).
+    pub fn wait(&self) {
+        let (open, cv) = &*self.0;
+        let guard = open.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = cv
+            .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Opens the gate for every waiter, now and later.
+    pub fn open(&self) {
+        let (open, cv) = &*self.0;
+        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
 }

@@ -55,6 +55,23 @@ impl<P: Clone, W> Books<P, W> {
         }
     }
 
+    /// A lease just taken out of the table was revoked: counted, its holder's state flipped,
+    /// its end announced. (Its pool is the caller's to retire or forget.)
+    pub(super) fn revoked(
+        &mut self,
+        lease: LeaseId,
+        entry: &Lease,
+        why: crate::lease_state::Revocation,
+        fx: &mut Effects<P, W>,
+    ) {
+        self.counts.revoked += 1;
+        fx.push(Effect::Revoke { lease, why });
+        fx.push(Effect::LeaseEnded {
+            lease,
+            had_actor: entry.actor_started,
+        });
+    }
+
     /// Takes a pool out of service for good.
     pub(super) fn retire(&mut self, pool: PoolId, fx: &mut Effects<P, W>) {
         self.forget(pool);

@@ -149,15 +149,7 @@ impl<P: Clone, W> Books<P, W> {
             });
         }
         for (lease, entry) in std::mem::take(&mut self.leases) {
-            self.counts.revoked += 1;
-            fx.push(Effect::Revoke {
-                lease,
-                why: Revocation::Stopped,
-            });
-            fx.push(Effect::LeaseEnded {
-                lease,
-                had_actor: entry.actor_started,
-            });
+            self.revoked(lease, &entry, Revocation::Stopped, fx);
         }
         self.creating.clear();
         self.pools.clear();
@@ -262,12 +254,7 @@ impl<P: Clone, W> Books<P, W> {
         let Some(entry) = self.leases.remove(&lease) else {
             return false;
         };
-        self.counts.revoked += 1;
-        fx.push(Effect::Revoke { lease, why });
-        fx.push(Effect::LeaseEnded {
-            lease,
-            had_actor: entry.actor_started,
-        });
+        self.revoked(lease, &entry, why, fx);
         self.retire(entry.pool, fx);
         self.replenish(fx);
         true
@@ -348,15 +335,7 @@ impl<P: Clone, W> Books<P, W> {
         }
         if let Some(PoolState::Leased(lease)) = self.pools.get(&pool).map(|p| p.state) {
             if let Some(entry) = self.leases.remove(&lease) {
-                self.counts.revoked += 1;
-                fx.push(Effect::Revoke {
-                    lease,
-                    why: Revocation::Lost,
-                });
-                fx.push(Effect::LeaseEnded {
-                    lease,
-                    had_actor: entry.actor_started,
-                });
+                self.revoked(lease, &entry, Revocation::Lost, fx);
             }
         }
         self.forget(pool);
