@@ -77,7 +77,9 @@ impl<S> ManagerBuilder<S> {
         self
     }
 
-    /// How often the supervisor re-evaluates sizing. Default 120 s; must be positive.
+    /// How often the supervisor re-evaluates sizing. Default 120 s; at least 1 ms (each check
+    /// runs the size provider on the host thread); `Duration::MAX` means never (only
+    /// `notify_scale_changed`).
     pub fn check_interval(mut self, d: Duration) -> Self {
         self.settings.check_interval = d;
         self
@@ -95,8 +97,11 @@ impl<S> ManagerBuilder<S> {
         self
     }
 
-    /// Most acquirers that may queue for a release. Default 10 000; 0 = never queue (an
-    /// acquire that finds nothing free fails with `Unavailable` at once).
+    /// Most acquirers that may queue for a release. Default 10 000. Beyond it an acquire that
+    /// finds no pool free fails with `Unavailable` at once — unless a pool being created (under
+    /// `max_pools`) can serve it, for which it waits, as a `no_wait` acquire does; if that pool
+    /// fails to start, it is refused `Unavailable` rather than left waiting for a release. So 0
+    /// means "never wait for a release".
     pub fn max_waiters(mut self, n: usize) -> Self {
         self.settings.max_waiters = n;
         self

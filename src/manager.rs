@@ -207,9 +207,11 @@ impl<S: 'static> LeaseManager<S> {
         self.inner.engine.fail_next_worker_spawns(n);
     }
 
-    /// Entries in the engine's books — pools in every state, queued waiters, live leases. It is
-    /// bounded by `max_pools`, the live leases and the waiters whatever ran before, so a leak
-    /// test can churn pools and leases and check that nothing accumulates. Feature `testing`.
+    /// Entries in the engine's books — pools in every state, queued waiters, live leases, and
+    /// leases waiting for the supervisor to start their actors. It stays within a few times
+    /// `max_pools` plus twice the queued waiters, whatever ran before (and drops to a handful once
+    /// the supervisor has caught up), so a leak test can churn pools and leases and check that
+    /// nothing accumulates. Feature `testing`.
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn book_entries(&self) -> usize {

@@ -473,3 +473,95 @@ async fn overlapping_stops_each_return_within_their_own_stop_timeout() {
     grinder_until(&g, "the batch done", |s| s.in_flight_batches == 0).await;
     within("manager stop", m.stop()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_dropped_midway_does_not_stop_the_next_one() {
+    let _deadline = common::deadline();
+    let m = manager("gl-cstart", 1, 1);
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(1)
+        .build()
+        .unwrap();
+    let mut cancelled = 0;
+    for round in 0..200 {
+        {
+            // Polled once (the actor is asked for on the host), then dropped.
+            let mut start = Box::pin(g.start());
+            if futures_util::poll!(start.as_mut()).is_pending() {
+                cancelled += 1;
+            }
+        }
+        within("start", g.start()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(
+            g.stats().await.started,
+            "round {round}: the grinder stopped after a dropped start"
+        );
+        assert_eq!(within("an item", g.submit(move || round)).await, Ok(round));
+        within("stop", g.stop(StopMode::Drain)).await;
+    }
+    assert!(cancelled > 0, "no start was ever dropped midway");
+    within("manager stop", m.stop()).await;
+}
+
+#[test]
+fn a_grinder_start_that_resumes_after_its_manager_stopped_is_not_left_half_started() {
+    let _deadline = common::deadline();
+    // A current-thread runtime: the start's task resumes only after the stop has run.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for round in 0..5 {
+            let m = manager("gl-startstop2", 1, 1);
+            m.start().await.unwrap();
+            let g = WorkGrinder::builder(&m)
+                .batch_size_threshold(1)
+                .build()
+                .unwrap();
+            let starter = tokio::spawn({
+                let g = g.clone();
+                async move { g.start().await }
+            });
+            let stopper = tokio::spawn({
+                let m = m.clone();
+                async move {
+                    std::thread::spawn(move || futures_executor::block_on(m.stop()))
+                        .join()
+                        .unwrap();
+                }
+            });
+            within("stop", stopper).await.unwrap();
+            let started = within("start", starter).await.unwrap();
+            m.start().await.unwrap();
+            match started {
+                Ok(()) | Err(LeaseError::NotStarted) => {}
+                Err(other) => panic!("round {round}: {other}"),
+            }
+            // The start may have finished before the stop (then the stop ended the grinder) or
+            // resumed after it. Either way the grinder is serving or plainly stopped, never
+            // half-started: saying "started" with nothing behind it.
+            if g.stats().await.started {
+                let item = g
+                    .enqueue(|| 7)
+                    .unwrap_or_else(|e| panic!("round {round}: started but refuses items: {e}"));
+                assert_eq!(within("an item", item).await, Ok(7), "round {round}");
+            } else {
+                assert!(
+                    g.enqueue(|| 7).is_err(),
+                    "round {round}: stopped but takes items"
+                );
+                g.start().await.unwrap();
+            }
+            assert_eq!(
+                within("an item", g.submit(|| 8)).await,
+                Ok(8),
+                "round {round}"
+            );
+            within("grinder stop", g.stop(StopMode::Drain)).await;
+            within("manager stop", m.stop()).await;
+        }
+    });
+}

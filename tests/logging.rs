@@ -42,10 +42,20 @@ impl Visit for FieldsOf {
 
 struct Capture(Arc<Mutex<Vec<Captured>>>);
 
+/// A manager the subscriber itself calls back into, from inside its own events (see
+/// `a_subscriber_that_calls_back_into_the_manager_does_not_deadlock_it`).
+static REENTRANT: OnceLock<LeaseManager> = OnceLock::new();
+
 impl<S: Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let mut fields = FieldsOf::default();
         event.record(&mut fields);
+        if fields.0.get("manager").map(String::as_str) == Some("log-reentrant") {
+            if let Some(manager) = REENTRANT.get() {
+                // User code in a subscriber may call the library: it must not find it locked.
+                let _ = futures_executor::block_on(manager.stats());
+            }
+        }
         self.0.lock().unwrap().push(Captured {
             level: *event.metadata().level(),
             target: event.metadata().target().to_owned(),
@@ -93,11 +103,14 @@ async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
         .await
         .unwrap();
     let id = lease.id().to_string();
+    // Lease ids are per manager: other tests' managers have a `lease-1` too.
+    let mine = |e: &Captured| e.fields.get("manager").map(String::as_str) == Some("log-fields");
     lease.run(|| ()).await.unwrap();
     stats_until(&manager, "revocation", |s| s.counters.revoked == 1).await;
 
-    let granted =
-        matching(|e| e.message() == "lease granted" && e.fields.get("lease_id") == Some(&id));
+    let granted = matching(|e| {
+        e.message() == "lease granted" && e.fields.get("lease_id") == Some(&id) && mine(e)
+    });
     assert_eq!(granted.len(), 1, "{granted:?}");
     assert_eq!(granted[0].level, Level::DEBUG);
     assert_eq!(
@@ -109,11 +122,13 @@ async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
         .get("pool")
         .is_some_and(|p| p.starts_with("pool-")));
 
-    let job = matching(|e| e.message() == "job sent" && e.fields.get("lease_id") == Some(&id));
+    let job =
+        matching(|e| e.message() == "job sent" && e.fields.get("lease_id") == Some(&id) && mine(e));
     assert_eq!(job.len(), 1, "one debug event per job");
 
-    let revoked =
-        matching(|e| e.message().contains("hard expiry") && e.fields.get("lease_id") == Some(&id));
+    let revoked = matching(|e| {
+        e.message().contains("hard expiry") && e.fields.get("lease_id") == Some(&id) && mine(e)
+    });
     assert_eq!(revoked.len(), 1);
     assert_eq!(revoked[0].level, Level::WARN);
     assert_eq!(
@@ -327,4 +342,37 @@ async fn rejections_are_logged_at_debug_with_owner_and_reason() {
     held.release().await;
     waiting.await.unwrap().unwrap();
     m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_calls_back_into_the_manager_does_not_deadlock_it() {
+    let _deadline = common::deadline();
+    events();
+    let manager = LeaseManager::builder()
+        .max_pools(1)
+        .workers_per_pool(1)
+        .max_waiters(1)
+        .name_prefix("log-reentrant")
+        .build()
+        .unwrap();
+    assert!(REENTRANT.set(manager.clone()).is_ok());
+    let run = async {
+        manager.start().await.unwrap();
+        // Grants, waits, refusals and releases all log; each event calls stats().
+        let held = manager.acquire().owner("first").await.unwrap();
+        let waiter = tokio::spawn({
+            let m = manager.clone();
+            async move { m.acquire().owner("second").await.map(drop) }
+        });
+        stats_until(&manager, "a waiter", |s| s.waiting == 1).await;
+        assert!(manager.acquire().no_wait().await.is_err());
+        drop(held);
+        waiter.await.unwrap().unwrap();
+        manager.stop().await;
+    };
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the manager deadlocked on its own log events");
+    let seen = matching(|e| e.fields.get("manager").map(String::as_str) == Some("log-reentrant"));
+    assert!(seen.iter().any(|e| e.message().contains("lease granted")));
 }

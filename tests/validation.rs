@@ -130,3 +130,20 @@ fn defaults_match_the_contract() {
     }
     assert_eq!(m.backend(), Backend::Thread);
 }
+
+#[test]
+fn a_check_interval_shorter_than_a_millisecond_is_refused() {
+    let _deadline = common::deadline();
+    let err = LeaseManager::builder()
+        .check_interval(std::time::Duration::from_nanos(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "check_interval must be at least 1ms (got 1ns)"
+    );
+    assert!(LeaseManager::builder()
+        .check_interval(std::time::Duration::from_millis(1))
+        .build()
+        .is_ok());
+}

@@ -9,6 +9,9 @@ use std::time::Duration;
 use crate::error::{BuildError, MAX_TOTAL_WORKERS};
 use crate::stats::Backend;
 
+/// The shortest `check_interval` accepted.
+pub(crate) const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Builds one worker's state; called on the worker thread, again after each panicking job.
 /// An `Err` (its text) or a panic means the worker cannot serve: its thread ends and the pool
 /// replaces it with backoff.
@@ -127,6 +130,15 @@ impl<S> EngineConfig<S> {
             if value.is_zero() {
                 return Err(BuildError::ZeroDuration { setting });
             }
+        }
+        // Each check runs the size provider on the host thread: a period of nanoseconds would
+        // keep it busy doing nothing else.
+        if s.check_interval < MIN_CHECK_INTERVAL {
+            return Err(BuildError::TooShort {
+                setting: "check_interval",
+                min: MIN_CHECK_INTERVAL,
+                got: s.check_interval,
+            });
         }
         if s.min_pools > s.max_pools {
             return Err(BuildError::MinAboveMax {

@@ -24,6 +24,16 @@ pub enum BuildError {
         /// The setting's builder method name.
         setting: &'static str,
     },
+    /// A duration is below the smallest the setting supports.
+    #[error("{setting} must be at least {min:?} (got {got:?})")]
+    TooShort {
+        /// The setting's builder method name.
+        setting: &'static str,
+        /// The smallest value accepted.
+        min: std::time::Duration,
+        /// The value given.
+        got: std::time::Duration,
+    },
     /// `min_pools` is larger than `max_pools`.
     #[error("min_pools ({min_pools}) exceeds max_pools ({max_pools})")]
     MinAboveMax {

@@ -57,9 +57,7 @@ impl<S: 'static> LeaseCore<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        // If every worker is gone the queue is closed; the returned job is dropped here and
-        // answers WorkerLost, like any job that never runs.
-        drop(queue.jobs.send(Job::Run(Box::new(job))));
+        queue.send(Job::Run(Box::new(job)));
     }
 
     /// Sends `f` to a worker of this lease's pool now.

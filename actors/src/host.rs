@@ -41,6 +41,8 @@ pub struct Engine<S: 'static> {
     /// The current run's supervisor (a dead address once that run ended).
     supervisor: std::sync::Mutex<Option<Addr<ManagerActor<S>>>>,
     generation: AtomicU64,
+    /// The run whose `start()` was dropped before it finished (ended by `Abandon`).
+    abandoned: AtomicU64,
 }
 
 impl<S: 'static> Engine<S> {
@@ -51,6 +53,7 @@ impl<S: 'static> Engine<S> {
             host: Mutex::new(None),
             supervisor: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
         }
     }
 
@@ -74,40 +77,68 @@ impl<S: 'static> Engine<S> {
     ///
     /// Fails with `NoHealthyPool` (and leaves the engine stopped) when not one worker could
     /// build its state, unless `start_degraded` is set.
+    ///
+    /// Cancel safety: the host is recorded before anything is awaited on it, so `stop()` always
+    /// finds it; a start whose future is dropped ends the run it began (`Abandon`), and the next
+    /// `start()` begins afresh. The wait for the initial pools holds no lock: a `stop()` issued
+    /// meanwhile proceeds at once, and this `start()` then answers `StartFailed`.
     pub async fn start(&self) -> Result<(), LeaseError> {
-        let mut host = self.host.lock().await;
-        if let Some(running) = host.take() {
-            if self.keeper.current_generation() == Some(running.generation) {
-                *host = Some(running);
-                return Ok(());
-            }
-            // The previous run ended without `stop` (its supervisor died): let it finish.
-            finish(running).await;
-        }
-        let generation = self.generation.fetch_add(1, Relaxed) + 1;
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (exit_tx, exit_rx) = oneshot::channel();
-        let keeper = Arc::clone(&self.keeper);
-        let name = format!("{}-host", self.keeper.name);
-        let thread = thread::Builder::new()
-            .name(name)
-            .spawn(move || host_main(keeper, generation, ready_tx, exit_tx))
-            .map_err(|e| LeaseError::StartFailed(format!("cannot spawn the host thread: {e}")))?;
-        let running = Host {
-            generation,
-            thread,
-            exited: exit_rx,
-        };
-        match ready_rx.await {
-            Ok(supervisor) => *lock(&self.supervisor) = Some(supervisor),
-            Err(_) => {
+        let generation = {
+            let mut host = self.host.lock().await;
+            if let Some(running) = host.take() {
+                let abandoned = self.abandoned.load(Relaxed) == running.generation;
+                if !abandoned && self.keeper.current_generation() == Some(running.generation) {
+                    *host = Some(running);
+                    return Ok(());
+                }
+                // The previous run ended without `stop` (its supervisor died, or its start was
+                // abandoned): let it finish.
                 finish(running).await;
-                return Err(LeaseError::StartFailed(
-                    "the host thread exited during start-up".to_owned(),
-                ));
             }
-        }
-        let failure = match self.initial_pools_settled().await {
+            let generation = self.generation.fetch_add(1, Relaxed) + 1;
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (exit_tx, exit_rx) = oneshot::channel();
+            let keeper = Arc::clone(&self.keeper);
+            let name = format!("{}-host", self.keeper.name);
+            let thread = thread::Builder::new()
+                .name(name)
+                .spawn(move || host_main(keeper, generation, ready_tx, exit_tx))
+                .map_err(|e| {
+                    LeaseError::StartFailed(format!("cannot spawn the host thread: {e}"))
+                })?;
+            *host = Some(Host {
+                generation,
+                thread,
+                exited: exit_rx,
+            });
+            let abandon = Abandon {
+                engine: self,
+                generation,
+            };
+            // The host sends its supervisor's address once its run has begun; it never waits for
+            // a user factory first, so this wait is short.
+            match ready_rx.await {
+                Ok(supervisor) => *lock(&self.supervisor) = Some(supervisor),
+                Err(_) => {
+                    abandon.disarm();
+                    if let Some(running) = host.take() {
+                        finish(running).await;
+                    }
+                    return Err(LeaseError::StartFailed(
+                        "the host thread exited during start-up".to_owned(),
+                    ));
+                }
+            }
+            abandon.disarm();
+            generation
+        };
+        let abandon = Abandon {
+            engine: self,
+            generation,
+        };
+        let outcome = self.initial_pools_settled().await;
+        abandon.disarm();
+        let failure = match outcome {
             StartOutcome::Serving | StartOutcome::Pending => None,
             StartOutcome::Failed(error) if self.keeper.config.settings.start_degraded => {
                 tracing::warn!(manager = %self.keeper.name, error = %error, "no worker could build its state; started anyway (start_degraded), pools keep retrying");
@@ -115,18 +146,27 @@ impl<S: 'static> Engine<S> {
             }
             StartOutcome::Failed(error) => Some(LeaseError::NoHealthyPool(error)),
             StartOutcome::Ended => Some(LeaseError::StartFailed(
-                "the supervisor ended during start-up".to_owned(),
+                "the manager was stopped (or its supervisor ended) during start-up".to_owned(),
             )),
         };
         if let Some(error) = failure {
-            self.begin_shutdown();
-            finish(running).await;
+            self.stop_generation(generation).await;
             tracing::warn!(manager = %self.keeper.name, error = %error, "lease manager did not start");
             return Err(error);
         }
-        *host = Some(running);
         tracing::info!(manager = %self.keeper.name, generation, "lease manager started");
         Ok(())
+    }
+
+    /// Stops run `generation` if the host slot still holds it (a failed start's own run).
+    async fn stop_generation(&self, generation: u64) {
+        let mut host = self.host.lock().await;
+        if host.as_ref().is_some_and(|h| h.generation == generation) {
+            self.begin_shutdown();
+            if let Some(running) = host.take() {
+                finish(running).await;
+            }
+        }
     }
 
     /// Waits until no pool is starting any more.
@@ -261,6 +301,30 @@ impl<S: 'static> Engine<S> {
     }
 }
 
+/// Ends run `generation` when the `start()` that began it is dropped before it finished: its
+/// books are closed and its supervisor told to shut down, so the host ends by itself; the next
+/// `start()` or `stop()` joins it. (If the host has not begun its run yet, it sees that nobody
+/// waits for it to be ready and ends itself.)
+struct Abandon<'a, S: 'static> {
+    engine: &'a Engine<S>,
+    generation: u64,
+}
+
+impl<S: 'static> Abandon<'_, S> {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<S: 'static> Drop for Abandon<'_, S> {
+    fn drop(&mut self) {
+        self.engine.abandoned.store(self.generation, Relaxed);
+        if self.engine.keeper.current_generation() == Some(self.generation) {
+            self.engine.begin_shutdown();
+        }
+    }
+}
+
 /// Waits for a host thread's last step and joins it.
 async fn finish(running: Host) {
     let _ = running.exited.await;
@@ -319,7 +383,7 @@ fn host_main<S: 'static>(
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
         let mut manager = ManagerActor::new(spec, generation, ended_tx);
         // The initial pools are spawned before `start` begins waiting for them.
-        manager.reconcile();
+        manager.guarded("start", ManagerActor::reconcile);
         let supervisor = ctx.run(manager);
         let timeout = keeper.config.settings.shutdown_timeout;
         let name = Arc::clone(&keeper.name);
@@ -338,6 +402,11 @@ fn host_main<S: 'static>(
         });
         supervisor
     });
-    let _ = ready.send(supervisor);
+    if let Err(supervisor) = ready.send(supervisor) {
+        // The `start()` that spawned us was dropped before we were ready: end the run we began.
+        if keeper.end_run(Some(generation)).is_some() {
+            supervisor.do_send(Shutdown);
+        }
+    }
     let _ = system.run();
 }

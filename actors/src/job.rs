@@ -21,7 +21,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use crate::error::LeaseError;
@@ -41,8 +41,27 @@ pub(crate) enum Job<S> {
 /// hold `Weak`s, so a handle kept after its lease ended cannot keep the pool's threads alive.
 pub(crate) struct PoolQueue<S> {
     pub(crate) jobs: Sender<Job<S>>,
+    /// The queue's receiving side, for senders to empty a dead pool's queue themselves (below).
+    pub(crate) backlog: Receiver<Job<S>>,
     /// Set while the pool has no live worker: new jobs fail at once with `WorkerLost`.
     pub(crate) dead: AtomicBool,
+}
+
+impl<S> PoolQueue<S> {
+    /// Sends `job` to the pool's workers. A job that slips in just as the last worker dies
+    /// (after the pool emptied its queue) would wait for a replacement that may be seconds away;
+    /// so a sender that sees the pool dead after sending empties the queue itself: what is in
+    /// it answers `WorkerLost` now.
+    pub(crate) fn send(&self, job: Job<S>) {
+        // If every worker is gone the queue is closed; the returned job is dropped here and
+        // answers WorkerLost, like any job that never runs.
+        drop(self.jobs.send(job));
+        if self.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            while let Ok(stranded) = self.backlog.try_recv() {
+                drop(stranded);
+            }
+        }
+    }
 }
 
 /// What happens to a job whose caller stops waiting before a worker starts it.
@@ -182,6 +201,9 @@ impl<F, R> Drop for TypedJob<F, R> {
                 .map_or("", |g| &*g.lease().facts.manager);
             drop_quietly(f, manager);
         }
+        // Out of flight before answering (as a job that ran is): a caller that has its answer
+        // and releases at once finds the lease idle, not draining.
+        drop(self.in_flight.take());
         if let Some(tx) = self.reply.take() {
             let _ = tx.send(Err(LeaseError::WorkerLost));
         }

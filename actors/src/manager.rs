@@ -9,7 +9,7 @@ use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use crate::bookkeeper::{Bookkeeper, HostTask, HostWork};
-use crate::job::panic_message;
+use crate::job::{drop_quietly, panic_message};
 use crate::lease::{CrashLease, LeaseActor, LeaseActorDied, StopLease};
 use crate::pool::{CrashPool, KillWorkers, PoolActor, PoolDied, PoolSpec, StopPool};
 use crate::stats::{CounterCells, LeaseId, PoolId};
@@ -90,7 +90,9 @@ impl<S: 'static> ManagerActor<S> {
                     self.size_provider_failing = false;
                     units
                 }
-                Err(_) => {
+                Err(payload) => {
+                    // A payload whose destructor panics must not take the host down either.
+                    drop_quietly(payload, &self.spec.keeper.name);
                     if !self.size_provider_failing {
                         tracing::warn!(manager = %self.spec.keeper.name, "size_provider panicked; counting 0 units until it recovers");
                     }
@@ -144,7 +146,7 @@ impl<S: 'static> ManagerActor<S> {
     }
 
     /// Runs a handler's body, containing a panic (a bug) so that the supervisor survives it.
-    fn guarded(&mut self, what: &str, body: impl FnOnce(&mut Self)) {
+    pub(crate) fn guarded(&mut self, what: &str, body: impl FnOnce(&mut Self)) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| body(self))) {
             tracing::error!(manager = %self.spec.keeper.name, handler = what, panic = %panic_message(payload.as_ref()), "a supervisor handler panicked; the supervisor carries on");
         }

@@ -19,11 +19,12 @@ impl<S: 'static> Bookkeeper<S> {
         params: LeaseParams,
         mode: WaitMode,
     ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
-        let (outcome, deferred) = {
+        // Nothing is logged under the lock: a subscriber is user code.
+        let (outcome, deferred, refused) = {
             let mut ledger = self.lock();
             let mut fx = ledger.take_fx();
             let mut answer = None;
-            let owner = params.owner.clone();
+            let mut refused = None;
             let attempt = ledger.books.acquire(
                 mode,
                 || {
@@ -62,22 +63,29 @@ impl<S: 'static> Bookkeeper<S> {
                     }
                 }
                 Err(error) => {
-                    let reason = match &error {
-                        LeaseError::Unavailable if mode == WaitMode::NoWait => {
-                            "no_wait and no pool free".to_owned()
-                        }
-                        LeaseError::Unavailable => {
-                            "no pool free and the waiter queue is full (max_waiters)".to_owned()
-                        }
-                        other => other.to_string(),
-                    };
-                    tracing::debug!(manager = %self.name, owner = owner.as_deref().unwrap_or(""), reason = %reason, "acquire refused: {}", error.code());
+                    refused = Some(params.owner);
                     Err(error)
                 }
             };
-            (outcome, self.apply(&mut ledger, fx))
+            (outcome, self.apply(&mut ledger, fx), refused)
         };
-        deferred.run();
+        deferred.run(self);
+        match (&outcome, refused) {
+            (Ok(Ok(core)), _) => self.granted(core),
+            (Err(error), Some(owner)) => {
+                let reason = match error {
+                    LeaseError::Unavailable if mode == WaitMode::NoWait => {
+                        "no_wait and no pool free".to_owned()
+                    }
+                    LeaseError::Unavailable => {
+                        "no pool free and the waiter queue is full (max_waiters)".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                tracing::debug!(manager = %self.name, owner = owner.as_deref().unwrap_or(""), reason = %reason, "acquire refused: {}", error.code());
+            }
+            _ => {}
+        }
         outcome
     }
 

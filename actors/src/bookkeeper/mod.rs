@@ -108,7 +108,7 @@ struct Deferred<S: 'static> {
 }
 
 impl<S: 'static> Deferred<S> {
-    fn run(self) {
+    fn run(self, keeper: &Bookkeeper<S>) {
         // (Both are empty on the fast paths: look before iterating.)
         if !self.tasks.is_empty() {
             if let Some(host) = &self.host {
@@ -117,6 +117,9 @@ impl<S: 'static> Deferred<S> {
         }
         if !self.replies.is_empty() {
             for (waiter, answer) in self.replies {
+                if let Ok(core) = &answer {
+                    keeper.granted(core);
+                }
                 // A waiter that vanished after being picked gets nothing; its lease, dropped
                 // here, releases itself and the pool goes to the next waiter.
                 let _ = waiter.reply.send(answer);
@@ -189,7 +192,7 @@ impl<S: 'static> Bookkeeper<S> {
             let out = step(&mut ledger.books, &mut fx);
             (out, self.apply(&mut ledger, fx))
         };
-        deferred.run();
+        deferred.run(self);
         out
     }
 
@@ -257,9 +260,14 @@ impl<S: 'static> Bookkeeper<S> {
         };
         let ends: Weak<dyn LeaseEnds> = self.me.clone();
         let shared = Arc::new(LeaseShared::new(facts, ends));
-        tracing::debug!(manager = %self.name, lease_id = %lease, owner = shared.facts.owner.as_deref().unwrap_or(""), pool = %pool, "lease granted");
         ledger.leases.insert(lease, Arc::clone(&shared));
         LeaseCore::new(shared, queue)
+    }
+
+    /// Logs a lease handed out (after the lock: a tracing subscriber is user code).
+    fn granted(&self, core: &LeaseCore<S>) {
+        let facts = core.facts();
+        tracing::debug!(manager = %self.name, lease_id = %facts.id, owner = facts.owner.as_deref().unwrap_or(""), pool = %facts.pool, "lease granted");
     }
 
     // ---- runs -----------------------------------------------------------------------------
@@ -298,7 +306,7 @@ impl<S: 'static> Bookkeeper<S> {
             deferred.tasks.clear();
             (run, deferred)
         };
-        deferred.run();
+        deferred.run(self);
         self.settled.notify_waiters();
         run
     }

@@ -51,6 +51,7 @@ impl<P: Clone, W> Books<P, W> {
             + self.waiters.len()
             + self.leases.len()
             + self.unswept.len()
+            + self.growth_only.len()
     }
 
     /// Checks every invariant; the message names the first one broken.
@@ -105,6 +106,20 @@ impl<P: Clone, W> Books<P, W> {
                     entry.pool
                 ));
             }
+        }
+        if let Some(id) = self
+            .growth_only
+            .iter()
+            .find(|id| !self.waiters.contains_key(id))
+        {
+            return Err(format!("growth-only waiter {id} is not waiting"));
+        }
+        if self.unswept.len() > 2 * self.limits.max_pools + 17 {
+            return Err(format!(
+                "{} unswept leases for at most {} live ones",
+                self.unswept.len(),
+                self.limits.max_pools
+            ));
         }
         if !self.waiters.is_empty() && !self.idle.is_empty() {
             return Err("a waiter waits while a pool is idle".to_owned());

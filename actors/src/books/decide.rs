@@ -1,7 +1,10 @@
 //! The decisions every transition of the books shares: making a lease, routing a pool that
 //! can serve, retiring, keeping the per-state counts, asking for capacity.
 
-use super::{decrement, Books, Effect, Effects, Lease, PoolState, IDLE, LEASED, PARKED, STARTING};
+use super::{
+    decrement, Books, Effect, Effects, Lease, PoolState, WaiterId, IDLE, LEASED, PARKED, STARTING,
+};
+use crate::error::LeaseError;
 use crate::stats::{LeaseId, PoolId};
 
 impl<P: Clone, W> Books<P, W> {
@@ -25,6 +28,12 @@ impl<P: Clone, W> Books<P, W> {
         if self.unswept.is_empty() {
             fx.push(Effect::SpawnLeaseActors);
         }
+        // Leases that ended before the supervisor swept need no actor: keep the list within
+        // twice the live leases, so a busy host never lets it grow with the acquire rate.
+        if self.unswept.len() >= 2 * self.leases.len() + 16 {
+            let leases = &self.leases;
+            self.unswept.retain(|l| leases.contains_key(l));
+        }
         self.unswept.push(lease);
         Some((lease, handle))
     }
@@ -35,7 +44,8 @@ impl<P: Clone, W> Books<P, W> {
         if !self.pools.contains_key(&pool) {
             return;
         }
-        if let Some((_, waiter)) = self.waiters.pop_first() {
+        if let Some((id, waiter)) = self.waiters.pop_first() {
+            self.growth_only.remove(&id);
             let Some((lease, handle)) = self.lease_pool(pool, fx) else {
                 return;
             };
@@ -70,6 +80,32 @@ impl<P: Clone, W> Books<P, W> {
             lease,
             had_actor: entry.actor_started,
         });
+    }
+
+    /// Refuses (`Unavailable`) the waiters that may wait only for a pool being created, when
+    /// the pools still coming can no longer reach them in queue order (one failed).
+    pub(super) fn refuse_stranded(&mut self, fx: &mut Effects<P, W>) {
+        if self.growth_only.is_empty() {
+            return;
+        }
+        let growth = self.coming() + self.limits.max_pools.saturating_sub(self.total());
+        let stranded: Vec<WaiterId> = self
+            .waiters
+            .keys()
+            .enumerate()
+            .filter(|(place, id)| *place >= growth && self.growth_only.contains(*id))
+            .map(|(_, id)| *id)
+            .collect();
+        for id in stranded {
+            self.growth_only.remove(&id);
+            if let Some(waiter) = self.waiters.remove(&id) {
+                self.counts.rejected += 1;
+                fx.push(Effect::Refuse {
+                    waiter,
+                    error: LeaseError::Unavailable,
+                });
+            }
+        }
     }
 
     /// Takes a pool out of service for good.

@@ -91,6 +91,10 @@ pub(crate) struct Books<P, W> {
     /// Idle pools, first to be handed out first.
     idle: VecDeque<PoolId>,
     waiters: BTreeMap<WaiterId, W>,
+    /// Waiters admitted only because a pool being created could serve them (`no_wait`, or
+    /// beyond `max_waiters`): they may not wait for a release, so they are refused if that
+    /// pool fails.
+    growth_only: BTreeSet<WaiterId>,
     leases: IdMap<LeaseId, Lease>,
     /// Pools that are `Parked` or broken under a lease.
     unhealthy: usize,
@@ -116,6 +120,7 @@ impl<P: Clone, W> Books<P, W> {
             by_state: [0; 4],
             idle: VecDeque::new(),
             waiters: BTreeMap::new(),
+            growth_only: BTreeSet::new(),
             leases: IdMap::default(),
             unhealthy: 0,
             last_failure: None,
@@ -148,6 +153,7 @@ impl<P: Clone, W> Books<P, W> {
                 error: LeaseError::Stopped,
             });
         }
+        self.growth_only.clear();
         for (lease, entry) in std::mem::take(&mut self.leases) {
             self.revoked(lease, &entry, Revocation::Stopped, fx);
         }
@@ -204,6 +210,9 @@ impl<P: Clone, W> Books<P, W> {
         }
         let id = self.next_waiter;
         self.next_waiter += 1;
+        if mode == WaitMode::NoWait || self.waiters.len() >= self.limits.max_waiters {
+            self.growth_only.insert(id);
+        }
         self.waiters.insert(id, waiter());
         self.replenish(fx);
         Ok(Acquired::Queued(id))
@@ -212,6 +221,7 @@ impl<P: Clone, W> Books<P, W> {
     /// A waiter gave up (dropped, or `timed_out`): its payload, if it was still queued.
     pub(crate) fn cancel_waiter(&mut self, id: WaiterId, timed_out: bool) -> Option<W> {
         let waiter = self.waiters.remove(&id)?;
+        self.growth_only.remove(&id);
         if timed_out {
             self.counts.timed_out += 1;
         }
@@ -318,12 +328,15 @@ impl<P: Clone, W> Books<P, W> {
         }
         self.last_failure = Some(failure);
         if let Some(failure) = self.unservable() {
+            self.growth_only.clear();
             for (_, waiter) in std::mem::take(&mut self.waiters) {
                 fx.push(Effect::Refuse {
                     waiter,
                     error: LeaseError::NoHealthyPool(failure.clone()),
                 });
             }
+        } else {
+            self.refuse_stranded(fx);
         }
     }
 
@@ -340,6 +353,7 @@ impl<P: Clone, W> Books<P, W> {
         }
         self.forget(pool);
         self.replenish(fx);
+        self.refuse_stranded(fx);
     }
 
     /// A new sizing target: grow toward it, retire idle pools above it (never a leased one).

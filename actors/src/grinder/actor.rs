@@ -28,7 +28,13 @@ impl<S: 'static> Grinder<S> {
                 return Ok(());
             }
         }
-        let incarnation = self.lock().incarnation + 1;
+        // The number is taken now, before the actor exists: an actor of a start that is dropped
+        // meanwhile then never shares a number with a later one (its `Drop` must not stop it).
+        let incarnation = {
+            let mut books = self.lock();
+            books.incarnation += 1;
+            books.incarnation
+        };
         let (tx, rx) = oneshot::channel();
         let grinder = Arc::clone(self);
         self.engine.spawn_on_host(move || {
@@ -45,7 +51,10 @@ impl<S: 'static> Grinder<S> {
         })?;
         let actor = rx.await.map_err(|_| LeaseError::NotStarted)?;
         let mut books = self.lock();
-        books.incarnation = incarnation;
+        if books.incarnation != incarnation || !actor.kick.connected() {
+            // Its host stopped while it started (the actor is gone): nothing runs it.
+            return Err(LeaseError::NotStarted);
+        }
         if let Some(old) = books.actor.replace(actor) {
             old.stop.do_send(StopGrinder);
         }

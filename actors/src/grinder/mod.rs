@@ -189,7 +189,7 @@ impl<S: 'static> Grinder<S> {
         if books.kick_queued {
             return;
         }
-        if let Some(actor) = &books.actor {
+        if let Some(actor) = books.actor.as_ref().filter(|a| a.kick.connected()) {
             books.kick_queued = true;
             actor.kick.do_send(Kick);
         }

@@ -1,7 +1,7 @@
 //! `PoolActor`: owns one pool's worker threads (actix `SyncArbiter`s) and its job queue, and
 //! keeps the pool at `workers_per_pool` live workers.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,7 @@ impl<S: 'static> PoolActor<S> {
         let (jobs, receiver) = crossbeam_channel::unbounded();
         let queue = Arc::new(PoolQueue {
             jobs,
+            backlog: receiver.clone(),
             dead: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&queue);
@@ -169,7 +170,7 @@ impl<S: 'static> PoolActor<S> {
         self.last_failure = Some(now);
         if self.live == 0 {
             if let Some(queue) = &self.queue {
-                queue.dead.store(true, Relaxed);
+                queue.dead.store(true, SeqCst);
             }
             // Nobody can run what is queued: answer it now instead of letting callers hang.
             let mut lost = 0usize;
@@ -306,7 +307,7 @@ impl<S: 'static> Handler<WorkerReady> for PoolActor<S> {
         if !self.serving && !self.retired {
             self.serving = true;
             if let Some(queue) = &self.queue {
-                queue.dead.store(false, Relaxed);
+                queue.dead.store(false, SeqCst);
             }
             tracing::info!(manager = %self.spec.settings().name_prefix, pool = %self.id, "pool is serving");
             self.spec.keeper.pool_ready(self.id);
