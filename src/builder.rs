@@ -25,18 +25,25 @@ use crate::manager::LeaseManager;
 #[must_use = "a builder does nothing until build() is called"]
 pub struct ManagerBuilder<S> {
     settings: Settings<S>,
+    #[cfg(feature = "process")]
+    process: crate::process::ProcessOptions,
 }
 
 impl ManagerBuilder<()> {
     pub(crate) fn new() -> Self {
         Self {
             settings: Settings::new(),
+            #[cfg(feature = "process")]
+            process: crate::process::ProcessOptions::default(),
         }
     }
 }
 
 impl<S> ManagerBuilder<S> {
-    /// Where work runs. Default [`Backend::Thread`]; `Process` is refused by `build()` for now.
+    /// Where work runs. Default [`Backend::Thread`]. [`Backend::Process`] (feature `process`,
+    /// Unix) runs [`ProcessJob`](crate::process::ProcessJob)s in worker child processes and
+    /// needs [`process_jobs`](Self::process_jobs); without the feature, or on another
+    /// platform, `build()` refuses it with [`BuildError::UnsupportedBackend`] saying why.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.settings.backend = backend;
         self
@@ -167,7 +174,68 @@ impl<S> ManagerBuilder<S> {
     fn with_factory<T>(self, state_factory: StateFactory<T>) -> ManagerBuilder<T> {
         ManagerBuilder {
             settings: self.settings.with_factory(state_factory),
+            #[cfg(feature = "process")]
+            process: self.process,
         }
+    }
+
+    /// The jobs the worker children can run — the same [`Jobs`](crate::process::Jobs) the worker
+    /// program passes to [`process::init`](crate::process::init). Required for
+    /// [`Backend::Process`]. Feature `process`.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub fn process_jobs(mut self, jobs: crate::process::Jobs) -> Self {
+        self.process.jobs = Some(jobs);
+        self
+    }
+
+    /// The program each worker child runs. Default: the running executable
+    /// (`std::env::current_exe()`). Its `main` must call
+    /// [`process::init`](crate::process::init) first. Feature `process`.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub fn worker_program(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.process.program = Some(path.into());
+        self
+    }
+
+    /// Replaces a child after it has run `n` jobs (a leaky library, a fragmented heap).
+    /// Default: no limit; 0 is refused. Feature `process`.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub fn max_jobs_per_child(mut self, n: usize) -> Self {
+        self.process.max_jobs_per_child = Some(n);
+        self
+    }
+
+    /// Caps each child's address space (`RLIMIT_AS`, bytes): a job that allocates past it
+    /// fails its allocation, the child aborts, the job answers `WorkerLost` and the child is
+    /// replaced. Leave room for the program itself (tens of MiB). Default: no limit; 0 is
+    /// refused. Feature `process`.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub fn child_memory_limit(mut self, bytes: u64) -> Self {
+        self.process.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Largest encoded job input or output (one frame), in bytes. Default 64 MiB. A larger
+    /// input fails its job with `ProcessJob` before it is sent; a child that sends a larger
+    /// frame is killed as broken. Feature `process`.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.process.max_message_bytes = n;
+        self
+    }
+
+    /// How long a new child has to complete its handshake (after `on_child_start`). Default
+    /// 10 s; must be positive. Feature `process`.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub fn child_start_timeout(mut self, d: Duration) -> Self {
+        self.process.start_timeout = d;
+        self
     }
 
     /// Checks every setting and builds the manager (not started).
@@ -178,6 +246,19 @@ impl<S> ManagerBuilder<S> {
     where
         S: 'static,
     {
-        Ok(LeaseManager::from_config(EngineConfig::new(self.settings)?))
+        #[cfg_attr(not(feature = "process"), allow(unused_mut))]
+        let mut settings = self.settings;
+        #[cfg(feature = "process")]
+        {
+            settings = crate::process::configure(settings, self.process)?;
+        }
+        #[cfg(not(feature = "process"))]
+        if settings.backend == Backend::Process {
+            return Err(BuildError::UnsupportedBackend {
+                backend: Backend::Process,
+                why: "it needs the cargo feature `process` of leasepool".to_owned(),
+            });
+        }
+        Ok(LeaseManager::from_config(EngineConfig::new(settings)?))
     }
 }

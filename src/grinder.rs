@@ -41,7 +41,7 @@ pub struct WorkGrinder<S: 'static = ()> {
 struct Inner<S: 'static> {
     grinder: Arc<Grinder<S>>,
     // A grinder needs its manager: keep it alive as long as the grinder.
-    _manager: LeaseManager<S>,
+    manager: LeaseManager<S>,
 }
 
 impl<S: 'static> Drop for Inner<S> {
@@ -117,12 +117,61 @@ impl<S: 'static> WorkGrinder<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.closures_allowed("submit")?;
+        self.submit_any(f).await
+    }
+
+    async fn submit_any<F, R>(&self, f: F) -> Result<R, LeaseError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let grinder = &*self.inner.grinder;
         let (id, handle) = grinder.submit(f).await?;
         let cancel = CancelOnDrop { grinder, id };
         let out = handle.await;
         std::mem::forget(cancel);
         out
+    }
+
+    /// Runs the [`ProcessJob`](crate::process::ProcessJob) `job` in a batch, like
+    /// [`submit`](Self::submit) — in a worker child on the process backend, on a worker thread
+    /// on the thread backend. Feature `process`.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub async fn submit_call<J: crate::process::ProcessJob>(
+        &self,
+        job: J,
+    ) -> Result<J::Output, LeaseError> {
+        self.submit_any(move || crate::process::run_here(job))
+            .await?
+    }
+
+    /// Queues the [`ProcessJob`](crate::process::ProcessJob) `job` now, like
+    /// [`enqueue`](Self::enqueue). Feature `process`.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub fn enqueue_call<J: crate::process::ProcessJob>(
+        &self,
+        job: J,
+    ) -> Result<JobHandle<J::Output>, LeaseError> {
+        Ok(self
+            .inner
+            .grinder
+            .enqueue(move || crate::process::run_here(job))?
+            .flatten())
+    }
+
+    /// Closures cannot cross into a child process: on the process backend only the `_call`
+    /// methods run.
+    fn closures_allowed(&self, method: &'static str) -> Result<(), LeaseError> {
+        if self.inner.manager.backend() == leasepool_actors::Backend::Process {
+            return Err(LeaseError::InvalidArgument(format!(
+                "WorkGrinder::{method} sends a closure, which cannot run in a worker process: \
+                 on Backend::Process use submit_call / enqueue_call with a process::ProcessJob"
+            )));
+        }
+        Ok(())
     }
 
     /// Queues `f` now and returns a handle to its result, or `Unavailable` at once when
@@ -132,6 +181,7 @@ impl<S: 'static> WorkGrinder<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.closures_allowed("enqueue")?;
         self.inner.grinder.enqueue(f)
     }
 
@@ -150,6 +200,7 @@ impl<S: 'static> WorkGrinder<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.closures_allowed("submit_blocking")?;
         self.inner.grinder.submit_blocking(f)
     }
 
@@ -267,7 +318,7 @@ impl<S: 'static> GrinderBuilder<S> {
         Ok(WorkGrinder {
             inner: Arc::new(Inner {
                 grinder: Grinder::new(Arc::clone(self.manager.engine()), self.config),
-                _manager: self.manager,
+                manager: self.manager,
             }),
         })
     }

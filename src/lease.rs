@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use leasepool_actors::{IfAbandoned, JobHandle, LeaseCore, LeaseError, LeaseId, PoolId};
+use leasepool_actors::{Backend, IfAbandoned, JobHandle, LeaseCore, LeaseError, LeaseId, PoolId};
 
 use crate::message::Handle;
 
@@ -99,6 +99,7 @@ impl<S: 'static> Lease<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.closures_allowed("run")?;
         self.core
             .dispatch(move |_: &mut S| f(), IfAbandoned::Skip)?
             .await
@@ -110,6 +111,7 @@ impl<S: 'static> Lease<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.closures_allowed("run_with")?;
         self.core.dispatch(f, IfAbandoned::Skip)?.await
     }
 
@@ -119,6 +121,7 @@ impl<S: 'static> Lease<S> {
         S: Handle<M>,
         M: Send + 'static,
     {
+        self.closures_allowed("send")?;
         self.core
             .dispatch(move |state: &mut S| state.handle(msg), IfAbandoned::Skip)?
             .await
@@ -134,7 +137,67 @@ impl<S: 'static> Lease<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.closures_allowed("submit")?;
         self.core.dispatch(move |_: &mut S| f(), IfAbandoned::Run)
+    }
+
+    /// Runs the [`ProcessJob`](crate::process::ProcessJob) `job` and returns its output: in a
+    /// worker child on the process backend, on a worker thread on the thread backend (the same
+    /// answers either way). Feature `process`.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run), and: `Panicked` if the job panics (the child survives);
+    /// `WorkerLost` if the child crashed (it is replaced; the pool's other children are not
+    /// affected); `Expired` if the lease was revoked while the job ran (the child was killed);
+    /// `ProcessJob` if the job's name is unknown to the worker program or its input or output
+    /// does not encode, decode or fit `max_message_bytes`.
+    ///
+    /// # Cancel safety
+    /// As [`run`](Self::run): dropping the future before a worker starts the job skips it.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub async fn call<J: crate::process::ProcessJob>(
+        &self,
+        job: J,
+    ) -> Result<J::Output, LeaseError> {
+        self.core
+            .dispatch(
+                move |_: &mut S| crate::process::run_here(job),
+                IfAbandoned::Skip,
+            )?
+            .flatten()
+            .await
+    }
+
+    /// Sends the [`ProcessJob`](crate::process::ProcessJob) `job` now and returns a handle to
+    /// its output, like [`submit`](Self::submit). Feature `process`.
+    ///
+    /// # Errors
+    /// Fails at once, without sending, if the lease can no longer take jobs.
+    #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+    pub fn submit_call<J: crate::process::ProcessJob>(
+        &self,
+        job: J,
+    ) -> Result<JobHandle<J::Output>, LeaseError> {
+        Ok(self
+            .core
+            .dispatch(
+                move |_: &mut S| crate::process::run_here(job),
+                IfAbandoned::Run,
+            )?
+            .flatten())
+    }
+
+    /// Closures cannot cross into a child process: on the process backend only `call` runs.
+    fn closures_allowed(&self, method: &'static str) -> Result<(), LeaseError> {
+        if self.core.facts().backend == Backend::Process {
+            return Err(LeaseError::InvalidArgument(format!(
+                "{method} sends a closure, which cannot run in a worker process: on \
+                 Backend::Process use call / submit_call with a process::ProcessJob"
+            )));
+        }
+        Ok(())
     }
 
     /// Releases the lease. When it returns the pool is free again (handed to the next waiter,

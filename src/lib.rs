@@ -6,6 +6,9 @@ mod grinder;
 mod lease;
 mod manager;
 mod message;
+#[cfg(feature = "process")]
+#[cfg_attr(docsrs, doc(cfg(feature = "process")))]
+pub mod process;
 #[cfg(feature = "web")]
 #[cfg_attr(docsrs, doc(cfg(feature = "web")))]
 pub mod web;
@@ -260,4 +263,8 @@ pub mod guide {
     // Without the features its examples need, the page is shown with its examples not compiled.
     #[cfg(not(all(feature = "web", feature = "serde")))]
     page!(actix_web, "actix-web.shown");
+    #[cfg(feature = "process")]
+    page!(process_backend, "process-backend");
+    #[cfg(not(feature = "process"))]
+    page!(process_backend, "process-backend.shown");
 }

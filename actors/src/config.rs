@@ -17,6 +17,9 @@ pub(crate) const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 /// replaces it with backoff.
 pub type StateFactory<S> = Arc<dyn Fn() -> Result<S, String> + Send + Sync>;
 
+/// Runs on a worker thread as its worker ends (after its last job, before the thread exits).
+pub type WorkerHook = Arc<dyn Fn() + Send + Sync>;
+
 /// Counts work units (e.g. connected devices) for adaptive sizing.
 pub type SizeProvider = Arc<dyn Fn() -> usize + Send + Sync>;
 
@@ -50,6 +53,8 @@ pub struct Settings<S> {
     pub state_factory: StateFactory<S>,
     /// `start` succeeds even when not one worker can start.
     pub start_degraded: bool,
+    /// Runs on each worker thread as its worker ends (the process backend ends its child).
+    pub worker_exit: Option<WorkerHook>,
 }
 
 impl Settings<()> {
@@ -70,6 +75,7 @@ impl Settings<()> {
             shutdown_timeout: Duration::from_secs(5),
             state_factory: Arc::new(|| Ok(())),
             start_degraded: false,
+            worker_exit: None,
         }
     }
 }
@@ -98,6 +104,7 @@ impl<S> Settings<S> {
             shutdown_timeout: self.shutdown_timeout,
             state_factory,
             start_degraded: self.start_degraded,
+            worker_exit: self.worker_exit,
         }
     }
 }
@@ -157,9 +164,6 @@ impl<S> EngineConfig<S> {
         }
         if s.name_prefix.is_empty() || s.name_prefix.contains('\0') {
             return Err(BuildError::InvalidNamePrefix(settings.name_prefix));
-        }
-        if s.backend != Backend::Thread {
-            return Err(BuildError::UnsupportedBackend(s.backend));
         }
         Ok(Self { settings })
     }

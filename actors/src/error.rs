@@ -59,9 +59,23 @@ pub enum BuildError {
     /// The name prefix cannot name threads.
     #[error("name_prefix {0:?} is invalid: it must be non-empty and contain no NUL byte")]
     InvalidNamePrefix(String),
-    /// The backend is not available in this build.
-    #[error("backend {0} is not supported yet; use Backend::Thread")]
-    UnsupportedBackend(Backend),
+    /// The backend is not available in this build or on this platform; the text says why.
+    #[error("backend {backend} is not available: {why}")]
+    UnsupportedBackend {
+        /// The backend asked for.
+        backend: Backend,
+        /// Why not (a missing cargo feature, the platform).
+        why: String,
+    },
+    /// The process backend was asked for without `process_jobs`.
+    #[error("Backend::Process needs process_jobs(..): the jobs its worker children can run")]
+    MissingProcessJobs,
+    /// The process backend's worker program cannot be used; the text says why.
+    #[error("worker program: {0}")]
+    WorkerProgram(String),
+    /// Two process jobs were registered under one `NAME`.
+    #[error("two process jobs are registered under the name {0:?}")]
+    DuplicateJobName(&'static str),
 }
 
 /// Why an acquire, a job or a lease operation did not produce its value.
@@ -118,6 +132,11 @@ pub enum LeaseError {
     /// `start` fails with it when not one worker could start (unless `start_degraded`).
     #[error("no pool can serve: {0}")]
     NoHealthyPool(String),
+    /// A process job could not run or answer — its name is unknown to the worker program, its
+    /// input or output does not encode or decode, or it exceeds `max_message_bytes`. The text
+    /// names the job. Only this job fails; the child goes on serving.
+    #[error("process job failed: {0}")]
+    ProcessJob(String),
 }
 
 impl LeaseError {
@@ -137,6 +156,7 @@ impl LeaseError {
             LeaseError::BlockingOnRuntime(_) => "blocking_on_runtime",
             LeaseError::InvalidArgument(_) => "invalid_argument",
             LeaseError::NoHealthyPool(_) => "no_healthy_pool",
+            LeaseError::ProcessJob(_) => "process_job",
         }
     }
 

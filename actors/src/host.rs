@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use actix::{Addr, AsyncContext, Context};
 use tokio::sync::{oneshot, Mutex};
@@ -27,6 +28,10 @@ use crate::pool::PoolSpec;
 use crate::stats::Stats;
 use crate::sync::lock;
 use crate::threads::WorkerThreads;
+
+/// After `shutdown_timeout`, how long `stop` waits more for jobs told to stop now (the process
+/// backend kills its children; a thread job may look at `job_stop_reason`).
+const OVERDUE_GRACE: Duration = Duration::from_millis(500);
 
 struct Host {
     generation: u64,
@@ -387,10 +392,17 @@ fn host_main<S: 'static>(
         let supervisor = ctx.run(manager);
         let timeout = keeper.config.settings.shutdown_timeout;
         let name = Arc::clone(&keeper.name);
+        let overdue = Arc::clone(&keeper);
         actix_rt::spawn(async move {
             // The supervisor ended: by `Shutdown`, or by a crash after failing closed.
             let _ = ended_rx.await;
-            let stuck = threads.wait_all_exited(timeout).await;
+            let mut stuck = threads.wait_all_exited(timeout).await;
+            if !stuck.is_empty() {
+                // Jobs that can stop when told (`current::job_stop_reason`: the process
+                // backend kills its children) get a moment to do so.
+                overdue.mark_overdue(generation);
+                stuck = threads.wait_all_exited(OVERDUE_GRACE).await;
+            }
             if !stuck.is_empty() {
                 tracing::warn!(manager = %name,
                     threads = ?stuck,

@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
+use crate::current::JobScope;
 use crate::error::LeaseError;
 use crate::lease_state::LeaseShared;
 use crate::stats::CounterCells;
@@ -166,6 +167,7 @@ where
         let Some(f) = self.f.take() else {
             return JobOutcome::Ran;
         };
+        let scope = self.in_flight.as_ref().map(|g| JobScope::enter(&g.0));
         let (result, outcome) = match catch_unwind(AssertUnwindSafe(move || f(state))) {
             Ok(value) => {
                 CounterCells::bump(&counters.jobs_completed);
@@ -178,6 +180,7 @@ where
                 (Err(LeaseError::Panicked(msg)), JobOutcome::Panicked)
             }
         };
+        drop(scope);
         // Lower in-flight before answering: a caller that has its answer and releases at once
         // finds the lease idle, so its pool returns immediately instead of draining.
         drop(self.in_flight.take());
@@ -237,9 +240,31 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// The result of one job: a future that resolves exactly once, with the job's value or the
 /// reason it has none. Dropping it does not cancel a job sent with `submit`.
 #[must_use = "a JobHandle does nothing unless awaited (the job itself runs regardless)"]
-#[derive(Debug)]
 pub struct JobHandle<R> {
-    answer: oneshot::Receiver<Result<R, LeaseError>>,
+    answer: Answer<R>,
+}
+
+enum Answer<R> {
+    /// The job's own reply.
+    Direct(oneshot::Receiver<Result<R, LeaseError>>),
+    /// A job whose value is itself a `Result` (see [`JobHandle::flatten`]).
+    Flattened(Pin<Box<dyn Future<Output = Result<R, LeaseError>> + Send>>),
+}
+
+impl<R> std::fmt::Debug for JobHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle").finish_non_exhaustive()
+    }
+}
+
+impl<R: Send + 'static> JobHandle<Result<R, LeaseError>> {
+    /// A handle to a job that answers a `Result` of its own (a process job, whose child may fail
+    /// it): resolves to the job's error or its value.
+    pub fn flatten(self) -> JobHandle<R> {
+        JobHandle {
+            answer: Answer::Flattened(Box::pin(async move { self.await? })),
+        }
+    }
 }
 
 /// The sending side of a [`JobHandle`], for work whose job is created later.
@@ -270,7 +295,12 @@ impl<R> JobHandle<R> {
     /// A reply channel and its handle.
     pub fn channel() -> (JobReply<R>, JobHandle<R>) {
         let (reply, answer) = oneshot::channel();
-        (JobReply(reply), JobHandle { answer })
+        (
+            JobReply(reply),
+            JobHandle {
+                answer: Answer::Direct(answer),
+            },
+        )
     }
 }
 
@@ -278,8 +308,11 @@ impl<R> Future for JobHandle<R> {
     type Output = Result<R, LeaseError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.answer)
-            .poll(cx)
-            .map(|answer| answer.unwrap_or(Err(LeaseError::WorkerLost)))
+        match &mut self.answer {
+            Answer::Direct(answer) => Pin::new(answer)
+                .poll(cx)
+                .map(|answer| answer.unwrap_or(Err(LeaseError::WorkerLost))),
+            Answer::Flattened(answer) => answer.as_mut().poll(cx),
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::error::LeaseError;
-use crate::stats::{LeaseId, PoolId};
+use crate::stats::{Backend, LeaseId, PoolId};
 
 const ACTIVE: u8 = 0;
 const RELEASED: u8 = 1;
@@ -30,11 +30,16 @@ pub(crate) enum Revocation {
 pub(crate) trait LeaseEnds: Send + Sync {
     /// `lease` was released and its last in-flight job finished.
     fn drained(&self, lease: LeaseId);
+    /// Whether `stop` of run `generation` has waited `shutdown_timeout` and still has jobs
+    /// running: they should stop now if they can (see `current::job_stop_reason`).
+    fn overdue(&self, generation: u64) -> bool;
 }
 
 /// The shared state of one lease.
 pub(crate) struct LeaseShared {
     pub(crate) facts: LeaseFacts,
+    /// The manager run that granted it.
+    generation: u64,
     state: AtomicU8,
     in_flight: AtomicUsize,
     draining: AtomicBool,
@@ -56,12 +61,15 @@ pub struct LeaseFacts {
     pub soft_expires_at: Instant,
     /// When the lease is revoked.
     pub hard_expires_at: Instant,
+    /// Where its jobs run.
+    pub backend: Backend,
 }
 
 impl LeaseShared {
-    pub(crate) fn new(facts: LeaseFacts, ends: Weak<dyn LeaseEnds>) -> Self {
+    pub(crate) fn new(facts: LeaseFacts, generation: u64, ends: Weak<dyn LeaseEnds>) -> Self {
         Self {
             facts,
+            generation,
             state: AtomicU8::new(ACTIVE),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -78,6 +86,21 @@ impl LeaseShared {
             STOPPED => Some(LeaseError::Stopped),
             _ => Some(LeaseError::WorkerLost),
         }
+    }
+
+    /// Why a job running on this lease should stop now, if it should (see
+    /// `current::job_stop_reason`).
+    pub(crate) fn stop_reason(&self) -> Option<LeaseError> {
+        match self.state.load(SeqCst) {
+            EXPIRED => return Some(LeaseError::Expired),
+            LOST => return Some(LeaseError::WorkerLost),
+            _ => {}
+        }
+        let overdue = self
+            .ends
+            .upgrade()
+            .is_some_and(|ends| ends.overdue(self.generation));
+        overdue.then_some(LeaseError::Stopped)
     }
 
     pub(crate) fn is_revoked(&self) -> bool {

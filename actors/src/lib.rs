@@ -7,7 +7,7 @@
 //!
 //! 1. values: `stats` (ids, `Stats`, `Counters`), `error` (`LeaseError`, `BuildError`),
 //!    `config` (settings, checked once), `sync` (the one way to take a lock);
-//! 2. job and lease state: `job` (a job, its pool's queue, its `JobHandle`), `lease_state` (a
+//! 2. job and lease state: `current` (what a running job may ask about itself), `job` (a job, its pool's queue, its `JobHandle`), `lease_state` (a
 //!    lease's atomics), `threads` (worker-thread tracking), `blocking` (waits outside async
 //!    code), and `handle` (`LeaseCore`: the job path and release, built from those two);
 //! 3. `books`: the pure state machine of pools, waiters and leases;
@@ -25,6 +25,7 @@ mod blocking;
 mod bookkeeper;
 mod books;
 mod config;
+mod current;
 mod error;
 mod grinder;
 mod handle;
@@ -41,7 +42,8 @@ mod worker;
 
 pub use bookkeeper::{LeaseParams, WaitTicket};
 pub use books::WaitMode;
-pub use config::{EngineConfig, Settings, SizeProvider, StateFactory};
+pub use config::{EngineConfig, Settings, SizeProvider, StateFactory, WorkerHook};
+pub use current::{job_stop_reason, request_state_rebuild};
 #[cfg(feature = "web")]
 pub use error::{retry_after_secs, set_retry_after};
 pub use error::{BuildError, LeaseError, MAX_TOTAL_WORKERS};

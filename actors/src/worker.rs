@@ -6,7 +6,8 @@ use std::sync::Arc;
 use actix::{Actor, Message, Recipient, SyncContext};
 use crossbeam_channel::Receiver;
 
-use crate::config::StateFactory;
+use crate::config::{StateFactory, WorkerHook};
+use crate::current::take_rebuild_request;
 use crate::job::{drop_quietly, panic_message, Job, JobOutcome};
 use crate::stats::{CounterCells, PoolId};
 
@@ -58,6 +59,7 @@ pub(crate) struct Worker<S> {
     pool: PoolId,
     counters: Arc<CounterCells>,
     exit: ExitNotice,
+    on_exit: Option<WorkerHook>,
 }
 
 /// Tells the pool when its worker thread ends before its pool retires it: either explicitly
@@ -103,6 +105,7 @@ impl<S> Worker<S> {
         factory: StateFactory<S>,
         pool: PoolId,
         counters: Arc<CounterCells>,
+        on_exit: Option<WorkerHook>,
     ) -> Self {
         let state = build_state_or_exit(&factory, pool, &manager, &mut exit);
         Self {
@@ -113,6 +116,7 @@ impl<S> Worker<S> {
             pool,
             counters,
             exit,
+            on_exit,
         }
     }
 
@@ -135,13 +139,18 @@ impl<S> Worker<S> {
                     JobOutcome::Panicked
                 }
             };
+            let asked = take_rebuild_request();
             if outcome == JobOutcome::Panicked {
-                CounterCells::bump(&self.counters.worker_states_rebuilt);
                 tracing::warn!(manager = %self.manager, pool = %self.pool, "job panicked; rebuilding the worker's state");
-                let fresh =
-                    build_state_or_exit(&self.factory, self.pool, &self.manager, &mut self.exit);
-                drop_quietly(std::mem::replace(&mut self.state, fresh), &self.manager);
+            } else if let Some(why) = asked {
+                tracing::debug!(manager = %self.manager, pool = %self.pool, why, "rebuilding the worker's state, as its job asked");
+            } else {
+                continue;
             }
+            CounterCells::bump(&self.counters.worker_states_rebuilt);
+            let fresh =
+                build_state_or_exit(&self.factory, self.pool, &self.manager, &mut self.exit);
+            drop_quietly(std::mem::replace(&mut self.state, fresh), &self.manager);
         }
     }
 }
@@ -170,6 +179,17 @@ fn build_state_or_exit<S>(
     };
     exit.report(WorkerExit::StateFailed(error.clone()));
     std::panic::resume_unwind(Box::new(error))
+}
+
+impl<S> Drop for Worker<S> {
+    fn drop(&mut self) {
+        if let Some(hook) = self.on_exit.take() {
+            // May run while the thread unwinds: a panic escaping here would abort the process.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| hook())) {
+                drop_quietly(payload, &self.manager);
+            }
+        }
+    }
 }
 
 impl<S: 'static> Actor for Worker<S> {

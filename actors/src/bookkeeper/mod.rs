@@ -11,7 +11,10 @@
 //! nothing in flight run here, on the caller's thread, and wake no one — new leases' actors are
 //! asked for once per batch (`HostWork::SpawnLeaseActors`), not once per acquire.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -138,6 +141,8 @@ pub(crate) struct Bookkeeper<S: 'static> {
     /// A starting pool became ready or failed, or the run ended (what `start` waits for).
     pub(crate) settled: tokio::sync::Notify,
     injected_spawn_failures: AtomicUsize,
+    /// The latest run whose `stop` waited `shutdown_timeout` with jobs still running (0: none).
+    overdue_run: AtomicU64,
     me: Weak<Bookkeeper<S>>,
 }
 
@@ -146,6 +151,10 @@ impl<S: 'static> LeaseEnds for Bookkeeper<S> {
         self.transition(|books, fx| {
             books.release(lease, fx);
         });
+    }
+
+    fn overdue(&self, generation: u64) -> bool {
+        self.overdue_run.load(SeqCst) >= generation
     }
 }
 
@@ -170,6 +179,7 @@ impl<S: 'static> Bookkeeper<S> {
             counters: Arc::default(),
             settled: tokio::sync::Notify::new(),
             injected_spawn_failures: AtomicUsize::new(0),
+            overdue_run: AtomicU64::new(0),
             me: me.clone(),
         })
     }
@@ -257,9 +267,11 @@ impl<S: 'static> Bookkeeper<S> {
             owner: params.owner,
             soft_expires_at,
             hard_expires_at: later(soft_expires_at, self.config.settings.lease_grace),
+            backend: self.config.settings.backend,
         };
         let ends: Weak<dyn LeaseEnds> = self.me.clone();
-        let shared = Arc::new(LeaseShared::new(facts, ends));
+        let generation = ledger.books.run().unwrap_or(0);
+        let shared = Arc::new(LeaseShared::new(facts, generation, ends));
         ledger.leases.insert(lease, Arc::clone(&shared));
         LeaseCore::new(shared, queue)
     }
@@ -274,6 +286,12 @@ impl<S: 'static> Bookkeeper<S> {
 
     pub(crate) fn current_run(&self) -> Option<Run> {
         self.lock().run.clone()
+    }
+
+    /// `stop` of run `generation` waited `shutdown_timeout` and jobs still run: tells them to
+    /// stop now (see `current::job_stop_reason`).
+    pub(crate) fn mark_overdue(&self, generation: u64) {
+        self.overdue_run.fetch_max(generation, SeqCst);
     }
 
     pub(crate) fn current_generation(&self) -> Option<u64> {

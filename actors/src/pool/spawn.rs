@@ -59,6 +59,7 @@ impl<S: 'static> PoolActor<S> {
             }
         };
         let factory = Arc::clone(&self.spec.settings().state_factory);
+        let on_exit = self.spec.settings().worker_exit.clone();
         let counters = Arc::clone(self.spec.counters());
         let queue = self.receiver.clone();
         let exits = me.clone().recipient::<WorkerExited>();
@@ -80,6 +81,7 @@ impl<S: 'static> PoolActor<S> {
                 Arc::clone(&factory),
                 id,
                 Arc::clone(&counters),
+                on_exit.clone(),
             );
             ready.do_send(WorkerReady);
             worker

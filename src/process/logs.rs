@@ -1,0 +1,183 @@
+//! Log forwarding. In a child, `tracing` events become marked stderr lines
+//! ([`ChildSubscriber`]); in the parent, one thread per child reads its stderr and turns every
+//! line — marked events and the child's own prints, stdout included — into `tracing` events of
+//! the parent, with fields `manager`, `pool`, `worker` and `pid`.
+//!
+//! Targets in the parent: `leasepool::process::child` for the child's events (the child's own
+//! target is the field `child_target`), `leasepool::process::output` for its plain output lines.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+use super::protocol::LOG_MARKER;
+
+/// The child's subscriber: writes each event as one marked stderr line.
+pub(crate) struct ChildSubscriber {
+    max: LevelFilter,
+    next_span: AtomicU64,
+}
+
+impl ChildSubscriber {
+    /// Installs itself as the global subscriber, forwarding events up to `level` (the parent's
+    /// own maximum: `"trace"` … `"error"`, `"off"`). Does nothing if one is set already.
+    pub(crate) fn install(level: &str) {
+        let max = level.parse().unwrap_or(LevelFilter::INFO);
+        if max == LevelFilter::OFF {
+            return;
+        }
+        let _ = tracing::subscriber::set_global_default(ChildSubscriber {
+            max,
+            next_span: AtomicU64::new(1),
+        });
+    }
+}
+
+/// Gathers an event's message and fields, escaped to fit on one line.
+#[derive(Default)]
+struct Line {
+    message: String,
+    fields: String,
+}
+
+fn escape(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\u{1e}' | '\u{1f}' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+}
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        self.push(field, &text);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field, value);
+    }
+}
+
+impl Line {
+    fn push(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            escape(value, &mut self.message);
+        } else {
+            if !self.fields.is_empty() {
+                self.fields.push(' ');
+            }
+            let _ = write!(self.fields, "{}=", field.name());
+            escape(value, &mut self.fields);
+        }
+    }
+}
+
+impl Subscriber for ChildSubscriber {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.max >= *metadata.level()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max)
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        // Spans are not forwarded; ids only need to be non-zero.
+        Id::from_u64(self.next_span.fetch_add(1, Relaxed).max(1))
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut line = Line::default();
+        event.record(&mut line);
+        let meta = event.metadata();
+        let mut target = String::new();
+        escape(meta.target(), &mut target);
+        let text = format!(
+            "{LOG_MARKER}{}\u{1f}{target}\u{1f}{}\u{1f}{}\n",
+            meta.level(),
+            line.message,
+            line.fields
+        );
+        // One write per line: lines from several threads of the child do not interleave.
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+/// Who a child is, for the fields of the events its lines become.
+#[derive(Debug, Clone)]
+pub(crate) struct ChildLabels {
+    pub(crate) manager: String,
+    pub(crate) pool: String,
+    pub(crate) worker: String,
+    pub(crate) pid: u32,
+}
+
+/// Reads the child's stderr to its end, one event per line.
+pub(crate) fn forward(stderr: impl Read, labels: &ChildLabels) {
+    let mut reader = BufReader::new(stderr);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&raw);
+        let text = text.trim_end_matches(['\n', '\r']);
+        emit(text, labels);
+    }
+}
+
+fn emit(line: &str, l: &ChildLabels) {
+    let (manager, pool, worker, pid) = (&l.manager, &l.pool, &l.worker, l.pid);
+    let Some(event) = line.strip_prefix(LOG_MARKER) else {
+        tracing::info!(target: "leasepool::process::output", manager, pool, worker, pid, "{line}");
+        return;
+    };
+    let mut parts = event.splitn(4, '\u{1f}');
+    let level = parts.next().unwrap_or("INFO");
+    let child_target = parts.next().unwrap_or("");
+    let message = parts.next().unwrap_or("");
+    let fields = parts.next().unwrap_or("");
+    macro_rules! forward_at {
+        ($level:expr) => {
+            tracing::event!(target: "leasepool::process::child", $level, manager, pool, worker, pid, child_target, fields, "{message}")
+        };
+    }
+    match level.parse::<Level>().unwrap_or(Level::INFO) {
+        Level::ERROR => forward_at!(Level::ERROR),
+        Level::WARN => forward_at!(Level::WARN),
+        Level::INFO => forward_at!(Level::INFO),
+        Level::DEBUG => forward_at!(Level::DEBUG),
+        Level::TRACE => forward_at!(Level::TRACE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_an_event_on_one_line() {
+        let mut out = String::new();
+        escape("two\nlines\u{1f}and\rmore", &mut out);
+        assert_eq!(out, "two\\nlines and\\rmore");
+    }
+}

@@ -1,0 +1,402 @@
+//! The process backend: leased pools of worker *processes* (feature `process`, Unix).
+//!
+//! Each worker thread of a pool owns one child process — the worker program (by default this
+//! very executable) started with a private environment marker — and talks to it over a framed
+//! pipe. Work is a [`ProcessJob`]: a serde value that names itself and runs in the child.
+//!
+//! - A job that panics in the child answers [`LeaseError::Panicked`](crate::LeaseError); the
+//!   child survives.
+//! - A child that crashes (abort, segfault, `exit`, the memory limit, the OOM killer) answers
+//!   its job `WorkerLost`, is logged with its exit status or signal, and is replaced; the pool's
+//!   other children are not affected.
+//! - When a lease is revoked at its hard expiry, children still running its jobs are killed
+//!   (their whole process group) and the jobs answer `Expired`: a runaway job really stops.
+//!   `stop` past `shutdown_timeout` does the same.
+//! - Children die with the parent (`PR_SET_PDEATHSIG` on Linux, and end of input everywhere).
+//!
+//! The rule: **[`init`] is the first line of `main`** of the worker program. In the parent it
+//! returns at once; in a worker child it serves jobs and exits the process.
+//!
+//! ```no_run
+//! use leasepool::process::{self, Jobs, ProcessJob};
+//! use leasepool::{Backend, LeaseManager};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Shout(String);
+//!
+//! impl ProcessJob for Shout {
+//!     const NAME: &'static str = "shout.v1";
+//!     type Output = String;
+//!     fn run(self) -> String {
+//!         self.0.to_uppercase()
+//!     }
+//! }
+//!
+//! fn jobs() -> Jobs {
+//!     Jobs::new().register::<Shout>()
+//! }
+//!
+//! #[actix_rt::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     process::init(jobs()); // first line: a worker child never returns from here
+//!     let manager = LeaseManager::builder()
+//!         .backend(Backend::Process)
+//!         .process_jobs(jobs())
+//!         .workers_per_pool(2)
+//!         .build()?;
+//!     manager.start().await?;
+//!     let lease = manager.acquire().await?;
+//!     assert_eq!(lease.call(Shout("hello".into())).await?, "HELLO");
+//!     lease.release().await;
+//!     manager.stop().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! See the guide page [`guide::process_backend`](crate::guide::process_backend) for when to
+//! choose it, `cargo test` patterns, limits and what a job may not capture.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::LeaseError;
+
+#[cfg(unix)]
+mod child;
+#[cfg(unix)]
+mod logs;
+mod protocol;
+#[cfg(unix)]
+mod serve;
+#[cfg(unix)]
+pub(crate) mod slot;
+
+/// A job that can run in a worker child: the value is the input, [`run`](Self::run) is the
+/// work. The same type runs on the thread backend too (`run` on a worker thread), with the same
+/// answers.
+///
+/// A job travels by value, encoded with serde: it may not capture anything that does not
+/// serialize (a connection, a lock, a closure). State a child needs for every job (a loaded
+/// model, a connection) belongs in a `static` set up by [`Jobs::on_child_start`].
+///
+/// ```
+/// use leasepool::process::ProcessJob;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Resize { width: u32, height: u32 }
+///
+/// impl ProcessJob for Resize {
+///     const NAME: &'static str = "resize.v1";
+///     type Output = u64;
+///     fn run(self) -> u64 {
+///         u64::from(self.width) * u64::from(self.height)
+///     }
+/// }
+/// assert_eq!(Resize { width: 3, height: 4 }.run(), 12);
+/// ```
+pub trait ProcessJob: Serialize + DeserializeOwned + Send + 'static {
+    /// A stable id, e.g. `"resize.v1"`: how a child finds the job's code. Change it when the
+    /// input's shape changes, so an old worker program refuses the job instead of misreading it.
+    const NAME: &'static str;
+    /// What the job answers.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The work.
+    fn run(self) -> Self::Output;
+}
+
+/// What running an encoded job in a child gave.
+pub(crate) enum RunOutcome {
+    /// The encoded output.
+    Done(Vec<u8>),
+    /// The job panicked; the message.
+    Panicked(String),
+    /// The job could not run or answer (undecodable input, unencodable output); the text.
+    Failed(String),
+}
+
+type Runner = fn(&[u8]) -> RunOutcome;
+
+/// The jobs a child can run, and what a child does when it starts. Build the same `Jobs` in
+/// the worker program's [`init`] and in [`ManagerBuilder::process_jobs`](crate::ManagerBuilder::process_jobs)
+/// (a function returning it is the easy way).
+///
+/// ```
+/// use leasepool::process::{Jobs, ProcessJob};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Ping;
+/// impl ProcessJob for Ping {
+///     const NAME: &'static str = "ping.v1";
+///     type Output = ();
+///     fn run(self) {}
+/// }
+///
+/// let jobs = Jobs::new()
+///     .register::<Ping>()
+///     .on_child_start(|| { /* open files, load a model into a static, … */ });
+/// assert_eq!(jobs.names().collect::<Vec<_>>(), ["ping.v1"]);
+/// ```
+#[derive(Clone, Default)]
+pub struct Jobs {
+    runners: BTreeMap<&'static str, Runner>,
+    duplicate: Option<&'static str>,
+    on_start: Vec<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jobs")
+            .field("names", &self.runners.keys().collect::<Vec<_>>())
+            .field("on_child_start", &self.on_start.len())
+            .finish()
+    }
+}
+
+impl Jobs {
+    /// No jobs yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds job `J`. Two jobs with the same `NAME` make
+    /// [`ManagerBuilder::build`](crate::ManagerBuilder::build) fail with
+    /// [`BuildError::DuplicateJobName`](crate::BuildError).
+    #[must_use]
+    pub fn register<J: ProcessJob>(mut self) -> Self {
+        if self.runners.insert(J::NAME, run_encoded::<J>).is_some() && self.duplicate.is_none() {
+            self.duplicate = Some(J::NAME);
+        }
+        self
+    }
+
+    /// Runs `f` in each child as it starts, before it serves its first job (an initializer:
+    /// open files, load a model into a `static`, install a tracing subscriber). A panic in `f`
+    /// fails the child's start; the pool retries with backoff and logs the panic.
+    #[must_use]
+    pub fn on_child_start(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_start.push(Arc::new(f));
+        self
+    }
+
+    /// The registered job names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.runners.keys().copied()
+    }
+
+    /// The first name registered twice, if any.
+    pub(crate) fn duplicate(&self) -> Option<&'static str> {
+        self.duplicate
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn runner(&self, name: &str) -> Option<Runner> {
+        self.runners.get(name).copied()
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn start_hooks(&self) -> &[Arc<dyn Fn() + Send + Sync>] {
+        &self.on_start
+    }
+}
+
+/// Decodes a `J`, runs it (catching a panic), encodes its output.
+fn run_encoded<J: ProcessJob>(input: &[u8]) -> RunOutcome {
+    let job: J = match postcard::from_bytes(input) {
+        Ok(job) => job,
+        Err(e) => {
+            return RunOutcome::Failed(format!(
+                "job {:?}: the child cannot decode its input: {e}",
+                J::NAME
+            ))
+        }
+    };
+    match catch_unwind(AssertUnwindSafe(move || job.run())) {
+        Ok(output) => match postcard::to_allocvec(&output) {
+            Ok(bytes) => RunOutcome::Done(bytes),
+            Err(e) => RunOutcome::Failed(format!(
+                "job {:?}: the child cannot encode its output: {e}",
+                J::NAME
+            )),
+        },
+        Err(payload) => {
+            let message = panic_text(payload.as_ref());
+            // A payload whose destructor panics is leaked, not dropped twice.
+            if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(again);
+            }
+            RunOutcome::Panicked(message)
+        }
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// **The first line of `main`** of a program whose process-backend managers use it as their
+/// worker program (the default: the running executable). In the parent — any process not
+/// started as a leasepool worker — it returns at once. In a worker child it serves jobs from
+/// `jobs` until its parent closes the pipe or dies, then exits the process: it never returns.
+///
+/// Anything `main` does before `init` runs in every child too, and anything it prints on stdout
+/// there would be taken for the handshake: keep `init` first.
+pub fn init(jobs: Jobs) {
+    #[cfg(unix)]
+    serve::serve_if_child(jobs);
+    #[cfg(not(unix))]
+    drop(jobs);
+}
+
+/// Whether this process is a process-backend worker child (inside a job, or in
+/// [`Jobs::on_child_start`]). A child may not start worker processes of its own.
+pub fn is_worker_child() -> bool {
+    #[cfg(unix)]
+    {
+        serve::in_child()
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+/// Fault injection (feature `testing`), for a job running in a worker child: its reply goes to
+/// the parent as a malformed frame, which the parent must treat as a broken child (kill it,
+/// answer the job `WorkerLost`, start a new one). Does nothing outside a child.
+#[cfg(all(unix, feature = "testing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub fn corrupt_this_reply() {
+    if serve::in_child() {
+        serve::CORRUPT_REPLY.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs `job` where its lease's worker is: in the worker thread's child on the process backend,
+/// on the worker thread itself otherwise. Called on a worker thread.
+pub(crate) fn run_here<J: ProcessJob>(job: J) -> Result<J::Output, LeaseError> {
+    #[cfg(unix)]
+    if slot::has_child_slot() {
+        let input = postcard::to_allocvec(&job).map_err(|e| {
+            LeaseError::ProcessJob(format!("job {:?}: cannot encode its input: {e}", J::NAME))
+        })?;
+        drop(job);
+        let output = slot::call(J::NAME, input)?;
+        return postcard::from_bytes(&output).map_err(|e| {
+            LeaseError::ProcessJob(format!(
+                "job {:?}: cannot decode the child's output: {e}",
+                J::NAME
+            ))
+        });
+    }
+    // A panic here is the engine's to catch, as for a closure: `Panicked`, state rebuilt.
+    Ok(job.run())
+}
+
+/// The settings of a process backend, gathered by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessOptions {
+    pub(crate) jobs: Option<Jobs>,
+    pub(crate) program: Option<std::path::PathBuf>,
+    pub(crate) max_jobs_per_child: Option<usize>,
+    pub(crate) memory_limit: Option<u64>,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) start_timeout: std::time::Duration,
+}
+
+/// Default cap on one frame (a job's encoded input or output): 64 MiB.
+pub(crate) const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        Self {
+            jobs: None,
+            program: None,
+            max_jobs_per_child: None,
+            memory_limit: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE,
+            start_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Checks the process settings and, for [`Backend::Process`](crate::Backend), wraps the worker
+/// state factory so that each worker thread starts and owns a child.
+pub(crate) fn configure<S: 'static>(
+    #[cfg_attr(not(unix), allow(unused_mut))] mut settings: leasepool_actors::Settings<S>,
+    options: ProcessOptions,
+) -> Result<leasepool_actors::Settings<S>, crate::BuildError> {
+    use crate::BuildError;
+    if let Some(name) = options.jobs.as_ref().and_then(Jobs::duplicate) {
+        return Err(BuildError::DuplicateJobName(name));
+    }
+    for (setting, value) in [
+        ("max_jobs_per_child", options.max_jobs_per_child),
+        (
+            "child_memory_limit",
+            options.memory_limit.map(|b| usize::from(b != 0)),
+        ),
+        ("max_message_bytes", Some(options.max_message_bytes)),
+    ] {
+        if value == Some(0) {
+            return Err(BuildError::Zero { setting });
+        }
+    }
+    if options.start_timeout.is_zero() {
+        return Err(BuildError::ZeroDuration {
+            setting: "child_start_timeout",
+        });
+    }
+    if settings.backend != crate::Backend::Process {
+        return Ok(settings);
+    }
+    #[cfg(not(unix))]
+    {
+        return Err(BuildError::UnsupportedBackend {
+            backend: crate::Backend::Process,
+            why: format!("it runs on Unix only, not on {}", std::env::consts::OS),
+        });
+    }
+    #[cfg(unix)]
+    {
+        if options.jobs.is_none() {
+            return Err(BuildError::MissingProcessJobs);
+        }
+        let program = match options.program {
+            Some(path) => path,
+            None => std::env::current_exe().map_err(|e| {
+                BuildError::WorkerProgram(format!("cannot find the running executable: {e}"))
+            })?,
+        };
+        if !program.is_file() {
+            return Err(BuildError::WorkerProgram(format!(
+                "{} is not a file",
+                program.display()
+            )));
+        }
+        let spec = Arc::new(child::ChildSpec {
+            manager: settings.name_prefix.clone(),
+            program,
+            max_message: options.max_message_bytes,
+            memory_limit: options.memory_limit,
+            max_jobs_per_child: options.max_jobs_per_child,
+            start_timeout: options.start_timeout,
+        });
+        settings.state_factory = slot::wrap_factory(settings.state_factory, spec);
+        settings.worker_exit = Some(Arc::new(slot::end_child));
+        Ok(settings)
+    }
+}

@@ -1,0 +1,191 @@
+//! The child side: what [`init`](super::init) does in a worker child.
+//!
+//! 1. Take the protocol pipes off stdin/stdout (private descriptors), point stdin at
+//!    `/dev/null` and stdout at stderr: a job's prints become log lines, never frames.
+//! 2. Die with the parent: `PR_SET_PDEATHSIG` (Linux), and a parent already gone ends us now.
+//! 3. Apply the memory limit (`RLIMIT_AS`), run the `on_child_start` hooks, forward `tracing`.
+//! 4. Send the handshake, then serve one job at a time until the parent closes the pipe.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+use super::logs::ChildSubscriber;
+use super::protocol::{
+    encode, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT, ENV_PARENT,
+    ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
+};
+use super::{panic_text, Jobs, RunOutcome, DEFAULT_MAX_MESSAGE};
+
+static IN_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Fault injection (feature `testing`): the running job's reply goes out malformed.
+#[cfg(feature = "testing")]
+pub(crate) static CORRUPT_REPLY: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn in_child() -> bool {
+    IN_CHILD.load(SeqCst)
+}
+
+/// Serves as a worker child if this process was started as one; returns otherwise.
+pub(crate) fn serve_if_child(jobs: Jobs) {
+    let Some(token) = std::env::var_os(ENV_TOKEN) else {
+        return;
+    };
+    IN_CHILD.store(true, SeqCst);
+    let token = token.to_string_lossy().into_owned();
+    let setting = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let parent = setting(ENV_PARENT);
+    let memory_limit = setting(ENV_MEMORY_LIMIT);
+    let max_message = setting(ENV_MAX_MESSAGE)
+        .and_then(|v| usize::try_from(v).ok())
+        .unwrap_or(DEFAULT_MAX_MESSAGE);
+    let log_level = std::env::var(ENV_LOG_LEVEL).unwrap_or_default();
+    // Nothing this child starts (a job's own subprocess) is a worker.
+    for name in [
+        ENV_TOKEN,
+        ENV_PARENT,
+        ENV_MEMORY_LIMIT,
+        ENV_MAX_MESSAGE,
+        ENV_LOG_LEVEL,
+    ] {
+        std::env::remove_var(name);
+    }
+    let code = match run(jobs, &token, parent, memory_limit, max_message, &log_level) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("leasepool worker child {}: {e}", std::process::id());
+            70
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(
+    jobs: Jobs,
+    token: &str,
+    parent: Option<u64>,
+    memory_limit: Option<u64>,
+    max_message: usize,
+    log_level: &str,
+) -> Result<(), String> {
+    let from_parent = File::from(rustix::io::dup(std::io::stdin()).map_err(io("dup stdin"))?);
+    let mut to_parent = File::from(rustix::io::dup(std::io::stdout()).map_err(io("dup stdout"))?);
+    let null = File::open("/dev/null").map_err(io("open /dev/null"))?;
+    rustix::stdio::dup2_stdin(&null).map_err(io("stdin to /dev/null"))?;
+    rustix::stdio::dup2_stdout(std::io::stderr()).map_err(io("stdout to stderr"))?;
+    // Die with the parent. The signal fires when the parent *thread* that started us ends:
+    // that is the worker thread that owns us, which ends us itself first.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(io("PR_SET_PDEATHSIG"))?;
+    let parent_now = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    if parent.is_some_and(|p| p != parent_now as u64) {
+        return Err("the parent is gone".to_owned());
+    }
+    if let Some(bytes) = memory_limit {
+        let limit = rustix::process::Rlimit {
+            current: Some(bytes),
+            maximum: Some(bytes),
+        };
+        rustix::process::setrlimit(rustix::process::Resource::As, limit)
+            .map_err(io("RLIMIT_AS"))?;
+    }
+    for hook in jobs.start_hooks() {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| hook())) {
+            let text = format!("on_child_start panicked: {}", panic_text(payload.as_ref()));
+            std::mem::forget(payload);
+            send(
+                &mut to_parent,
+                &FromChild::StartFailed(text.clone()),
+                max_message,
+            )?;
+            return Err(text);
+        }
+    }
+    // After the hooks: a subscriber a hook installed wins.
+    ChildSubscriber::install(log_level);
+    to_parent.write_all(&MAGIC).map_err(io("write to parent"))?;
+    send(
+        &mut to_parent,
+        &FromChild::Hello {
+            protocol: PROTOCOL_VERSION,
+            token: token.to_owned(),
+            pid: std::process::id(),
+            jobs: jobs.names().map(str::to_owned).collect(),
+        },
+        max_message,
+    )?;
+    let mut from_parent = from_parent;
+    loop {
+        let Some(ToChild::Run { name, input }) = read_frame(&mut from_parent, max_message)? else {
+            return Ok(()); // The parent closed the pipe: we are done.
+        };
+        let outcome = match jobs.runner(&name) {
+            Some(run) => run(&input),
+            None => RunOutcome::Failed(format!(
+                "job {name:?} is not registered in this worker program's process::init"
+            )),
+        };
+        drop(input);
+        #[cfg(feature = "testing")]
+        if CORRUPT_REPLY.swap(false, SeqCst) {
+            // A length prefix far over any cap, then garbage.
+            write_raw(&mut to_parent, &[0xff, 0xff, 0xff, 0x7f, 1, 2, 3])?;
+            continue;
+        }
+        let reply = match outcome {
+            RunOutcome::Done(bytes) => FromChild::Done(bytes),
+            RunOutcome::Panicked(msg) => FromChild::Panicked(msg),
+            RunOutcome::Failed(msg) => FromChild::Failed(msg),
+        };
+        match encode(&reply, max_message) {
+            Ok(frame) => to_parent.write_all(&frame).map_err(io("write to parent"))?,
+            Err(e) => {
+                // Its output does not fit a frame: the job fails, the child goes on.
+                let failed = FromChild::Failed(format!("job {name:?}: {e}"));
+                send(&mut to_parent, &failed, max_message)?;
+            }
+        }
+    }
+}
+
+/// Sends one frame to the parent.
+fn send(to: &mut File, msg: &FromChild, max: usize) -> Result<(), String> {
+    let frame = encode(msg, max)?;
+    to.write_all(&frame).map_err(io("write to parent"))
+}
+
+/// Turns an OS error into the child's start error, saying what failed.
+fn io<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+#[cfg(feature = "testing")]
+fn write_raw(to: &mut File, bytes: &[u8]) -> Result<(), String> {
+    to.write_all(bytes)
+        .map_err(|e| format!("write to parent: {e}"))
+}
+
+/// Reads one frame; `None` at a clean end of input.
+fn read_frame(from: &mut File, max: usize) -> Result<Option<ToChild>, String> {
+    let mut prefix = [0_u8; 4];
+    match from.read_exact(&mut prefix) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(format!("read from parent: {e}")),
+    }
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(format!(
+            "the parent sent a frame of {len} bytes, over {max}"
+        ));
+    }
+    let mut payload = vec![0_u8; len];
+    from.read_exact(&mut payload)
+        .map_err(|e| format!("read from parent: {e}"))?;
+    postcard::from_bytes::<ToChild>(&payload)
+        .map(Some)
+        .map_err(|e| format!("malformed frame from the parent: {e}"))
+}

@@ -1,0 +1,80 @@
+//! Each worker thread of a process-backend pool owns one child, kept in a thread-local slot.
+//!
+//! Starting the child and its handshake *are* the worker's state factory: the builder wraps the
+//! user's factory with [`wrap_factory`], so the engine's worker supervision (backoff, unhealthy
+//! pools, `NoHealthyPool` carrying the error) applies to children unchanged. A job that finds
+//! its child dead, broken or killed asks the worker to rebuild its state — that is, to start a
+//! new child — after it has answered. The worker's exit hook ([`end_child`]) ends the child
+//! before the thread goes.
+
+use std::cell::RefCell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use leasepool_actors::StateFactory;
+
+use super::child::{Child, ChildSpec};
+use crate::LeaseError;
+
+thread_local! {
+    static SLOT: RefCell<Option<Child>> = const { RefCell::new(None) };
+    static IS_PROCESS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is a process-backend worker.
+pub(crate) fn has_child_slot() -> bool {
+    IS_PROCESS_WORKER.with(std::cell::Cell::get)
+}
+
+/// Ends this thread's child, if it has one.
+pub(crate) fn end_child() {
+    let child = SLOT
+        .try_with(|slot| slot.borrow_mut().take())
+        .ok()
+        .flatten();
+    if let Some(child) = child {
+        child.end();
+    }
+}
+
+/// The user's factory, preceded by starting this worker's child.
+pub(crate) fn wrap_factory<S: 'static>(
+    user: StateFactory<S>,
+    spec: Arc<ChildSpec>,
+) -> StateFactory<S> {
+    Arc::new(move || {
+        IS_PROCESS_WORKER.with(|w| w.set(true));
+        if super::is_worker_child() {
+            return Err(
+                "a process-backend worker child cannot start worker processes of its own"
+                    .to_owned(),
+            );
+        }
+        // A rebuild replaces the child: the old one ends first.
+        end_child();
+        let child = Child::spawn(&spec)?;
+        SLOT.with(|slot| *slot.borrow_mut() = Some(child));
+        match catch_unwind(AssertUnwindSafe(|| user())) {
+            Ok(Ok(state)) => Ok(state),
+            Ok(Err(e)) => {
+                end_child();
+                Err(e)
+            }
+            Err(payload) => {
+                end_child();
+                resume_unwind(payload)
+            }
+        }
+    })
+}
+
+/// Runs job `name` in this thread's child.
+pub(crate) fn call(name: &str, input: Vec<u8>) -> Result<Vec<u8>, LeaseError> {
+    SLOT.with(|slot| match slot.borrow_mut().as_mut() {
+        Some(child) => child.call(name, input),
+        None => {
+            leasepool_actors::request_state_rebuild("its worker child had ended");
+            Err(LeaseError::WorkerLost)
+        }
+    })
+}
