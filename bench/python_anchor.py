@@ -157,6 +157,45 @@ async def s6(n, tasks, per_task, pools):
     return single, contended
 
 
+async def pmanager(max_pools, workers):
+    m = LeasedExecutorManager(
+        backend="process",
+        max_pools=max_pools,
+        min_pools=max_pools,
+        workers_per_pool=workers,
+        name_prefix="py-anchor-proc",
+    )
+    await m.start()
+    return m
+
+
+async def p1(n):
+    m = await pmanager(1, 1)
+    lease = await m.acquire(owner="p1")
+    await lease.run(noop)  # the worker process starts on first use
+    t = time.perf_counter()
+    for _ in range(n):
+        await lease.run(noop)
+    dt = time.perf_counter() - t
+    await lease.release()
+    await m.stop()
+    return dt / n * 1e6
+
+
+async def p2(calls, pools, workers):
+    m = await pmanager(pools, workers)
+    leases = [await m.acquire(owner=f"p2-{i}") for i in range(pools)]
+    await asyncio.gather(*(l.run(noop) for l in leases for _ in range(workers)))
+    per = calls // pools
+    t = time.perf_counter()
+    await asyncio.gather(*(l.run(noop) for l in leases for _ in range(per)))
+    dt = time.perf_counter() - t
+    for l in leases:
+        await l.release()
+    await m.stop()
+    return per * pools / dt
+
+
 def main():
     p = json.loads(sys.argv[1])
     rounds = p["rounds"]
@@ -176,6 +215,9 @@ def main():
     s6r = [run(lambda: s6(p["s6_ops"], 64, p["s6_per_task"], 4)) for _ in range(rounds)]
     out["S6_uncontended"] = statistics.median(r[0] for r in s6r)
     out["S6_contended"] = statistics.median(r[1] for r in s6r)
+    if p.get("p1_ops"):
+        out["P1"] = median_of(rounds, lambda: run(lambda: p1(p["p1_ops"])))
+        out["P2"] = median_of(rounds, lambda: run(lambda: p2(p["p2_calls"], 2, 4)))
     print(json.dumps(out))
 
 

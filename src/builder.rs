@@ -219,7 +219,8 @@ impl<S> ManagerBuilder<S> {
         self
     }
 
-    /// Largest encoded job input or output (one frame), in bytes. Default 64 MiB. A larger
+    /// Largest encoded job input or output (one frame), in bytes. Default 64 MiB; at least
+    /// 4096 (the handshake, which lists every job name, must fit). A larger
     /// input fails its job with `ProcessJob` before it is sent; a child that sends a larger
     /// frame is killed as broken. Feature `process`.
     #[cfg(feature = "process")]

@@ -216,6 +216,63 @@ pub use leasepool_actors::JobHandle;
 
 /// # Example
 ///
+/// A thread cannot be interrupted, but a long job can look: this one stops when its lease is
+/// revoked at the hard expiry, instead of running on with no lease.
+///
+/// ```
+/// use std::time::Duration;
+/// use leasepool::{job_stop_reason, LeaseError, LeaseManager};
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = LeaseManager::builder().lease_grace(Duration::ZERO).build()?;
+/// manager.start().await?;
+/// let lease = manager.acquire().lease_for(Duration::from_millis(50)).await?;
+/// let why = lease
+///     .run(|| loop {
+///         if let Some(why) = job_stop_reason() {
+///             return why; // clean up, give up
+///         }
+///         std::thread::sleep(Duration::from_millis(1)); // a slice of the work
+///     })
+///     .await?;
+/// assert_eq!(why, LeaseError::Expired);
+/// assert_eq!(job_stop_reason(), None, "outside a job there is no reason");
+/// # drop(lease);
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub use leasepool_actors::job_stop_reason;
+
+/// # Example
+///
+/// A job that finds its worker's state broken (a connection the server closed) asks for a
+/// fresh one: after it has answered, its worker calls the state factory again.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+/// use std::sync::Arc;
+/// use leasepool::{request_state_rebuild, LeaseManager};
+///
+/// # #[actix_rt::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let built = Arc::new(AtomicUsize::new(0));
+/// let counter = Arc::clone(&built);
+/// let manager = LeaseManager::builder()
+///     .workers_per_pool(1)
+///     .worker_state(move || counter.fetch_add(1, SeqCst)) // the "connection" number
+///     .build()?;
+/// manager.start().await?;
+/// let lease = manager.acquire().await?;
+/// assert_eq!(lease.run_with(|conn| *conn).await?, 0);
+/// lease.run_with(|_| request_state_rebuild("the server closed the connection")).await?;
+/// assert_eq!(lease.run_with(|conn| *conn).await?, 1, "a fresh connection");
+/// # drop(lease);
+/// # manager.stop().await;
+/// # Ok(()) }
+/// ```
+pub use leasepool_actors::request_state_rebuild;
+
+/// # Example
+///
 /// ```
 /// use leasepool::LeaseManager;
 ///

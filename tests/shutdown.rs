@@ -161,3 +161,53 @@ fn dropping_the_last_handle_shuts_down_without_blocking() {
     let left = wait_no_threads("sd-drop", Duration::from_secs(10));
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_looks_is_told_to_stop_once_stop_is_overdue() {
+    let _deadline = common::deadline();
+    let m = LeaseManager::builder()
+        .workers_per_pool(1)
+        .shutdown_timeout(Duration::from_millis(200))
+        .name_prefix("sd-overdue")
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let job = lease
+        .submit(move || {
+            let _ = started_tx.send(());
+            let begun = Instant::now();
+            loop {
+                if let Some(why) = leasepool::job_stop_reason() {
+                    return Some(why);
+                }
+                if begun.elapsed() > Duration::from_secs(30) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+    started_rx.recv().unwrap();
+    // Only revoked by `stop`, not expired: the job may go on until stop is overdue.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(leasepool::job_stop_reason(), None);
+    let begun = Instant::now();
+    m.stop().await;
+    let took = begun.elapsed();
+    assert_eq!(job.await, Ok(Some(LeaseError::Stopped)));
+    assert!(
+        took >= Duration::from_millis(150),
+        "stop waited for the job first: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the job ended when told, and stop with it: {took:?}"
+    );
+    assert!(
+        common::wait_no_threads("sd-overdue", Duration::from_secs(5)).is_empty(),
+        "no thread left"
+    );
+    drop(lease);
+}

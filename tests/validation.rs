@@ -103,10 +103,14 @@ fn bad_name_prefixes_are_refused() {
 }
 
 #[test]
-fn the_process_backend_is_refused_until_it_exists() {
+fn the_process_backend_says_what_it_is_missing() {
     let _deadline = common::deadline();
     let e = err_text(LeaseManager::builder().backend(Backend::Process).build());
-    assert!(e.contains("process"), "{e}");
+    // With the feature: the jobs its children run; without it: the feature.
+    #[cfg(feature = "process")]
+    assert!(e.contains("process_jobs"), "{e}");
+    #[cfg(not(feature = "process"))]
+    assert!(e.contains("cargo feature `process`"), "{e}");
 }
 
 #[test]

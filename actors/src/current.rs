@@ -8,14 +8,22 @@
 //! around each job: nothing here touches a lock or sends a message.
 
 use std::cell::{Cell, RefCell};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::error::LeaseError;
-use crate::lease_state::LeaseShared;
+use crate::lease_state::{LeaseEnds, LeaseShared};
 
 thread_local! {
     static CURRENT: RefCell<Option<Arc<LeaseShared>>> = const { RefCell::new(None) };
     static REBUILD: Cell<Option<&'static str>> = const { Cell::new(None) };
+    static PANICKED: Cell<bool> = const { Cell::new(false) };
+    /// The manager run this worker thread serves (set as the thread starts).
+    static RUN: RefCell<Option<(Weak<dyn LeaseEnds>, u64)>> = const { RefCell::new(None) };
+}
+
+/// Records, on a new worker thread, the manager run it serves.
+pub(crate) fn enter_run(ends: Weak<dyn LeaseEnds>, generation: u64) {
+    let _ = RUN.try_with(|r| *r.borrow_mut() = Some((ends, generation)));
 }
 
 /// Marks the job running on this thread for as long as it lives.
@@ -38,15 +46,28 @@ impl Drop for JobScope {
 /// Why the job running on this thread should stop now, if it should: `Expired` when its lease
 /// passed its hard expiry and was revoked, `WorkerLost` when its lease was revoked because its
 /// pool or lease actor died, `Stopped` when the manager's `stop` has waited `shutdown_timeout`
-/// for it. `None` while the job may go on — and outside a job.
+/// for it. `None` while the job may go on.
 ///
 /// A lease whose manager merely *began* stopping is not a reason: `stop` lets running jobs
-/// finish within `shutdown_timeout`.
+/// finish within `shutdown_timeout`. Outside a job — a worker building its state, say — the
+/// reason is `Stopped` once the manager run the worker serves has ended: nobody will send it a
+/// job again.
 pub fn job_stop_reason() -> Option<LeaseError> {
-    CURRENT
-        .try_with(|c| c.borrow().as_ref().and_then(|lease| lease.stop_reason()))
+    let in_job = CURRENT
+        .try_with(|c| c.borrow().as_ref().map(|lease| lease.stop_reason()))
         .ok()
-        .flatten()
+        .flatten();
+    if let Some(reason) = in_job {
+        return reason;
+    }
+    RUN.try_with(|r| {
+        let run = r.borrow();
+        let (ends, generation) = run.as_ref()?;
+        let ended = ends.upgrade().is_none_or(|ends| ends.run_over(*generation));
+        ended.then_some(LeaseError::Stopped)
+    })
+    .ok()
+    .flatten()
 }
 
 /// Asks the worker running this job to rebuild its state (call the worker state factory again)
@@ -54,6 +75,17 @@ pub fn job_stop_reason() -> Option<LeaseError> {
 /// goes to the debug log. Outside a worker thread it does nothing.
 pub fn request_state_rebuild(why: &'static str) {
     let _ = REBUILD.try_with(|r| r.set(Some(why)));
+}
+
+/// Counts the running job as panicked (`Counters::jobs_panicked`) rather than completed, though
+/// its closure returned: for a job that ran somewhere else and panicked there (a worker child).
+pub fn count_job_as_panicked() {
+    let _ = PANICKED.try_with(|p| p.set(true));
+}
+
+/// Takes this thread's "count the job as panicked" mark.
+pub(crate) fn take_panicked_mark() -> bool {
+    PANICKED.try_with(Cell::take).unwrap_or(false)
 }
 
 /// Takes this thread's pending rebuild request.

@@ -34,6 +34,16 @@ pub enum BuildError {
         /// The value given.
         got: std::time::Duration,
     },
+    /// A size is below the smallest the setting supports.
+    #[error("{setting} must be at least {min} (got {got})")]
+    TooSmall {
+        /// The setting's builder method name.
+        setting: &'static str,
+        /// The smallest value accepted.
+        min: u64,
+        /// The value given.
+        got: u64,
+    },
     /// `min_pools` is larger than `max_pools`.
     #[error("min_pools ({min_pools}) exceeds max_pools ({max_pools})")]
     MinAboveMax {

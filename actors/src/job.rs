@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
-use crate::current::JobScope;
+use crate::current::{take_panicked_mark, JobScope};
 use crate::error::LeaseError;
 use crate::lease_state::LeaseShared;
 use crate::stats::CounterCells;
@@ -170,7 +170,11 @@ where
         let scope = self.in_flight.as_ref().map(|g| JobScope::enter(&g.0));
         let (result, outcome) = match catch_unwind(AssertUnwindSafe(move || f(state))) {
             Ok(value) => {
-                CounterCells::bump(&counters.jobs_completed);
+                if take_panicked_mark() {
+                    CounterCells::bump(&counters.jobs_panicked);
+                } else {
+                    CounterCells::bump(&counters.jobs_completed);
+                }
                 (Ok(value), JobOutcome::Ran)
             }
             Err(payload) => {

@@ -33,6 +33,8 @@ pub(crate) trait LeaseEnds: Send + Sync {
     /// Whether `stop` of run `generation` has waited `shutdown_timeout` and still has jobs
     /// running: they should stop now if they can (see `current::job_stop_reason`).
     fn overdue(&self, generation: u64) -> bool;
+    /// Whether run `generation` has ended (or another began).
+    fn run_over(&self, generation: u64) -> bool;
 }
 
 /// The shared state of one lease.

@@ -43,7 +43,7 @@ mod worker;
 pub use bookkeeper::{LeaseParams, WaitTicket};
 pub use books::WaitMode;
 pub use config::{EngineConfig, Settings, SizeProvider, StateFactory, WorkerHook};
-pub use current::{job_stop_reason, request_state_rebuild};
+pub use current::{count_job_as_panicked, job_stop_reason, request_state_rebuild};
 #[cfg(feature = "web")]
 pub use error::{retry_after_secs, set_retry_after};
 pub use error::{BuildError, LeaseError, MAX_TOTAL_WORKERS};

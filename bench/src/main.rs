@@ -8,6 +8,7 @@
 
 mod measure;
 mod peers;
+mod process;
 mod python;
 mod report;
 mod scenarios;
@@ -51,6 +52,10 @@ struct Params {
     s7_jobs: usize,
     s7_waiters: Vec<usize>,
     s8_items: usize,
+    p1_ops: usize,
+    p2_calls: usize,
+    p3_trips: usize,
+    p6_items: usize,
 }
 
 impl Params {
@@ -76,6 +81,10 @@ impl Params {
                 s7_jobs: 5_000,
                 s7_waiters: vec![10, 100, 1_000],
                 s8_items: 20_000,
+                p1_ops: 500,
+                p2_calls: 2_000,
+                p3_trips: 10,
+                p6_items: 5_000,
             }
         } else {
             Self {
@@ -94,6 +103,10 @@ impl Params {
                 s7_jobs: 20_000,
                 s7_waiters: vec![10, 100, 1_000, 10_000],
                 s8_items: 100_000,
+                p1_ops: 5_000,
+                p2_calls: 20_000,
+                p3_trips: 50,
+                p6_items: 100_000,
             }
         }
     }
@@ -110,6 +123,8 @@ impl Params {
             "s6_ops": self.s6_ops,
             "s6_per_task": self.s6_per_task,
             "python_deadline_s": if self.quick { 20 } else { 60 },
+            "p1_ops": if self.wants("P1") { self.p1_ops } else { 0 },
+            "p2_calls": self.p2_calls,
         })
     }
 }
@@ -136,6 +151,8 @@ fn s5_in_child(system: &str, waiters: usize) -> Result<sc::WaiterRun, String> {
 }
 
 fn main() {
+    // First: this binary is also the worker program of the P scenarios' managers.
+    leasepool::process::init(process::jobs());
     let argv: Vec<String> = std::env::args().collect();
     if argv.len() == 4 && argv[1] == "--s5-child" {
         let waiters = argv[3].parse().unwrap_or(1000);
@@ -465,6 +482,8 @@ fn run_all(p: &Params, py: &Result<Value, String>) -> (Vec<Scenario>, Vec<Curve>
         all.push(s8);
     }
 
+    run_process(p, py, &mut all);
+
     if p.wants("S7") {
         eprintln!("S7 ...");
         let mut jobs_curve = Curve {
@@ -507,6 +526,105 @@ fn run_all(p: &Params, py: &Result<Value, String>) -> (Vec<Scenario>, Vec<Curve>
         curves = vec![jobs_curve, wait_curve];
     }
     (all, curves)
+}
+
+/// P1–P6: the process backend.
+fn run_process(p: &Params, py: &Result<Value, String>, all: &mut Vec<Scenario>) {
+    let r = p.rounds;
+    if p.wants("P1") {
+        eprintln!("P1 ...");
+        let mut p1 = Scenario::new(
+            "P1",
+            "sequential call(noop) on one 1-child lease (process backend)",
+            "µs/op",
+            Better::Lower,
+        );
+        p1.add(LEASEPOOL, median(r, || process::p1(p.p1_ops)));
+        p1.add(
+            "leasepool thread backend run(noop)",
+            median(r, || sc::s1_leasepool(p.p1_ops)),
+        );
+        add_python(&mut p1, py, "P1");
+        all.push(p1);
+    }
+    if p.wants("P2") {
+        eprintln!("P2 ...");
+        let mut p2 = Scenario::new(
+            "P2",
+            format!("{} noop calls over 2 pools x 4 children", p.p2_calls),
+            "calls/s",
+            Better::Higher,
+        );
+        p2.add(LEASEPOOL, median(r, || process::p2(p.p2_calls)));
+        add_python(&mut p2, py, "P2");
+        all.push(p2);
+    }
+    if p.wants("P3") {
+        eprintln!("P3 ...");
+        let mut p3 = Scenario::new(
+            "P3",
+            "1 MiB into a child and back",
+            "µs/round trip",
+            Better::Lower,
+        );
+        p3.add(
+            LEASEPOOL,
+            median(r, || process::p3_call(1 << 20, p.p3_trips)),
+        );
+        p3.add(
+            "raw pipes through cat",
+            median(r, || process::p3_raw_pipe(1 << 20, p.p3_trips)),
+        );
+        all.push(p3);
+    }
+    if p.wants("P4") {
+        eprintln!("P4 ...");
+        let runs: Vec<(f64, f64)> = (0..=r).map(|_| process::p4()).skip(1).collect();
+        let mid = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut start = Scenario::new("P4", "start() with 4 children ready", "ms", Better::Lower);
+        start.add(LEASEPOOL, mid(|x| x.0));
+        let mut crash = Scenario::new(
+            "P4",
+            "crash answered -> replacement child serves a job",
+            "ms (replacement)",
+            Better::Lower,
+        );
+        crash.add(LEASEPOOL, mid(|x| x.1));
+        all.extend([start, crash]);
+    }
+    if p.wants("P5") {
+        eprintln!("P5 ...");
+        let mut p5 = Scenario::new(
+            "P5",
+            "runaway job: hard expiry -> child killed and job answered Expired",
+            "ms late",
+            Better::Lower,
+        );
+        p5.add(LEASEPOOL, median(r, process::p5));
+        all.push(p5);
+    }
+    if p.wants("P6") {
+        eprintln!("P6 ...");
+        let mut p6 = Scenario::new(
+            "P6",
+            format!(
+                "{} tiny process calls: WorkGrinder (2 pools x 4 children) vs one call per item",
+                p.p6_items
+            ),
+            "items/s",
+            Better::Higher,
+        );
+        p6.add(LEASEPOOL, median(r, || process::p6_grinder(p.p6_items)));
+        p6.add(
+            "one call per item",
+            median(r, || process::p6_one_call_each(p.p6_items)),
+        );
+        all.push(p6);
+    }
 }
 
 fn find<'a>(all: &'a [Scenario], id: &str, unit: &str) -> Option<&'a Scenario> {
@@ -573,6 +691,56 @@ fn targets(all: &[Scenario]) -> Vec<Target> {
             value("S5", "bytes", LEASEPOOL),
             "<= 1024",
             |v| v <= 1024.0,
+        ),
+        check(
+            "P1 process call(noop) - thread run(noop) (µs)",
+            find(all, "P1", "µs").and_then(|s| {
+                Some(s.value(LEASEPOOL)? - s.value("leasepool thread backend run(noop)")?)
+            }),
+            "<= 50",
+            |v| v <= 50.0,
+        ),
+        check(
+            "P1 process call(noop) ÷ Python process backend",
+            ratio("P1", "µs", PYTHON),
+            "<= 0.5",
+            |r| r <= 0.5,
+        ),
+        check(
+            "P2 calls/s ÷ Python process backend",
+            ratio("P2", "calls", PYTHON),
+            ">= 10",
+            |r| r >= 10.0,
+        ),
+        check(
+            "P3 1 MiB round trip ÷ raw pipes",
+            ratio("P3", "µs", "raw pipes through cat"),
+            "<= 2",
+            |r| r <= 2.0,
+        ),
+        check(
+            "P4 start() with 4 children ready (ms)",
+            value("P4", "ms", LEASEPOOL),
+            "<= 25",
+            |v| v <= 25.0,
+        ),
+        check(
+            "P4 crash -> replacement serves (ms, first retry has no backoff)",
+            value("P4", "ms (replacement)", LEASEPOOL),
+            "<= 10",
+            |v| v <= 10.0,
+        ),
+        check(
+            "P5 runaway job answered after hard expiry (ms)",
+            value("P5", "ms", LEASEPOOL),
+            "<= 20",
+            |v| v <= 20.0,
+        ),
+        check(
+            "P6 grinder ÷ one call per item",
+            ratio("P6", "items", "one call per item"),
+            ">= 5",
+            |r| r >= 5.0,
         ),
         check(
             "S5 leasepool RSS growth retained after the waiters finish",

@@ -1,8 +1,15 @@
 //! The parent side of one worker child: start it and check its handshake, send it jobs, read
 //! its answers while watching for a reason to kill it, end it.
 //!
-//! Only the worker thread that owns a `Child` signals or reaps it, so no pid is signalled after
-//! the kernel reused it: until this thread reaps it, a dead child stays a zombie holding its pid.
+//! Only the worker thread that owns a `Child` signals or reaps it, and it learns that the child
+//! died with `waitid(WNOWAIT)`, which leaves the child a zombie: so the child's pid — and with
+//! it the id of its process group — cannot be reused before this thread has signalled the group
+//! and reaped the child. (A host program that sets `SIGCHLD` to `SIG_IGN` makes the kernel reap
+//! children itself; see docs/process-backend.md.)
+//!
+//! Both pipe ends the parent holds are non-blocking, and every wait is a `poll` of at most
+//! [`WATCH_EVERY`]: between two polls the worker looks at the job's stop reason and at whether
+//! the child is still alive, so no pipe a job's own subprocess keeps open can stall it.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
@@ -11,22 +18,29 @@ use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::fs::{fcntl_setfl, OFlags};
+use rustix::process::{kill_process_group, Pid, Signal, WaitId, WaitIdOptions};
 
 use super::logs::{forward, ChildLabels};
 use super::protocol::{
-    encode, parse, FromChild, Parsed, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
-    ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
+    frame_with_body, parse, split, FromChild, Parsed, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE,
+    ENV_MEMORY_LIMIT, ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
 };
 use crate::LeaseError;
 
 /// How often a worker waiting on its child looks for a reason to kill it (hard expiry, an
-/// overdue stop). The longest a runaway job outlives its lease, beyond the host's own timer.
+/// overdue stop, a child that died): the longest a runaway job outlives its lease, beyond the
+/// host's own timer.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
+/// The pipe size asked for (Linux): 1 MiB, the default `pipe-max-size`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const PIPE_SIZE: usize = 1 << 20;
 /// How long a child told to finish (its input closed) gets before it is killed.
 const END_GRACE: Duration = Duration::from_millis(250);
 
@@ -46,20 +60,37 @@ pub(crate) struct Child {
     process: std::process::Child,
     to: Option<ChildStdin>,
     from: ChildStdout,
+    /// Bytes read and not yet consumed.
     buf: Vec<u8>,
+    /// The frame being sent (its capacity is reused).
+    out: Vec<u8>,
     jobs: HashSet<String>,
+    seq: u64,
     served: usize,
+    /// Set once the child is reaped: its pid is no longer ours to signal.
     reaped: bool,
-    log: Option<JoinHandle<()>>,
+    log: Option<LogThread>,
     labels: ChildLabels,
     max_message: usize,
     max_jobs: Option<usize>,
 }
 
-/// What waiting for a frame gave.
+/// The thread that forwards a child's stderr, and the flag that ends it.
+struct LogThread {
+    thread: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What waiting gave.
 enum Waited {
-    Frame(FromChild),
-    /// The child closed its end: it died (or is dying).
+    /// A whole frame: its header; its body spans `body` of the buffer, which holds `end` bytes
+    /// of it.
+    Frame {
+        header: FromChild,
+        body: std::ops::Range<usize>,
+        end: usize,
+    },
+    /// The child closed its end or died.
     Ended,
     Malformed(String),
     /// The running job must stop now, for this reason.
@@ -80,7 +111,7 @@ fn token() -> String {
     format!("{a:016x}{b:016x}")
 }
 
-/// The worker thread's name, and the pool part of it (`{prefix}-{pool}-{n}`).
+/// The worker thread's name, and its pool (`{prefix}-{pool}-{n}` → `pool-{pool}`).
 fn worker_labels(manager: &str) -> (String, String) {
     let worker = std::thread::current()
         .name()
@@ -94,7 +125,7 @@ fn worker_labels(manager: &str) -> (String, String) {
     (worker, pool)
 }
 
-/// "exited with code 3", "killed by signal 9 (SIGKILL)".
+/// "exited with code 3", "was killed by signal 9 (SIGKILL)".
 pub(crate) fn describe(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
         return format!("exited with code {code}");
@@ -111,10 +142,14 @@ pub(crate) fn describe(status: ExitStatus) -> String {
                 15 => " (SIGTERM)",
                 _ => "",
             };
-            format!("killed by signal {sig}{name}")
+            format!("was killed by signal {sig}{name}")
         }
         None => format!("ended ({status})"),
     }
+}
+
+fn nonblocking(fd: impl std::os::fd::AsFd) -> Result<(), String> {
+    fcntl_setfl(fd, OFlags::NONBLOCK).map_err(|e| format!("cannot make a pipe non-blocking: {e}"))
 }
 
 impl Child {
@@ -160,16 +195,14 @@ impl Child {
             let _ = process.wait();
             return Err("the worker program's pipes are missing".to_owned());
         };
-        let log_labels = labels.clone();
-        let log = std::thread::Builder::new()
-            .name(format!("{}-log", labels.worker))
-            .spawn(move || forward(stderr, &log_labels));
         let mut child = Child {
             process,
             to: Some(to),
             from,
             buf: Vec::new(),
+            out: Vec::new(),
             jobs: HashSet::new(),
+            seq: 0,
             served: 0,
             reaped: false,
             log: None,
@@ -177,66 +210,89 @@ impl Child {
             max_message: spec.max_message,
             max_jobs: spec.max_jobs_per_child,
         };
-        match log {
-            Ok(handle) => child.log = Some(handle),
-            Err(e) => {
-                child.kill();
-                return Err(format!(
-                    "cannot spawn the log thread of a worker child: {e}"
-                ));
+        let ready = (|| {
+            if let Some(to) = &child.to {
+                nonblocking(to)?;
             }
+            nonblocking(&child.from)?;
+            nonblocking(&stderr)?;
+            // Larger pipes: a MiB-sized job crosses in a few wake-ups, not sixteen (best effort:
+            // the system's pipe-max-size may refuse).
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            {
+                let size = spec.max_message.clamp(64 * 1024, PIPE_SIZE);
+                if let Some(to) = &child.to {
+                    let _ = rustix::pipe::fcntl_setpipe_size(to, size);
+                }
+                let _ = rustix::pipe::fcntl_setpipe_size(&child.from, size);
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let log_labels = child.labels.clone();
+            let log_stop = Arc::clone(&stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("{}-log", child.labels.worker))
+                .spawn(move || forward(stderr, &log_labels, &log_stop))
+                .map_err(|e| format!("cannot spawn the log thread of a worker child: {e}"))?;
+            child.log = Some(LogThread { thread, stop });
+            Ok::<(), String>(())
+        })();
+        if let Err(why) = ready {
+            child.kill();
+            return Err(why);
         }
         let started = Instant::now();
         match child.handshake(&token, started.checked_add(spec.start_timeout)) {
             Ok(()) => {
-                tracing::debug!(target: "leasepool::process", manager = %child.labels.manager, pool = %child.labels.pool, worker = %child.labels.worker, pid, took = ?started.elapsed(), "worker child started");
+                let l = &child.labels;
+                tracing::debug!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid, took = ?started.elapsed(), "worker child started");
                 Ok(child)
             }
             Err(why) => {
-                child.kill();
-                let status = child.process.try_wait().ok().flatten();
-                let status = status.map(|s| format!(" (it {})", describe(s)));
+                let status = child.kill();
                 Err(format!(
-                    "worker program {program} (pid {pid}) failed its start: {why}{}",
-                    status.unwrap_or_default()
+                    "worker program {program} (pid {pid}) failed its start: {why} (the child \
+                     {status}; its output is in the log, target leasepool::process::output)"
                 ))
             }
         }
     }
 
     fn handshake(&mut self, token: &str, deadline: Option<Instant>) -> Result<(), String> {
+        const NOT_A_WORKER: &str = "does its main call leasepool::process::init first, and \
+             does a wrapper script exec the program?";
         // The magic first: a program that prints anything else is no leasepool worker.
         while self.buf.len() < MAGIC.len() {
-            match self.fill(deadline, false) {
+            match self.fill(deadline) {
                 Ok(true) => {}
-                Ok(false) => {
-                    return Err("it ended before its handshake; does its main call \
-                         leasepool::process::init first?"
-                        .to_owned())
-                }
+                Ok(false) => return Err(format!("it ended before its handshake; {NOT_A_WORKER}")),
                 Err(Waited::TimedOut) => {
-                    return Err("no handshake in time; does its main call \
-                         leasepool::process::init first?"
-                        .to_owned())
+                    return Err(format!("no handshake in time; {NOT_A_WORKER}"))
                 }
+                Err(Waited::Stop(_)) => return Err("the manager stopped".to_owned()),
                 Err(_) => return Err("reading its handshake failed".to_owned()),
             }
         }
         if self.buf[..MAGIC.len()] != MAGIC {
-            return Err(
-                "it answered something other than a leasepool handshake; does its \
-                 main call leasepool::process::init first (and print nothing before)?"
-                    .to_owned(),
-            );
+            return Err(format!(
+                "it answered something other than a leasepool handshake; {NOT_A_WORKER}"
+            ));
         }
         self.buf.drain(..MAGIC.len());
-        match self.wait_frame(deadline, false) {
-            Waited::Frame(FromChild::Hello {
+        let (header, end) = match self.wait_frame(deadline) {
+            Waited::Frame { header, end, .. } => (header, end),
+            Waited::Malformed(why) => return Err(why),
+            Waited::Ended => return Err("it ended during its handshake".to_owned()),
+            Waited::TimedOut => return Err("no handshake in time".to_owned()),
+            Waited::Stop(_) => return Err("the manager stopped".to_owned()),
+        };
+        self.buf.drain(..end);
+        match header {
+            FromChild::Hello {
                 protocol,
                 token: theirs,
                 pid,
                 jobs,
-            }) => {
+            } => {
                 if protocol != PROTOCOL_VERSION {
                     return Err(format!(
                         "it speaks protocol {protocol}, this library {PROTOCOL_VERSION} \
@@ -249,17 +305,19 @@ impl Child {
                 self.jobs = jobs.into_iter().collect();
                 Ok(())
             }
-            Waited::Frame(FromChild::StartFailed(why)) => Err(why),
-            Waited::Frame(other) => Err(format!("unexpected first message {other:?}")),
-            Waited::Malformed(why) => Err(why),
-            Waited::Ended => Err("it ended during its handshake".to_owned()),
-            Waited::TimedOut => Err("no handshake in time".to_owned()),
-            Waited::Stop(e) => Err(e.to_string()),
+            FromChild::StartFailed(why) => Err(why),
+            other => Err(format!("unexpected first message {other:?}")),
         }
     }
 
-    /// Runs job `name` on `input` in this child and returns its encoded output.
-    pub(crate) fn call(&mut self, name: &str, input: Vec<u8>) -> Result<Vec<u8>, LeaseError> {
+    /// Runs job `name` in this child: `encode` appends its input to the frame, `decode` reads
+    /// its output from the answer.
+    pub(crate) fn call(
+        &mut self,
+        name: &str,
+        encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
+        decode: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), LeaseError> {
         if self.reaped {
             leasepool_actors::request_state_rebuild("its worker child had ended");
             return Err(LeaseError::WorkerLost);
@@ -272,32 +330,52 @@ impl Child {
                  (it knows {known:?})"
             )));
         }
-        let frame = encode(
-            &ToChild::Run {
-                name: name.to_owned(),
-                input,
-            },
+        self.seq += 1;
+        let seq = self.seq;
+        let header = ToChild::Run {
+            seq,
+            name: name.to_owned(),
+        };
+        let frame = frame_with_body(
+            &header,
+            encode,
+            std::mem::take(&mut self.out),
             self.max_message,
         )
-        .map_err(|e| LeaseError::ProcessJob(format!("job {name:?}: {e}")))?;
-        let sent = self.to.as_mut().map(|to| to.write_all(&frame));
-        drop(frame);
-        if !matches!(sent, Some(Ok(()))) {
-            return Err(self.lost(&format!("it stopped reading while job {name:?} was sent")));
+        .map_err(|e| LeaseError::ProcessJob(format!("job {name:?}: its input: {e}")))?;
+        let sent = self.send(&frame);
+        self.out = frame;
+        if let Err(waited) = sent {
+            return Err(self.failed(name, waited));
         }
-        let answer = match self.wait_frame(None, true) {
-            Waited::Frame(FromChild::Done(bytes)) => Ok(bytes),
-            Waited::Frame(FromChild::Panicked(message)) => Err(LeaseError::Panicked(message)),
-            Waited::Frame(FromChild::Failed(why)) => return Err(LeaseError::ProcessJob(why)),
-            Waited::Frame(other) => {
-                return Err(self.broken(&format!("unexpected message {other:?}")))
-            }
-            Waited::Malformed(why) => return Err(self.broken(&why)),
-            Waited::Ended | Waited::TimedOut => {
-                return Err(self.lost(&format!("it died running job {name:?}")))
-            }
-            Waited::Stop(reason) => return Err(self.stop(name, reason)),
+        let (header, body, end) = match self.wait_frame(None) {
+            Waited::Frame { header, body, end } => (header, body, end),
+            other => return Err(self.failed(name, other)),
         };
+        let answer = match header {
+            FromChild::Done { seq: s } if s == seq => {
+                decode(&self.buf[body]);
+                Ok(())
+            }
+            FromChild::Panicked { seq: s, message } if s == seq => {
+                leasepool_actors::count_job_as_panicked();
+                Err(LeaseError::Panicked(message))
+            }
+            FromChild::Failed { seq: s, message } if s == seq => {
+                Err(LeaseError::ProcessJob(message))
+            }
+            other => {
+                return Err(self.broken(&format!("an answer that is not job {seq}'s: {other:?}")))
+            }
+        };
+        self.buf.drain(..end);
+        if !self.buf.is_empty() {
+            // Nothing may follow an answer: whatever did was not written by our protocol.
+            return Err(self.broken("bytes after an answer"));
+        }
+        if self.buf.capacity() > 2 * self.max_message.min(1 << 20) {
+            self.buf.shrink_to(64 * 1024);
+        }
         self.served += 1;
         if self.max_jobs.is_some_and(|n| self.served >= n) {
             leasepool_actors::request_state_rebuild("max_jobs_per_child reached");
@@ -305,11 +383,74 @@ impl Child {
         answer
     }
 
+    /// What a wait that gave no answer means for the job.
+    fn failed(&mut self, name: &str, waited: Waited) -> LeaseError {
+        match waited {
+            Waited::Stop(reason) => self.stop(name, reason),
+            Waited::Malformed(why) => self.broken(&why),
+            Waited::Ended | Waited::TimedOut | Waited::Frame { .. } => {
+                self.lost(&format!("it died running job {name:?}"))
+            }
+        }
+    }
+
+    /// Writes `frame` without ever blocking for long: between partial writes, the job's stop
+    /// reason and the child's life are checked.
+    fn send(&mut self, frame: &[u8]) -> Result<(), Waited> {
+        let mut sent = 0;
+        while sent < frame.len() {
+            let Some(to) = self.to.as_mut() else {
+                return Err(Waited::Ended);
+            };
+            match to.write(&frame[sent..]) {
+                Ok(0) => return Err(Waited::Ended),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.watch()?;
+                    let Some(to) = self.to.as_ref() else {
+                        return Err(Waited::Ended);
+                    };
+                    let mut fds = [PollFd::new(to, PollFlags::OUT)];
+                    let _ = rustix::event::poll(&mut fds, Some(&watch_every()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Waited::Ended),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks, between two waits, whether the job must stop or the child died.
+    fn watch(&mut self) -> Result<(), Waited> {
+        if let Some(reason) = leasepool_actors::job_stop_reason() {
+            return Err(Waited::Stop(reason));
+        }
+        if self.has_exited() {
+            return Err(Waited::Ended);
+        }
+        Ok(())
+    }
+
+    /// Whether the child has exited — without reaping it (it stays a zombie, keeping its pid).
+    fn has_exited(&self) -> bool {
+        if self.reaped {
+            return true;
+        }
+        let Some(pid) = Pid::from_raw(self.labels.pid as i32) else {
+            return true;
+        };
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+        matches!(
+            rustix::process::waitid(WaitId::Pid(pid), options),
+            Ok(Some(_))
+        )
+    }
+
     /// The child sent something it must not: kill it, answer `WorkerLost`, replace it.
     fn broken(&mut self, why: &str) -> LeaseError {
+        let status = self.kill();
         let l = &self.labels;
-        tracing::error!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, why, "malformed frame from a worker child; killing it");
-        self.kill();
+        tracing::error!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, why, status = %status, "malformed frame from a worker child; killed it");
         leasepool_actors::request_state_rebuild("its worker child sent a malformed frame");
         LeaseError::WorkerLost
     }
@@ -335,15 +476,17 @@ impl Child {
     }
 
     /// Reads until a whole frame is buffered.
-    fn wait_frame(&mut self, deadline: Option<Instant>, watch_job: bool) -> Waited {
+    fn wait_frame(&mut self, deadline: Option<Instant>) -> Waited {
         loop {
             match parse(&self.buf, self.max_message) {
                 Parsed::Frame { start, end } => {
-                    let decoded = postcard::from_bytes::<FromChild>(&self.buf[start..end]);
-                    self.buf.drain(..end);
-                    return match decoded {
-                        Ok(frame) => Waited::Frame(frame),
-                        Err(e) => Waited::Malformed(format!("undecodable frame: {e}")),
+                    return match split::<FromChild>(&self.buf[start..end]) {
+                        Ok((header, rest)) => Waited::Frame {
+                            header,
+                            body: end - rest.len()..end,
+                            end,
+                        },
+                        Err(why) => Waited::Malformed(why),
                     };
                 }
                 Parsed::TooLong(n) => {
@@ -354,7 +497,7 @@ impl Child {
                 }
                 Parsed::Partial => {}
             }
-            match self.fill(deadline, watch_job) {
+            match self.fill(deadline) {
                 Ok(true) => {}
                 Ok(false) => return Waited::Ended,
                 Err(waited) => return waited,
@@ -363,62 +506,84 @@ impl Child {
     }
 
     /// Waits for bytes from the child and appends them: `Ok(false)` at its end of output.
-    /// While `watch_job`, gives up as soon as the running job must stop.
-    fn fill(&mut self, deadline: Option<Instant>, watch_job: bool) -> Result<bool, Waited> {
-        let every = Timespec {
-            tv_sec: 0,
-            tv_nsec: i64::from(WATCH_EVERY.subsec_nanos()),
-        };
+    /// Gives up as soon as the job (or the starting worker) must stop, or the child died.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, Waited> {
         loop {
-            if watch_job {
-                if let Some(reason) = leasepool_actors::job_stop_reason() {
-                    return Err(Waited::Stop(reason));
-                }
+            match self.read_some() {
+                Ok(Some(true)) => return Ok(true),
+                Ok(Some(false)) => return Ok(false),
+                Ok(None) => {}
+                Err(()) => return Ok(false),
             }
+            self.watch()?;
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Waited::TimedOut);
             }
             let mut fds = [PollFd::new(&self.from, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&every)) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return Ok(false),
-            }
-            let mut chunk = [0_u8; 64 * 1024];
-            match self.from.read(&mut chunk) {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Ok(false),
-            }
+            let _ = rustix::event::poll(&mut fds, Some(&watch_every()));
         }
     }
 
-    /// Kills the child's process group and reaps the child; how it ended.
+    /// One non-blocking read into the buffer: `Some(true)` bytes came, `Some(false)` end of
+    /// output, `None` nothing yet.
+    fn read_some(&mut self) -> Result<Option<bool>, ()> {
+        // Room for the rest of the frame being read (its length is known once 4 bytes are in),
+        // or a 64 KiB chunk.
+        const CHUNK: usize = 64 * 1024;
+        let rest = match parse(&self.buf, self.max_message) {
+            Parsed::Partial if self.buf.len() >= 4 => {
+                let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                (len as usize + 4).saturating_sub(self.buf.len()).max(1)
+            }
+            _ => CHUNK,
+        };
+        // Reserved once for the whole frame; read into the spare capacity (no zero-filling).
+        self.buf.reserve(rest);
+        loop {
+            let have = self.buf.len();
+            let result = (&mut self.from)
+                .take(rest as u64)
+                .read_to_end(&mut self.buf);
+            let got = self.buf.len() - have;
+            return match result {
+                // Fewer bytes than asked and no error: the end of its output came after them.
+                Ok(n) if n < rest && got == 0 => Ok(Some(false)),
+                Ok(_) => Ok(Some(true)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    Ok((got > 0).then_some(true))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted && got == 0 => continue,
+                Err(_) if got > 0 => Ok(Some(true)),
+                Err(_) => Err(()),
+            };
+        }
+    }
+
+    /// Kills the child's process group and reaps the child; says how it ended.
     fn kill(&mut self) -> String {
         if self.reaped {
-            return "already reaped".to_owned();
+            return "was already reaped".to_owned();
         }
         // Not yet reaped, so the pid (and group id) is still ours, even if the child died.
         if let Some(pid) = Pid::from_raw(self.labels.pid as i32) {
             let _ = kill_process_group(pid, Signal::KILL);
         }
-        let _ = self.process.kill();
+        self.reap()
+    }
+
+    fn reap(&mut self) -> String {
         let status = self.process.wait();
         self.reaped = true;
         self.to = None;
         match status {
             Ok(status) => describe(status),
-            Err(e) => format!("not reaped: {e}"),
+            Err(e) => format!("could not be reaped: {e}"),
         }
     }
 
     /// Ends the child: closes its input (it exits on its own), kills it if it does not within
-    /// a short grace, reaps it, and joins its log thread.
+    /// a short grace, kills what is left of its process group (a job's own subprocesses), reaps
+    /// it, and ends its log thread.
     pub(crate) fn end(mut self) {
         self.finish();
     }
@@ -427,32 +592,24 @@ impl Child {
         if !self.reaped {
             self.to = None;
             let deadline = Instant::now() + END_GRACE;
-            loop {
-                match self.process.try_wait() {
-                    Ok(Some(_)) => {
-                        self.reaped = true;
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    _ => {
-                        self.kill();
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(log) = self.log.take() {
-            // Its stderr closes with the group; give it a moment, never wait for good.
-            let deadline = Instant::now() + END_GRACE;
-            while !log.is_finished() && Instant::now() < deadline {
+            while !self.has_exited() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            if log.is_finished() {
-                let _ = log.join();
-            }
+            self.kill();
         }
+        if let Some(log) = self.log.take() {
+            // It drains what is left in the pipe, then ends, even if a process outside the
+            // group still holds the pipe open.
+            log.stop.store(true, SeqCst);
+            let _ = log.thread.join();
+        }
+    }
+}
+
+fn watch_every() -> Timespec {
+    Timespec {
+        tv_sec: 0,
+        tv_nsec: i64::from(WATCH_EVERY.subsec_nanos()),
     }
 }
 

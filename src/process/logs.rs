@@ -7,8 +7,9 @@
 //! target is the field `child_target`), `leasepool::process::output` for its plain output lines.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write as _};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::io::{Read, Write as _};
+use std::process::ChildStderr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
@@ -129,20 +130,54 @@ pub(crate) struct ChildLabels {
     pub(crate) pid: u32,
 }
 
-/// Reads the child's stderr to its end, one event per line.
-pub(crate) fn forward(stderr: impl Read, labels: &ChildLabels) {
-    let mut reader = BufReader::new(stderr);
-    let mut raw = Vec::new();
+/// Longest line forwarded as one event; a longer one is split.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Reads the child's stderr (non-blocking) until its end, or until `stop` is set and nothing
+/// more is there to read; one event per line.
+pub(crate) fn forward(mut stderr: ChildStderr, labels: &ChildLabels, stop: &AtomicBool) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0_u8; 16 * 1024];
+    let every = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 20_000_000,
+    };
     loop {
-        raw.clear();
-        match reader.read_until(b'\n', &mut raw) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        match stderr.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                pending.extend_from_slice(&chunk[..n]);
+                while let Some(at) = pending.iter().position(|&b| b == b'\n') {
+                    emit_bytes(&pending[..at], labels);
+                    pending.drain(..=at);
+                }
+                while pending.len() >= MAX_LINE {
+                    emit_bytes(&pending[..MAX_LINE], labels);
+                    pending.drain(..MAX_LINE);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if stop.load(SeqCst) {
+                    break;
+                }
+                let mut fds = [rustix::event::PollFd::new(
+                    &stderr,
+                    rustix::event::PollFlags::IN,
+                )];
+                let _ = rustix::event::poll(&mut fds, Some(&every));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
         }
-        let text = String::from_utf8_lossy(&raw);
-        let text = text.trim_end_matches(['\n', '\r']);
-        emit(text, labels);
     }
+    if !pending.is_empty() {
+        emit_bytes(&pending, labels);
+    }
+}
+
+fn emit_bytes(raw: &[u8], labels: &ChildLabels) {
+    let text = String::from_utf8_lossy(raw);
+    emit(text.trim_end_matches('\r'), labels);
 }
 
 fn emit(line: &str, l: &ChildLabels) {

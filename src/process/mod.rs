@@ -111,17 +111,70 @@ pub trait ProcessJob: Serialize + DeserializeOwned + Send + 'static {
     fn run(self) -> Self::Output;
 }
 
+/// Bytes that travel as one byte string: the efficient way to give a [`ProcessJob`] a large
+/// binary input or output (serde encodes a plain `Vec<u8>` number by number, several times
+/// slower for a large payload). Derefs to `Vec<u8>`.
+///
+/// ```
+/// use leasepool::process::{Bytes, ProcessJob};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Compress(Bytes);
+///
+/// impl ProcessJob for Compress {
+///     const NAME: &'static str = "compress.v1";
+///     type Output = Bytes;
+///     fn run(self) -> Bytes {
+///         let mut out = self.0;
+///         out.dedup(); // stand-in for real work
+///         out
+///     }
+/// }
+/// assert_eq!(*Compress(Bytes(vec![1, 1, 2])).run(), vec![1, 2]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Bytes(#[serde(with = "protocol::bytes")] pub Vec<u8>);
+
+impl std::ops::Deref for Bytes {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Bytes {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(v)
+    }
+}
+
+impl From<Bytes> for Vec<u8> {
+    fn from(b: Bytes) -> Self {
+        b.0
+    }
+}
+
 /// What running an encoded job in a child gave.
 pub(crate) enum RunOutcome {
-    /// The encoded output.
+    /// The whole reply frame: `FromChild::Done` and the encoded output (built in the buffer
+    /// the runner was given, so the child reuses it).
     Done(Vec<u8>),
     /// The job panicked; the message.
     Panicked(String),
-    /// The job could not run or answer (undecodable input, unencodable output); the text.
+    /// The job could not run or answer (undecodable input, unencodable or oversized output).
     Failed(String),
 }
 
-type Runner = fn(&[u8]) -> RunOutcome;
+/// Decodes a job from its input bytes, runs it, and builds the reply frame in the buffer given
+/// (at most the given size), answering job number `seq`.
+type Runner = fn(u64, &[u8], Vec<u8>, usize) -> RunOutcome;
 
 /// The jobs a child can run, and what a child does when it starts. Build the same `Jobs` in
 /// the worker program's [`init`] and in [`ManagerBuilder::process_jobs`](crate::ManagerBuilder::process_jobs)
@@ -207,8 +260,8 @@ impl Jobs {
     }
 }
 
-/// Decodes a `J`, runs it (catching a panic), encodes its output.
-fn run_encoded<J: ProcessJob>(input: &[u8]) -> RunOutcome {
+/// Decodes a `J`, runs it (catching a panic), encodes its output into the reply frame.
+fn run_encoded<J: ProcessJob>(seq: u64, input: &[u8], buf: Vec<u8>, max: usize) -> RunOutcome {
     let job: J = match postcard::from_bytes(input) {
         Ok(job) => job,
         Err(e) => {
@@ -219,13 +272,18 @@ fn run_encoded<J: ProcessJob>(input: &[u8]) -> RunOutcome {
         }
     };
     match catch_unwind(AssertUnwindSafe(move || job.run())) {
-        Ok(output) => match postcard::to_allocvec(&output) {
-            Ok(bytes) => RunOutcome::Done(bytes),
-            Err(e) => RunOutcome::Failed(format!(
-                "job {:?}: the child cannot encode its output: {e}",
-                J::NAME
-            )),
-        },
+        Ok(output) => {
+            let frame = protocol::frame_with_body(
+                &protocol::FromChild::Done { seq },
+                |b| postcard::to_extend(&output, b),
+                buf,
+                max,
+            );
+            match frame {
+                Ok(frame) => RunOutcome::Done(frame),
+                Err(e) => RunOutcome::Failed(format!("job {:?}: its output: {e}", J::NAME)),
+            }
+        }
         Err(payload) => {
             let message = panic_text(payload.as_ref());
             // A payload whose destructor panics is leaked, not dropped twice.
@@ -290,17 +348,21 @@ pub fn corrupt_this_reply() {
 pub(crate) fn run_here<J: ProcessJob>(job: J) -> Result<J::Output, LeaseError> {
     #[cfg(unix)]
     if slot::has_child_slot() {
-        let input = postcard::to_allocvec(&job).map_err(|e| {
-            LeaseError::ProcessJob(format!("job {:?}: cannot encode its input: {e}", J::NAME))
-        })?;
+        let mut output = None;
+        slot::call(
+            J::NAME,
+            &mut |buf| postcard::to_extend(&job, buf),
+            &mut |body| output = Some(postcard::from_bytes::<J::Output>(body)),
+        )?;
         drop(job);
-        let output = slot::call(J::NAME, input)?;
-        return postcard::from_bytes(&output).map_err(|e| {
-            LeaseError::ProcessJob(format!(
+        return match output {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(e)) => Err(LeaseError::ProcessJob(format!(
                 "job {:?}: cannot decode the child's output: {e}",
                 J::NAME
-            ))
-        });
+            ))),
+            None => Err(LeaseError::WorkerLost),
+        };
     }
     // A panic here is the engine's to catch, as for a closure: `Panicked`, state rebuilt.
     Ok(job.run())
@@ -316,6 +378,9 @@ pub(crate) struct ProcessOptions {
     pub(crate) max_message_bytes: usize,
     pub(crate) start_timeout: std::time::Duration,
 }
+
+/// Smallest cap on one frame accepted: the handshake (every job name) must fit.
+pub(crate) const MIN_MAX_MESSAGE: usize = 4096;
 
 /// Default cap on one frame (a job's encoded input or output): 64 MiB.
 pub(crate) const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
@@ -349,11 +414,17 @@ pub(crate) fn configure<S: 'static>(
             "child_memory_limit",
             options.memory_limit.map(|b| usize::from(b != 0)),
         ),
-        ("max_message_bytes", Some(options.max_message_bytes)),
     ] {
         if value == Some(0) {
             return Err(BuildError::Zero { setting });
         }
+    }
+    if options.max_message_bytes < MIN_MAX_MESSAGE {
+        return Err(BuildError::TooSmall {
+            setting: "max_message_bytes",
+            min: MIN_MAX_MESSAGE as u64,
+            got: options.max_message_bytes as u64,
+        });
     }
     if options.start_timeout.is_zero() {
         return Err(BuildError::ZeroDuration {

@@ -29,8 +29,9 @@ pub(crate) const LOG_MARKER: &str = "\u{1e}leasepool-event\u{1f}";
 /// Parent → child.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToChild {
-    /// Run job `name` on the encoded `input`.
-    Run { name: String, input: Vec<u8> },
+    /// Run job `name`; its encoded input follows this header in the same frame. `seq` numbers
+    /// the jobs sent to one child; its answer carries it back.
+    Run { seq: u64, name: String },
 }
 
 /// Child → parent.
@@ -45,18 +46,31 @@ pub(crate) enum FromChild {
     },
     /// The child could not start (an `on_child_start` hook panicked): the text.
     StartFailed(String),
-    /// The job's encoded output.
-    Done(Vec<u8>),
+    /// The job's encoded output follows this header in the same frame.
+    Done { seq: u64 },
     /// The job panicked: its message.
-    Panicked(String),
+    Panicked { seq: u64, message: String },
     /// The job could not run or answer: the text.
-    Failed(String),
+    Failed { seq: u64, message: String },
 }
 
 /// Encodes `msg` as one frame (length prefix included), refusing one over `max` bytes.
 pub(crate) fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, String> {
-    let mut frame = vec![0_u8; 4];
-    frame = postcard::to_extend(msg, frame).map_err(|e| format!("cannot encode a frame: {e}"))?;
+    frame_with_body(msg, Ok, Vec::new(), max)
+}
+
+/// Builds a frame in `buf` (its capacity is reused): the header `msg`, then what `body`
+/// appends — a job's input or output, encoded straight into the frame.
+pub(crate) fn frame_with_body<T: Serialize>(
+    msg: &T,
+    body: impl FnOnce(Vec<u8>) -> postcard::Result<Vec<u8>>,
+    mut buf: Vec<u8>,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    buf.clear();
+    buf.extend_from_slice(&[0; 4]);
+    let buf = postcard::to_extend(msg, buf).map_err(|e| format!("cannot encode a frame: {e}"))?;
+    let mut frame = body(buf).map_err(|e| format!("cannot encode: {e}"))?;
     let len = frame.len() - 4;
     if len > max {
         return Err(format!(
@@ -66,6 +80,11 @@ pub(crate) fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, Strin
     let len = u32::try_from(len).map_err(|_| format!("a message of {len} bytes is too long"))?;
     frame[..4].copy_from_slice(&len.to_le_bytes());
     Ok(frame)
+}
+
+/// Splits a frame's payload into its header and the body after it.
+pub(crate) fn split<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<(T, &'a [u8]), String> {
+    postcard::take_from_bytes(payload).map_err(|e| format!("undecodable frame: {e}"))
 }
 
 /// What the bytes read so far hold.
@@ -104,23 +123,30 @@ mod tests {
 
     #[test]
     fn a_frame_round_trips_and_partial_frames_wait() {
-        let msg = FromChild::Done(vec![1, 2, 3]);
-        let frame = encode(&msg, 1024).unwrap();
+        let frame = frame_with_body(
+            &FromChild::Done { seq: 9 },
+            |b| postcard::to_extend(&vec![1_u8, 2, 3], b),
+            Vec::new(),
+            1024,
+        )
+        .unwrap();
         for cut in 0..frame.len() {
             assert_eq!(parse(&frame[..cut], 1024), Parsed::Partial, "cut at {cut}");
         }
         let Parsed::Frame { start, end } = parse(&frame, 1024) else {
             panic!("a whole frame")
         };
-        match postcard::from_bytes::<FromChild>(&frame[start..end]).unwrap() {
-            FromChild::Done(bytes) => assert_eq!(bytes, [1, 2, 3]),
-            other => panic!("{other:?}"),
-        }
+        let (header, body) = split::<FromChild>(&frame[start..end]).unwrap();
+        assert!(matches!(header, FromChild::Done { seq: 9 }), "{header:?}");
+        assert_eq!(postcard::from_bytes::<Vec<u8>>(body).unwrap(), [1, 2, 3]);
     }
 
     #[test]
     fn frames_over_the_cap_are_refused_both_ways() {
-        let big = FromChild::Done(vec![7; 100]);
+        let big = FromChild::Panicked {
+            seq: 1,
+            message: "x".repeat(100),
+        };
         let err = encode(&big, 50).unwrap_err();
         assert!(err.contains("exceeds max_message_bytes (50)"), "{err}");
         let frame = encode(&big, 1000).unwrap();
@@ -130,5 +156,46 @@ mod tests {
             parse(&[0xff; 8], 1 << 20),
             Parsed::TooLong(u64::from(u32::MAX))
         );
+    }
+}
+
+/// Serde for a `Vec<u8>` as one byte string (postcard: a length and a copy), not a sequence of
+/// numbers encoded one by one.
+pub(crate) mod bytes {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
     }
 }

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use super::logs::ChildSubscriber;
 use super::protocol::{
-    encode, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT, ENV_PARENT,
-    ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
+    encode, split, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
+    ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
 };
 use super::{panic_text, Jobs, RunOutcome, DEFAULT_MAX_MESSAGE};
 
@@ -70,8 +70,12 @@ fn run(
     max_message: usize,
     log_level: &str,
 ) -> Result<(), String> {
-    let from_parent = File::from(rustix::io::dup(std::io::stdin()).map_err(io("dup stdin"))?);
-    let mut to_parent = File::from(rustix::io::dup(std::io::stdout()).map_err(io("dup stdout"))?);
+    // Private, close-on-exec copies: nothing a job starts inherits the protocol pipes.
+    let from_parent =
+        rustix::io::fcntl_dupfd_cloexec(std::io::stdin(), 3).map_err(io("dup stdin"))?;
+    let to_parent =
+        rustix::io::fcntl_dupfd_cloexec(std::io::stdout(), 3).map_err(io("dup stdout"))?;
+    let (mut from_parent, mut to_parent) = (File::from(from_parent), File::from(to_parent));
     let null = File::open("/dev/null").map_err(io("open /dev/null"))?;
     rustix::stdio::dup2_stdin(&null).map_err(io("stdin to /dev/null"))?;
     rustix::stdio::dup2_stdout(std::io::stderr()).map_err(io("stdout to stderr"))?;
@@ -80,8 +84,12 @@ fn run(
     #[cfg(any(target_os = "linux", target_os = "android"))]
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .map_err(io("PR_SET_PDEATHSIG"))?;
-    let parent_now = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-    if parent.is_some_and(|p| p != parent_now as u64) {
+    // A parent that died before the line above would never send the signal: look.
+    let parent_alive = parent
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .is_none_or(|p| rustix::process::test_kill_process(p).is_ok());
+    if !parent_alive {
         return Err("the parent is gone".to_owned());
     }
     if let Some(bytes) = memory_limit {
@@ -92,21 +100,19 @@ fn run(
         rustix::process::setrlimit(rustix::process::Resource::As, limit)
             .map_err(io("RLIMIT_AS"))?;
     }
+    // The magic first, so that the parent reads what follows as our protocol.
+    to_parent.write_all(&MAGIC).map_err(io("write to parent"))?;
     for hook in jobs.start_hooks() {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| hook())) {
             let text = format!("on_child_start panicked: {}", panic_text(payload.as_ref()));
             std::mem::forget(payload);
-            send(
-                &mut to_parent,
-                &FromChild::StartFailed(text.clone()),
-                max_message,
-            )?;
+            let failed = FromChild::StartFailed(fit(text.clone(), max_message));
+            send(&mut to_parent, &failed, max_message)?;
             return Err(text);
         }
     }
     // After the hooks: a subscriber a hook installed wins.
     ChildSubscriber::install(log_level);
-    to_parent.write_all(&MAGIC).map_err(io("write to parent"))?;
     send(
         &mut to_parent,
         &FromChild::Hello {
@@ -117,38 +123,62 @@ fn run(
         },
         max_message,
     )?;
-    let mut from_parent = from_parent;
+    // Both buffers are reused from job to job.
+    let mut request = Vec::new();
+    let mut reply = Vec::new();
     loop {
-        let Some(ToChild::Run { name, input }) = read_frame(&mut from_parent, max_message)? else {
+        if !read_frame(&mut from_parent, max_message, &mut request)? {
             return Ok(()); // The parent closed the pipe: we are done.
-        };
+        }
+        let (ToChild::Run { seq, name }, input) = split::<ToChild>(&request)?;
         let outcome = match jobs.runner(&name) {
-            Some(run) => run(&input),
+            Some(run) => run(seq, input, std::mem::take(&mut reply), max_message),
             None => RunOutcome::Failed(format!(
                 "job {name:?} is not registered in this worker program's process::init"
             )),
         };
-        drop(input);
         #[cfg(feature = "testing")]
         if CORRUPT_REPLY.swap(false, SeqCst) {
             // A length prefix far over any cap, then garbage.
             write_raw(&mut to_parent, &[0xff, 0xff, 0xff, 0x7f, 1, 2, 3])?;
             continue;
         }
-        let reply = match outcome {
-            RunOutcome::Done(bytes) => FromChild::Done(bytes),
-            RunOutcome::Panicked(msg) => FromChild::Panicked(msg),
-            RunOutcome::Failed(msg) => FromChild::Failed(msg),
-        };
-        match encode(&reply, max_message) {
-            Ok(frame) => to_parent.write_all(&frame).map_err(io("write to parent"))?,
-            Err(e) => {
-                // Its output does not fit a frame: the job fails, the child goes on.
-                let failed = FromChild::Failed(format!("job {name:?}: {e}"));
-                send(&mut to_parent, &failed, max_message)?;
+        match outcome {
+            RunOutcome::Done(frame) => {
+                to_parent.write_all(&frame).map_err(io("write to parent"))?;
+                reply = frame;
+            }
+            RunOutcome::Panicked(message) => {
+                let message = fit(message, max_message);
+                send(
+                    &mut to_parent,
+                    &FromChild::Panicked { seq, message },
+                    max_message,
+                )?;
+            }
+            RunOutcome::Failed(message) => {
+                let message = fit(message, max_message);
+                send(
+                    &mut to_parent,
+                    &FromChild::Failed { seq, message },
+                    max_message,
+                )?;
             }
         }
     }
+}
+
+/// Cuts a message to fit a frame (with room for its header).
+fn fit(mut message: String, max: usize) -> String {
+    let room = max.saturating_sub(64);
+    if message.len() > room {
+        let mut cut = room;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    message
 }
 
 /// Sends one frame to the parent.
@@ -168,12 +198,12 @@ fn write_raw(to: &mut File, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("write to parent: {e}"))
 }
 
-/// Reads one frame; `None` at a clean end of input.
-fn read_frame(from: &mut File, max: usize) -> Result<Option<ToChild>, String> {
+/// Reads one frame's payload into `buf`; `false` at a clean end of input.
+fn read_frame(from: &mut File, max: usize, buf: &mut Vec<u8>) -> Result<bool, String> {
     let mut prefix = [0_u8; 4];
     match from.read_exact(&mut prefix) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(format!("read from parent: {e}")),
     }
     let len = u32::from_le_bytes(prefix) as usize;
@@ -182,10 +212,16 @@ fn read_frame(from: &mut File, max: usize) -> Result<Option<ToChild>, String> {
             "the parent sent a frame of {len} bytes, over {max}"
         ));
     }
-    let mut payload = vec![0_u8; len];
-    from.read_exact(&mut payload)
+    buf.clear();
+    // Into the spare capacity, without zero-filling it first.
+    let got = from
+        .take(len as u64)
+        .read_to_end(buf)
         .map_err(|e| format!("read from parent: {e}"))?;
-    postcard::from_bytes::<ToChild>(&payload)
-        .map(Some)
-        .map_err(|e| format!("malformed frame from the parent: {e}"))
+    if got < len {
+        return Err(format!(
+            "the parent's frame ended after {got} of {len} bytes"
+        ));
+    }
+    Ok(true)
 }

@@ -68,10 +68,15 @@ pub(crate) fn wrap_factory<S: 'static>(
     })
 }
 
-/// Runs job `name` in this thread's child.
-pub(crate) fn call(name: &str, input: Vec<u8>) -> Result<Vec<u8>, LeaseError> {
+/// Runs job `name` in this thread's child: `encode` appends the job's input to the frame it is
+/// given, `decode` reads the output from the reply.
+pub(crate) fn call(
+    name: &str,
+    encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
+    decode: &mut dyn FnMut(&[u8]),
+) -> Result<(), LeaseError> {
     SLOT.with(|slot| match slot.borrow_mut().as_mut() {
-        Some(child) => child.call(name, input),
+        Some(child) => child.call(name, encode, decode),
         None => {
             leasepool_actors::request_state_rebuild("its worker child had ended");
             Err(LeaseError::WorkerLost)

@@ -143,6 +143,8 @@ pub(crate) struct Bookkeeper<S: 'static> {
     injected_spawn_failures: AtomicUsize,
     /// The latest run whose `stop` waited `shutdown_timeout` with jobs still running (0: none).
     overdue_run: AtomicU64,
+    /// The run in progress (0: none), readable without the lock.
+    live_run: AtomicU64,
     me: Weak<Bookkeeper<S>>,
 }
 
@@ -155,6 +157,10 @@ impl<S: 'static> LeaseEnds for Bookkeeper<S> {
 
     fn overdue(&self, generation: u64) -> bool {
         self.overdue_run.load(SeqCst) >= generation
+    }
+
+    fn run_over(&self, generation: u64) -> bool {
+        self.live_run.load(SeqCst) != generation
     }
 }
 
@@ -180,6 +186,7 @@ impl<S: 'static> Bookkeeper<S> {
             settled: tokio::sync::Notify::new(),
             injected_spawn_failures: AtomicUsize::new(0),
             overdue_run: AtomicU64::new(0),
+            live_run: AtomicU64::new(0),
             me: me.clone(),
         })
     }
@@ -294,6 +301,13 @@ impl<S: 'static> Bookkeeper<S> {
         self.overdue_run.fetch_max(generation, SeqCst);
     }
 
+    /// A worker thread of run `generation` records the run it serves (for
+    /// `current::job_stop_reason` outside a job).
+    pub(crate) fn enter_run_on_this_thread(&self, generation: u64) {
+        let ends: Weak<dyn LeaseEnds> = self.me.clone();
+        crate::current::enter_run(ends, generation);
+    }
+
     pub(crate) fn current_generation(&self) -> Option<u64> {
         self.lock().books.run()
     }
@@ -302,6 +316,7 @@ impl<S: 'static> Bookkeeper<S> {
     pub(crate) fn begin_run(&self, run: Run) {
         let mut ledger = self.lock();
         ledger.books.begin_run(run.generation);
+        self.live_run.store(run.generation, SeqCst);
         ledger.run = Some(run);
     }
 
@@ -319,6 +334,7 @@ impl<S: 'static> Bookkeeper<S> {
                 return None;
             }
             let run = ledger.run.take();
+            self.live_run.store(0, SeqCst);
             let mut deferred = self.apply(&mut ledger, fx);
             // The supervisor is stopping everything itself: nothing to ask of it.
             deferred.tasks.clear();

@@ -67,8 +67,13 @@ impl<S: 'static> PoolActor<S> {
         let group = self.next_group;
         let worker_threads = Arc::clone(&threads);
         let manager: Arc<str> = Arc::clone(&self.spec.keeper.name);
+        let keeper_for_run = Arc::downgrade(&self.spec.keeper);
+        let generation = self.spec.keeper.current_generation().unwrap_or(0);
         let make_worker = move || {
             worker_threads.adopt_current_thread(id);
+            if let Some(keeper) = keeper_for_run.upgrade() {
+                keeper.enter_run_on_this_thread(generation);
+            }
             let exit = ExitNotice {
                 pool: exits.clone(),
                 group,
