@@ -41,8 +41,8 @@ impl ManagerBuilder<()> {
 
 impl<S> ManagerBuilder<S> {
     /// Where work runs. Default [`Backend::Thread`]. [`Backend::Process`] (feature `process`,
-    /// Unix) runs [`ProcessJob`](crate::process::ProcessJob)s in worker child processes and
-    /// needs [`process_jobs`](Self::process_jobs); without the feature, or on another
+    /// Unix) runs `process::ProcessJob`s in worker child processes and needs `process_jobs`
+    /// (see the `process` module); without the feature, or on another
     /// platform, `build()` refuses it with [`BuildError::UnsupportedBackend`] saying why.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.settings.backend = backend;

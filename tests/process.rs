@@ -230,8 +230,34 @@ impl ProcessJob for ShoutAgain {
     fn run(self) {}
 }
 
+/// Tries, inside a child, to start a process-backend manager of its own; answers the error.
+#[derive(Serialize, Deserialize)]
+struct Nested;
+impl ProcessJob for Nested {
+    const NAME: &'static str = "nested.v1";
+    type Output = (bool, String);
+    fn run(self) -> (bool, String) {
+        let m = LeaseManager::builder()
+            .backend(Backend::Process)
+            .process_jobs(jobs())
+            .name_prefix("pt-nested-inner")
+            .build()
+            .expect("valid settings");
+        let outcome = common::block_on_tokio(async {
+            let r = m.start().await;
+            m.stop().await;
+            r
+        });
+        (
+            process::is_worker_child(),
+            outcome.err().map(|e| e.to_string()).unwrap_or_default(),
+        )
+    }
+}
+
 fn jobs() -> Jobs {
     Jobs::new()
+        .register::<Nested>()
         .register::<Shout>()
         .register::<Pid>()
         .register::<Boom>()
@@ -833,6 +859,21 @@ async fn a_program_that_is_no_worker_fails_start_with_a_clear_error() {
     m.stop().await;
 }
 
+async fn a_child_never_starts_children_of_its_own() {
+    let m = builder("pt-nested", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    let (in_child, error) = lease.call(Nested).await.unwrap();
+    assert!(in_child, "the job knows it runs in a worker child");
+    assert!(
+        error.contains("cannot start worker processes of its own"),
+        "{error:?}"
+    );
+    assert!(!process::is_worker_child(), "the parent is no child");
+    lease.release().await;
+    m.stop().await;
+}
+
 async fn build_refuses_bad_process_settings() {
     let base = || LeaseManager::builder().backend(Backend::Process);
     assert_eq!(base().build().unwrap_err(), BuildError::MissingProcessJobs);
@@ -901,6 +942,7 @@ fn main() {
         closures_and_unknown_jobs_fail_alone,
         a_malformed_frame_replaces_only_that_child,
         a_program_that_is_no_worker_fails_start_with_a_clear_error,
+        a_child_never_starts_children_of_its_own,
         build_refuses_bad_process_settings,
     ];
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
