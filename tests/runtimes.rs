@@ -18,6 +18,8 @@ fn handles_are_send_and_sync_even_with_non_send_worker_state() {
     // Worker state never leaves its thread, so it need not be Send.
     assert_send_sync::<LeaseManager<Rc<u8>>>();
     assert_send_sync::<Lease<Rc<u8>>>();
+    assert_send_sync::<leasepool::JobHandle<String>>();
+    assert_send_sync::<leasepool::WorkGrinder>();
 }
 
 #[test]

@@ -252,7 +252,7 @@ enum Answer<R> {
     /// The job's own reply.
     Direct(oneshot::Receiver<Result<R, LeaseError>>),
     /// A job whose value is itself a `Result` (see [`JobHandle::flatten`]).
-    Flattened(Pin<Box<dyn Future<Output = Result<R, LeaseError>> + Send>>),
+    Flattened(Pin<Box<dyn Future<Output = Result<R, LeaseError>> + Send + Sync>>),
 }
 
 impl<R> std::fmt::Debug for JobHandle<R> {
