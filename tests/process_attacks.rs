@@ -246,8 +246,70 @@ impl ProcessJob for Fds {
     }
 }
 
+/// Starts `yes` in a process group of its own, writing into the child's stderr pipe; answers
+/// its pid. (Second review: a writer outside the group kept the log thread, and so the worker,
+/// busy forever.)
+#[derive(Serialize, Deserialize)]
+struct ChattyDaemon;
+impl ProcessJob for ChattyDaemon {
+    const NAME: &'static str = "chatty-daemon.v1";
+    type Output = u32;
+    fn run(self) -> u32 {
+        let c = Command::new("yes")
+            .process_group(0)
+            .stdout(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let p = c.id();
+        std::mem::forget(c);
+        p
+    }
+}
+
+/// Moves the child into its parent's process group, then sleeps. (Second review: a kill of
+/// the child's group missed it.)
+#[derive(Serialize, Deserialize)]
+struct LeaveGroup(u64);
+impl ProcessJob for LeaveGroup {
+    const NAME: &'static str = "leave-group.v1";
+    type Output = u32;
+    fn run(self) -> u32 {
+        let parent = rustix::process::getppid().unwrap();
+        let pg = rustix::process::getpgid(Some(parent)).unwrap();
+        rustix::process::setpgid(None, Some(pg)).unwrap();
+        std::thread::sleep(Duration::from_millis(self.0));
+        std::process::id()
+    }
+}
+
+/// Takes `n` bytes in, answers their count.
+#[derive(Serialize, Deserialize)]
+struct BigIn(leasepool::process::Bytes);
+impl ProcessJob for BigIn {
+    const NAME: &'static str = "big-in.v1";
+    type Output = usize;
+    fn run(self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The child's resident memory, KiB.
+#[derive(Serialize, Deserialize)]
+struct ChildRss;
+impl ProcessJob for ChildRss {
+    const NAME: &'static str = "child-rss.v1";
+    type Output = u64;
+    fn run(self) -> u64 {
+        vm_rss_kb()
+    }
+}
+
 fn jobs() -> Jobs {
     Jobs::new()
+        .register::<ChattyDaemon>()
+        .register::<LeaveGroup>()
+        .register::<BigIn>()
+        .register::<ChildRss>()
         .register::<Pid>()
         .register::<SleepMs>()
         .register::<Crash>()
@@ -1344,11 +1406,112 @@ macro_rules! tests {
     };
 }
 
+/// A process outside the child's group keeps writing into its stderr: recycling and stop must
+/// still end the worker's log thread.
+async fn a_writer_outside_the_group_cannot_wedge_the_worker() {
+    let m = builder("adv-chat", 1, 1)
+        .max_jobs_per_child(1)
+        .shutdown_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    let daemon = lease.call(ChattyDaemon).await.unwrap();
+    let (r, took) = timed(Duration::from_secs(8), lease.call(Pid)).await;
+    check!(
+        matches!(r, Some(Ok(_))),
+        "the recycled worker answers the next job: {r:?} after {took:?}"
+    );
+    drop(lease);
+    let t = Instant::now();
+    m.stop().await;
+    let took = t.elapsed();
+    let left = threads_with("adv-chat");
+    kill("-KILL", daemon);
+    check!(
+        took < Duration::from_secs(4),
+        "stop within shutdown_timeout + 2 s: {took:?}"
+    );
+    check!(
+        left.is_empty(),
+        "no worker or log thread left after stop: {left:?}"
+    );
+}
+
+/// A child that left its process group is still killed at hard expiry.
+async fn a_child_that_left_its_group_is_still_killed() {
+    let m = builder("adv-lg", 1, 1)
+        .lease_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m
+        .acquire()
+        .lease_for(Duration::from_millis(300))
+        .await
+        .unwrap();
+    let (r, took) = timed(Duration::from_secs(6), lease.call(LeaveGroup(30_000))).await;
+    check!(
+        r == Some(Err(LeaseError::Expired)),
+        "killed at expiry: {r:?} after {took:?}"
+    );
+    drop(lease);
+    m.stop().await;
+    let (live, _) = kids();
+    for p in &live {
+        kill("-KILL", *p);
+    }
+    check!(live.is_empty(), "no child left: {live:?}");
+}
+
+/// Big inputs once per worker: the parent and the children give the memory back.
+async fn big_messages_do_not_pin_memory() {
+    let m = builder("adv-mem", 1, 4).build().unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    let before = vm_rss_kb();
+    let big = 24 << 20;
+    let handles: Vec<_> = (0..4)
+        .map(|_| lease.submit_call(BigIn(vec![1; big].into())).unwrap())
+        .collect();
+    for h in handles {
+        let r = h.await;
+        check!(r == Ok(big), "24 MiB input: {r:?}");
+    }
+    let after = vm_rss_kb();
+    let handles: Vec<_> = (0..4)
+        .map(|_| lease.submit_call(ChildRss).unwrap())
+        .collect();
+    let mut child = Vec::new();
+    for h in handles {
+        child.push(h.await.unwrap() / 1024);
+    }
+    println!(
+        "    parent RSS {} -> {} MiB; children {child:?} MiB",
+        before / 1024,
+        after / 1024
+    );
+    check!(
+        after < before + 40 * 1024,
+        "the parent keeps no 24 MiB buffer per worker: +{} MiB",
+        after.saturating_sub(before) / 1024
+    );
+    check!(
+        child.iter().all(|&r| r < 40),
+        "the children keep no 24 MiB buffer: {child:?} MiB"
+    );
+    drop(lease);
+    m.stop().await;
+}
+
 fn main() {
     process::init(jobs());
     let sub = tracing_subscriber::registry().with(Print);
     tracing::subscriber::set_global_default(sub).unwrap();
     let all = tests![
+        a_writer_outside_the_group_cannot_wedge_the_worker,
+        a_child_that_left_its_group_is_still_killed,
+        big_messages_do_not_pin_memory,
         idle_kill9_then_call,
         grandchild_then_crash,
         escaped_grandchild_then_crash,

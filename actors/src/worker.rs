@@ -167,7 +167,12 @@ fn build_state_or_exit<S>(
     let error = match catch_unwind(AssertUnwindSafe(|| factory())) {
         Ok(Ok(state)) => return state,
         Ok(Err(error)) => {
-            tracing::warn!(manager, pool = %pool, error = %error, "worker state factory returned an error; the worker will be replaced");
+            if crate::current::job_stop_reason().is_some() {
+                // Its manager run ended while it built its state: nothing to replace.
+                tracing::debug!(manager, pool = %pool, error = %error, "worker state factory gave up: the manager stopped");
+            } else {
+                tracing::warn!(manager, pool = %pool, error = %error, "worker state factory returned an error; the worker will be replaced");
+            }
             format!("worker state factory failed: {error}")
         }
         Err(payload) => {

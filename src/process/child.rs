@@ -29,8 +29,8 @@ use rustix::process::{kill_process_group, Pid, Signal, WaitId, WaitIdOptions};
 
 use super::logs::{forward, ChildLabels};
 use super::protocol::{
-    frame_with_body, parse, split, FromChild, Parsed, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE,
-    ENV_MEMORY_LIMIT, ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
+    frame_with_body, parse, split, trim, FromChild, Parsed, ToChild, ENV_LOG_LEVEL,
+    ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT, ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
 };
 use crate::LeaseError;
 
@@ -73,6 +73,7 @@ pub(crate) struct Child {
     labels: ChildLabels,
     max_message: usize,
     max_jobs: Option<usize>,
+    spec: Arc<ChildSpec>,
 }
 
 /// The thread that forwards a child's stderr, and the flag that ends it.
@@ -156,7 +157,7 @@ impl Child {
     /// Starts a child and waits for its handshake. The error text says what went wrong and
     /// becomes the worker state factory's error (logged, retried with backoff, and carried by
     /// `NoHealthyPool`).
-    pub(crate) fn spawn(spec: &ChildSpec) -> Result<Child, String> {
+    pub(crate) fn spawn(spec: &Arc<ChildSpec>) -> Result<Child, String> {
         let token = token();
         let mut cmd = Command::new(&spec.program);
         cmd.env(ENV_TOKEN, &token)
@@ -209,6 +210,7 @@ impl Child {
             labels,
             max_message: spec.max_message,
             max_jobs: spec.max_jobs_per_child,
+            spec: Arc::clone(spec),
         };
         let ready = (|| {
             if let Some(to) = &child.to {
@@ -318,9 +320,23 @@ impl Child {
         encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
         decode: &mut dyn FnMut(&[u8]),
     ) -> Result<(), LeaseError> {
-        if self.reaped {
-            leasepool_actors::request_state_rebuild("its worker child had ended");
-            return Err(LeaseError::WorkerLost);
+        if self.reaped || self.has_exited() {
+            // It died while idle (killed from outside, or it exited after its last answer):
+            // this job has not reached it, so it gets a new child instead of an error.
+            let status = self.kill();
+            let l = &self.labels;
+            tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, status = %status, "worker child died while idle; starting a new one");
+            match Child::spawn(&self.spec) {
+                Ok(fresh) => {
+                    let old = std::mem::replace(self, fresh);
+                    old.end();
+                }
+                Err(why) => {
+                    tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, error = %why, "cannot replace a worker child");
+                    leasepool_actors::request_state_rebuild("its worker child had ended");
+                    return Err(LeaseError::WorkerLost);
+                }
+            }
         }
         if !self.jobs.contains(name) {
             let mut known: Vec<&str> = self.jobs.iter().map(String::as_str).collect();
@@ -345,6 +361,8 @@ impl Child {
         .map_err(|e| LeaseError::ProcessJob(format!("job {name:?}: its input: {e}")))?;
         let sent = self.send(&frame);
         self.out = frame;
+        self.out.clear();
+        trim(&mut self.out);
         if let Err(waited) = sent {
             return Err(self.failed(name, waited));
         }
@@ -373,9 +391,7 @@ impl Child {
             // Nothing may follow an answer: whatever did was not written by our protocol.
             return Err(self.broken("bytes after an answer"));
         }
-        if self.buf.capacity() > 2 * self.max_message.min(1 << 20) {
-            self.buf.shrink_to(64 * 1024);
-        }
+        trim(&mut self.buf);
         self.served += 1;
         if self.max_jobs.is_some_and(|n| self.served >= n) {
             leasepool_actors::request_state_rebuild("max_jobs_per_child reached");
@@ -515,7 +531,13 @@ impl Child {
                 Ok(None) => {}
                 Err(()) => return Ok(false),
             }
-            self.watch()?;
+            if let Err(waited) = self.watch() {
+                // It may have written its answer and exited between the read and the look.
+                if matches!(waited, Waited::Ended) && self.read_some() == Ok(Some(true)) {
+                    return Ok(true);
+                }
+                return Err(waited);
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Waited::TimedOut);
             }
@@ -564,10 +586,12 @@ impl Child {
         if self.reaped {
             return "was already reaped".to_owned();
         }
-        // Not yet reaped, so the pid (and group id) is still ours, even if the child died.
+        // Not yet reaped, so the pid (and group id) is still ours, even if the child died. The
+        // pid too: a child may have left its group.
         if let Some(pid) = Pid::from_raw(self.labels.pid as i32) {
             let _ = kill_process_group(pid, Signal::KILL);
         }
+        let _ = self.process.kill();
         self.reap()
     }
 

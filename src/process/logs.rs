@@ -133,8 +133,10 @@ pub(crate) struct ChildLabels {
 /// Longest line forwarded as one event; a longer one is split.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Reads the child's stderr (non-blocking) until its end, or until `stop` is set and nothing
-/// more is there to read; one event per line.
+/// Reads the child's stderr (non-blocking) until its end — or, once `stop` is set, until nothing
+/// more is there to read, or [`DRAIN_AFTER_STOP`] bytes, whichever comes first: a process
+/// outside the child's group that keeps writing cannot keep this thread (and the worker that
+/// joins it) alive. One event per line.
 pub(crate) fn forward(mut stderr: ChildStderr, labels: &ChildLabels, stop: &AtomicBool) {
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = [0_u8; 16 * 1024];
@@ -142,19 +144,28 @@ pub(crate) fn forward(mut stderr: ChildStderr, labels: &ChildLabels, stop: &Atom
         tv_sec: 0,
         tv_nsec: 20_000_000,
     };
+    let mut after_stop = 0_usize;
     loop {
+        if stop.load(SeqCst) && after_stop >= DRAIN_AFTER_STOP {
+            break;
+        }
         match stderr.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
+                if stop.load(SeqCst) {
+                    after_stop += n;
+                }
                 pending.extend_from_slice(&chunk[..n]);
-                while let Some(at) = pending.iter().position(|&b| b == b'\n') {
-                    emit_bytes(&pending[..at], labels);
-                    pending.drain(..=at);
+                let mut from = 0;
+                while let Some(at) = pending[from..].iter().position(|&b| b == b'\n') {
+                    emit_bytes(&pending[from..from + at], labels);
+                    from += at + 1;
                 }
-                while pending.len() >= MAX_LINE {
-                    emit_bytes(&pending[..MAX_LINE], labels);
-                    pending.drain(..MAX_LINE);
+                while pending.len() - from >= MAX_LINE {
+                    emit_bytes(&pending[from..from + MAX_LINE], labels);
+                    from += MAX_LINE;
                 }
+                pending.drain(..from);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if stop.load(SeqCst) {
@@ -174,6 +185,9 @@ pub(crate) fn forward(mut stderr: ChildStderr, labels: &ChildLabels, stop: &Atom
         emit_bytes(&pending, labels);
     }
 }
+
+/// Most bytes forwarded once the child has ended (see [`forward`]).
+const DRAIN_AFTER_STOP: usize = 1 << 20;
 
 fn emit_bytes(raw: &[u8], labels: &ChildLabels) {
     let text = String::from_utf8_lossy(raw);

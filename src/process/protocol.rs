@@ -87,6 +87,16 @@ pub(crate) fn split<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<(T, &'a
     postcard::take_from_bytes(payload).map_err(|e| format!("undecodable frame: {e}"))
 }
 
+/// Capacity a reused buffer keeps between jobs: a large message's is given back.
+const KEEP: usize = 2 << 20;
+
+/// Gives back a buffer's capacity beyond [`KEEP`] (its contents are consumed).
+pub(crate) fn trim(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP && buf.is_empty() {
+        buf.shrink_to(KEEP / 2);
+    }
+}
+
 /// What the bytes read so far hold.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Parsed {

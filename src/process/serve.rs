@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use super::logs::ChildSubscriber;
 use super::protocol::{
-    encode, split, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
+    encode, split, trim, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
     ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
 };
 use super::{panic_text, Jobs, RunOutcome, DEFAULT_MAX_MESSAGE};
@@ -147,6 +147,8 @@ fn run(
             RunOutcome::Done(frame) => {
                 to_parent.write_all(&frame).map_err(io("write to parent"))?;
                 reply = frame;
+                reply.clear();
+                trim(&mut reply);
             }
             RunOutcome::Panicked(message) => {
                 let message = fit(message, max_message);
@@ -165,6 +167,8 @@ fn run(
                 )?;
             }
         }
+        request.clear();
+        trim(&mut request);
     }
 }
 

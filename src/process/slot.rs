@@ -52,6 +52,10 @@ pub(crate) fn wrap_factory<S: 'static>(
         }
         // A rebuild replaces the child: the old one ends first.
         end_child();
+        // A worker whose manager run has ended will get no job: no child for it.
+        if let Some(why) = leasepool_actors::job_stop_reason() {
+            return Err(format!("no worker child started: {why}"));
+        }
         let child = Child::spawn(&spec)?;
         SLOT.with(|slot| *slot.borrow_mut() = Some(child));
         match catch_unwind(AssertUnwindSafe(|| user())) {
