@@ -138,8 +138,63 @@ pub fn p3_call(bytes: usize, trips: usize) -> f64 {
     })
 }
 
-/// P3 peer: µs per round trip of `bytes` through `cat` over two raw pipes (a writer thread
-/// feeds it while this thread reads the echo), including the copy of the payload.
+/// P3 peer: µs per round trip of a `bytes`-long message through a raw echo child (this binary
+/// with `--echo-child`): the same request/response shape as a process job — the child reads the
+/// whole message (a `u32` length, then the bytes), then writes it back — with no encoding, on
+/// default-size pipes. Includes the copy of the payload, as the `call` side does.
+pub fn p3_raw_echo(bytes: usize, trips: usize) -> f64 {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new(exe)
+        .arg("--echo-child")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("echo child");
+    let mut input = child.stdin.take().expect("stdin");
+    let mut output = child.stdout.take().expect("stdout");
+    let payload = vec![7_u8; bytes];
+    let mut back = vec![0_u8; bytes];
+    let t = Instant::now();
+    for _ in 0..trips {
+        let message = payload.clone();
+        input
+            .write_all(&(message.len() as u32).to_le_bytes())
+            .expect("write");
+        input.write_all(&message).expect("write");
+        let mut len = [0_u8; 4];
+        output.read_exact(&mut len).expect("read");
+        output.read_exact(&mut back).expect("read");
+    }
+    let per = t.elapsed().as_secs_f64() * 1e6 / trips as f64;
+    drop(input);
+    let _ = child.wait();
+    per
+}
+
+/// The echo child of [`p3_raw_echo`]: echoes length-prefixed messages until its input ends.
+pub fn echo_child() {
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    loop {
+        let mut len = [0_u8; 4];
+        if input.read_exact(&mut len).is_err() {
+            return;
+        }
+        buf.resize(u32::from_le_bytes(len) as usize, 0);
+        if input.read_exact(&mut buf).is_err() {
+            return;
+        }
+        if output.write_all(&len).is_err() || output.write_all(&buf).is_err() {
+            return;
+        }
+        let _ = output.flush();
+    }
+}
+
+/// P3 second peer: µs per round trip of `bytes` streamed through `cat` over two raw pipes (a
+/// writer thread feeds it while this thread reads the echo): input and output overlap, which a
+/// request/response cannot do — a lower bound, shown for scale.
 pub fn p3_raw_pipe(bytes: usize, trips: usize) -> f64 {
     let mut cat = Command::new("cat")
         .stdin(Stdio::piped())
