@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "process")]
+use leasepool_actors::IfAbandoned;
 use leasepool_actors::{Grinder, GrinderConfig, GrinderStats, JobHandle, LeaseError, StopMode};
 
 use crate::manager::LeaseManager;
@@ -136,30 +138,77 @@ impl<S: 'static> WorkGrinder<S> {
 
     /// Runs the [`ProcessJob`](crate::process::ProcessJob) `job` in a batch, like
     /// [`submit`](Self::submit) — in a worker child on the process backend, on a worker thread
-    /// on the thread backend. Feature `process`.
+    /// on the thread backend. On the process backend a batch's items of one job type travel to
+    /// the children in one frame per worker: one round trip for many items. Feature `process`.
     #[cfg(feature = "process")]
     #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub async fn submit_call<J: crate::process::ProcessJob>(
         &self,
         job: J,
     ) -> Result<J::Output, LeaseError> {
-        self.submit_any(move || crate::process::run_here(job))
-            .await?
+        if !self.process_backend() {
+            return self
+                .submit_any(move || crate::process::run_here(job))
+                .await?;
+        }
+        let (launch, handle) = self.gathered(job, IfAbandoned::Skip);
+        let grinder = &*self.inner.grinder;
+        let id = grinder.submit_launch(launch).await?;
+        let cancel = CancelOnDrop { grinder, id };
+        let out = handle.await;
+        std::mem::forget(cancel);
+        out
     }
 
     /// Queues the [`ProcessJob`](crate::process::ProcessJob) `job` now, like
-    /// [`enqueue`](Self::enqueue). Feature `process`.
+    /// [`enqueue`](Self::enqueue) (batched as for [`submit_call`](Self::submit_call)). Feature
+    /// `process`.
     #[cfg(feature = "process")]
     #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn enqueue_call<J: crate::process::ProcessJob>(
         &self,
         job: J,
     ) -> Result<JobHandle<J::Output>, LeaseError> {
-        Ok(self
-            .inner
-            .grinder
-            .enqueue(move || crate::process::run_here(job))?
-            .flatten())
+        if !self.process_backend() {
+            return Ok(self
+                .inner
+                .grinder
+                .enqueue(move || crate::process::run_here(job))?
+                .flatten());
+        }
+        let (launch, handle) = self.gathered(job, IfAbandoned::Run);
+        self.inner.grinder.enqueue_launch(launch)?;
+        Ok(handle)
+    }
+
+    #[cfg(feature = "process")]
+    fn process_backend(&self) -> bool {
+        self.inner.manager.backend() == leasepool_actors::Backend::Process
+    }
+
+    /// An item that joins its batch's group of `J`s (sent in one frame per worker).
+    #[cfg(feature = "process")]
+    fn gathered<J: crate::process::ProcessJob>(
+        &self,
+        job: J,
+        if_abandoned: IfAbandoned,
+    ) -> (leasepool_actors::RawLaunch<S>, JobHandle<J::Output>) {
+        let (reply, handle) = JobHandle::channel();
+        let workers = self.inner.manager.engine().config().workers_per_pool();
+        let launch: leasepool_actors::RawLaunch<S> = Box::new(move |batch| match batch {
+            Err(e) => {
+                reply.fail(e);
+                crate::process::drop_quietly(job);
+            }
+            Ok(batch) => batch.group(
+                move |g: &mut crate::process::Gathered<J>| {
+                    g.workers = workers;
+                    g.items.push((job, reply, if_abandoned));
+                },
+                crate::process::send_gathered::<S, J>,
+            ),
+        });
+        (launch, handle)
     }
 
     /// Closures cannot cross into a child process: on the process backend only the `_call`

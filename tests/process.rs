@@ -777,6 +777,103 @@ async fn the_grinder_runs_process_jobs() {
     m.stop().await;
 }
 
+async fn grinder_items_in_one_frame_are_answered_each_on_their_own() {
+    // 2 pools x 2 children, threshold 60: batches of 60 items of mixed outcomes, each batch
+    // sent as one frame per child.
+    let m = builder("pt-gframe", 2, 2).build().unwrap();
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(60)
+        .max_wait(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    enum Item {
+        Panics(leasepool::JobHandle<()>),
+        Shouts(leasepool::JobHandle<(String, u32)>),
+    }
+    let mut handles = Vec::new();
+    for i in 0..240 {
+        let h = if i % 7 == 3 {
+            Item::Panics(g.enqueue_call(Boom(format!("item {i}"))).unwrap())
+        } else {
+            Item::Shouts(g.enqueue_call(Shout(format!("item {i}"))).unwrap())
+        };
+        handles.push(h);
+    }
+    let mut pids = std::collections::BTreeSet::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        match h {
+            Item::Panics(h) => {
+                assert_eq!(h.await, Err(LeaseError::Panicked(format!("item {i}"))));
+            }
+            Item::Shouts(h) => {
+                let (text, pid) = h.await.unwrap();
+                assert_eq!(text, format!("ITEM {i}"));
+                pids.insert(pid);
+            }
+        }
+    }
+    assert!(
+        pids.len() >= 2,
+        "the items were spread over children: {pids:?}"
+    );
+    // A crash costs the items of its frame, not the batch's others, and never an answer twice.
+    let crash = g.enqueue_call(Crash::Abort).unwrap();
+    let others: Vec<_> = (0..59)
+        .map(|i| g.enqueue_call(Shout(format!("beside {i}"))).unwrap())
+        .collect();
+    assert_eq!(crash.await, Err(LeaseError::WorkerLost));
+    let mut lost = 0;
+    for h in others {
+        match h.await {
+            Ok((text, _)) => assert!(text.starts_with("BESIDE")),
+            Err(LeaseError::WorkerLost) => lost += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        lost < 59,
+        "the items sent to the other children were answered"
+    );
+    // The pools serve on.
+    assert_eq!(
+        g.submit_call(Shout("after".into())).await.unwrap().0,
+        "AFTER"
+    );
+    g.stop(StopMode::Drain).await;
+    m.stop().await;
+}
+
+async fn a_grinder_item_too_large_fails_alone_and_frames_stay_under_the_cap() {
+    let m = builder("pt-gcap", 1, 1)
+        .max_message_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(41)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    // 40 items of 10 KiB do not fit one 64 KiB frame together: they travel in several.
+    let fits: Vec<_> = (0..40)
+        .map(|_| g.enqueue_call(Bytes(vec![1; 10 * 1024])).unwrap())
+        .collect();
+    let too_big = g.enqueue_call(Bytes(vec![2; 100 * 1024])).unwrap();
+    for h in fits {
+        assert_eq!(h.await, Ok(10 * 1024));
+    }
+    let err = too_big.await.unwrap_err();
+    assert!(
+        matches!(err, LeaseError::ProcessJob(ref t) if t.contains("max_message_bytes")),
+        "{err}"
+    );
+    g.stop(StopMode::Drain).await;
+    m.stop().await;
+}
+
 async fn the_thread_backend_gives_the_same_answers() {
     let m = LeaseManager::builder()
         .name_prefix("pt-thread")
@@ -938,6 +1035,8 @@ fn main() {
         child_logs_and_output_reach_the_parent_with_fields,
         children_die_with_a_killed_parent,
         the_grinder_runs_process_jobs,
+        grinder_items_in_one_frame_are_answered_each_on_their_own,
+        a_grinder_item_too_large_fails_alone_and_frames_stay_under_the_cap,
         the_thread_backend_gives_the_same_answers,
         closures_and_unknown_jobs_fail_alone,
         a_malformed_frame_replaces_only_that_child,

@@ -178,6 +178,11 @@ impl<S> EngineConfig<S> {
         self.settings.max_pools
     }
 
+    /// Worker threads per pool.
+    pub fn workers_per_pool(&self) -> usize {
+        self.settings.workers_per_pool
+    }
+
     /// Soft lifetime of a lease acquired without `lease_for`.
     pub fn default_lease(&self) -> Duration {
         self.settings.default_lease

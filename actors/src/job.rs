@@ -280,6 +280,16 @@ impl<R> JobReply<R> {
     pub fn fail(self, error: LeaseError) {
         let _ = self.0.send(Err(error));
     }
+
+    /// Answers the job's handle (a value nobody waits for any more is returned).
+    pub fn answer(self, answer: Result<R, LeaseError>) -> Result<(), Result<R, LeaseError>> {
+        self.0.send(answer)
+    }
+
+    /// Whether the handle was dropped (nobody waits for the answer).
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
 }
 
 impl<R> JobHandle<R> {

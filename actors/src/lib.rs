@@ -47,7 +47,7 @@ pub use current::{count_job_as_panicked, job_stop_reason, request_state_rebuild}
 #[cfg(feature = "web")]
 pub use error::{retry_after_secs, set_retry_after};
 pub use error::{BuildError, LeaseError, MAX_TOTAL_WORKERS};
-pub use grinder::{Grinder, GrinderConfig, GrinderStats, StopMode};
+pub use grinder::{Batch, BatchHold, Grinder, GrinderConfig, GrinderStats, RawLaunch, StopMode};
 pub use handle::LeaseCore;
 pub use host::Engine;
 pub use job::{IfAbandoned, JobHandle, JobReply};

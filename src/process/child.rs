@@ -312,11 +312,12 @@ impl Child {
         }
     }
 
-    /// Runs job `name` in this child: `encode` appends its input to the frame, `decode` reads
-    /// its output from the answer.
+    /// Runs job `name` in this child — `count` of them in one frame if given: `encode` appends
+    /// the input(s) to the frame, `decode` reads the output(s) from the answer.
     pub(crate) fn call(
         &mut self,
         name: &str,
+        count: Option<u32>,
         encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
         decode: &mut dyn FnMut(&[u8]),
     ) -> Result<(), LeaseError> {
@@ -348,9 +349,16 @@ impl Child {
         }
         self.seq += 1;
         let seq = self.seq;
-        let header = ToChild::Run {
-            seq,
-            name: name.to_owned(),
+        let header = match count {
+            None => ToChild::Run {
+                seq,
+                name: name.to_owned(),
+            },
+            Some(count) => ToChild::RunMany {
+                seq,
+                name: name.to_owned(),
+                count,
+            },
         };
         let frame = frame_with_body(
             &header,
@@ -371,7 +379,11 @@ impl Child {
             other => return Err(self.failed(name, other)),
         };
         let answer = match header {
-            FromChild::Done { seq: s } if s == seq => {
+            FromChild::Done { seq: s } if s == seq && count.is_none() => {
+                decode(&self.buf[body]);
+                Ok(())
+            }
+            FromChild::DoneMany { seq: s } if s == seq && count.is_some() => {
                 decode(&self.buf[body]);
                 Ok(())
             }
@@ -392,7 +404,7 @@ impl Child {
             return Err(self.broken("bytes after an answer"));
         }
         trim(&mut self.buf);
-        self.served += 1;
+        self.served += count.map_or(1, |n| n as usize);
         if self.max_jobs.is_some_and(|n| self.served >= n) {
             leasepool_actors::request_state_rebuild("max_jobs_per_child reached");
         }

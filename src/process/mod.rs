@@ -176,6 +176,9 @@ pub(crate) enum RunOutcome {
 /// (at most the given size), answering job number `seq`.
 type Runner = fn(u64, &[u8], Vec<u8>, usize) -> RunOutcome;
 
+/// Like [`Runner`], for `count` jobs encoded back to back (one `RunMany` frame).
+type ManyRunner = fn(u64, u32, &[u8], Vec<u8>, usize) -> RunOutcome;
+
 /// The jobs a child can run, and what a child does when it starts. Build the same `Jobs` in
 /// the worker program's [`init`] and in [`ManagerBuilder::process_jobs`](crate::ManagerBuilder::process_jobs)
 /// (a function returning it is the easy way).
@@ -199,7 +202,7 @@ type Runner = fn(u64, &[u8], Vec<u8>, usize) -> RunOutcome;
 /// ```
 #[derive(Clone, Default)]
 pub struct Jobs {
-    runners: BTreeMap<&'static str, Runner>,
+    runners: BTreeMap<&'static str, (Runner, ManyRunner)>,
     duplicate: Option<&'static str>,
     on_start: Vec<Arc<dyn Fn() + Send + Sync>>,
 }
@@ -224,7 +227,8 @@ impl Jobs {
     /// [`BuildError::DuplicateJobName`](crate::BuildError).
     #[must_use]
     pub fn register<J: ProcessJob>(mut self) -> Self {
-        if self.runners.insert(J::NAME, run_encoded::<J>).is_some() && self.duplicate.is_none() {
+        let runners: (Runner, ManyRunner) = (run_encoded::<J>, run_many_encoded::<J>);
+        if self.runners.insert(J::NAME, runners).is_some() && self.duplicate.is_none() {
             self.duplicate = Some(J::NAME);
         }
         self
@@ -251,7 +255,12 @@ impl Jobs {
 
     #[cfg(unix)]
     pub(crate) fn runner(&self, name: &str) -> Option<Runner> {
-        self.runners.get(name).copied()
+        self.runners.get(name).map(|r| r.0)
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn many_runner(&self, name: &str) -> Option<ManyRunner> {
+        self.runners.get(name).map(|r| r.1)
     }
 
     #[cfg(unix)]
@@ -292,6 +301,61 @@ fn run_encoded<J: ProcessJob>(seq: u64, input: &[u8], buf: Vec<u8>, max: usize) 
             }
             RunOutcome::Panicked(message)
         }
+    }
+}
+
+/// Decodes `count` `J`s from `input`, runs each (catching a panic), and encodes their outcomes
+/// in order into one `DoneMany` frame.
+fn run_many_encoded<J: ProcessJob>(
+    seq: u64,
+    count: u32,
+    input: &[u8],
+    buf: Vec<u8>,
+    max: usize,
+) -> RunOutcome {
+    use protocol::ItemOutcome;
+    let body = |mut out: Vec<u8>| {
+        let mut rest = input;
+        let mut readable = true;
+        for _ in 0..count {
+            let outcome: ItemOutcome<J::Output> = if !readable {
+                ItemOutcome::Failed(format!(
+                    "job {:?}: an earlier input did not decode",
+                    J::NAME
+                ))
+            } else {
+                match postcard::take_from_bytes::<J>(rest) {
+                    Ok((job, after)) => {
+                        rest = after;
+                        match catch_unwind(AssertUnwindSafe(move || job.run())) {
+                            Ok(output) => ItemOutcome::Done(output),
+                            Err(payload) => {
+                                let message = panic_text(payload.as_ref());
+                                if let Err(again) =
+                                    catch_unwind(AssertUnwindSafe(move || drop(payload)))
+                                {
+                                    std::mem::forget(again);
+                                }
+                                ItemOutcome::Panicked(message)
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        readable = false;
+                        ItemOutcome::Failed(format!(
+                            "job {:?}: the child cannot decode its input: {e}",
+                            J::NAME
+                        ))
+                    }
+                }
+            };
+            out = postcard::to_extend(&outcome, out)?;
+        }
+        Ok(out)
+    };
+    match protocol::frame_with_body(&protocol::FromChild::DoneMany { seq }, body, buf, max) {
+        Ok(frame) => RunOutcome::Done(frame),
+        Err(e) => RunOutcome::Failed(format!("jobs {:?}: their outputs: {e}", J::NAME)),
     }
 }
 
@@ -351,6 +415,7 @@ pub(crate) fn run_here<J: ProcessJob>(job: J) -> Result<J::Output, LeaseError> {
         let mut output = None;
         slot::call(
             J::NAME,
+            None,
             &mut |buf| postcard::to_extend(&job, buf),
             &mut |body| output = Some(postcard::from_bytes::<J::Output>(body)),
         )?;
@@ -366,6 +431,209 @@ pub(crate) fn run_here<J: ProcessJob>(job: J) -> Result<J::Output, LeaseError> {
     }
     // A panic here is the engine's to catch, as for a closure: `Panicked`, state rebuilt.
     Ok(job.run())
+}
+
+/// One grinder item of job type `J`: the job, where its answer goes, and whether to skip it if
+/// nobody waits any more.
+pub(crate) type BatchItem<J> = (
+    J,
+    leasepool_actors::JobReply<<J as ProcessJob>::Output>,
+    leasepool_actors::IfAbandoned,
+);
+
+/// Runs a grinder batch's items of one job type where the lease's worker is: on the process
+/// backend in one frame to the worker thread's child (one round trip for all), otherwise one
+/// after the other on the worker thread. Every item is answered exactly once.
+pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) {
+    // Skipped: items whose submitter left before a worker got to them.
+    let items: Vec<BatchItem<J>> = items
+        .into_iter()
+        .filter(|(_, reply, mode)| {
+            !(*mode == leasepool_actors::IfAbandoned::Skip && reply.is_closed())
+        })
+        .collect();
+    if items.is_empty() {
+        return;
+    }
+    #[cfg(unix)]
+    if slot::has_child_slot() {
+        return run_many_in_child(items);
+    }
+    for (job, reply, _) in items {
+        let outcome = catch_unwind(AssertUnwindSafe(move || job.run())).map_err(|payload| {
+            let message = panic_text(payload.as_ref());
+            drop_quietly(payload);
+            LeaseError::Panicked(message)
+        });
+        if let Err(unsent) = reply.answer(outcome) {
+            drop_quietly(unsent);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) {
+    use protocol::ItemOutcome;
+    let max = slot::max_message();
+    // Each input encoded on its own, then packed into frames that fit `max_message_bytes`: an
+    // item fails alone if it does not fit, never because of its neighbours.
+    let mut ready: Vec<(Vec<u8>, leasepool_actors::JobReply<J::Output>)> = Vec::new();
+    for (job, reply, _) in items {
+        match postcard::to_allocvec(&job) {
+            Ok(bytes) if bytes.len() + FRAME_ROOM <= max => ready.push((bytes, reply)),
+            Ok(bytes) => reply.fail(LeaseError::ProcessJob(format!(
+                "job {:?}: its input: a message of {} bytes exceeds max_message_bytes ({max})",
+                J::NAME,
+                bytes.len()
+            ))),
+            Err(e) => reply.fail(LeaseError::ProcessJob(format!(
+                "job {:?}: cannot encode its input: {e}",
+                J::NAME
+            ))),
+        }
+        drop_quietly(job);
+    }
+    let mut ready = ready.into_iter().peekable();
+    while ready.peek().is_some() {
+        let mut size = 0;
+        let mut frame_items = Vec::new();
+        while let Some((bytes, _)) = ready.peek() {
+            if !frame_items.is_empty() && size + bytes.len() + FRAME_ROOM > max {
+                break;
+            }
+            size += bytes.len();
+            frame_items.extend(ready.next());
+        }
+        let count = u32::try_from(frame_items.len()).unwrap_or(u32::MAX);
+        let (inputs, replies): (Vec<Vec<u8>>, Vec<_>) = frame_items.into_iter().unzip();
+        let mut replies = replies.into_iter();
+        let outcome = slot::call(
+            J::NAME,
+            Some(count),
+            &mut |mut buf| {
+                for input in &inputs {
+                    buf.extend_from_slice(input);
+                }
+                Ok(buf)
+            },
+            &mut |body| {
+                let mut rest = body;
+                for reply in replies.by_ref() {
+                    let answer = match postcard::take_from_bytes::<ItemOutcome<J::Output>>(rest) {
+                        Ok((outcome, after)) => {
+                            rest = after;
+                            match outcome {
+                                ItemOutcome::Done(value) => Ok(value),
+                                ItemOutcome::Panicked(message) => {
+                                    Err(LeaseError::Panicked(message))
+                                }
+                                ItemOutcome::Failed(message) => {
+                                    Err(LeaseError::ProcessJob(message))
+                                }
+                            }
+                        }
+                        Err(e) => Err(LeaseError::ProcessJob(format!(
+                            "job {:?}: cannot decode the child's output: {e}",
+                            J::NAME
+                        ))),
+                    };
+                    if let Err(unsent) = reply.answer(answer) {
+                        drop_quietly(unsent);
+                    }
+                }
+            },
+        );
+        // The frame failed as a whole (the child died, the lease expired): its items not
+        // answered above get that error.
+        let Err(error) = outcome else { continue };
+        for reply in replies {
+            reply.fail(error.clone());
+        }
+        if matches!(error, LeaseError::Expired | LeaseError::Stopped) {
+            // The job must stop: the frames not sent yet are answered the same.
+            for (_, reply) in ready.by_ref() {
+                reply.fail(error.clone());
+            }
+        }
+    }
+}
+
+/// Room for a frame's header beside its inputs.
+#[cfg(unix)]
+const FRAME_ROOM: usize = 256;
+
+/// Drops a user value, containing a panic of its destructor (this may run on the host thread).
+pub(crate) fn drop_quietly<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            std::mem::forget(again);
+        }
+    }
+}
+
+/// A grinder batch's items of job type `J`, gathered while the batch launches.
+pub(crate) struct Gathered<J: ProcessJob> {
+    pub(crate) items: Vec<BatchItem<J>>,
+    /// How many parts to send them in: the pool's workers, one part each.
+    pub(crate) workers: usize,
+}
+
+impl<J: ProcessJob> Default for Gathered<J> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            workers: 1,
+        }
+    }
+}
+
+/// Sends a batch's gathered items on its lease: split in one part per worker, each part one job
+/// (and, on the process backend, one frame). Every item is answered exactly once: by its part's
+/// job, with the lease's refusal if the part cannot be sent, or `WorkerLost` if the part is
+/// dropped unrun (the lease was revoked).
+pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
+    batch: &leasepool_actors::Batch<'_, S>,
+    gathered: Gathered<J>,
+) {
+    let Some(lease) = batch.lease() else {
+        for (job, reply, _) in gathered.items {
+            reply.fail(LeaseError::WorkerLost);
+            drop_quietly(job);
+        }
+        return;
+    };
+    let n = gathered.items.len();
+    if n == 0 {
+        return;
+    }
+    let per = n.div_ceil(gathered.workers.clamp(1, n));
+    let mut items = gathered.items.into_iter();
+    loop {
+        let part: Vec<BatchItem<J>> = items.by_ref().take(per).collect();
+        if part.is_empty() {
+            return;
+        }
+        let shared = Arc::new(std::sync::Mutex::new(Some(part)));
+        let for_job = Arc::clone(&shared);
+        let hold = batch.hold();
+        let sent = lease.dispatch(
+            move |_: &mut S| {
+                let _hold = hold;
+                let part = for_job.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(part) = part {
+                    run_many_here(part);
+                }
+            },
+            leasepool_actors::IfAbandoned::Run,
+        );
+        if let Err(e) = sent {
+            let part = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+            for (job, reply, _) in part.into_iter().flatten() {
+                reply.fail(e.clone());
+                drop_quietly(job);
+            }
+        }
+    }
 }
 
 /// The settings of a process backend, gathered by the builder.

@@ -32,6 +32,9 @@ pub(crate) enum ToChild {
     /// Run job `name`; its encoded input follows this header in the same frame. `seq` numbers
     /// the jobs sent to one child; its answer carries it back.
     Run { seq: u64, name: String },
+    /// Run `count` jobs `name` one after the other; their encoded inputs follow, back to back
+    /// (a grinder batch's items, one frame for many).
+    RunMany { seq: u64, name: String, count: u32 },
 }
 
 /// Child → parent.
@@ -48,10 +51,20 @@ pub(crate) enum FromChild {
     StartFailed(String),
     /// The job's encoded output follows this header in the same frame.
     Done { seq: u64 },
+    /// The `RunMany` jobs' [`ItemOutcome`]s follow this header, in order.
+    DoneMany { seq: u64 },
     /// The job panicked: its message.
     Panicked { seq: u64, message: String },
     /// The job could not run or answer: the text.
     Failed { seq: u64, message: String },
+}
+
+/// What one job of a `RunMany` gave.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ItemOutcome<T> {
+    Done(T),
+    Panicked(String),
+    Failed(String),
 }
 
 /// Encodes `msg` as one frame (length prefix included), refusing one over `max` bytes.

@@ -130,12 +130,22 @@ fn run(
         if !read_frame(&mut from_parent, max_message, &mut request)? {
             return Ok(()); // The parent closed the pipe: we are done.
         }
-        let (ToChild::Run { seq, name }, input) = split::<ToChild>(&request)?;
-        let outcome = match jobs.runner(&name) {
-            Some(run) => run(seq, input, std::mem::take(&mut reply), max_message),
-            None => RunOutcome::Failed(format!(
+        let (header, input) = split::<ToChild>(&request)?;
+        let unknown = |name: &str| {
+            RunOutcome::Failed(format!(
                 "job {name:?} is not registered in this worker program's process::init"
-            )),
+            ))
+        };
+        let buf = std::mem::take(&mut reply);
+        let (seq, outcome) = match header {
+            ToChild::Run { seq, name } => match jobs.runner(&name) {
+                Some(run) => (seq, run(seq, input, buf, max_message)),
+                None => (seq, unknown(&name)),
+            },
+            ToChild::RunMany { seq, name, count } => match jobs.many_runner(&name) {
+                Some(run) => (seq, run(seq, count, input, buf, max_message)),
+                None => (seq, unknown(&name)),
+            },
         };
         #[cfg(feature = "testing")]
         if CORRUPT_REPLY.swap(false, SeqCst) {

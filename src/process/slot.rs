@@ -18,12 +18,18 @@ use crate::LeaseError;
 
 thread_local! {
     static SLOT: RefCell<Option<Child>> = const { RefCell::new(None) };
+    static MAX_MESSAGE: std::cell::Cell<usize> = const { std::cell::Cell::new(super::DEFAULT_MAX_MESSAGE) };
     static IS_PROCESS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether this thread is a process-backend worker.
 pub(crate) fn has_child_slot() -> bool {
     IS_PROCESS_WORKER.with(std::cell::Cell::get)
+}
+
+/// `max_message_bytes` of this worker's manager.
+pub(crate) fn max_message() -> usize {
+    MAX_MESSAGE.with(std::cell::Cell::get)
 }
 
 /// Ends this thread's child, if it has one.
@@ -44,6 +50,7 @@ pub(crate) fn wrap_factory<S: 'static>(
 ) -> StateFactory<S> {
     Arc::new(move || {
         IS_PROCESS_WORKER.with(|w| w.set(true));
+        MAX_MESSAGE.with(|m| m.set(spec.max_message));
         if super::is_worker_child() {
             return Err(
                 "a process-backend worker child cannot start worker processes of its own"
@@ -72,15 +79,16 @@ pub(crate) fn wrap_factory<S: 'static>(
     })
 }
 
-/// Runs job `name` in this thread's child: `encode` appends the job's input to the frame it is
-/// given, `decode` reads the output from the reply.
+/// Runs job `name` (or `count` of them) in this thread's child: `encode` appends the input(s)
+/// to the frame it is given, `decode` reads the output(s) from the reply.
 pub(crate) fn call(
     name: &str,
+    count: Option<u32>,
     encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
     decode: &mut dyn FnMut(&[u8]),
 ) -> Result<(), LeaseError> {
     SLOT.with(|slot| match slot.borrow_mut().as_mut() {
-        Some(child) => child.call(name, encode, decode),
+        Some(child) => child.call(name, count, encode, decode),
         None => {
             leasepool_actors::request_state_rebuild("its worker child had ended");
             Err(LeaseError::WorkerLost)

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -152,10 +152,12 @@ impl<S: 'static> GrinderActor<S> {
                 lease: Some(lease),
                 batch: n,
                 grinder,
+                groups: Mutex::new(Vec::new()),
             });
             for item in items {
                 (item.launch)(Ok(&token));
             }
+            token.flush_groups();
         });
     }
 }

@@ -22,6 +22,7 @@
 //! - `start` and `stop` are serialized; every stop returns within `stop_timeout`, after which
 //!   items not yet on a lease are answered `Stopped` and running batches finish on their own.
 
+use std::any::{Any, TypeId};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -146,6 +147,17 @@ impl<S: 'static> Grinder<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        // Refused, `f` stays with the caller (for a later try).
+        self.add_item(f, |f| self.make_item(f, if_abandoned), when_full)
+    }
+
+    /// Adds the item `make` builds from `payload`, taking the payload only if there is room.
+    fn add_item<P, T>(
+        &self,
+        payload: &mut Option<P>,
+        make: impl FnOnce(P) -> (Item<Token<S>>, T),
+        when_full: WhenFull,
+    ) -> Result<(u64, T), LeaseError> {
         let mut books = self.lock();
         loop {
             match books.state {
@@ -166,10 +178,10 @@ impl<S: 'static> Grinder<S> {
                 }
             }
         }
-        let Some(f) = f.take() else {
+        let Some(payload) = payload.take() else {
             return Err(LeaseError::Stopped);
         };
-        let (item, handle) = self.make_item(f, if_abandoned);
+        let (item, out) = make(payload);
         let id = books.next_item;
         books.next_item += 1;
         books.pending.insert(id, item);
@@ -181,7 +193,43 @@ impl<S: 'static> Grinder<S> {
         {
             self.kick(&mut books);
         }
-        Ok((id, handle))
+        Ok((id, out))
+    }
+
+    /// Adds an item that launches itself: `launch` gets the item's batch once the batch has its
+    /// lease (or the error it failed with), and may put the item in one of the batch's groups
+    /// ([`Batch::group`]). `Unavailable` when `max_pending` items already wait.
+    pub fn enqueue_launch(&self, launch: RawLaunch<S>) -> Result<u64, LeaseError> {
+        self.add_item(
+            &mut Some(launch),
+            |l| (Self::raw_item(l), ()),
+            WhenFull::Refuse,
+        )
+        .map(|(id, ())| id)
+    }
+
+    /// Like [`enqueue_launch`](Self::enqueue_launch), waiting (asynchronously) for room.
+    pub async fn submit_launch(&self, launch: RawLaunch<S>) -> Result<u64, LeaseError> {
+        let mut launch = Some(launch);
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            match self.add_item(&mut launch, |l| (Self::raw_item(l), ()), WhenFull::Refuse) {
+                Err(LeaseError::Unavailable) => notified.await,
+                other => return other.map(|(id, ())| id),
+            }
+        }
+    }
+
+    fn raw_item(launch: RawLaunch<S>) -> Item<Token<S>> {
+        Item {
+            enqueued: Instant::now(),
+            launch: Box::new(move |batch| match batch {
+                Ok(token) => launch(Ok(&Batch(token))),
+                Err(e) => launch(Err(e)),
+            }),
+        }
     }
 
     /// Asks the actor to look at the books, unless a request is already in its mailbox.
@@ -296,6 +344,73 @@ pub(crate) struct BatchToken<S: 'static> {
     batch: u64,
     items: u64,
     grinder: Arc<Grinder<S>>,
+    /// Items gathered into groups while the batch launches ([`Batch::group`]), and what sends
+    /// each group once every item has launched.
+    groups: Mutex<Groups<S>>,
+}
+
+type Groups<S> = Vec<(TypeId, Box<dyn Any + Send>, GroupFlush<S>)>;
+type GroupFlush<S> = Box<dyn FnOnce(&Batch<'_, S>, Box<dyn Any + Send>) + Send>;
+
+impl<S: 'static> BatchToken<S> {
+    /// Sends every group gathered while the batch launched (on the host, after the last item).
+    pub(crate) fn flush_groups(self: &Arc<Self>) {
+        let groups = std::mem::take(&mut *lock(&self.groups));
+        for (_, group, flush) in groups {
+            flush(&Batch(self), group);
+        }
+    }
+}
+
+/// What an item added with [`Grinder::enqueue_launch`] does once its batch has a lease (or
+/// failed to get one).
+pub type RawLaunch<S> = Box<dyn FnOnce(Result<&Batch<'_, S>, LeaseError>) + Send>;
+
+/// A launching batch, as its items see it.
+pub struct Batch<'a, S: 'static>(&'a Token<S>);
+
+/// Keeps a batch's lease held (the batch running) while it exists.
+pub struct BatchHold(#[allow(dead_code)] Arc<dyn Any + Send + Sync>);
+
+impl<S: 'static> Batch<'_, S> {
+    /// The batch's lease.
+    pub fn lease(&self) -> Option<&LeaseCore<S>> {
+        self.0.lease.as_ref()
+    }
+
+    /// A token that keeps the batch running (its lease held) until dropped: give one to every
+    /// job sent on the batch's lease.
+    pub fn hold(&self) -> BatchHold {
+        BatchHold(Arc::clone(self.0) as Arc<dyn Any + Send + Sync>)
+    }
+
+    /// Adds to this batch's group of type `T` (made with `T::default()` by the first item
+    /// that asks); once every item of the batch has launched, `flush` gets the group.
+    pub fn group<T, F>(&self, add: impl FnOnce(&mut T), flush: F)
+    where
+        T: Default + Send + 'static,
+        F: FnOnce(&Batch<'_, S>, T) + Send + 'static,
+    {
+        let mut groups = lock(&self.0.groups);
+        let at = match groups
+            .iter()
+            .position(|(id, _, _)| *id == TypeId::of::<T>())
+        {
+            Some(at) => at,
+            None => {
+                let flush: GroupFlush<S> = Box::new(move |batch, group| {
+                    if let Ok(group) = group.downcast::<T>() {
+                        flush(batch, *group);
+                    }
+                });
+                groups.push((TypeId::of::<T>(), Box::new(T::default()), flush));
+                groups.len() - 1
+            }
+        };
+        if let Some(group) = groups[at].1.downcast_mut::<T>() {
+            add(group);
+        }
+    }
 }
 
 impl<S: 'static> Drop for BatchToken<S> {
