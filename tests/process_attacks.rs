@@ -304,8 +304,73 @@ impl ProcessJob for ChildRss {
     }
 }
 
+/// A hand-written `Serialize` that may panic or fail, and a `Drop` that may panic (third
+/// review: in a batched frame these cost their neighbours, or aborted the host).
+#[derive(Deserialize)]
+struct Touchy {
+    id: u64,
+    #[serde(skip)]
+    ser_panic: bool,
+    #[serde(skip)]
+    ser_err: bool,
+    #[serde(skip)]
+    drop_panic: bool,
+}
+impl Touchy {
+    fn new(id: u64) -> Self {
+        Touchy {
+            id,
+            ser_panic: false,
+            ser_err: false,
+            drop_panic: false,
+        }
+    }
+}
+impl Serialize for Touchy {
+    fn serialize<Z: serde::Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+        use serde::ser::{Error, SerializeStruct};
+        if self.ser_panic {
+            panic!("serialize panics {}", self.id);
+        }
+        if self.ser_err {
+            return Err(Z::Error::custom("serialize fails"));
+        }
+        let mut st = s.serialize_struct("Touchy", 1)?;
+        st.serialize_field("id", &self.id)?;
+        st.end()
+    }
+}
+impl Drop for Touchy {
+    fn drop(&mut self) {
+        if self.drop_panic {
+            panic!("drop panics {}", self.id);
+        }
+    }
+}
+impl ProcessJob for Touchy {
+    const NAME: &'static str = "touchy.v1";
+    type Output = u64;
+    fn run(mut self) -> u64 {
+        self.drop_panic = false;
+        self.id
+    }
+}
+
+/// A job with a long name (the frame header grows with it).
+#[derive(Serialize, Deserialize)]
+struct LongName(u32);
+impl ProcessJob for LongName {
+    const NAME: &'static str = "long-name-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.v1";
+    type Output = u32;
+    fn run(self) -> u32 {
+        self.0
+    }
+}
+
 fn jobs() -> Jobs {
     Jobs::new()
+        .register::<Touchy>()
+        .register::<LongName>()
         .register::<ChattyDaemon>()
         .register::<LeaveGroup>()
         .register::<BigIn>()
@@ -1504,11 +1569,163 @@ async fn big_messages_do_not_pin_memory() {
     m.stop().await;
 }
 
+fn grinder_over(m: &LeaseManager, threshold: usize) -> leasepool::WorkGrinder {
+    leasepool::WorkGrinder::builder(m)
+        .batch_size_threshold(threshold)
+        .max_wait(Duration::from_millis(30))
+        .build()
+        .unwrap()
+}
+
+/// Batched frames: outputs that fit one by one but not together are each answered.
+async fn batched_outputs_are_capped_per_item_not_per_frame() {
+    let m = builder("adv-bout", 1, 1)
+        .max_message_bytes(4096)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let g = grinder_over(&m, 10);
+    g.start().await.unwrap();
+    let hs: Vec<_> = (0..10)
+        .map(|_| g.enqueue_call(BigOut(1000)).unwrap())
+        .collect();
+    for (i, h) in hs.into_iter().enumerate() {
+        let r = h.await.map(|v| v.len());
+        check!(r == Ok(1000), "item {i}: {r:?}");
+    }
+    g.stop(leasepool::StopMode::Drain).await;
+    m.stop().await;
+}
+
+/// Batched frames: a long job name does not push small items over the cap.
+async fn batched_frames_leave_room_for_a_long_name() {
+    let m = builder("adv-blong", 1, 1)
+        .max_message_bytes(4096)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let g = grinder_over(&m, 1000);
+    g.start().await.unwrap();
+    let hs: Vec<_> = (0..1000)
+        .map(|i| g.enqueue_call(LongName(u32::MAX - i)).unwrap())
+        .collect();
+    let mut bad = 0;
+    for h in hs {
+        if h.await.is_err() {
+            bad += 1;
+        }
+    }
+    check!(bad == 0, "every small item answered Ok: {bad} failed");
+    g.stop(leasepool::StopMode::Drain).await;
+    m.stop().await;
+}
+
+/// Batched frames: an input whose Serialize panics or fails fails alone.
+async fn batched_inputs_that_do_not_encode_fail_alone() {
+    let m = builder("adv-bser", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let g = grinder_over(&m, 10);
+    g.start().await.unwrap();
+    let hs: Vec<_> = (0..10)
+        .map(|i| {
+            let mut t = Touchy::new(i);
+            t.ser_panic = i == 5;
+            t.ser_err = i == 7;
+            g.enqueue_call(t).unwrap()
+        })
+        .collect();
+    for (i, h) in hs.into_iter().enumerate() {
+        let r = h.await;
+        match i {
+            5 => check!(
+                matches!(r, Err(LeaseError::Panicked(ref t)) if t.contains("serialize panics 5")),
+                "item 5: {r:?}"
+            ),
+            7 => check!(
+                matches!(r, Err(LeaseError::ProcessJob(ref t)) if t.contains("cannot encode its input")),
+                "item 7: {r:?}"
+            ),
+            _ => check!(r == Ok(i as u64), "item {i}: {r:?}"),
+        }
+    }
+    g.stop(leasepool::StopMode::Drain).await;
+    m.stop().await;
+}
+
+/// Batched frames: items whose Drop panics — skipped (their submitter left) or dropped unrun
+/// (their lease expired) — neither abort the process nor take the others' answers.
+async fn batched_items_with_panicking_drops_cost_nothing_else() {
+    let m = builder("adv-bdrop", 1, 1)
+        .lease_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let g = leasepool::WorkGrinder::builder(&m)
+        .batch_size_threshold(1000)
+        .max_wait(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    // Keeps the only worker busy while the batch's other parts wait.
+    let busy = g.enqueue_call(SleepMs(300)).unwrap();
+    let keep: Vec<_> = (0..5)
+        .map(|i| g.enqueue_call(Touchy::new(100 + i)).unwrap())
+        .collect();
+    let mut left = Vec::new();
+    for i in 0..2 {
+        let g = g.clone();
+        left.push(tokio::spawn(async move {
+            let mut t = Touchy::new(i);
+            t.drop_panic = true;
+            let _ = tokio::time::timeout(Duration::from_millis(100), g.submit_call(t)).await;
+        }));
+    }
+    for l in left {
+        let _ = l.await;
+    }
+    let _ = busy.await;
+    for (i, h) in keep.into_iter().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(5), h).await;
+        check!(
+            matches!(r, Ok(Ok(id)) if id == 100 + i as u64),
+            "kept item {i} answered: {r:?}"
+        );
+    }
+    // Dropped unrun: a batch whose lease expires while its part waits behind a long job.
+    let g2 = leasepool::WorkGrinder::builder(&m)
+        .batch_size_threshold(1000)
+        .max_wait(Duration::from_millis(20))
+        .lease_for(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    g.stop(leasepool::StopMode::Drain).await;
+    g2.start().await.unwrap();
+    let busy = g2.enqueue_call(SleepMs(1500)).unwrap();
+    let hs: Vec<_> = (0..3)
+        .map(|i| {
+            let mut t = Touchy::new(i);
+            t.drop_panic = true;
+            g2.enqueue_call(t).unwrap()
+        })
+        .collect();
+    let _ = busy.await;
+    for (i, h) in hs.into_iter().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(5), h).await;
+        check!(r.is_ok(), "item {i} with a panicking Drop resolved: {r:?}");
+    }
+    g2.stop(leasepool::StopMode::Drain).await;
+    m.stop().await;
+}
+
 fn main() {
     process::init(jobs());
     let sub = tracing_subscriber::registry().with(Print);
     tracing::subscriber::set_global_default(sub).unwrap();
     let all = tests![
+        batched_outputs_are_capped_per_item_not_per_frame,
+        batched_frames_leave_room_for_a_long_name,
+        batched_inputs_that_do_not_encode_fail_alone,
+        batched_items_with_panicking_drops_cost_nothing_else,
         a_writer_outside_the_group_cannot_wedge_the_worker,
         a_child_that_left_its_group_is_still_killed,
         big_messages_do_not_pin_memory,

@@ -319,7 +319,7 @@ impl Child {
         name: &str,
         count: Option<u32>,
         encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
-        decode: &mut dyn FnMut(&[u8]),
+        decode: &mut dyn FnMut(&[u8]) -> usize,
     ) -> Result<(), LeaseError> {
         if self.reaped || self.has_exited() {
             // It died while idle (killed from outside, or it exited after its last answer):
@@ -374,29 +374,41 @@ impl Child {
         if let Err(waited) = sent {
             return Err(self.failed(name, waited));
         }
-        let (header, body, end) = match self.wait_frame(None) {
-            Waited::Frame { header, body, end } => (header, body, end),
-            other => return Err(self.failed(name, other)),
-        };
-        let answer = match header {
-            FromChild::Done { seq: s } if s == seq && count.is_none() => {
-                decode(&self.buf[body]);
-                Ok(())
-            }
-            FromChild::DoneMany { seq: s } if s == seq && count.is_some() => {
-                decode(&self.buf[body]);
-                Ok(())
-            }
-            FromChild::Panicked { seq: s, message } if s == seq => {
-                leasepool_actors::count_job_as_panicked();
-                Err(LeaseError::Panicked(message))
-            }
-            FromChild::Failed { seq: s, message } if s == seq => {
-                Err(LeaseError::ProcessJob(message))
-            }
-            other => {
-                return Err(self.broken(&format!("an answer that is not job {seq}'s: {other:?}")))
-            }
+        // One answer frame — or, for `count` jobs, `DoneMany` frames until every job has its
+        // outcome (the child sends them as they finish).
+        let mut outcomes = 0_usize;
+        let (answer, end) = loop {
+            let (header, body, end) = match self.wait_frame(None) {
+                Waited::Frame { header, body, end } => (header, body, end),
+                other => return Err(self.failed(name, other)),
+            };
+            let answer = match header {
+                FromChild::Done { seq: s } if s == seq && count.is_none() => {
+                    decode(&self.buf[body]);
+                    Ok(())
+                }
+                FromChild::DoneMany { seq: s } if s == seq && count.is_some() => {
+                    outcomes += decode(&self.buf[body]);
+                    if count.is_some_and(|n| outcomes < n as usize) {
+                        self.buf.drain(..end);
+                        continue;
+                    }
+                    Ok(())
+                }
+                FromChild::Panicked { seq: s, message } if s == seq => {
+                    leasepool_actors::count_job_as_panicked();
+                    Err(LeaseError::Panicked(message))
+                }
+                FromChild::Failed { seq: s, message } if s == seq => {
+                    Err(LeaseError::ProcessJob(message))
+                }
+                other => {
+                    return Err(
+                        self.broken(&format!("an answer that is not job {seq}'s: {other:?}"))
+                    )
+                }
+            };
+            break (answer, end);
         };
         self.buf.drain(..end);
         if !self.buf.is_empty() {

@@ -177,7 +177,16 @@ pub(crate) enum RunOutcome {
 type Runner = fn(u64, &[u8], Vec<u8>, usize) -> RunOutcome;
 
 /// Like [`Runner`], for `count` jobs encoded back to back (one `RunMany` frame).
-type ManyRunner = fn(u64, u32, &[u8], Vec<u8>, usize) -> RunOutcome;
+/// `emit` sends a finished frame of outcomes at once (so a crash later in the run does not cost
+/// the items already answered).
+type ManyRunner = fn(u64, u32, &[u8], Vec<u8>, usize, &mut Emit<'_>) -> RunOutcome;
+
+/// Sends a complete frame to the parent now.
+pub(crate) type Emit<'a> = dyn FnMut(&[u8]) -> Result<(), String> + 'a;
+
+/// Most outcomes in one `DoneMany` frame: a crash costs at most this many answered-too-late
+/// items (plus the one running).
+const OUTCOMES_PER_FRAME: usize = 32;
 
 /// The jobs a child can run, and what a child does when it starts. Build the same `Jobs` in
 /// the worker program's [`init`] and in [`ManagerBuilder::process_jobs`](crate::ManagerBuilder::process_jobs)
@@ -304,59 +313,124 @@ fn run_encoded<J: ProcessJob>(seq: u64, input: &[u8], buf: Vec<u8>, max: usize) 
     }
 }
 
-/// Decodes `count` `J`s from `input`, runs each (catching a panic), and encodes their outcomes
-/// in order into one `DoneMany` frame.
+/// Decodes `count` `J`s from `input` and runs each (catching a panic). Their outcomes go back
+/// in order, in `DoneMany` frames of at most [`OUTCOMES_PER_FRAME`] outcomes and
+/// `max_message_bytes`, each sent (through `emit`) as soon as it is full or 5 ms old; the last
+/// one is the returned frame. An outcome too large for a frame is answered `Failed` alone.
 fn run_many_encoded<J: ProcessJob>(
     seq: u64,
     count: u32,
     input: &[u8],
     buf: Vec<u8>,
     max: usize,
+    emit: &mut Emit<'_>,
 ) -> RunOutcome {
     use protocol::ItemOutcome;
-    let body = |mut out: Vec<u8>| {
-        let mut rest = input;
-        let mut readable = true;
-        for _ in 0..count {
-            let outcome: ItemOutcome<J::Output> = if !readable {
-                ItemOutcome::Failed(format!(
-                    "job {:?}: an earlier input did not decode",
+    let header = protocol::FromChild::DoneMany { seq };
+    let room = FRAME_ROOM;
+    let mut frame = buf;
+    frame.clear();
+    let mut outcomes: Vec<u8> = Vec::new();
+    let mut in_frame = 0_usize;
+    let mut started = std::time::Instant::now();
+    let mut rest = input;
+    let mut readable = true;
+    let encoded = |outcome: &ItemOutcome<J::Output>| -> Vec<u8> {
+        match catch_unwind(AssertUnwindSafe(|| postcard::to_allocvec(outcome))) {
+            Ok(Ok(bytes)) if bytes.len() + room <= max => bytes,
+            Ok(Ok(bytes)) => failed_outcome::<J>(format!(
+                "job {:?}: its output: a message of {} bytes exceeds max_message_bytes ({max})",
+                J::NAME,
+                bytes.len()
+            )),
+            Ok(Err(e)) => failed_outcome::<J>(format!(
+                "job {:?}: the child cannot encode its output: {e}",
+                J::NAME
+            )),
+            Err(payload) => {
+                let text = panic_text(payload.as_ref());
+                drop_quietly(payload);
+                failed_outcome::<J>(format!(
+                    "job {:?}: encoding its output panicked: {text}",
                     J::NAME
                 ))
-            } else {
-                match postcard::take_from_bytes::<J>(rest) {
-                    Ok((job, after)) => {
-                        rest = after;
-                        match catch_unwind(AssertUnwindSafe(move || job.run())) {
-                            Ok(output) => ItemOutcome::Done(output),
-                            Err(payload) => {
-                                let message = panic_text(payload.as_ref());
-                                if let Err(again) =
-                                    catch_unwind(AssertUnwindSafe(move || drop(payload)))
-                                {
-                                    std::mem::forget(again);
-                                }
-                                ItemOutcome::Panicked(message)
-                            }
+            }
+        }
+    };
+    for _ in 0..count {
+        let outcome: ItemOutcome<J::Output> = if !readable {
+            ItemOutcome::Failed(format!(
+                "job {:?}: an earlier input did not decode",
+                J::NAME
+            ))
+        } else {
+            match postcard::take_from_bytes::<J>(rest) {
+                Ok((job, after)) => {
+                    rest = after;
+                    match catch_unwind(AssertUnwindSafe(move || job.run())) {
+                        Ok(output) => ItemOutcome::Done(output),
+                        Err(payload) => {
+                            let message = panic_text(payload.as_ref());
+                            drop_quietly(payload);
+                            ItemOutcome::Panicked(message)
                         }
                     }
-                    Err(e) => {
-                        readable = false;
-                        ItemOutcome::Failed(format!(
-                            "job {:?}: the child cannot decode its input: {e}",
-                            J::NAME
-                        ))
-                    }
                 }
+                Err(e) => {
+                    readable = false;
+                    ItemOutcome::Failed(format!(
+                        "job {:?}: the child cannot decode its input: {e}",
+                        J::NAME
+                    ))
+                }
+            }
+        };
+        let bytes = encoded(&outcome);
+        drop_quietly(outcome);
+        let full = outcomes.len() + bytes.len() + room > max;
+        if in_frame > 0
+            && (full || in_frame >= OUTCOMES_PER_FRAME || started.elapsed().as_millis() >= 5)
+        {
+            frame = match protocol::frame_with_body(
+                &header,
+                |mut b| {
+                    b.extend_from_slice(&outcomes);
+                    Ok(b)
+                },
+                frame,
+                max,
+            ) {
+                Ok(done) => done,
+                Err(e) => return RunOutcome::Failed(format!("jobs {:?}: {e}", J::NAME)),
             };
-            out = postcard::to_extend(&outcome, out)?;
+            if let Err(e) = emit(&frame) {
+                return RunOutcome::Failed(e);
+            }
+            outcomes.clear();
+            in_frame = 0;
+            started = std::time::Instant::now();
         }
-        Ok(out)
-    };
-    match protocol::frame_with_body(&protocol::FromChild::DoneMany { seq }, body, buf, max) {
-        Ok(frame) => RunOutcome::Done(frame),
-        Err(e) => RunOutcome::Failed(format!("jobs {:?}: their outputs: {e}", J::NAME)),
+        outcomes.extend_from_slice(&bytes);
+        in_frame += 1;
     }
+    match protocol::frame_with_body(
+        &header,
+        |mut b| {
+            b.extend_from_slice(&outcomes);
+            Ok(b)
+        },
+        frame,
+        max,
+    ) {
+        Ok(done) => RunOutcome::Done(done),
+        Err(e) => RunOutcome::Failed(format!("jobs {:?}: {e}", J::NAME)),
+    }
+}
+
+/// An encoded `Failed` outcome (always small).
+fn failed_outcome<J: ProcessJob>(text: String) -> Vec<u8> {
+    let outcome = protocol::ItemOutcome::<J::Output>::Failed(text);
+    postcard::to_allocvec(&outcome).unwrap_or_default()
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
@@ -417,7 +491,10 @@ pub(crate) fn run_here<J: ProcessJob>(job: J) -> Result<J::Output, LeaseError> {
             J::NAME,
             None,
             &mut |buf| postcard::to_extend(&job, buf),
-            &mut |body| output = Some(postcard::from_bytes::<J::Output>(body)),
+            &mut |body| {
+                output = Some(postcard::from_bytes::<J::Output>(body));
+                1
+            },
         )?;
         drop(job);
         return match output {
@@ -445,21 +522,24 @@ pub(crate) type BatchItem<J> = (
 /// backend in one frame to the worker thread's child (one round trip for all), otherwise one
 /// after the other on the worker thread. Every item is answered exactly once.
 pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) {
-    // Skipped: items whose submitter left before a worker got to them.
-    let items: Vec<BatchItem<J>> = items
-        .into_iter()
-        .filter(|(_, reply, mode)| {
-            !(*mode == leasepool_actors::IfAbandoned::Skip && reply.is_closed())
-        })
-        .collect();
-    if items.is_empty() {
+    // Skipped: items whose submitter left before a worker got to them. Each dropped on its own,
+    // quietly: one destructor that panics must not take the others' answers with it.
+    let mut kept = Vec::with_capacity(items.len());
+    for item in items {
+        if item.2 == leasepool_actors::IfAbandoned::Skip && item.1.is_closed() {
+            drop_quietly(item);
+        } else {
+            kept.push(item);
+        }
+    }
+    if kept.is_empty() {
         return;
     }
     #[cfg(unix)]
     if slot::has_child_slot() {
-        return run_many_in_child(items);
+        return run_many_in_child(kept);
     }
-    for (job, reply, _) in items {
+    for (job, reply, _) in kept {
         let outcome = catch_unwind(AssertUnwindSafe(move || job.run())).map_err(|payload| {
             let message = panic_text(payload.as_ref());
             drop_quietly(payload);
@@ -471,25 +551,49 @@ pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) {
     }
 }
 
+/// A part of a batch's items on its way to a worker. Dropped unrun (its lease was revoked, its
+/// pool died), it drops each item on its own, quietly: every item's handle then resolves
+/// (`WorkerLost`), whatever the items' destructors do.
+pub(crate) struct Part<J: ProcessJob>(Option<Vec<BatchItem<J>>>);
+
+impl<J: ProcessJob> Part<J> {
+    fn take(&mut self) -> Option<Vec<BatchItem<J>>> {
+        self.0.take()
+    }
+}
+
+impl<J: ProcessJob> Drop for Part<J> {
+    fn drop(&mut self) {
+        for item in self.0.take().into_iter().flatten() {
+            drop_quietly(item);
+        }
+    }
+}
+
 #[cfg(unix)]
 fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) {
     use protocol::ItemOutcome;
     let max = slot::max_message();
+    let room = FRAME_ROOM + J::NAME.len();
     // Each input encoded on its own, then packed into frames that fit `max_message_bytes`: an
-    // item fails alone if it does not fit, never because of its neighbours.
+    // item fails alone if it does not fit or does not encode, never because of its neighbours.
     let mut ready: Vec<(Vec<u8>, leasepool_actors::JobReply<J::Output>)> = Vec::new();
     for (job, reply, _) in items {
-        match postcard::to_allocvec(&job) {
-            Ok(bytes) if bytes.len() + FRAME_ROOM <= max => ready.push((bytes, reply)),
-            Ok(bytes) => reply.fail(LeaseError::ProcessJob(format!(
+        match catch_unwind(AssertUnwindSafe(|| postcard::to_allocvec(&job))) {
+            Ok(Ok(bytes)) if bytes.len() + room <= max => ready.push((bytes, reply)),
+            Ok(Ok(bytes)) => reply.fail(LeaseError::ProcessJob(format!(
                 "job {:?}: its input: a message of {} bytes exceeds max_message_bytes ({max})",
                 J::NAME,
                 bytes.len()
             ))),
-            Err(e) => reply.fail(LeaseError::ProcessJob(format!(
+            Ok(Err(e)) => reply.fail(LeaseError::ProcessJob(format!(
                 "job {:?}: cannot encode its input: {e}",
                 J::NAME
             ))),
+            Err(payload) => {
+                reply.fail(LeaseError::Panicked(panic_text(payload.as_ref())));
+                drop_quietly(payload);
+            }
         }
         drop_quietly(job);
     }
@@ -498,7 +602,7 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) {
         let mut size = 0;
         let mut frame_items = Vec::new();
         while let Some((bytes, _)) = ready.peek() {
-            if !frame_items.is_empty() && size + bytes.len() + FRAME_ROOM > max {
+            if !frame_items.is_empty() && size + bytes.len() + room > max {
                 break;
             }
             size += bytes.len();
@@ -517,8 +621,11 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) {
                 Ok(buf)
             },
             &mut |body| {
+                // One frame of outcomes (the child sends them in several): answer each.
                 let mut rest = body;
-                for reply in replies.by_ref() {
+                let mut answered = 0;
+                while !rest.is_empty() {
+                    let Some(reply) = replies.next() else { break };
                     let answer = match postcard::take_from_bytes::<ItemOutcome<J::Output>>(rest) {
                         Ok((outcome, after)) => {
                             rest = after;
@@ -532,15 +639,20 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) {
                                 }
                             }
                         }
-                        Err(e) => Err(LeaseError::ProcessJob(format!(
-                            "job {:?}: cannot decode the child's output: {e}",
-                            J::NAME
-                        ))),
+                        Err(e) => {
+                            rest = &[];
+                            Err(LeaseError::ProcessJob(format!(
+                                "job {:?}: cannot decode the child's output: {e}",
+                                J::NAME
+                            )))
+                        }
                     };
+                    answered += 1;
                     if let Err(unsent) = reply.answer(answer) {
                         drop_quietly(unsent);
                     }
                 }
+                answered
             },
         );
         // The frame failed as a whole (the child died, the lease expired): its items not
@@ -558,8 +670,7 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) {
     }
 }
 
-/// Room for a frame's header beside its inputs.
-#[cfg(unix)]
+/// Room for a frame's header beside its inputs or outputs (a job name adds its length).
 const FRAME_ROOM: usize = 256;
 
 /// Drops a user value, containing a panic of its destructor (this may run on the host thread).
@@ -613,7 +724,7 @@ pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
         if part.is_empty() {
             return;
         }
-        let shared = Arc::new(std::sync::Mutex::new(Some(part)));
+        let shared = Arc::new(std::sync::Mutex::new(Part(Some(part))));
         let for_job = Arc::clone(&shared);
         let hold = batch.hold();
         let sent = lease.dispatch(

@@ -143,7 +143,14 @@ fn run(
                 None => (seq, unknown(&name)),
             },
             ToChild::RunMany { seq, name, count } => match jobs.many_runner(&name) {
-                Some(run) => (seq, run(seq, count, input, buf, max_message)),
+                Some(run) => {
+                    let mut emit = |frame: &[u8]| {
+                        to_parent
+                            .write_all(frame)
+                            .map_err(|e| format!("write to parent: {e}"))
+                    };
+                    (seq, run(seq, count, input, buf, max_message, &mut emit))
+                }
                 None => (seq, unknown(&name)),
             },
         };

@@ -85,7 +85,7 @@ pub(crate) fn call(
     name: &str,
     count: Option<u32>,
     encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
-    decode: &mut dyn FnMut(&[u8]),
+    decode: &mut dyn FnMut(&[u8]) -> usize,
 ) -> Result<(), LeaseError> {
     SLOT.with(|slot| match slot.borrow_mut().as_mut() {
         Some(child) => child.call(name, count, encode, decode),
