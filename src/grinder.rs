@@ -128,9 +128,16 @@ impl<S: 'static> WorkGrinder<S> {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let grinder = &*self.inner.grinder;
-        let (id, handle) = grinder.submit(f).await?;
-        let cancel = CancelOnDrop { grinder, id };
+        let (id, handle) = self.inner.grinder.submit(f).await?;
+        self.await_item(id, handle).await
+    }
+
+    /// Awaits a submitted item's answer; dropping this future removes the item from the queue.
+    async fn await_item<R>(&self, id: u64, handle: JobHandle<R>) -> Result<R, LeaseError> {
+        let cancel = CancelOnDrop {
+            grinder: &*self.inner.grinder,
+            id,
+        };
         let out = handle.await;
         std::mem::forget(cancel);
         out
@@ -152,12 +159,8 @@ impl<S: 'static> WorkGrinder<S> {
                 .await?;
         }
         let (launch, handle) = self.gathered(job, IfAbandoned::Skip);
-        let grinder = &*self.inner.grinder;
-        let id = grinder.submit_launch(launch).await?;
-        let cancel = CancelOnDrop { grinder, id };
-        let out = handle.await;
-        std::mem::forget(cancel);
-        out
+        let id = self.inner.grinder.submit_launch(launch).await?;
+        self.await_item(id, handle).await
     }
 
     /// Queues the [`ProcessJob`](crate::process::ProcessJob) `job` now, like

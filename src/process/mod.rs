@@ -335,6 +335,15 @@ fn run_many_encoded<J: ProcessJob>(
     let mut started = std::time::Instant::now();
     let mut rest = input;
     let mut readable = true;
+    // A `DoneMany` frame of the outcomes gathered so far, built in `frame`'s buffer.
+    let seal = |outcomes: &[u8], frame: Vec<u8>| {
+        let body = |mut b: Vec<u8>| {
+            b.extend_from_slice(outcomes);
+            Ok(b)
+        };
+        protocol::frame_with_body(&header, body, frame, max)
+            .map_err(|e| RunOutcome::Failed(format!("jobs {:?}: {e}", J::NAME)))
+    };
     let encoded = |outcome: &ItemOutcome<J::Output>| -> Vec<u8> {
         match catch_unwind(AssertUnwindSafe(|| postcard::to_allocvec(outcome))) {
             Ok(Ok(bytes)) if bytes.len() + room <= max => bytes,
@@ -391,17 +400,9 @@ fn run_many_encoded<J: ProcessJob>(
         if in_frame > 0
             && (full || in_frame >= OUTCOMES_PER_FRAME || started.elapsed().as_millis() >= 5)
         {
-            frame = match protocol::frame_with_body(
-                &header,
-                |mut b| {
-                    b.extend_from_slice(&outcomes);
-                    Ok(b)
-                },
-                frame,
-                max,
-            ) {
+            frame = match seal(&outcomes, frame) {
                 Ok(done) => done,
-                Err(e) => return RunOutcome::Failed(format!("jobs {:?}: {e}", J::NAME)),
+                Err(failed) => return failed,
             };
             if let Err(e) = emit(&frame) {
                 return RunOutcome::Failed(e);
@@ -413,17 +414,9 @@ fn run_many_encoded<J: ProcessJob>(
         outcomes.extend_from_slice(&bytes);
         in_frame += 1;
     }
-    match protocol::frame_with_body(
-        &header,
-        |mut b| {
-            b.extend_from_slice(&outcomes);
-            Ok(b)
-        },
-        frame,
-        max,
-    ) {
+    match seal(&outcomes, frame) {
         Ok(done) => RunOutcome::Done(done),
-        Err(e) => RunOutcome::Failed(format!("jobs {:?}: {e}", J::NAME)),
+        Err(failed) => failed,
     }
 }
 
