@@ -801,23 +801,19 @@ async fn grinder_items_in_one_frame_are_answered_each_on_their_own() {
         };
         handles.push(h);
     }
-    let mut pids = std::collections::BTreeSet::new();
+    // Which child takes which frame is up to the pool's workers (whichever is free first takes
+    // the next frame), so the items may all land on one child: only the answers are checked.
     for (i, h) in handles.into_iter().enumerate() {
         match h {
             Item::Panics(h) => {
                 assert_eq!(h.await, Err(LeaseError::Panicked(format!("item {i}"))));
             }
             Item::Shouts(h) => {
-                let (text, pid) = h.await.unwrap();
+                let (text, _pid) = h.await.unwrap();
                 assert_eq!(text, format!("ITEM {i}"));
-                pids.insert(pid);
             }
         }
     }
-    assert!(
-        pids.len() >= 2,
-        "the items were spread over children: {pids:?}"
-    );
     // A crash costs the items of its frame, not the batch's others, and never an answer twice.
     let crash = g.enqueue_call(Crash::Abort).unwrap();
     let others: Vec<_> = (0..59)
