@@ -9,6 +9,9 @@ mod message;
 #[cfg(feature = "process")]
 #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
 pub mod process;
+#[cfg(feature = "queue")]
+#[cfg_attr(docsrs, doc(cfg(feature = "queue")))]
+pub mod queue;
 #[cfg(feature = "web")]
 #[cfg_attr(docsrs, doc(cfg(feature = "web")))]
 pub mod web;
@@ -324,4 +327,8 @@ pub mod guide {
     page!(process_backend, "process-backend");
     #[cfg(not(feature = "process"))]
     page!(process_backend, "process-backend.shown");
+    #[cfg(feature = "queue")]
+    page!(distributed, "distributed");
+    #[cfg(not(feature = "queue"))]
+    page!(distributed, "distributed.shown");
 }

@@ -1,0 +1,713 @@
+//! Durable-queue jobs (feature `queue`) against a real SQLite queue file: worker processes
+//! sharing one queue, exactly-once completion without crashes, capacity-aware claiming, the
+//! outcome mapping, graceful stop and hand-back, and orphan re-runs after a SIGKILL.
+//!
+//! No libtest harness: this binary is also the worker processes' program (`LP_QUEUE_ROLE`).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leasepool::process::ProcessJob as _;
+use leasepool::queue::{Queue, QueueError, QueueWorker};
+use leasepool::LeaseManager;
+
+const ROLE: &str = "LP_QUEUE_ROLE";
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lp-queue-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn results_db(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS results (task INTEGER NOT NULL, pid INTEGER NOT NULL)",
+    )
+    .unwrap();
+    c
+}
+
+thread_local! {
+    static RESULTS: std::cell::RefCell<Option<rusqlite::Connection>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records that `task` was done by this process (one row per run: duplicates stay visible).
+fn record(results: &Path, task: u64) -> Result<(), String> {
+    RESULTS.with(|r| {
+        let mut r = r.borrow_mut();
+        let c = r.get_or_insert_with(|| results_db(results));
+        c.execute(
+            "INSERT INTO results (task, pid) VALUES (?1, ?2)",
+            (task as i64, std::process::id() as i64),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    })
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    common::until(what, f, |b| *b).await;
+}
+
+// ---- the worker process -----------------------------------------------------------------------
+
+/// `LP_QUEUE_ROLE=work <db> <queue> <results> <max_pools> <task_ms> <orphan_s> <exit_at_done>`:
+/// runs a QueueWorker; prints `ready` once claiming; stops once the queue has `exit_at_done`
+/// tasks done and none pending or claimed (0: never).
+fn worker_role() -> ! {
+    let args: Vec<String> = std::env::args().collect();
+    let db = PathBuf::from(&args[1]);
+    let queue_name = args[2].clone();
+    let results = PathBuf::from(&args[3]);
+    let max_pools: usize = args[4].parse().unwrap();
+    let task_ms: u64 = args[5].parse().unwrap();
+    let orphan_s: u64 = args[6].parse().unwrap();
+    let exit_at_done: u64 = args[7].parse().unwrap();
+    actix_rt::System::new().block_on(async move {
+        let queue = Queue::sqlite(&db).await.unwrap();
+        let manager = LeaseManager::builder()
+            .name_prefix(format!("w{}", std::process::id()))
+            .max_pools(max_pools)
+            .workers_per_pool(1)
+            .build()
+            .unwrap();
+        manager.start().await.unwrap();
+        let worker = QueueWorker::builder(&manager, &queue, &queue_name)
+            .poll_interval(Duration::from_millis(10))
+            .orphan_timeout(Duration::from_secs(orphan_s))
+            .build_blocking(move |task: u64| {
+                std::thread::sleep(Duration::from_millis(task_ms));
+                record(&results, task)
+            })
+            .unwrap();
+        worker.start().unwrap();
+        println!("ready");
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if exit_at_done > 0 {
+                let c = queue.counts(&queue_name).await.unwrap();
+                if c.done >= exit_at_done && c.pending == 0 && c.claimed == 0 {
+                    break;
+                }
+            }
+        }
+        let stats = worker.stop().await;
+        manager.stop().await;
+        eprintln!(
+            "    worker {}: {stats:?}, last error {:?}",
+            std::process::id(),
+            worker.last_error()
+        );
+    });
+    std::process::exit(0)
+}
+
+struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    fn spawn(
+        db: &Path,
+        queue: &str,
+        results: &Path,
+        max_pools: usize,
+        task_ms: u64,
+        orphan_s: u64,
+        exit_at_done: u64,
+    ) -> Worker {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(ROLE, "work")
+            .args([
+                db.to_str().unwrap(),
+                queue,
+                results.to_str().unwrap(),
+                &max_pools.to_string(),
+                &task_ms.to_string(),
+                &orphan_s.to_string(),
+                &exit_at_done.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // Wait for "ready" on its stdout.
+        use std::io::BufRead;
+        let out = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(out).lines();
+        let first = lines.next().expect("worker printed nothing").unwrap();
+        assert_eq!(first, "ready", "worker's first line");
+        std::thread::spawn(move || for _ in lines {});
+        Worker { child }
+    }
+
+    fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+        let begun = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if begun.elapsed() > within {
+                let _ = self.child.kill();
+                panic!(
+                    "worker process {} still running after {within:?}",
+                    self.child.id()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (rows, distinct tasks, rows per pid)
+fn results_of(path: &Path) -> (i64, i64, Vec<(i64, i64)>) {
+    let c = results_db(path);
+    let rows: i64 = c
+        .query_row("SELECT count(*) FROM results", [], |r| r.get(0))
+        .unwrap();
+    let distinct: i64 = c
+        .query_row("SELECT count(DISTINCT task) FROM results", [], |r| r.get(0))
+        .unwrap();
+    let mut st = c
+        .prepare("SELECT pid, count(*) FROM results GROUP BY pid ORDER BY pid")
+        .unwrap();
+    let per_pid = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (rows, distinct, per_pid)
+}
+
+// ---- tests across processes -------------------------------------------------------------------
+
+async fn two_worker_processes_do_2000_tasks_exactly_once() {
+    let dir = temp_dir("2000");
+    let db = dir.join("queue.db");
+    let results = dir.join("results.db");
+    let queue = Queue::sqlite(&db).await.unwrap();
+    queue.push_all("numbers", 0..2000_u64).await.unwrap();
+    assert_eq!(queue.counts("numbers").await.unwrap().pending, 2000);
+    let a = Worker::spawn(&db, "numbers", &results, 2, 1, 60, 2000);
+    let b = Worker::spawn(&db, "numbers", &results, 2, 1, 60, 2000);
+    assert!(a.wait(Duration::from_secs(80)).success());
+    assert!(b.wait(Duration::from_secs(10)).success());
+    let (rows, distinct, per_pid) = results_of(&results);
+    println!("    results: {rows} rows, {distinct} distinct tasks, per process {per_pid:?}");
+    assert_eq!(distinct, 2000, "every task done");
+    assert_eq!(rows, 2000, "no task done twice");
+    let counts = queue.counts("numbers").await.unwrap();
+    assert_eq!(counts.done, 2000, "{counts:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn the_bigger_instance_takes_its_fair_share() {
+    // One instance with 1 pool, one with 4; slow tasks: the bigger takes >= 3x as many.
+    let dir = temp_dir("fair");
+    let db = dir.join("queue.db");
+    let results = dir.join("results.db");
+    let queue = Queue::sqlite(&db).await.unwrap();
+    let small = Worker::spawn(&db, "fair", &results, 1, 50, 60, 200);
+    let big = Worker::spawn(&db, "fair", &results, 4, 50, 60, 200);
+    let small_pid = small.child.id() as i64;
+    queue.push_all("fair", 0..200_u64).await.unwrap();
+    assert!(small.wait(Duration::from_secs(80)).success());
+    assert!(big.wait(Duration::from_secs(10)).success());
+    let (rows, distinct, per_pid) = results_of(&results);
+    println!("    results: {rows} rows, per process {per_pid:?} (small = {small_pid})");
+    assert_eq!((rows, distinct), (200, 200));
+    let small_n = per_pid
+        .iter()
+        .find(|(p, _)| *p == small_pid)
+        .map_or(0, |(_, n)| *n);
+    let big_n = rows - small_n;
+    assert!(
+        big_n >= 3 * small_n,
+        "the 4-pool instance did {big_n}, the 1-pool one {small_n}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout() {
+    let dir = temp_dir("orphan");
+    let db = dir.join("queue.db");
+    let results = dir.join("results.db");
+    let queue = Queue::sqlite(&db).await.unwrap();
+    queue.push_all("orphans", 0..4_u64).await.unwrap();
+    // The victim claims 2 tasks (2 pools) and sleeps in them far longer than the test.
+    let mut victim = Worker::spawn(&db, "orphans", &results, 2, 600_000, 5, 0);
+    eventually("the victim holds 2 tasks", || async {
+        queue.counts("orphans").await.unwrap().claimed == 2
+    })
+    .await;
+    victim.child.kill().unwrap(); // SIGKILL
+    victim.child.wait().unwrap();
+    let killed_at = Instant::now();
+    assert_eq!(
+        queue.counts("orphans").await.unwrap().claimed,
+        2,
+        "the dead instance's tasks stay claimed"
+    );
+    let rescuer = Worker::spawn(&db, "orphans", &results, 2, 1, 5, 4);
+    assert!(rescuer.wait(Duration::from_secs(60)).success());
+    let (rows, distinct, _) = results_of(&results);
+    assert_eq!(
+        (rows, distinct),
+        (4, 4),
+        "all four done once, the victim's two re-run"
+    );
+    let took = killed_at.elapsed();
+    println!("    the victim's tasks were done {took:.1?} after the kill (orphan timeout 5 s)");
+    // Heartbeats are stored in whole seconds and the victim's last one was up to a third of the
+    // timeout before the kill: the re-run comes between about 2.3 s and 5 s after it.
+    assert!(
+        took >= Duration::from_secs(2),
+        "re-run before the orphan timeout: {took:?}"
+    );
+    assert_eq!(queue.counts("orphans").await.unwrap().done, 4);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- tests in this process --------------------------------------------------------------------
+
+async fn manager(prefix: &str, max_pools: usize) -> LeaseManager {
+    let m = LeaseManager::builder()
+        .name_prefix(prefix)
+        .max_pools(max_pools)
+        .workers_per_pool(1)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
+async fn claims_stay_within_capacity_plus_prefetch() {
+    let dir = temp_dir("cap");
+    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    queue.push_all("cap", 0..20_u64).await.unwrap();
+    let m = manager("q-cap", 2).await;
+    let gate = common::Gate::new();
+    let g = gate.clone();
+    let worker = QueueWorker::builder(&m, &queue, "cap")
+        .prefetch(1)
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(move |_: u64| -> Result<(), String> {
+            g.wait();
+            Ok(())
+        })
+        .unwrap();
+    worker.start().unwrap();
+    eventually("two tasks running", || async {
+        worker.stats().running == 2
+    })
+    .await;
+    // Let it try to claim more for a while: it must stop at 2 running + 1 prefetched.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = worker.stats();
+    let c = queue.counts("cap").await.unwrap();
+    assert_eq!((s.claimed, s.running, s.waiting), (3, 2, 1), "{s:?}");
+    assert_eq!((c.claimed, c.pending), (3, 17), "{c:?}");
+    gate.open();
+    eventually("all done", || async { worker.stats().done == 20 }).await;
+    let s = worker.stop().await;
+    assert_eq!(
+        (s.claimed, s.done, s.failed, s.put_back),
+        (20, 20, 0, 0),
+        "{s:?}"
+    );
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn a_busy_manager_claims_nothing_and_leaves_tasks_for_others() {
+    let dir = temp_dir("busy");
+    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let m = manager("q-busy", 1).await;
+    let held = m.acquire().owner("someone else").await.unwrap();
+    queue.push_all("busy", 0..3_u64).await.unwrap();
+    let worker = QueueWorker::builder(&m, &queue, "busy")
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    worker.start().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(worker.stats().claimed, 0, "claimed with no lease free");
+    assert_eq!(queue.counts("busy").await.unwrap().pending, 3);
+    held.release().await;
+    eventually("all done", || async { worker.stats().done == 3 }).await;
+    worker.stop().await;
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn overload_puts_the_task_back_without_counting_an_attempt() {
+    // Prefetch 1 on a 1-pool manager whose pool someone else takes: the prefetched task waits
+    // `lease_wait`, then goes back for anyone with its attempts unchanged.
+    let dir = temp_dir("over");
+    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let m = manager("q-over", 1).await;
+    let gate = common::Gate::new();
+    let g = gate.clone();
+    let worker = QueueWorker::builder(&m, &queue, "over")
+        .prefetch(1)
+        .lease_wait(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(move |n: u64| -> Result<(), String> {
+            if n == 0 {
+                g.wait();
+            }
+            Ok(())
+        })
+        .unwrap();
+    let first = queue.push("over", 0_u64).await.unwrap();
+    worker.start().unwrap();
+    eventually("task 0 running", || async { worker.stats().running == 1 }).await;
+    let second = queue.push("over", 1_u64).await.unwrap();
+    eventually("task 1 put back", || async { worker.stats().put_back >= 1 }).await;
+    eventually("task 1 unlocked", || async {
+        let t = queue.task(&second).await.unwrap().unwrap();
+        t.locked_by.is_none() && t.status == "Pending"
+    })
+    .await;
+    let t = queue.task(&second).await.unwrap().unwrap();
+    assert_eq!(t.attempts, 0, "a put-back is not an attempt: {t:?}");
+    gate.open();
+    eventually("both done", || async {
+        queue.counts("over").await.unwrap().done == 2
+    })
+    .await;
+    assert_eq!(queue.task(&first).await.unwrap().unwrap().attempts, 1);
+    assert_eq!(queue.task(&second).await.unwrap().unwrap().attempts, 1);
+    worker.stop().await;
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn outcomes_map_to_the_queue() {
+    let dir = temp_dir("outcomes");
+    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let m = manager("q-out", 2).await;
+    let worker = QueueWorker::builder(&m, &queue, "outcomes")
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(move |job: String| -> Result<(), String> {
+            match job.as_str() {
+                "panic" => panic!("job panicked on purpose"),
+                "error" => Err("job said no".into()),
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+    let panics = queue
+        .push_with_attempts("outcomes", "panic".to_string(), 2)
+        .await
+        .unwrap();
+    let errors = queue
+        .push_with_attempts("outcomes", "error".to_string(), 3)
+        .await
+        .unwrap();
+    let fine = queue.push("outcomes", "fine".to_string()).await.unwrap();
+    worker.start().unwrap();
+    eventually("everything settled", || async {
+        let c = queue.counts("outcomes").await.unwrap();
+        c.pending == 0 && c.claimed == 0
+    })
+    .await;
+    let p = queue.task(&panics).await.unwrap().unwrap();
+    assert_eq!((p.status.as_str(), p.attempts), ("Failed", 2), "{p:?}");
+    assert!(
+        p.last_result
+            .as_deref()
+            .unwrap_or("")
+            .contains("job panicked on purpose"),
+        "{p:?}"
+    );
+    let e = queue.task(&errors).await.unwrap().unwrap();
+    assert_eq!((e.status.as_str(), e.attempts), ("Failed", 3), "{e:?}");
+    assert!(
+        e.last_result
+            .as_deref()
+            .unwrap_or("")
+            .contains("job said no"),
+        "{e:?}"
+    );
+    let f = queue.task(&fine).await.unwrap().unwrap();
+    assert_eq!((f.status.as_str(), f.attempts), ("Done", 1), "{f:?}");
+    let st = worker.stop().await;
+    assert_eq!((st.done, st.failed, st.retried), (1, 5, 0), "{st:?}");
+    let c = queue.counts("outcomes").await.unwrap();
+    assert_eq!((c.done, c.failed), (1, 2), "{c:?}");
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A queue payload that is also a process job: crashes its child on the first attempt (a marker
+/// file tells), then answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CrashOnce {
+    marker: PathBuf,
+    n: u64,
+}
+
+impl leasepool::process::ProcessJob for CrashOnce {
+    const NAME: &'static str = "queue-test.crash-once.v1";
+    type Output = u64;
+    fn run(self) -> u64 {
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.marker)
+            .is_ok()
+        {
+            std::process::abort();
+        }
+        self.n * 2
+    }
+}
+
+fn process_jobs() -> leasepool::process::Jobs {
+    leasepool::process::Jobs::new().register::<CrashOnce>()
+}
+
+async fn process_jobs_from_the_queue_retry_a_crash_in_a_child() {
+    let dir = temp_dir("proc");
+    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let m = LeaseManager::builder()
+        .backend(leasepool::Backend::Process)
+        .process_jobs(process_jobs())
+        .name_prefix("q-proc")
+        .max_pools(2)
+        .workers_per_pool(1)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let worker = QueueWorker::builder(&m, &queue, CrashOnce::NAME)
+        .poll_interval(Duration::from_millis(5))
+        .build_calls::<CrashOnce>()
+        .unwrap();
+    let crashes = queue
+        .push(
+            CrashOnce::NAME,
+            CrashOnce {
+                marker: dir.join("crashed"),
+                n: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let fine = queue
+        .push(
+            CrashOnce::NAME,
+            CrashOnce {
+                marker: dir.join("missing-dir/never"),
+                n: 2,
+            },
+        )
+        .await
+        .unwrap();
+    worker.start().unwrap();
+    eventually("both done", || async {
+        queue.counts(CrashOnce::NAME).await.unwrap().done == 2
+    })
+    .await;
+    let c = queue.task(&crashes).await.unwrap().unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.attempts),
+        ("Done", 2),
+        "crashed once, then done: {c:?}"
+    );
+    let f = queue.task(&fine).await.unwrap().unwrap();
+    assert_eq!((f.status.as_str(), f.attempts), ("Done", 1), "{f:?}");
+    let st = worker.stop().await;
+    assert_eq!((st.done, st.retried, st.failed), (2, 1, 0), "{st:?}");
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn stop_lets_running_tasks_finish_and_hands_back_the_rest() {
+    let dir = temp_dir("stop");
+    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let m = manager("q-stop", 2).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let s2 = Arc::clone(&started);
+    let gate = common::Gate::new();
+    let g = gate.clone();
+    let worker = QueueWorker::builder(&m, &queue, "stop")
+        .prefetch(1)
+        .shutdown_timeout(Duration::from_millis(400))
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(move |n: u64| -> Result<(), String> {
+            s2.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(150)); // finishes within the timeout
+            } else {
+                g.wait(); // outruns it
+            }
+            Ok(())
+        })
+        .unwrap();
+    let ids = [
+        queue.push("stop", 0_u64).await.unwrap(),
+        queue.push("stop", 1_u64).await.unwrap(),
+        queue.push("stop", 2_u64).await.unwrap(),
+    ];
+    worker.start().unwrap();
+    eventually("2 running, 1 waiting", || async {
+        let s = worker.stats();
+        s.running == 2 && s.waiting == 1
+    })
+    .await;
+    let begun = Instant::now();
+    let st = worker.stop().await;
+    let took = begun.elapsed();
+    assert!(took < Duration::from_secs(8), "stop took {took:?}");
+    assert_eq!((st.done, st.handed_back), (1, 2), "{st:?}");
+    assert!(!worker.is_running());
+    let t0 = queue.task(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(t0.status, "Done");
+    for id in &ids[1..] {
+        let t = queue.task(id).await.unwrap().unwrap();
+        assert_eq!(
+            (t.status.as_str(), t.attempts, t.locked_by.as_deref()),
+            ("Pending", 0, None),
+            "{t:?}"
+        );
+    }
+    gate.open();
+    // The handed-back tasks run on the next start.
+    worker.start().unwrap();
+    eventually("all done", || async {
+        queue.counts("stop").await.unwrap().done == 3
+    })
+    .await;
+    worker.stop().await;
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn bad_settings_are_refused_by_name() {
+    let dir = temp_dir("bad");
+    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let m = manager("q-bad", 1).await;
+    let refuse = |b: leasepool::queue::QueueWorkerBuilder<()>, what: &str| match b
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+    {
+        Err(QueueError::InvalidArgument(t)) => assert!(t.contains(what), "{t}"),
+        other => panic!("expected InvalidArgument naming {what}: {other:?}"),
+    };
+    refuse(QueueWorker::builder(&m, &queue, ""), "queue name");
+    refuse(
+        QueueWorker::builder(&m, &queue, "q").poll_interval(Duration::ZERO),
+        "poll_interval",
+    );
+    refuse(
+        QueueWorker::builder(&m, &queue, "q").orphan_timeout(Duration::from_millis(10)),
+        "orphan_timeout",
+    );
+    refuse(
+        QueueWorker::builder(&m, &queue, "q").lease_wait(Duration::ZERO),
+        "lease_wait",
+    );
+    refuse(
+        QueueWorker::builder(&m, &queue, "q").lease_for(Duration::ZERO),
+        "lease_for",
+    );
+    assert!(matches!(
+        queue.push_with_attempts("q", 1_u64, 0).await,
+        Err(QueueError::InvalidArgument(t)) if t.contains("max_attempts")
+    ));
+    let w = QueueWorker::builder(&m, &queue, "q")
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    w.start().unwrap();
+    assert!(matches!(w.start(), Err(QueueError::AlreadyRunning(_))));
+    w.stop().await;
+    let err = Queue::sqlite("/proc/no/such/dir/q.db").await.unwrap_err();
+    assert!(
+        matches!(err, QueueError::Store(ref t) if t.contains("/proc/no/such/dir")),
+        "{err}"
+    );
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- the runner -------------------------------------------------------------------------------
+
+type Test = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        [$((stringify!($name), (|| Box::pin($name()) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) as Test)),*]
+    };
+}
+
+fn main() {
+    leasepool::process::init(process_jobs());
+    if std::env::var(ROLE).as_deref() == Ok("work") {
+        worker_role();
+    }
+    let all = tests![
+        claims_stay_within_capacity_plus_prefetch,
+        a_busy_manager_claims_nothing_and_leaves_tasks_for_others,
+        overload_puts_the_task_back_without_counting_an_attempt,
+        outcomes_map_to_the_queue,
+        process_jobs_from_the_queue_retry_a_crash_in_a_child,
+        stop_lets_running_tasks_finish_and_hands_back_the_rest,
+        bad_settings_are_refused_by_name,
+        two_worker_processes_do_2000_tasks_exactly_once,
+        the_bigger_instance_takes_its_fair_share,
+        a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout,
+    ];
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in all {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        ran += 1;
+        let begun = Instant::now();
+        let outcome = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let _deadline = common::deadline_of(Duration::from_secs(120));
+                actix_rt::System::new().block_on(test());
+            })
+            .unwrap()
+            .join();
+        let took = begun.elapsed();
+        match outcome {
+            Ok(()) => println!("test {name} ... ok ({took:.1?})"),
+            Err(_) => {
+                println!("test {name} ... FAILED ({took:.1?})");
+                failed.push(name);
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {} passed; {} failed",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        ran - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failures: {failed:?}");
+        std::process::exit(101);
+    }
+}
