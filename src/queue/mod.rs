@@ -393,11 +393,11 @@ struct Counters {
     failed: AtomicU64,
     put_back: AtomicU64,
     handed_back: AtomicU64,
-    running: AtomicU64,
+    running: Arc<AtomicUsize>,
     /// Claimed, no lease yet.
-    waiting: AtomicUsize,
+    waiting: Arc<AtomicUsize>,
     restarts: AtomicU64,
-    /// Bumped every time one of our tasks got its lease (see `free_now`).
+    /// Bumped every time one of our tasks got its lease (see `LeasedService::snapshot`).
     leased: AtomicU64,
 }
 
@@ -761,7 +761,7 @@ impl<S: 'static, T> QueueWorker<S, T> {
             failed: c.failed.load(Ordering::Relaxed),
             put_back: c.put_back.load(Ordering::Relaxed),
             handed_back: c.handed_back.load(Ordering::Relaxed),
-            running: c.running.load(Ordering::Relaxed),
+            running: c.running.load(Ordering::Relaxed) as u64,
             waiting: c.waiting.load(Ordering::Relaxed) as u64,
             restarts: c.restarts.load(Ordering::Relaxed),
         }
@@ -1016,11 +1016,11 @@ where
         self.free = None;
         let shared = Arc::clone(&self.shared);
         shared.counters.claimed.fetch_add(1, Ordering::Relaxed);
-        shared.counters.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Count::up(&shared.counters.waiting);
         let (args, ctx) = task.take();
         let id = ctx.task_id().map(ToString::to_string).unwrap_or_default();
         Box::pin(async move {
-            let outcome = run_task(&shared, &id, args).await;
+            let outcome = run_task(&shared, &id, args, waiting).await;
             shared.freed.notify_waiters();
             let c = &shared.counters;
             match outcome {
@@ -1058,6 +1058,23 @@ where
     }
 }
 
+/// One unit of a gauge (`waiting`, `running`), given back when dropped: a task future that
+/// is dropped (its apalis worker failed or was aborted) cannot leave the gauge high.
+struct Count(Arc<AtomicUsize>);
+
+impl Count {
+    fn up(gauge: &Arc<AtomicUsize>) -> Count {
+        gauge.fetch_add(1, Ordering::SeqCst);
+        Count(Arc::clone(gauge))
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 const HANDED_BACK: &str = "handed back: the queue worker stopped";
 
 #[derive(Debug)]
@@ -1075,6 +1092,7 @@ async fn run_task<S: Send + 'static, T: Send + 'static>(
     shared: &Arc<Shared<S, T>>,
     id: &str,
     args: T,
+    waiting: Count,
 ) -> Finish {
     let c = &shared.counters;
     let mut acquire = shared
@@ -1097,42 +1115,35 @@ async fn run_task<S: Send + 'static, T: Send + 'static>(
         }
     };
     let lease = match lease {
-        None => {
-            c.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Finish::Defer(HANDED_BACK);
-        }
+        None => return Finish::Defer(HANDED_BACK),
         Some(Err(e)) => {
-            c.waiting.fetch_sub(1, Ordering::SeqCst);
             tracing::debug!(task = id, error = %e, "no lease for a queue task: put back");
             return Finish::Defer("put back: no lease came (overload)");
         }
         Some(Ok(lease)) => {
             c.leased.fetch_add(1, Ordering::SeqCst);
-            c.waiting.fetch_sub(1, Ordering::SeqCst);
+            drop(waiting);
             lease
         }
     };
-    c.running.fetch_add(1, Ordering::Relaxed);
+    let running = Count::up(&c.running);
     let job = (shared.run)(lease, args);
     tokio::pin!(job);
     // A stop that ran out of time hands running tasks back (their work may go on: at least
     // once).
-    let give_up = shared.give_up.notified();
-    tokio::pin!(give_up);
-    give_up.as_mut().enable();
     let outcome = loop {
+        let give_up = shared.give_up.notified();
+        tokio::pin!(give_up);
+        give_up.as_mut().enable();
+        if shared.gave_up.load(Ordering::SeqCst) {
+            break None;
+        }
         tokio::select! {
             r = &mut job => break Some(r),
-            () = &mut give_up => {
-                if shared.gave_up.load(Ordering::SeqCst) {
-                    break None;
-                }
-                give_up.set(shared.give_up.notified());
-                give_up.as_mut().enable();
-            }
+            () = give_up => {}
         }
     };
-    c.running.fetch_sub(1, Ordering::Relaxed);
+    drop(running);
     match outcome {
         None => Finish::Defer(HANDED_BACK),
         Some(Ok(Ok(()))) => Finish::Done,
