@@ -12,7 +12,8 @@
 //! Options: `--db PATH` (default `target/distributed-jobs.db`), `--pools N` (leases this worker
 //! runs at once, default 2), `--exit-when-idle` (a worker stops once nothing is pending or
 //! claimed), `--metrics ADDR` (a worker serves its counters as Prometheus text on
-//! `http://ADDR/metrics`). `--redis URL` is refused: the Redis backend is not in this release.
+//! `http://ADDR/metrics`), `--redis URL` (a Redis server instead of the SQLite file: a fleet of
+//! machines shares one queue, e.g. `--redis redis://10.0.0.5:6379/`).
 //!
 //! Each task is a `Resize` job (a serde value, the same type on both sides); the work is a
 //! blocking 20 ms sleep standing in for a vendor SDK call. A worker claims a task only while
@@ -47,6 +48,7 @@ fn resize(job: Resize) -> Result<(), String> {
 
 struct Args {
     db: PathBuf,
+    redis: Option<String>,
     produce: Option<u64>,
     work: bool,
     status: bool,
@@ -58,6 +60,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut args = Args {
         db: PathBuf::from("target/distributed-jobs.db"),
+        redis: None,
         produce: None,
         work: false,
         status: false,
@@ -85,11 +88,7 @@ fn parse() -> Result<Args, String> {
                 args.pools = n.parse().map_err(|_| format!("--pools {n}: not a count"))?;
             }
             "--metrics" => args.metrics = Some(value("--metrics")?),
-            "--redis" => {
-                return Err("--redis: the Redis backend is not in this release yet; \
-                            use the SQLite queue (--db PATH)"
-                    .into())
-            }
+            "--redis" => args.redis = Some(value("--redis")?),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -141,10 +140,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let queue = match Queue::sqlite(&args.db).await {
+    let opened = match &args.redis {
+        Some(url) => Queue::redis(url).await,
+        None => {
+            if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            Queue::sqlite(&args.db).await
+        }
+    };
+    let queue = match opened {
         Ok(q) => q,
         Err(e) => {
             eprintln!("20_distributed_jobs: {e}");
@@ -154,7 +159,7 @@ async fn main() {
     if let Some(n) = args.produce {
         let jobs = (0..n).map(|image| Resize { image, width: 640 });
         let pushed = queue.push_all(QUEUE, jobs).await.expect("push the jobs");
-        println!("produced {pushed} jobs into {}", args.db.display());
+        println!("produced {pushed} jobs into {queue:?}");
     }
     if args.work {
         let manager = LeaseManager::builder()

@@ -521,12 +521,30 @@ impl Case {
             if !self.grinders[g].stats().await.started {
                 continue;
             }
-            let (id, ran) = self.new_item();
+            let (mut id, mut ran) = self.new_item();
             let probe = self.grinders[g].submit(job(&self.gates, id, Work::Sleep(0), &ran));
-            let what = format!(
+            let mut what = format!(
                 "item {id} (a probe submitted to grinder {g}, which reports itself started)"
             );
-            let answer = self.bounded(&what, probe).await;
+            let mut answer = self.bounded(&what, probe).await;
+            if answer == Err(LeaseError::WorkerLost) && self.worker_loss_possible {
+                // A pool crashed by `kill_pool` dies asynchronously: for a moment it can still
+                // be handed out, and the probe's batch lands on it. That item is lost as
+                // promised (WorkerLost, not run); the next probe must run.
+                self.items.push(Item {
+                    id,
+                    origin: "a probe that met a crashing pool".to_owned(),
+                    grinder: g,
+                    work: Work::Sleep(0),
+                    via: Via::Submit,
+                    ran: ran.clone(),
+                    answer: Answer::Answered(answer.clone()),
+                });
+                (id, ran) = self.new_item();
+                let probe = self.grinders[g].submit(job(&self.gates, id, Work::Sleep(0), &ran));
+                what = format!("item {id} (a second probe submitted to grinder {g})");
+                answer = self.bounded(&what, probe).await;
+            }
             if answer != Ok(id) {
                 self.fail(format!("{what} answered {answer:?}"));
             }

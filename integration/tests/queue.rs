@@ -19,6 +19,103 @@ use leasepool::LeaseManager;
 
 const ROLE: &str = "LP_QUEUE_ROLE";
 
+/// Opens a queue store: a `redis://` URL or a SQLite file path.
+async fn open(store: &str) -> Queue {
+    if store.starts_with("redis://") {
+        Queue::redis(store).await.unwrap()
+    } else {
+        Queue::sqlite(store).await.unwrap()
+    }
+}
+
+/// A private redis-server for this test binary: a free loopback port, a temp dir, no
+/// persistence; killed when the binary ends (see `main`).
+struct RedisServer {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+static REDIS: std::sync::Mutex<Option<RedisServer>> = std::sync::Mutex::new(None);
+
+fn redis_url() -> String {
+    let mut slot = REDIS.lock().unwrap();
+    if let Some(r) = slot.as_ref() {
+        return r.url.clone();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = temp_dir("redis");
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "redis-server is missing: these tests need the Debian package redis-server \
+             (`apt-get install redis-server`; .ci/run installs it)"
+        );
+    }
+    // Through a small shell that also ends the server when this test binary dies, even by
+    // abort (the deadline watchdog) or SIGKILL.
+    let watchdog = format!(
+        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{}' & r=$!; \
+         trap 'kill $r 2>/dev/null' EXIT TERM INT; \
+         while kill -0 {me} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done",
+        dir.display(),
+        me = std::process::id()
+    );
+    let child = Command::new("sh")
+        .args(["-c", &watchdog])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start sh for redis-server");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let begun = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "redis-server did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    *slot = Some(RedisServer {
+        child,
+        url: url.clone(),
+        dir,
+    });
+    url
+}
+
+fn stop_redis() {
+    if let Some(mut r) = REDIS.lock().unwrap().take() {
+        // SIGTERM to the shell: its trap stops the server.
+        let _ = Command::new("kill").arg(r.child.id().to_string()).status();
+        let _ = r.child.wait();
+        let _ = std::fs::remove_dir_all(&r.dir);
+    }
+}
+
+/// Where an in-process test keeps its queue.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Sqlite,
+    Redis,
+}
+
+async fn queue_for(kind: Kind, tag: &str) -> (Queue, PathBuf) {
+    let dir = temp_dir(tag);
+    let q = match kind {
+        Kind::Sqlite => open(dir.join("q.db").to_str().unwrap()).await,
+        Kind::Redis => open(&redis_url()).await,
+    };
+    (q, dir)
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lp-queue-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -61,12 +158,12 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, f: impl F
 
 // ---- the worker process -----------------------------------------------------------------------
 
-/// `LP_QUEUE_ROLE=work <db> <queue> <results> <max_pools> <task_ms> <orphan_s> <exit_at_done>`:
+/// `LP_QUEUE_ROLE=work <store> <queue> <results> <max_pools> <task_ms> <orphan_s> <exit_at_done>`:
 /// runs a QueueWorker; prints `ready` once claiming; stops once the queue has `exit_at_done`
 /// tasks done and none pending or claimed (0: never).
 fn worker_role() -> ! {
     let args: Vec<String> = std::env::args().collect();
-    let db = PathBuf::from(&args[1]);
+    let store = args[1].clone();
     let queue_name = args[2].clone();
     let results = PathBuf::from(&args[3]);
     let max_pools: usize = args[4].parse().unwrap();
@@ -74,7 +171,7 @@ fn worker_role() -> ! {
     let orphan_s: u64 = args[6].parse().unwrap();
     let exit_at_done: u64 = args[7].parse().unwrap();
     actix_rt::System::new().block_on(async move {
-        let queue = Queue::sqlite(&db).await.unwrap();
+        let queue = open(&store).await;
         let manager = LeaseManager::builder()
             .name_prefix(format!("w{}", std::process::id()))
             .max_pools(max_pools)
@@ -118,7 +215,7 @@ struct Worker {
 
 impl Worker {
     fn spawn(
-        db: &Path,
+        store: &str,
         queue: &str,
         results: &Path,
         max_pools: usize,
@@ -129,7 +226,7 @@ impl Worker {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(ROLE, "work")
             .args([
-                db.to_str().unwrap(),
+                store,
                 queue,
                 results.to_str().unwrap(),
                 &max_pools.to_string(),
@@ -205,8 +302,8 @@ async fn two_worker_processes_do_2000_tasks_exactly_once() {
     let queue = Queue::sqlite(&db).await.unwrap();
     queue.push_all("numbers", 0..2000_u64).await.unwrap();
     assert_eq!(queue.counts("numbers").await.unwrap().pending, 2000);
-    let a = Worker::spawn(&db, "numbers", &results, 2, 1, 60, 2000);
-    let b = Worker::spawn(&db, "numbers", &results, 2, 1, 60, 2000);
+    let a = Worker::spawn(db.to_str().unwrap(), "numbers", &results, 2, 1, 60, 2000);
+    let b = Worker::spawn(db.to_str().unwrap(), "numbers", &results, 2, 1, 60, 2000);
     assert!(a.wait(Duration::from_secs(80)).success());
     assert!(b.wait(Duration::from_secs(10)).success());
     let (rows, distinct, per_pid) = results_of(&results);
@@ -224,8 +321,8 @@ async fn the_bigger_instance_takes_its_fair_share() {
     let db = dir.join("queue.db");
     let results = dir.join("results.db");
     let queue = Queue::sqlite(&db).await.unwrap();
-    let small = Worker::spawn(&db, "fair", &results, 1, 50, 60, 200);
-    let big = Worker::spawn(&db, "fair", &results, 4, 50, 60, 200);
+    let small = Worker::spawn(db.to_str().unwrap(), "fair", &results, 1, 50, 60, 200);
+    let big = Worker::spawn(db.to_str().unwrap(), "fair", &results, 4, 50, 60, 200);
     let small_pid = small.child.id() as i64;
     queue.push_all("fair", 0..200_u64).await.unwrap();
     assert!(small.wait(Duration::from_secs(80)).success());
@@ -252,7 +349,7 @@ async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout() {
     let queue = Queue::sqlite(&db).await.unwrap();
     queue.push_all("orphans", 0..4_u64).await.unwrap();
     // The victim claims 2 tasks (2 pools) and sleeps in them far longer than the test.
-    let mut victim = Worker::spawn(&db, "orphans", &results, 2, 600_000, 5, 0);
+    let mut victim = Worker::spawn(db.to_str().unwrap(), "orphans", &results, 2, 600_000, 5, 0);
     eventually("the victim holds 2 tasks", || async {
         queue.counts("orphans").await.unwrap().claimed == 2
     })
@@ -265,7 +362,7 @@ async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout() {
         2,
         "the dead instance's tasks stay claimed"
     );
-    let rescuer = Worker::spawn(&db, "orphans", &results, 2, 1, 5, 4);
+    let rescuer = Worker::spawn(db.to_str().unwrap(), "orphans", &results, 2, 1, 5, 4);
     assert!(rescuer.wait(Duration::from_secs(60)).success());
     let (rows, distinct, _) = results_of(&results);
     assert_eq!(
@@ -285,6 +382,59 @@ async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Also the regression test for pushing more than ~8 000 tasks at once to Redis (apalis-redis
+/// 1.0 then fails every fetch: see `redis::promote`).
+async fn redis_three_workers_share_10000_tasks_and_survive_a_sigkill() {
+    let url = redis_url();
+    let dir = temp_dir("redis-fleet");
+    let results = dir.join("results.db");
+    let queue = open(&url).await;
+    const N: u64 = 10_000;
+    queue.push_all("fleet", 0..N).await.unwrap();
+    let mut victim = Worker::spawn(&url, "fleet", &results, 2, 0, 5, 0);
+    let b = Worker::spawn(&url, "fleet", &results, 2, 0, 5, N);
+    let c = Worker::spawn(&url, "fleet", &results, 2, 0, 5, N);
+    // Kill one mid-run, without warning.
+    let victim_pid = victim.child.id() as i64;
+    let begun = Instant::now();
+    loop {
+        let c = queue.counts("fleet").await.unwrap();
+        if c.done >= N / 3 {
+            break;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(80),
+            "a third of the tasks not done in 80 s: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("    a third done in {:.1?}", begun.elapsed());
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let killed_at_done = queue.counts("fleet").await.unwrap().done;
+    assert!(b.wait(Duration::from_secs(100)).success());
+    assert!(c.wait(Duration::from_secs(20)).success());
+    let (rows, distinct, per_pid) = results_of(&results);
+    let lost = N as i64 - distinct;
+    let duplicates = rows - distinct;
+    println!(
+        "    10 000 tasks, 3 workers, one (pid {victim_pid}) SIGKILLed at {killed_at_done} done: \
+         lost {lost}, duplicates {duplicates}, per process {per_pid:?}"
+    );
+    assert_eq!(lost, 0, "every task done");
+    let counts = queue.counts("fleet").await.unwrap();
+    assert_eq!(counts.done, N, "{counts:?}");
+    assert_eq!(
+        (counts.pending, counts.claimed, counts.failed),
+        (0, 0, 0),
+        "{counts:?}"
+    );
+    // What the victim held when it died is at most its 2 leases' tasks (batch size 1, no
+    // prefetch), done at most once more each.
+    assert!(duplicates <= 2, "{duplicates} duplicates");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---- tests in this process --------------------------------------------------------------------
 
 async fn manager(prefix: &str, max_pools: usize) -> LeaseManager {
@@ -298,9 +448,8 @@ async fn manager(prefix: &str, max_pools: usize) -> LeaseManager {
     m
 }
 
-async fn claims_stay_within_capacity_plus_prefetch() {
-    let dir = temp_dir("cap");
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+async fn claims_stay_within_capacity_plus_prefetch(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "cap").await;
     queue.push_all("cap", 0..20_u64).await.unwrap();
     let m = manager("q-cap", 2).await;
     let gate = common::Gate::new();
@@ -336,9 +485,8 @@ async fn claims_stay_within_capacity_plus_prefetch() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-async fn a_busy_manager_claims_nothing_and_leaves_tasks_for_others() {
-    let dir = temp_dir("busy");
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+async fn a_busy_manager_claims_nothing_and_leaves_tasks_for_others(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "busy").await;
     let m = manager("q-busy", 1).await;
     let held = m.acquire().owner("someone else").await.unwrap();
     queue.push_all("busy", 0..3_u64).await.unwrap();
@@ -357,11 +505,10 @@ async fn a_busy_manager_claims_nothing_and_leaves_tasks_for_others() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-async fn overload_puts_the_task_back_without_counting_an_attempt() {
+async fn overload_puts_the_task_back_without_counting_an_attempt(kind: Kind) {
     // Prefetch 1 on a 1-pool manager whose pool someone else takes: the prefetched task waits
     // `lease_wait`, then goes back for anyone with its attempts unchanged.
-    let dir = temp_dir("over");
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let (queue, dir) = queue_for(kind, "over").await;
     let m = manager("q-over", 1).await;
     let gate = common::Gate::new();
     let g = gate.clone();
@@ -382,27 +529,32 @@ async fn overload_puts_the_task_back_without_counting_an_attempt() {
     let second = queue.push("over", 1_u64).await.unwrap();
     eventually("task 1 put back", || async { worker.stats().put_back >= 1 }).await;
     eventually("task 1 unlocked", || async {
-        let t = queue.task(&second).await.unwrap().unwrap();
+        let t = queue.task("over", &second).await.unwrap().unwrap();
         t.locked_by.is_none() && t.status == "Pending"
     })
     .await;
-    let t = queue.task(&second).await.unwrap().unwrap();
+    let t = queue.task("over", &second).await.unwrap().unwrap();
     assert_eq!(t.attempts, 0, "a put-back is not an attempt: {t:?}");
     gate.open();
     eventually("both done", || async {
         queue.counts("over").await.unwrap().done == 2
     })
     .await;
-    assert_eq!(queue.task(&first).await.unwrap().unwrap().attempts, 1);
-    assert_eq!(queue.task(&second).await.unwrap().unwrap().attempts, 1);
+    assert_eq!(
+        queue.task("over", &first).await.unwrap().unwrap().attempts,
+        1
+    );
+    assert_eq!(
+        queue.task("over", &second).await.unwrap().unwrap().attempts,
+        1
+    );
     worker.stop().await;
     m.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
-async fn outcomes_map_to_the_queue() {
-    let dir = temp_dir("outcomes");
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+async fn outcomes_map_to_the_queue(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "outcomes").await;
     let m = manager("q-out", 2).await;
     let worker = QueueWorker::builder(&m, &queue, "outcomes")
         .poll_interval(Duration::from_millis(5))
@@ -424,13 +576,17 @@ async fn outcomes_map_to_the_queue() {
         .unwrap();
     let fine = queue.push("outcomes", "fine".to_string()).await.unwrap();
     worker.start().unwrap();
-    eventually("everything settled", || async {
-        let c = queue.counts("outcomes").await.unwrap();
-        c.pending == 0 && c.claimed == 0
-    })
+    // Redis retries after `attempt` seconds: the "error" task's three attempts take 3 s.
+    common::until(
+        "everything settled",
+        || async { queue.counts("outcomes").await.unwrap() },
+        |c| c.pending == 0 && c.claimed == 0,
+    )
     .await;
-    let p = queue.task(&panics).await.unwrap().unwrap();
-    assert_eq!((p.status.as_str(), p.attempts), ("Failed", 2), "{p:?}");
+    // Out of attempts: `Failed` on SQLite, `Killed` (the dead set) on Redis.
+    let spent = |status: &str| matches!(status, "Failed" | "Killed");
+    let p = queue.task("outcomes", &panics).await.unwrap().unwrap();
+    assert!(spent(&p.status) && p.attempts == 2, "{p:?}");
     assert!(
         p.last_result
             .as_deref()
@@ -438,8 +594,8 @@ async fn outcomes_map_to_the_queue() {
             .contains("job panicked on purpose"),
         "{p:?}"
     );
-    let e = queue.task(&errors).await.unwrap().unwrap();
-    assert_eq!((e.status.as_str(), e.attempts), ("Failed", 3), "{e:?}");
+    let e = queue.task("outcomes", &errors).await.unwrap().unwrap();
+    assert!(spent(&e.status) && e.attempts == 3, "{e:?}");
     assert!(
         e.last_result
             .as_deref()
@@ -447,7 +603,7 @@ async fn outcomes_map_to_the_queue() {
             .contains("job said no"),
         "{e:?}"
     );
-    let f = queue.task(&fine).await.unwrap().unwrap();
+    let f = queue.task("outcomes", &fine).await.unwrap().unwrap();
     assert_eq!((f.status.as_str(), f.attempts), ("Done", 1), "{f:?}");
     let st = worker.stop().await;
     assert_eq!((st.done, st.failed, st.retried), (1, 5, 0), "{st:?}");
@@ -485,9 +641,8 @@ fn process_jobs() -> leasepool::process::Jobs {
     leasepool::process::Jobs::new().register::<CrashOnce>()
 }
 
-async fn process_jobs_from_the_queue_retry_a_crash_in_a_child() {
-    let dir = temp_dir("proc");
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+async fn process_jobs_from_the_queue_retry_a_crash_in_a_child(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "proc").await;
     let m = LeaseManager::builder()
         .backend(leasepool::Backend::Process)
         .process_jobs(process_jobs())
@@ -526,13 +681,17 @@ async fn process_jobs_from_the_queue_retry_a_crash_in_a_child() {
         queue.counts(CrashOnce::NAME).await.unwrap().done == 2
     })
     .await;
-    let c = queue.task(&crashes).await.unwrap().unwrap();
+    let c = queue
+        .task(CrashOnce::NAME, &crashes)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (c.status.as_str(), c.attempts),
         ("Done", 2),
         "crashed once, then done: {c:?}"
     );
-    let f = queue.task(&fine).await.unwrap().unwrap();
+    let f = queue.task(CrashOnce::NAME, &fine).await.unwrap().unwrap();
     assert_eq!((f.status.as_str(), f.attempts), ("Done", 1), "{f:?}");
     let st = worker.stop().await;
     assert_eq!((st.done, st.retried, st.failed), (2, 1, 0), "{st:?}");
@@ -540,9 +699,8 @@ async fn process_jobs_from_the_queue_retry_a_crash_in_a_child() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-async fn stop_lets_running_tasks_finish_and_hands_back_the_rest() {
-    let dir = temp_dir("stop");
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+async fn stop_lets_running_tasks_finish_and_hands_back_the_rest(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "stop").await;
     let m = manager("q-stop", 2).await;
     let started = Arc::new(AtomicUsize::new(0));
     let s2 = Arc::clone(&started);
@@ -579,10 +737,10 @@ async fn stop_lets_running_tasks_finish_and_hands_back_the_rest() {
     assert!(took < Duration::from_secs(8), "stop took {took:?}");
     assert_eq!((st.done, st.handed_back), (1, 2), "{st:?}");
     assert!(!worker.is_running());
-    let t0 = queue.task(&ids[0]).await.unwrap().unwrap();
+    let t0 = queue.task("stop", &ids[0]).await.unwrap().unwrap();
     assert_eq!(t0.status, "Done");
     for id in &ids[1..] {
-        let t = queue.task(id).await.unwrap().unwrap();
+        let t = queue.task("stop", id).await.unwrap().unwrap();
         assert_eq!(
             (t.status.as_str(), t.attempts, t.locked_by.as_deref()),
             ("Pending", 0, None),
@@ -601,9 +759,37 @@ async fn stop_lets_running_tasks_finish_and_hands_back_the_rest() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-async fn bad_settings_are_refused_by_name() {
-    let dir = temp_dir("bad");
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+async fn an_idle_worker_takes_tasks_pushed_later(kind: Kind) {
+    // Heartbeats every 20 s: nothing but the poll interval may wake an idle worker. A poll
+    // interval as short as a fetch makes apalis' interval tick often fire while a fetch is
+    // in flight (the case where its strategy armed no timer and the worker went deaf).
+    let (queue, dir) = queue_for(kind, "idle").await;
+    let m = manager("q-idle", 2).await;
+    let worker = QueueWorker::builder(&m, &queue, "idle")
+        .poll_interval(Duration::from_millis(1))
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    worker.start().unwrap();
+    for round in 1..=10_u64 {
+        // Idle long enough for many empty fetches, then one task.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        queue.push("idle", round).await.unwrap();
+        let pushed = Instant::now();
+        while worker.stats().done < round {
+            assert!(
+                pushed.elapsed() < Duration::from_secs(5),
+                "round {round}: a task pushed to an idle worker was not taken within 5 s (poll interval 1 ms)"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    worker.stop().await;
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn bad_settings_are_refused_by_name(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "bad").await;
     let m = manager("q-bad", 1).await;
     let refuse = |b: leasepool::queue::QueueWorkerBuilder<()>, what: &str| match b
         .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
@@ -649,30 +835,44 @@ async fn bad_settings_are_refused_by_name() {
 
 // ---- the runner -------------------------------------------------------------------------------
 
-type Test = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-
-macro_rules! tests {
-    ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), (|| Box::pin($name()) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) as Test)),*]
-    };
-}
+type Test = Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
 
 fn main() {
     leasepool::process::init(process_jobs());
     if std::env::var(ROLE).as_deref() == Ok("work") {
         worker_role();
     }
-    let all = tests![
+    let mut all: Vec<(String, Test)> = Vec::new();
+    // In-process tests run against both stores.
+    macro_rules! each_store {
+        ($($name:ident),* $(,)?) => {$(
+            for kind in [Kind::Sqlite, Kind::Redis] {
+                let test: Test = Box::new(move || Box::pin($name(kind)));
+                all.push((format!("{}::{kind:?}", stringify!($name)).to_lowercase(), test));
+            }
+        )*};
+    }
+    macro_rules! once {
+        ($($name:ident),* $(,)?) => {$(
+            let test: Test = Box::new(|| Box::pin($name()));
+            all.push((stringify!($name).to_string(), test));
+        )*};
+    }
+    each_store![
         claims_stay_within_capacity_plus_prefetch,
         a_busy_manager_claims_nothing_and_leaves_tasks_for_others,
         overload_puts_the_task_back_without_counting_an_attempt,
         outcomes_map_to_the_queue,
         process_jobs_from_the_queue_retry_a_crash_in_a_child,
         stop_lets_running_tasks_finish_and_hands_back_the_rest,
+        an_idle_worker_takes_tasks_pushed_later,
         bad_settings_are_refused_by_name,
+    ];
+    once![
         two_worker_processes_do_2000_tasks_exactly_once,
         the_bigger_instance_takes_its_fair_share,
         a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout,
+        redis_three_workers_share_10000_tasks_and_survive_a_sigkill,
     ];
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let mut failed = Vec::new();
@@ -684,7 +884,7 @@ fn main() {
         ran += 1;
         let begun = Instant::now();
         let outcome = std::thread::Builder::new()
-            .name(name.to_owned())
+            .name(name.clone())
             .spawn(move || {
                 let _deadline = common::deadline_of(Duration::from_secs(120));
                 actix_rt::System::new().block_on(test());
@@ -700,6 +900,7 @@ fn main() {
             }
         }
     }
+    stop_redis();
     println!(
         "\ntest result: {}. {} passed; {} failed",
         if failed.is_empty() { "ok" } else { "FAILED" },

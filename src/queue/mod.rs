@@ -1,10 +1,11 @@
 //! Message-based jobs from a durable queue, each run on a lease (feature `queue`).
 //!
 //! leasepool bounds blocking work inside one process; a [`Queue`] spreads message-based jobs over
-//! many processes and machines. The queue engine is [apalis](https://docs.rs/apalis) 1.x with its
-//! SQLite backend: one file, several processes, no server to install. A [`QueueWorker`] claims
-//! tasks only while its [`LeaseManager`] has room for them (plus a small, bounded prefetch) and
-//! runs each on a lease of its own, so a saturated instance leaves tasks for the others.
+//! many processes and machines. The queue engine is [apalis](https://docs.rs/apalis) 1.x: its
+//! SQLite backend (one file, several processes, no server to install) or its Redis backend (a
+//! fleet). A [`QueueWorker`] claims tasks only while its [`LeaseManager`] has room for them (plus
+//! a small, bounded prefetch) and runs each on a lease of its own, so a saturated instance
+//! leaves tasks for the others. The guide page `docs/distributed.md` tells the whole story.
 //!
 //! ```
 //! use std::time::Duration;
@@ -82,6 +83,9 @@ use tokio::sync::Notify;
 
 use crate::{LeaseError, LeaseManager};
 
+mod redis;
+mod sqlite;
+
 /// What went wrong with a [`Queue`] or a [`QueueWorker`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -106,17 +110,35 @@ impl From<sqlx::Error> for QueueError {
     }
 }
 
-/// A durable queue: a SQLite file that producers and workers of any process on the machine
-/// share. Cheap to clone.
+/// A durable queue shared by producers and workers of any number of processes: a SQLite file
+/// (one machine, [`Queue::sqlite`]) or a Redis server (a fleet, [`Queue::redis`]). Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Queue {
-    pool: SqlitePool,
-    path: Arc<PathBuf>,
+    store: Store,
+}
+
+#[derive(Clone)]
+enum Store {
+    Sqlite {
+        pool: SqlitePool,
+        path: Arc<PathBuf>,
+    },
+    Redis {
+        conn: ::redis::aio::ConnectionManager,
+        url: Arc<str>,
+    },
 }
 
 impl fmt::Debug for Queue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue").field("sqlite", &self.path).finish()
+        match &self.store {
+            Store::Sqlite { path, .. } => f.debug_struct("Queue").field("sqlite", path).finish(),
+            Store::Redis { url, .. } => f
+                .debug_struct("Queue")
+                .field("redis", &redis::redact(url))
+                .finish(),
+        }
     }
 }
 
@@ -197,21 +219,44 @@ impl Queue {
             .await
             .map_err(|e| QueueError::Store(format!("opening {}: {e}", path.display())))?;
         Ok(Queue {
-            pool,
-            path: Arc::new(path),
+            store: Store::Sqlite {
+                pool,
+                path: Arc::new(path),
+            },
         })
     }
 
-    /// The file this queue lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Connects to the Redis server at `url` (`redis://host:port/db`), for a fleet of
+    /// machines. The connection reconnects on its own after a network error.
+    pub async fn redis(url: &str) -> Result<Queue, QueueError> {
+        let conn = apalis_redis::connect(url)
+            .await
+            .map_err(|e| QueueError::Store(format!("connecting to {}: {e}", redis::redact(url))))?;
+        Ok(Queue {
+            store: Store::Redis {
+                conn,
+                url: Arc::from(url),
+            },
+        })
+    }
+
+    fn is_redis(&self) -> bool {
+        matches!(self.store, Store::Redis { .. })
+    }
+
+    /// The SQLite file this queue lives in (`None` for Redis).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.store {
+            Store::Sqlite { path, .. } => Some(path),
+            Store::Redis { .. } => None,
+        }
     }
 
     /// Adds `task` to the queue named `queue`; returns its task id. The task may be tried up to
     /// 25 times (see [`push_with_attempts`](Self::push_with_attempts)).
     pub async fn push<T>(&self, queue: &str, task: T) -> Result<String, QueueError>
     where
-        T: Serialize + DeserializeOwned + Send + Unpin + 'static,
+        T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
     {
         self.push_with_attempts(queue, task, 25).await
     }
@@ -224,7 +269,7 @@ impl Queue {
         max_attempts: usize,
     ) -> Result<String, QueueError>
     where
-        T: Serialize + DeserializeOwned + Send + Unpin + 'static,
+        T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
     {
         check_queue_name(queue)?;
         if max_attempts == 0 {
@@ -237,111 +282,116 @@ impl Queue {
             .task_id(apalis_core::task::task_id::TaskId::from_string(id.clone()))
             .max_attempts(max_attempts)
             .build();
-        let mut storage =
-            SqliteStorage::<T>::new(&self.pool).with_config(Config::default().queue(queue));
-        storage
-            .push_task(task)
-            .await
-            .map_err(|e| QueueError::Store(e.to_string()))?;
+        match &self.store {
+            Store::Sqlite { pool, .. } => SqliteStorage::<T>::new(pool)
+                .with_config(Config::default().queue(queue))
+                .push_task(task)
+                .await
+                .map_err(|e| QueueError::Store(e.to_string())),
+            Store::Redis { conn, .. } => {
+                apalis_redis::RedisStorage::<T>::new(conn.clone())
+                    .with_config(apalis_redis::Config::default().queue(queue))
+                    .push_task(task)
+                    .await
+                    .map_err(|e| QueueError::Store(e.to_string()))?;
+                redis::promote(conn, queue, std::slice::from_ref(&id)).await
+            }
+        }?;
         Ok(id)
     }
 
     /// Pushes many tasks in one transaction (far faster than one [`push`](Self::push) each).
     pub async fn push_all<T, I>(&self, queue: &str, tasks: I) -> Result<usize, QueueError>
     where
-        T: Serialize + DeserializeOwned + Send + Unpin + 'static,
+        T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
         I: IntoIterator<Item = T>,
     {
         check_queue_name(queue)?;
         let tasks: Vec<T> = tasks.into_iter().collect();
         let n = tasks.len();
-        let mut storage =
-            SqliteStorage::<T>::new(&self.pool).with_config(Config::default().queue(queue));
-        storage
-            .push_bulk(tasks)
-            .await
-            .map_err(|e| QueueError::Store(e.to_string()))?;
+        match &self.store {
+            Store::Sqlite { pool, .. } => SqliteStorage::<T>::new(pool)
+                .with_config(Config::default().queue(queue))
+                .push_bulk(tasks)
+                .await
+                .map_err(|e| QueueError::Store(e.to_string())),
+            Store::Redis { conn, .. } => {
+                let mut storage = apalis_redis::RedisStorage::<T>::new(conn.clone())
+                    .with_config(apalis_redis::Config::default().queue(queue));
+                let mut tasks = tasks.into_iter().peekable();
+                while tasks.peek().is_some() {
+                    let chunk: Vec<Task<T>> = tasks
+                        .by_ref()
+                        .take(redis::PUSH_CHUNK)
+                        .map(|t| {
+                            apalis_core::task::builder::TaskBuilder::new(t)
+                                .task_id(apalis_core::task::task_id::TaskId::from_string(
+                                    ulid::Ulid::generate().to_string(),
+                                ))
+                                .build()
+                        })
+                        .collect();
+                    let ids: Vec<String> = chunk
+                        .iter()
+                        .filter_map(|t| t.ctx().task_id().map(ToString::to_string))
+                        .collect();
+                    storage
+                        .push_all(futures_util::stream::iter(chunk))
+                        .await
+                        .map_err(|e| QueueError::Store(e.to_string()))?;
+                    redis::promote(conn, queue, &ids).await?;
+                }
+                Ok(())
+            }
+        }?;
         Ok(n)
     }
 
     /// How many tasks of the queue named `queue` are in each state.
     pub async fn counts(&self, queue: &str) -> Result<QueueCounts, QueueError> {
         check_queue_name(queue)?;
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT status, attempts >= max_attempts, count(*) FROM Jobs \
-             WHERE job_type = ?1 GROUP BY status, attempts >= max_attempts",
-        )
-        .bind(queue)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut counts = QueueCounts::default();
-        for (status, spent, n) in rows {
-            let n = u64::try_from(n).unwrap_or(0);
-            match status.as_str() {
-                "Pending" => counts.pending += n,
-                "Queued" | "Running" => counts.claimed += n,
-                "Done" => counts.done += n,
-                "Failed" if spent == 0 => counts.pending += n,
-                _ => counts.failed += n,
-            }
+        match &self.store {
+            Store::Sqlite { pool, .. } => sqlite::counts(pool, queue).await,
+            Store::Redis { conn, .. } => redis::counts(conn, queue).await,
         }
-        Ok(counts)
     }
 
-    /// Where the task with id `id` stands (`None`: no such task).
-    pub async fn task(&self, id: &str) -> Result<Option<TaskInfo>, QueueError> {
-        type Row = (String, i64, i64, Option<String>, Option<String>);
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT status, attempts, max_attempts, lock_by, CAST(last_result AS TEXT) \
-             FROM Jobs WHERE id = ?1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(
-            |(status, attempts, max_attempts, locked_by, last_result)| TaskInfo {
-                status,
-                attempts: u64::try_from(attempts).unwrap_or(0),
-                max_attempts: u64::try_from(max_attempts).unwrap_or(0),
-                locked_by,
-                last_result,
-            },
-        ))
+    /// Where the task with id `id` of the queue named `queue` stands (`None`: no such task).
+    pub async fn task(&self, queue: &str, id: &str) -> Result<Option<TaskInfo>, QueueError> {
+        check_queue_name(queue)?;
+        match &self.store {
+            Store::Sqlite { pool, .. } => sqlite::task(pool, id).await,
+            Store::Redis { conn, .. } => redis::task(conn, queue, id).await,
+        }
     }
 
-    /// Gives back a task that `worker` holds in the state `Pending` because it deferred it:
-    /// unlocks it for anyone and takes back the attempt that deferring counted. Returns
-    /// whether the row was found in that state.
-    async fn unlock_deferred(&self, task_id: &str, worker: &str) -> Result<bool, QueueError> {
-        let done = sqlx::query(
-            "UPDATE Jobs SET lock_by = NULL, lock_at = NULL, done_at = NULL, \
-             attempts = max(attempts - 1, 0) \
-             WHERE id = ?1 AND lock_by = ?2 AND status = 'Pending'",
-        )
-        .bind(task_id)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    /// Gives back a task that `worker` deferred (its acknowledgement is in the store): unlocks
+    /// it for anyone and takes back the attempt that deferring counted. Returns whether the
+    /// task was found in that state.
+    async fn unlock_deferred(
+        &self,
+        queue: &str,
+        task_id: &str,
+        worker: &str,
+    ) -> Result<bool, QueueError> {
+        match &self.store {
+            Store::Sqlite { pool, .. } => sqlite::unlock_deferred(pool, task_id, worker).await,
+            Store::Redis { conn, .. } => redis::unlock_deferred(conn, queue, task_id).await,
+        }
     }
 
     /// After `worker` stopped for good: every task it still holds (claimed, running, or
     /// deferred) goes back to the queue without counting an attempt.
-    async fn release_worker(&self, worker: &str, deferred: &[String]) -> Result<u64, QueueError> {
-        let mut n = 0;
-        for id in deferred {
-            if self.unlock_deferred(id, worker).await? {
-                n += 1;
-            }
+    async fn release_worker(
+        &self,
+        queue: &str,
+        worker: &str,
+        deferred: &[String],
+    ) -> Result<u64, QueueError> {
+        match &self.store {
+            Store::Sqlite { pool, .. } => sqlite::release_worker(pool, worker, deferred).await,
+            Store::Redis { conn, .. } => redis::release_worker(conn, queue, worker, deferred).await,
         }
-        let done = sqlx::query(
-            "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL \
-             WHERE lock_by = ?1 AND status IN ('Queued', 'Running')",
-        )
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(n + done.rows_affected())
     }
 }
 
@@ -508,7 +558,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
 
     fn finish<T>(self, run: Arc<RunFn<S, T>>) -> Result<QueueWorker<S, T>, QueueError>
     where
-        T: Serialize + DeserializeOwned + Send + Unpin + 'static,
+        T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
     {
         self.check()?;
         let instance = self.instance.clone().unwrap_or_else(|| {
@@ -552,7 +602,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
     /// thread of a lease (thread backend). `Err(e)` fails the attempt with `e`'s text.
     pub fn build_blocking<T, E, F>(self, job: F) -> Result<QueueWorker<S, T>, QueueError>
     where
-        T: Serialize + DeserializeOwned + Send + Unpin + 'static,
+        T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
         E: fmt::Display,
         F: Fn(T) -> Result<(), E> + Send + Sync + 'static,
     {
@@ -575,7 +625,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
     #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn build_calls<J>(self) -> Result<QueueWorker<S, J>, QueueError>
     where
-        J: crate::process::ProcessJob + Unpin,
+        J: crate::process::ProcessJob + Sync + Unpin,
     {
         let run: Arc<RunFn<S, J>> = Arc::new(move |lease: crate::Lease<S>, job: J| {
             Box::pin(async move { lease.call(job).await.map(|_| Ok(())) })
@@ -615,7 +665,7 @@ struct Shared<S: 'static, T> {
     freed: Notify,
     run: Arc<RunFn<S, T>>,
     /// Tasks deferred to the queue, still to be unlocked (see `Queue::unlock_deferred`).
-    deferred: Mutex<Vec<String>>,
+    deferred: Mutex<Vec<(String, std::time::Instant)>>,
     stopping: AtomicBool,
     /// Stop ran out of time: running tasks are handed back.
     give_up: Notify,
@@ -642,7 +692,7 @@ impl<S: 'static, T> Shared<S, T> {
 async fn supervise<S, T>(shared: Arc<Shared<S, T>>)
 where
     S: Send + 'static,
-    T: Serialize + DeserializeOwned + Send + Unpin + 'static,
+    T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
 {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -653,22 +703,45 @@ where
             Arc::from(format!("{}.{n}", shared.base))
         };
         *shared.instance.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&instance);
-        let config = Config::default()
-            .queue(&shared.name)
-            .batch_size(1)
-            .heartbeat_interval(shared.orphan_timeout / 3)
-            .missed_heartbeats(3);
-        let backend = SqliteStorage::<T>::new(&shared.queue.pool)
-            .with_config(config)
-            .poll_with_interval(shared.poll_interval);
         let context = WorkerContext::new(&instance);
         *shared.context.lock().unwrap_or_else(|e| e.into_inner()) = Some(context.clone());
-        let worker = WorkerBuilder::new(context)
-            .backend(backend)
-            .build(LeasedService::new(Arc::clone(&shared)));
+        let heartbeat = shared.orphan_timeout / 3;
+        let service = LeasedService::new(Arc::clone(&shared));
         tracing::info!(queue = %shared.name, worker = %instance, "queue worker started");
         let began = std::time::Instant::now();
-        let result = worker.run().await;
+        // One task per fetch, so that the prefetch bound is exact.
+        let result = match &shared.queue.store {
+            Store::Sqlite { pool, .. } => {
+                let config = Config::default()
+                    .queue(&shared.name)
+                    .batch_size(1)
+                    .heartbeat_interval(heartbeat)
+                    .missed_heartbeats(3);
+                let backend = SqliteStorage::<T>::new(pool)
+                    .with_config(config)
+                    .poll_with_interval(shared.poll_interval);
+                WorkerBuilder::new(context)
+                    .backend(backend)
+                    .build(service)
+                    .run()
+                    .await
+            }
+            Store::Redis { conn, .. } => {
+                let config = apalis_redis::Config::default()
+                    .queue(&shared.name)
+                    .batch_size(1)
+                    .heartbeat_interval(heartbeat)
+                    .missed_heartbeats(3);
+                let backend = apalis_redis::RedisStorage::<T>::new(conn.clone())
+                    .with_config(config)
+                    .poll_with_interval(shared.poll_interval);
+                WorkerBuilder::new(context)
+                    .backend(backend)
+                    .build(service)
+                    .run()
+                    .await
+            }
+        };
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
@@ -679,11 +752,16 @@ where
         shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(queue = %shared.name, worker = %instance, error = %why, ?backoff, "queue worker failed; starting a new one");
         *shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-        let deferred =
-            std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        let deferred: Vec<String> =
+            std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
         if let Ok(Err(e)) = tokio::time::timeout(
             Duration::from_secs(10),
-            shared.queue.release_worker(&instance, &deferred),
+            shared
+                .queue
+                .release_worker(&shared.name, &instance, &deferred),
         )
         .await
         {
@@ -771,7 +849,10 @@ impl<S: 'static, T> QueueWorker<S, T> {
 enum Finish {
     Done,
     Failed(String),
+    /// Failed, and no attempt is left (Redis only: SQLite stops retrying on its own).
+    FailedLast(String),
     Retry(String),
+    RetryLast(String),
     Kill(String),
     Defer(&'static str),
 }
@@ -779,7 +860,7 @@ enum Finish {
 impl<S: 'static, T> QueueWorker<S, T>
 where
     S: Send,
-    T: Serialize + DeserializeOwned + Send + Unpin + 'static,
+    T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
 {
     /// Why the queue worker last failed and was replaced, if it ever did.
     pub fn last_error(&self) -> Option<String> {
@@ -861,11 +942,16 @@ where
         }
         fixer.abort();
         let _ = fixer.await;
-        let deferred =
-            std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        let deferred: Vec<String> =
+            std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
         match tokio::time::timeout(
             Duration::from_secs(10),
-            shared.queue.release_worker(&instance, &deferred),
+            shared
+                .queue
+                .release_worker(&shared.name, &instance, &deferred),
         )
         .await
         {
@@ -909,19 +995,31 @@ impl<S: 'static, T> Drop for QueueWorker<S, T> {
 async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let ids: Vec<String> = shared
-            .deferred
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let ids: Vec<String> = {
+            let mut deferred = shared.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            // On Redis a deferred task is due again a second or more after its
+            // acknowledgement; one that someone else took first keeps its counted attempt.
+            deferred.retain(|(id, since)| {
+                let keep = since.elapsed() < Duration::from_secs(30);
+                if !keep {
+                    tracing::debug!(task = %id, "a deferred task ran elsewhere before it was given back");
+                }
+                keep
+            });
+            deferred.iter().map(|(id, _)| id.clone()).collect()
+        };
         for id in ids {
-            match shared.queue.unlock_deferred(&id, &shared.instance()).await {
+            match shared
+                .queue
+                .unlock_deferred(&shared.name, &id, &shared.instance())
+                .await
+            {
                 Ok(true) => {
                     shared
                         .deferred
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .retain(|d| d != &id);
+                        .retain(|(d, _)| d != &id);
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -940,6 +1038,10 @@ struct LeasedService<S: 'static, T> {
     refresh: Option<BoxFuture<'static, usize>>,
     /// The last snapshot showed no room: wait for a release (or a moment) before the next.
     pause: bool,
+    /// Wakes the worker every `poll_interval` while it is ready: apalis 1.0's interval
+    /// strategy can consume its tick and then park on an empty fetch with no timer armed,
+    /// which left an idle worker deaf to new tasks until its next heartbeat.
+    tick: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: 'static, T> LeasedService<S, T> {
@@ -949,6 +1051,18 @@ impl<S: 'static, T> LeasedService<S, T> {
             free: None,
             refresh: None,
             pause: false,
+            tick: None,
+        }
+    }
+
+    fn arm_tick(&mut self, cx: &mut Context<'_>) {
+        let every = self.shared.poll_interval;
+        let tick = self
+            .tick
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+        if tick.as_mut().poll(cx).is_ready() {
+            tick.as_mut().reset(tokio::time::Instant::now() + every);
+            let _ = tick.as_mut().poll(cx);
         }
     }
 }
@@ -991,8 +1105,10 @@ where
             if let Some(free) = self.free {
                 let waiting = self.shared.counters.waiting.load(Ordering::SeqCst);
                 if waiting < free + self.shared.prefetch {
+                    self.arm_tick(cx);
                     return Poll::Ready(Ok(()));
                 }
+
                 self.free = None;
                 self.pause = true;
             }
@@ -1020,7 +1136,24 @@ where
         let (args, ctx) = task.take();
         let id = ctx.task_id().map(ToString::to_string).unwrap_or_default();
         Box::pin(async move {
-            let outcome = run_task(&shared, &id, args, waiting).await;
+            // apalis-redis retries up to 25 times whatever the task says: the limit is kept
+            // here (the attempt count is current once this future runs).
+            let max = ctx.max_attempts();
+            let mut outcome = match max {
+                Some(max) if ctx.attempt() > max => {
+                    drop(waiting);
+                    Finish::Kill(format!("out of attempts ({max})"))
+                }
+                _ => run_task(&shared, &id, args, waiting).await,
+            };
+            if shared.queue.is_redis() && max.is_some_and(|max| ctx.attempt() >= max) {
+                // The last attempt failed: on Redis it ends here (dead), not in a retry.
+                outcome = match outcome {
+                    Finish::Failed(why) => Finish::FailedLast(why),
+                    Finish::Retry(why) => Finish::RetryLast(why),
+                    other => other,
+                };
+            }
             shared.freed.notify_waiters();
             let c = &shared.counters;
             match outcome {
@@ -1036,8 +1169,12 @@ where
                     c.retried.fetch_add(1, Ordering::Relaxed);
                     Err(why.into())
                 }
-                Finish::Kill(why) => {
+                Finish::Kill(why) | Finish::FailedLast(why) => {
                     c.failed.fetch_add(1, Ordering::Relaxed);
+                    Err(AbortError::new(StrError(why)).into())
+                }
+                Finish::RetryLast(why) => {
+                    c.retried.fetch_add(1, Ordering::Relaxed);
                     Err(AbortError::new(StrError(why)).into())
                 }
                 Finish::Defer(why) => {
@@ -1050,7 +1187,7 @@ where
                         .deferred
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(id);
+                        .push((id, std::time::Instant::now()));
                     Err(DeferredError::new(StrError(why.to_string())).into())
                 }
             }

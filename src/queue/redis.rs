@@ -1,0 +1,251 @@
+//! The Redis store: apalis-redis' keys (`{queue}:active`, `:scheduled`, `:inflight:{worker}`,
+//! `:meta:{id}`, …, named by its `Config`), plus the two things apalis 1.0 does not do (giving
+//! back a deferred task's attempt, handing a stopped worker's tasks back), each one Lua script
+//! so that it is atomic against the workers' own scripts.
+
+use ::redis::aio::ConnectionManager;
+use ::redis::Script;
+use apalis_core::worker::context::WorkerContext;
+use apalis_redis::Config;
+
+use super::{QueueCounts, QueueError, TaskInfo};
+
+fn store_error(e: ::redis::RedisError) -> QueueError {
+    QueueError::Store(e.to_string())
+}
+
+/// `url` without its password, for logs and errors.
+pub(super) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn config(queue: &str) -> Config {
+    Config::default().queue(queue)
+}
+
+fn inflight_set(queue: &str, worker: &str) -> String {
+    config(queue).inflight_set_for(&WorkerContext::new(worker))
+}
+
+pub(super) async fn counts(
+    conn: &ConnectionManager,
+    queue: &str,
+) -> Result<QueueCounts, QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let (active, scheduled, done, dead, workers): (u64, u64, u64, u64, Vec<String>) =
+        ::redis::pipe()
+            .cmd("LLEN")
+            .arg(cfg.active_jobs_list())
+            .cmd("ZCARD")
+            .arg(cfg.scheduled_jobs_set())
+            .cmd("SCARD")
+            .arg(cfg.done_jobs_set())
+            .cmd("SCARD")
+            .arg(cfg.dead_jobs_set())
+            .cmd("ZRANGE")
+            .arg(cfg.workers_set())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+    let mut claimed = 0;
+    for w in workers {
+        let n: u64 = ::redis::cmd("SCARD")
+            .arg(inflight_set(queue, &w))
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        claimed += n;
+    }
+    Ok(QueueCounts {
+        pending: active + scheduled,
+        claimed,
+        done,
+        failed: dead,
+    })
+}
+
+pub(super) async fn task(
+    conn: &ConnectionManager,
+    queue: &str,
+    id: &str,
+) -> Result<Option<TaskInfo>, QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let meta: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
+        .arg(format!("{}:{id}", cfg.job_meta_hash()))
+        .query_async(&mut conn)
+        .await
+        .map_err(store_error)?;
+    if meta.is_empty() {
+        return Ok(None);
+    }
+    let workers: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg(cfg.workers_set())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .map_err(store_error)?;
+    let mut locked_by = None;
+    for w in workers {
+        let member: bool = ::redis::cmd("SISMEMBER")
+            .arg(inflight_set(queue, &w))
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        if member {
+            locked_by = Some(w);
+            break;
+        }
+    }
+    let number = |k: &str| meta.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let scheduled: Option<f64> = ::redis::cmd("ZSCORE")
+        .arg(cfg.scheduled_jobs_set())
+        .arg(id)
+        .query_async(&mut conn)
+        .await
+        .map_err(store_error)?;
+    let mut status = meta.get("status").cloned().unwrap_or_default();
+    if locked_by.is_some() && status == "Pending" {
+        status = "Running".into();
+    } else if scheduled.is_some() {
+        // Waiting for its retry time (or for its worker to give a deferral back).
+        status = "Scheduled".into();
+    }
+    Ok(Some(TaskInfo {
+        status,
+        attempts: number("attempts"),
+        max_attempts: number("max_attempts"),
+        locked_by,
+        last_result: meta.get("result").cloned(),
+    }))
+}
+
+/// Tasks pushed in one script.
+pub(super) const PUSH_CHUNK: usize = 1000;
+
+/// apalis-redis 1.0 puts every new task in its schedule (due at once) and its fetch script moves
+/// all due tasks to the active list with one Lua `unpack`, which fails beyond about 8 000: one
+/// large push would stop every worker of the queue for good. Our pushes move their own tasks
+/// to the active list straight away, one by one.
+const PROMOTE: &str = r"
+-- KEYS: scheduled set, active list, signal list; ARGV: task ids
+local moved = 0
+for i = 1, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    moved = moved + 1
+  end
+end
+if moved > 0 then
+  redis.call('DEL', KEYS[3])
+  redis.call('LPUSH', KEYS[3], 1)
+end
+return moved
+";
+
+pub(super) async fn promote(
+    conn: &ConnectionManager,
+    queue: &str,
+    ids: &[String],
+) -> Result<(), QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let promote = Script::new(PROMOTE);
+    let mut script = promote.prepare_invoke();
+    script
+        .key(cfg.scheduled_jobs_set())
+        .key(cfg.active_jobs_list())
+        .key(cfg.signal_list());
+    for id in ids {
+        script.arg(id);
+    }
+    let _: i64 = script.invoke_async(&mut conn).await.map_err(store_error)?;
+    Ok(())
+}
+
+/// apalis-redis acknowledges a deferred task by scheduling it for a retry (attempt counted):
+/// take it back out of the schedule, restore the count and put it first in line.
+const UNLOCK_DEFERRED: &str = r"
+-- KEYS: scheduled set, active list, the task's meta hash, signal list; ARGV: task id
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  local attempts = tonumber(redis.call('HGET', KEYS[3], 'attempts') or '0') or 0
+  if attempts > 0 then
+    redis.call('HSET', KEYS[3], 'attempts', attempts - 1)
+  end
+  redis.call('HSET', KEYS[3], 'status', 'Pending')
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[4])
+  redis.call('LPUSH', KEYS[4], 1)
+  return 1
+end
+return 0
+";
+
+pub(super) async fn unlock_deferred(
+    conn: &ConnectionManager,
+    queue: &str,
+    id: &str,
+) -> Result<bool, QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let done: i64 = Script::new(UNLOCK_DEFERRED)
+        .key(cfg.scheduled_jobs_set())
+        .key(cfg.active_jobs_list())
+        .key(format!("{}:{id}", cfg.job_meta_hash()))
+        .key(cfg.signal_list())
+        .arg(id)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(store_error)?;
+    Ok(done == 1)
+}
+
+/// A stopped worker's claimed tasks go first in line again; the worker leaves the registry.
+const RELEASE_WORKER: &str = r"
+-- KEYS: the worker's inflight set, active list, workers set, signal list; ARGV: worker name
+local tasks = redis.call('SMEMBERS', KEYS[1])
+if #tasks > 0 then
+  redis.call('LPUSH', KEYS[2], unpack(tasks))
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[4])
+  redis.call('LPUSH', KEYS[4], 1)
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return #tasks
+";
+
+pub(super) async fn release_worker(
+    conn: &ConnectionManager,
+    queue: &str,
+    worker: &str,
+    deferred: &[String],
+) -> Result<u64, QueueError> {
+    let mut n = 0;
+    for id in deferred {
+        if unlock_deferred(conn, queue, id).await? {
+            n += 1;
+        }
+    }
+    let cfg = config(queue);
+    let mut c = conn.clone();
+    let released: u64 = Script::new(RELEASE_WORKER)
+        .key(inflight_set(queue, worker))
+        .key(cfg.active_jobs_list())
+        .key(cfg.workers_set())
+        .key(cfg.signal_list())
+        .arg(worker)
+        .invoke_async(&mut c)
+        .await
+        .map_err(store_error)?;
+    Ok(n + released)
+}
