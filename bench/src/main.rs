@@ -1,6 +1,7 @@
 //! leasepool's peer benchmark harness.
 //!
-//! `cargo run --release -p leasepool-bench -- [--quick] [--out DIR] [--no-python]`
+//! `cargo run --release -p leasepool-bench -- [--quick] [--out DIR] [--no-python]`; Q1 (a Redis
+//! queue over worker processes) runs alone with `--queue`.
 //!
 //! Every system runs the same work in the same process and run; each figure is the median of
 //! several rounds after a warm-up round. Figures from different runs or machines are not
@@ -10,6 +11,7 @@ mod measure;
 mod peers;
 mod process;
 mod python;
+mod queue;
 mod report;
 mod scenarios;
 
@@ -158,6 +160,10 @@ fn main() {
         process::echo_child();
         return;
     }
+    if argv.len() == 5 && argv[1] == "--q1-worker" {
+        queue::worker(&argv[2], &argv[3], &argv[4]);
+        return;
+    }
     if argv.len() == 4 && argv[1] == "--s5-child" {
         let waiters = argv[3].parse().unwrap_or(1000);
         match sc::s5_by_name(&argv[2], waiters, 4) {
@@ -170,10 +176,12 @@ fn main() {
     let mut python = true;
     let mut out = PathBuf::from("target/bench");
     let mut only = Vec::new();
+    let mut q1 = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--queue" => q1 = true,
             "--no-python" => python = false,
             "--only" => match args.next() {
                 Some(ids) => only = ids.split(',').map(|s| s.trim().to_owned()).collect(),
@@ -190,6 +198,22 @@ fn main() {
     if let Err(e) = std::fs::create_dir_all(&out) {
         eprintln!("cannot create {}: {e}", out.display());
         std::process::exit(2);
+    }
+    if q1 {
+        // Q1 alone: it needs redis-server and worker processes of its own.
+        match queue::q1(if quick { 600 } else { 3000 }, if quick { 1 } else { 3 }) {
+            Ok((md, js)) => {
+                write(&out.join("bench-queue.md"), &md);
+                write(&out.join("bench-queue.json"), &format!("{js:#}\n"));
+                println!("{md}");
+                println!("wrote {}/bench-queue.md, bench-queue.json", out.display());
+            }
+            Err(e) => {
+                eprintln!("Q1 could not run: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
     }
     let began = Instant::now();
     let mut p = Params::new(quick);
@@ -218,7 +242,9 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("error: {problem}");
     }
-    eprintln!("usage: leasepool-bench [--quick] [--out DIR] [--no-python] [--only S1,S8,...]");
+    eprintln!(
+        "usage: leasepool-bench [--quick] [--out DIR] [--no-python] [--only S1,S8,...] | --queue [--quick] [--out DIR]"
+    );
     std::process::exit(if problem.is_empty() { 0 } else { 2 });
 }
 

@@ -3,6 +3,7 @@
 //! outcome mapping, graceful stop and hand-back, and orphan re-runs after a SIGKILL.
 //!
 //! No libtest harness: this binary is also the worker processes' program (`LP_QUEUE_ROLE`).
+//! `LPQ_TRACE=apalis_core=debug,leasepool::queue=debug` prints apalis' and the worker's logs.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -833,12 +834,201 @@ async fn bad_settings_are_refused_by_name(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+// ---- lifecycle under churn (found by an adversarial pass) --------------------------------------
+
+/// CPU time of this process, in clock ticks.
+fn cpu_ticks() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Percent of one core this process used over `d` (100 ticks per second).
+async fn cpu_over(d: Duration) -> f64 {
+    let t0 = cpu_ticks();
+    tokio::time::sleep(d).await;
+    (cpu_ticks() - t0) as f64 / d.as_secs_f64()
+}
+
+/// How many times each task ran.
+type Seen = Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>;
+
+/// (lost, tasks run more than once)
+fn tally(seen: &Seen, n: u64) -> (u64, u64) {
+    let s = seen.lock().unwrap();
+    let lost = (0..n).filter(|k| !s.contains_key(k)).count() as u64;
+    (lost, s.values().filter(|c| **c > 1).count() as u64)
+}
+
+fn counting_job(
+    seen: &Seen,
+    ms: u64,
+) -> impl Fn(u64) -> Result<(), String> + Send + Sync + 'static {
+    let seen = Arc::clone(seen);
+    move |n: u64| {
+        std::thread::sleep(Duration::from_millis(ms + n % 7));
+        *seen.lock().unwrap().entry(n).or_default() += 1;
+        Ok(())
+    }
+}
+
+async fn start_then_stop_at_once_is_prompt_and_leaves_nothing_claimed(kind: Kind) {
+    // `stop` right after a restart once found the last run's stopped apalis worker, took it
+    // for this run's, and waited out its timeouts while the new one claimed and handed back
+    // hundreds of tasks.
+    let (queue, dir) = queue_for(kind, "once").await;
+    queue.push_all("once", 0..30_u64).await.unwrap();
+    let m = manager("q-once", 2).await;
+    let seen: Seen = Arc::default();
+    let worker = QueueWorker::builder(&m, &queue, "once")
+        .poll_interval(Duration::from_millis(5))
+        .shutdown_timeout(Duration::from_secs(1))
+        .build_blocking(counting_job(&seen, 100))
+        .unwrap();
+    worker.start().unwrap();
+    eventually("one done", || async { worker.stats().done >= 1 }).await;
+    worker.stop().await;
+    for round in 0..3 {
+        let before = worker.stats();
+        worker.start().unwrap();
+        let begun = Instant::now();
+        let after = worker.stop().await;
+        let took = begun.elapsed();
+        let c = queue.counts("once").await.unwrap();
+        assert!(
+            took < Duration::from_millis(1500),
+            "round {round}: stop took {took:?}"
+        );
+        assert!(
+            after.claimed - before.claimed <= 3,
+            "round {round}: {} claims in a start+stop",
+            after.claimed - before.claimed
+        );
+        assert_eq!(
+            c.claimed, 0,
+            "round {round}: tasks still claimed after stop: {c:?}"
+        );
+    }
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn a_stopped_manager_pauses_claiming_and_loses_nothing(kind: Kind) {
+    // Its manager stopped under it, a worker once claimed and put back tasks in a busy loop,
+    // and on SQLite a put-back acknowledged after the stop's hand-back stayed locked for good.
+    let (queue, dir) = queue_for(kind, "mstop").await;
+    const N: u64 = 100;
+    queue.push_all("mstop", 0..N).await.unwrap();
+    let m = manager("q-mstop", 2).await;
+    let seen: Seen = Arc::default();
+    let worker = QueueWorker::builder(&m, &queue, "mstop")
+        .prefetch(1)
+        .poll_interval(Duration::from_millis(5))
+        .shutdown_timeout(Duration::from_secs(2))
+        .build_blocking(counting_job(&seen, 20))
+        .unwrap();
+    worker.start().unwrap();
+    eventually("20 done", || async { worker.stats().done >= 20 }).await;
+    m.stop().await;
+    let before = worker.stats();
+    let cpu = cpu_over(Duration::from_secs(3)).await;
+    let after = worker.stats();
+    assert!(
+        cpu < 15.0,
+        "{cpu:.1} % of a core while its manager is stopped"
+    );
+    assert!(
+        after.claimed - before.claimed <= 12,
+        "{} claims in 3 s with the manager stopped",
+        after.claimed - before.claimed
+    );
+    let begun = Instant::now();
+    worker.stop().await;
+    assert!(begun.elapsed() < Duration::from_secs(8));
+    // A new manager and worker finish every task; none failed, none lost.
+    let m2 = manager("q-mstop2", 2).await;
+    let w2 = QueueWorker::builder(&m2, &queue, "mstop")
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(counting_job(&seen, 0))
+        .unwrap();
+    w2.start().unwrap();
+    common::until(
+        "every task done by the new worker",
+        || async { queue.counts("mstop").await.unwrap() },
+        |c| c.done >= N,
+    )
+    .await;
+    w2.stop().await;
+    let c = queue.counts("mstop").await.unwrap();
+    assert_eq!(
+        (c.done, c.failed, c.pending, c.claimed),
+        (N, 0, 0, 0),
+        "{c:?}"
+    );
+    assert_eq!(tally(&seen, N).0, 0, "lost tasks");
+    m2.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn start_stop_churn_loses_and_repeats_nothing(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "churn").await;
+    const N: u64 = 300;
+    queue.push_all("churn", 0..N).await.unwrap();
+    let m = manager("q-churn", 3).await;
+    let seen: Seen = Arc::default();
+    let worker = QueueWorker::builder(&m, &queue, "churn")
+        .prefetch(2)
+        .poll_interval(Duration::from_millis(2))
+        .shutdown_timeout(Duration::from_secs(3))
+        .build_blocking(counting_job(&seen, 3))
+        .unwrap();
+    let mut max_stop = Duration::ZERO;
+    for round in 0..400_u64 {
+        worker.start().unwrap();
+        tokio::time::sleep(Duration::from_millis(round * 7 % 60)).await;
+        let begun = Instant::now();
+        let st = worker.stop().await;
+        max_stop = max_stop.max(begun.elapsed());
+        let c = queue.counts("churn").await.unwrap();
+        assert_eq!(
+            (st.running, st.waiting, c.claimed),
+            (0, 0, 0),
+            "round {round}: {st:?} {c:?}"
+        );
+        if c.done >= N {
+            break;
+        }
+    }
+    let (lost, repeated) = tally(&seen, N);
+    println!("    {kind:?}: longest stop {max_stop:?}, lost {lost}, run twice {repeated}");
+    assert!(
+        max_stop < Duration::from_secs(2),
+        "a stop took {max_stop:?}"
+    );
+    assert_eq!((lost, repeated), (0, 0));
+    let c = queue.counts("churn").await.unwrap();
+    assert_eq!(
+        (c.done, c.pending, c.claimed, c.failed),
+        (N, 0, 0, 0),
+        "{c:?}"
+    );
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---- the runner -------------------------------------------------------------------------------
 
 type Test = Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
 
 fn main() {
     leasepool::process::init(process_jobs());
+    if std::env::var_os("LPQ_TRACE").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("LPQ_TRACE"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if std::env::var(ROLE).as_deref() == Ok("work") {
         worker_role();
     }
@@ -867,6 +1057,9 @@ fn main() {
         stop_lets_running_tasks_finish_and_hands_back_the_rest,
         an_idle_worker_takes_tasks_pushed_later,
         bad_settings_are_refused_by_name,
+        start_then_stop_at_once_is_prompt_and_leaves_nothing_claimed,
+        a_stopped_manager_pauses_claiming_and_loses_nothing,
+        start_stop_churn_loses_and_repeats_nothing,
     ];
     once![
         two_worker_processes_do_2000_tasks_exactly_once,

@@ -73,6 +73,8 @@ use apalis_core::error::{AbortError, BoxDynError, DeferredError};
 use apalis_core::task::Task;
 use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
+use apalis_core::worker::event::Event;
+use apalis_core::worker::ext::event_listener::EventListenerExt as _;
 use apalis_sqlite::{Config, SqliteStorage};
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
@@ -447,6 +449,9 @@ struct Counters {
     /// Claimed, no lease yet.
     waiting: Arc<AtomicUsize>,
     restarts: AtomicU64,
+    /// Tasks handed to the current apalis worker whose whole pipeline (ours, then apalis'
+    /// acknowledgement) has not finished: `call` adds one, apalis' result event takes it away.
+    outstanding: Arc<AtomicUsize>,
     /// Bumped every time one of our tasks got its lease (see `LeasedService::snapshot`).
     leased: AtomicU64,
 }
@@ -591,6 +596,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
                 run,
                 deferred: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
+                claim_pause: Mutex::new((None, Duration::ZERO)),
                 give_up: Notify::new(),
                 gave_up: AtomicBool::new(false),
             }),
@@ -667,6 +673,9 @@ struct Shared<S: 'static, T> {
     /// Tasks deferred to the queue, still to be unlocked (see `Queue::unlock_deferred`).
     deferred: Mutex<Vec<(String, std::time::Instant)>>,
     stopping: AtomicBool,
+    /// After a put-back (no lease came: overload, a stopped manager), claiming pauses until
+    /// then, the pause doubling from 50 ms up to 2 s while put-backs go on; a lease resets it.
+    claim_pause: Mutex<(Option<std::time::Instant>, Duration)>,
     /// Stop ran out of time: running tasks are handed back.
     give_up: Notify,
     gave_up: AtomicBool,
@@ -707,6 +716,15 @@ where
         *shared.context.lock().unwrap_or_else(|e| e.into_inner()) = Some(context.clone());
         let heartbeat = shared.orphan_timeout / 3;
         let service = LeasedService::new(Arc::clone(&shared));
+        // The last worker's futures are gone (it returned or was aborted).
+        shared.counters.outstanding.store(0, Ordering::SeqCst);
+        let outstanding = Arc::clone(&shared.counters.outstanding);
+        let on_event = move |_: &WorkerContext, event: &Event| {
+            if matches!(event, Event::Success(_) | Event::Error(_)) {
+                let _ = outstanding
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            }
+        };
         tracing::info!(queue = %shared.name, worker = %instance, "queue worker started");
         let began = std::time::Instant::now();
         // One task per fetch, so that the prefetch bound is exact.
@@ -722,6 +740,7 @@ where
                     .poll_with_interval(shared.poll_interval);
                 WorkerBuilder::new(context)
                     .backend(backend)
+                    .on_event(on_event)
                     .build(service)
                     .run()
                     .await
@@ -737,6 +756,7 @@ where
                     .poll_with_interval(shared.poll_interval);
                 WorkerBuilder::new(context)
                     .backend(backend)
+                    .on_event(on_event)
                     .build(service)
                     .run()
                     .await
@@ -891,6 +911,8 @@ where
         let shared = &self.shared;
         shared.stopping.store(false, Ordering::SeqCst);
         shared.gave_up.store(false, Ordering::SeqCst);
+        // The last run's context is stopped already: `stop` must wait for this run's.
+        *shared.context.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let join = handle.spawn(supervise(Arc::clone(shared)));
         let fixer = handle.spawn(fix_deferred(Arc::clone(shared)));
         *running = Some(Running { join, fixer });
@@ -910,10 +932,35 @@ where
             return self.stats();
         };
         let shared = &self.shared;
-        let instance = shared.instance();
         shared.stopping.store(true, Ordering::SeqCst);
         // Tasks waiting for a lease give up at once; running ones get the shutdown timeout.
         shared.give_up.notify_waiters();
+        // apalis' stop stops the loop that drains its own event channel, while tasks still
+        // in flight may wait for room in that channel (it holds `batch_size` events): stopping
+        // it under them deadlocks. So: claim nothing more, let every task's pipeline finish,
+        // then stop apalis, which writes what is left.
+        let outstanding = &shared.counters.outstanding;
+        let drain = async {
+            while outstanding.load(Ordering::SeqCst) > 0 && !join.is_finished() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let drained = tokio::time::timeout(shared.shutdown_timeout, drain).await;
+        if drained.is_err() {
+            tracing::warn!(
+                worker = %shared.instance(),
+                running = shared.counters.running.load(Ordering::Relaxed),
+                "tasks outran the queue worker's shutdown timeout: handing them back"
+            );
+            shared.gave_up.store(true, Ordering::SeqCst);
+            shared.give_up.notify_waiters();
+            let drain = async {
+                while outstanding.load(Ordering::SeqCst) > 0 && !join.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
         let stop_worker = async {
             // apalis refuses `stop` until its worker has started (or while it restarts after
             // an error): ask again until it takes.
@@ -922,26 +969,18 @@ where
             }
             (&mut join).await
         };
-        let drained = tokio::time::timeout(shared.shutdown_timeout, stop_worker).await;
-        if drained.is_err() {
-            tracing::warn!(
-                worker = %instance,
-                running = shared.counters.running.load(Ordering::Relaxed),
-                "tasks outran the queue worker's shutdown timeout: handing them back"
-            );
-            shared.gave_up.store(true, Ordering::SeqCst);
-            shared.give_up.notify_waiters();
-            if tokio::time::timeout(Duration::from_secs(5), &mut join)
-                .await
-                .is_err()
-            {
-                tracing::warn!(worker = %instance, "queue worker did not wind down; aborted");
-                join.abort();
-                let _ = join.await;
-            }
+        if tokio::time::timeout(Duration::from_secs(5), stop_worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!(worker = %shared.instance(), "queue worker did not wind down; aborted");
+            join.abort();
+            let _ = join.await;
         }
         fixer.abort();
         let _ = fixer.await;
+        // Read only now: `supervise` names each apalis worker it starts.
+        let instance = shared.instance();
         let deferred: Vec<String> =
             std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter()
@@ -1033,25 +1072,28 @@ async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
 /// The apalis service: claims only while the manager has room, runs each task on a lease.
 struct LeasedService<S: 'static, T> {
     shared: Arc<Shared<S, T>>,
-    /// Leases the manager can hand out now, from a snapshot (`None`: take a new one).
-    free: Option<usize>,
-    refresh: Option<BoxFuture<'static, usize>>,
+    /// What the manager could hand out at the last snapshot (`None`: take a new one).
+    snap: Option<Snap>,
+    refresh: Option<BoxFuture<'static, Snap>>,
     /// The last snapshot showed no room: wait for a release (or a moment) before the next.
     pause: bool,
     /// Wakes the worker every `poll_interval` while it is ready: apalis 1.0's interval
     /// strategy can consume its tick and then park on an empty fetch with no timer armed,
     /// which left an idle worker deaf to new tasks until its next heartbeat.
     tick: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Sleeps out a claim pause (see `Shared::claim_pause`).
+    paused: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: 'static, T> LeasedService<S, T> {
     fn new(shared: Arc<Shared<S, T>>) -> Self {
         LeasedService {
             shared,
-            free: None,
+            snap: None,
             refresh: None,
             pause: false,
             tick: None,
+            paused: None,
         }
     }
 
@@ -1067,8 +1109,20 @@ impl<S: 'static, T> LeasedService<S, T> {
     }
 }
 
+/// A snapshot of the manager's free leases. Between snapshots the worker counts the leases its
+/// own tasks took since (so its claims stay within the bound); other users' acquires are seen
+/// at the next snapshot, taken at least every `SNAPSHOT_TTL` and whenever the count says "full".
+struct Snap {
+    free: usize,
+    /// `Counters::leased` when the snapshot was taken.
+    leased_at: u64,
+    taken: std::time::Instant,
+}
+
+const SNAPSHOT_TTL: Duration = Duration::from_millis(50);
+
 impl<S: Send + 'static, T: Send + 'static> LeasedService<S, T> {
-    fn snapshot(&self, pause: bool) -> BoxFuture<'static, usize> {
+    fn snapshot(&self, pause: bool) -> BoxFuture<'static, Snap> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             if pause {
@@ -1082,9 +1136,13 @@ impl<S: Send + 'static, T: Send + 'static> LeasedService<S, T> {
                 // A task of ours that got its lease while the snapshot was taken might be
                 // counted twice (as waiting and as leased) or not at all: take another.
                 if shared.counters.leased.load(Ordering::SeqCst) == before {
-                    return stats
-                        .max_pools
-                        .saturating_sub(stats.leased + stats.unhealthy);
+                    return Snap {
+                        free: stats
+                            .max_pools
+                            .saturating_sub(stats.leased + stats.unhealthy),
+                        leased_at: before,
+                        taken: std::time::Instant::now(),
+                    };
                 }
             }
         })
@@ -1101,16 +1159,44 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<(), BoxDynError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>> {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            // Stopping: claim nothing more (apalis may not have taken the stop yet). `stop`
+            // wakes the worker through apalis' own stop.
+            return Poll::Pending;
+        }
+        let until = self
+            .shared
+            .claim_pause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        if let Some(until) = until.filter(|u| *u > std::time::Instant::now()) {
+            let deadline = tokio::time::Instant::from_std(until);
+            let sleep = self
+                .paused
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
         loop {
-            if let Some(free) = self.free {
-                let waiting = self.shared.counters.waiting.load(Ordering::SeqCst);
-                if waiting < free + self.shared.prefetch {
-                    self.arm_tick(cx);
-                    return Poll::Ready(Ok(()));
+            if let Some(snap) = &self.snap {
+                let c = &self.shared.counters;
+                let waiting = c.waiting.load(Ordering::SeqCst) as u64;
+                let taken_since = c.leased.load(Ordering::SeqCst) - snap.leased_at;
+                let room = (snap.free + self.shared.prefetch) as u64;
+                if waiting + taken_since < room {
+                    if snap.taken.elapsed() < SNAPSHOT_TTL {
+                        self.arm_tick(cx);
+                        return Poll::Ready(Ok(()));
+                    }
+                } else {
+                    self.pause = true;
                 }
-
-                self.free = None;
-                self.pause = true;
+                self.snap = None;
             }
             let pause = std::mem::take(&mut self.pause);
             let refresh = match &mut self.refresh {
@@ -1118,9 +1204,9 @@ where
                 None => self.refresh.insert(self.snapshot(pause)),
             };
             match refresh.as_mut().poll(cx) {
-                Poll::Ready(free) => {
+                Poll::Ready(snap) => {
                     self.refresh = None;
-                    self.free = Some(free);
+                    self.snap = Some(snap);
                 }
                 Poll::Pending => return Poll::Pending,
             }
@@ -1128,10 +1214,9 @@ where
     }
 
     fn call(&mut self, task: Task<T>) -> Self::Future {
-        // The next claim is decided on a fresh snapshot.
-        self.free = None;
         let shared = Arc::clone(&self.shared);
         shared.counters.claimed.fetch_add(1, Ordering::Relaxed);
+        shared.counters.outstanding.fetch_add(1, Ordering::SeqCst);
         let waiting = Count::up(&shared.counters.waiting);
         let (args, ctx) = task.take();
         let id = ctx.task_id().map(ToString::to_string).unwrap_or_default();
@@ -1154,7 +1239,8 @@ where
                     other => other,
                 };
             }
-            shared.freed.notify_waiters();
+            // One stored permit: a release between the gate's "full" and its wait still counts.
+            shared.freed.notify_one();
             let c = &shared.counters;
             match outcome {
                 Finish::Done => {
@@ -1255,9 +1341,13 @@ async fn run_task<S: Send + 'static, T: Send + 'static>(
         None => return Finish::Defer(HANDED_BACK),
         Some(Err(e)) => {
             tracing::debug!(task = id, error = %e, "no lease for a queue task: put back");
+            let mut pause = shared.claim_pause.lock().unwrap_or_else(|e| e.into_inner());
+            let step = (pause.1 * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
+            *pause = (Some(std::time::Instant::now() + step), step);
             return Finish::Defer("put back: no lease came (overload)");
         }
         Some(Ok(lease)) => {
+            *shared.claim_pause.lock().unwrap_or_else(|e| e.into_inner()) = (None, Duration::ZERO);
             c.leased.fetch_add(1, Ordering::SeqCst);
             drop(waiting);
             lease

@@ -230,15 +230,11 @@ pub(super) async fn release_worker(
     worker: &str,
     deferred: &[String],
 ) -> Result<u64, QueueError> {
-    let mut n = 0;
-    for id in deferred {
-        if unlock_deferred(conn, queue, id).await? {
-            n += 1;
-        }
-    }
+    // Claimed tasks first: once they left the worker's inflight set, a late acknowledgement
+    // of one fails instead of scheduling it. Then the deferrals acknowledged before.
     let cfg = config(queue);
     let mut c = conn.clone();
-    let released: u64 = Script::new(RELEASE_WORKER)
+    let mut n: u64 = Script::new(RELEASE_WORKER)
         .key(inflight_set(queue, worker))
         .key(cfg.active_jobs_list())
         .key(cfg.workers_set())
@@ -247,5 +243,10 @@ pub(super) async fn release_worker(
         .invoke_async(&mut c)
         .await
         .map_err(store_error)?;
-    Ok(n + released)
+    for id in deferred {
+        if unlock_deferred(conn, queue, id).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -72,20 +72,20 @@ pub(super) async fn unlock_deferred(
 pub(super) async fn release_worker(
     pool: &SqlitePool,
     worker: &str,
-    deferred: &[String],
+    _deferred: &[String],
 ) -> Result<u64, QueueError> {
-    let mut n = 0;
-    for id in deferred {
-        if unlock_deferred(pool, id, worker).await? {
-            n += 1;
-        }
-    }
+    // One statement, so that an acknowledgement landing late cannot slip between two: a row
+    // still claimed or running goes back as it is; a row whose deferral was acknowledged
+    // (`Pending`, still ours) also gets its attempt back. An acknowledgement that lands after
+    // this finds the row no longer ours and changes nothing.
     let done = sqlx::query(
-        "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL \
-         WHERE lock_by = ?1 AND status IN ('Queued', 'Running')",
+        "UPDATE Jobs SET \
+           attempts = CASE WHEN status = 'Pending' THEN max(attempts - 1, 0) ELSE attempts END, \
+           status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL \
+         WHERE lock_by = ?1 AND status IN ('Queued', 'Running', 'Pending')",
     )
     .bind(worker)
     .execute(pool)
     .await?;
-    Ok(n + done.rows_affected())
+    Ok(done.rows_affected())
 }
