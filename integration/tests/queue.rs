@@ -436,6 +436,60 @@ async fn redis_three_workers_share_10000_tasks_and_survive_a_sigkill() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+async fn a_large_due_backlog_on_redis_does_not_stop_fetching() {
+    // apalis-redis' fetch moves every due scheduled task with one Lua `unpack`, which fails
+    // beyond ~8 000: a producer's large apalis push (or a burst of retries) left every worker
+    // failing each fetch. Put 9 000 due tasks in the schedule the way apalis' own push does.
+    let url = redis_url();
+    let queue = open(&url).await;
+    const N: u64 = 9_000;
+    queue.push_all("backlog", 0..N).await.unwrap();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let moved = Command::new("redis-cli")
+        .args(["-p", &port, "EVAL"])
+        .arg(
+            "local ids = redis.call('LRANGE', KEYS[1], 0, -1) \
+             for i = 1, #ids do redis.call('ZADD', KEYS[2], 0, ids[i]) end \
+             redis.call('DEL', KEYS[1]) return #ids",
+        )
+        .args(["2", "backlog:active", "backlog:scheduled"])
+        .output()
+        .expect("redis-cli (Debian package redis-tools, which redis-server depends on)");
+    assert_eq!(String::from_utf8_lossy(&moved.stdout).trim(), N.to_string());
+    let m = manager("q-backlog", 4).await;
+    let worker = QueueWorker::builder(&m, &queue, "backlog")
+        .poll_interval(Duration::from_millis(2))
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    worker.start().unwrap();
+    let begun = Instant::now();
+    loop {
+        let c = queue.counts("backlog").await.unwrap();
+        if c.done >= N {
+            break;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(80),
+            "not done in 80 s: {c:?}, {:?}, last error {:?}",
+            worker.stats(),
+            worker.last_error()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = worker.stop().await;
+    println!(
+        "    9 000 due tasks done in {:.1?}; restarts {}",
+        begun.elapsed(),
+        st.restarts
+    );
+    m.stop().await;
+}
+
 // ---- tests in this process --------------------------------------------------------------------
 
 async fn manager(prefix: &str, max_pools: usize) -> LeaseManager {
@@ -1066,6 +1120,7 @@ fn main() {
         the_bigger_instance_takes_its_fair_share,
         a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout,
         redis_three_workers_share_10000_tasks_and_survive_a_sigkill,
+        a_large_due_backlog_on_redis_does_not_stop_fetching,
     ];
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let mut failed = Vec::new();

@@ -746,6 +746,9 @@ where
                     .await
             }
             Store::Redis { conn, .. } => {
+                if let Err(e) = redis::promote_due(conn, &shared.name).await {
+                    tracing::debug!(error = %e, "moving due tasks to the active list failed");
+                }
                 let config = apalis_redis::Config::default()
                     .queue(&shared.name)
                     .batch_size(1)
@@ -1032,8 +1035,18 @@ impl<S: 'static, T> Drop for QueueWorker<S, T> {
 /// Unlocks deferred tasks once their acknowledgement (status `Pending`, still locked by us) has
 /// reached the store: acknowledgements are written in batches after the task's future ends.
 async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
+    let mut rounds: u64 = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        rounds += 1;
+        if rounds % 4 == 0 {
+            if let Store::Redis { conn, .. } = &shared.queue.store {
+                // Keep apalis-redis' due backlog small (see `redis::promote_due`).
+                if let Err(e) = redis::promote_due(conn, &shared.name).await {
+                    tracing::debug!(error = %e, "moving due tasks to the active list failed");
+                }
+            }
+        }
         let ids: Vec<String> = {
             let mut deferred = shared.deferred.lock().unwrap_or_else(|e| e.into_inner());
             // On Redis a deferred task is due again a second or more after its

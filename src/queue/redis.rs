@@ -173,6 +173,51 @@ pub(super) async fn promote(
     Ok(())
 }
 
+/// Due tasks moved per script run by `promote_due`.
+const PROMOTE_DUE_CHUNK: usize = 1000;
+
+/// The same limit bites when more than ~8 000 scheduled tasks come due at once: retries of a
+/// burst of failures, or a large push by a producer that does not go through `Queue`. Every
+/// worker moves due tasks to the active list in chunks a few times a second, so the backlog
+/// apalis' fetch sees stays small.
+const PROMOTE_DUE: &str = r"
+-- KEYS: scheduled set, active list, signal list; ARGV: now (seconds), limit
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], 0, ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for i = 1, #due do
+  redis.call('ZREM', KEYS[1], due[i])
+  redis.call('RPUSH', KEYS[2], due[i])
+end
+if #due > 0 then
+  redis.call('DEL', KEYS[3])
+  redis.call('LPUSH', KEYS[3], 1)
+end
+return #due
+";
+
+pub(super) async fn promote_due(conn: &ConnectionManager, queue: &str) -> Result<(), QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let script = Script::new(PROMOTE_DUE);
+    // Until a run moves less than a whole chunk.
+    loop {
+        let moved: usize = script
+            .key(cfg.scheduled_jobs_set())
+            .key(cfg.active_jobs_list())
+            .key(cfg.signal_list())
+            .arg(now)
+            .arg(PROMOTE_DUE_CHUNK)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        if moved < PROMOTE_DUE_CHUNK {
+            return Ok(());
+        }
+    }
+}
+
 /// apalis-redis acknowledges a deferred task by scheduling it for a retry (attempt counted):
 /// take it back out of the schedule, restore the count and put it first in line.
 const UNLOCK_DEFERRED: &str = r"
