@@ -1071,6 +1071,103 @@ async fn start_stop_churn_loses_and_repeats_nothing(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+async fn a_task_that_does_not_decode_fails_alone(kind: Kind) {
+    // apalis decoded payloads before our service: one bad task failed every fetch, and each
+    // replacement worker met it first again — the whole queue stalled.
+    let (queue, dir) = queue_for(kind, "decode").await;
+    queue.push_all("decode", 0..5_u64).await.unwrap();
+    let bad = queue
+        .push_with_attempts("decode", "not a number".to_string(), 2)
+        .await
+        .unwrap();
+    queue.push_all("decode", 5..10_u64).await.unwrap();
+    let m = manager("q-decode", 2).await;
+    let seen: Seen = Arc::default();
+    let worker = QueueWorker::builder(&m, &queue, "decode")
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(counting_job(&seen, 0))
+        .unwrap();
+    worker.start().unwrap();
+    common::until(
+        "the ten numbers done and the string failed",
+        || async { queue.counts("decode").await.unwrap() },
+        |c| c.done == 10 && c.failed == 1,
+    )
+    .await;
+    let t = queue.task("decode", &bad).await.unwrap().unwrap();
+    assert!(
+        t.last_result
+            .as_deref()
+            .unwrap_or("")
+            .contains("payload is not a u64"),
+        "{t:?}"
+    );
+    let st = worker.stop().await;
+    assert_eq!((st.restarts, st.failed, st.done), (0, 1, 10), "{st:?}");
+    assert_eq!(tally(&seen, 10), (0, 0));
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn start_while_a_stop_is_under_way_is_refused(kind: Kind) {
+    // A start that slipped in while a stop ran got a second supervisor beside the first:
+    // tasks were stranded locked, others ran twice.
+    let (queue, dir) = queue_for(kind, "race").await;
+    const N: u64 = 200;
+    queue.push_all("race", 0..N).await.unwrap();
+    let m = manager("q-race", 2).await;
+    let seen: Seen = Arc::default();
+    let worker = Arc::new(
+        QueueWorker::builder(&m, &queue, "race")
+            .poll_interval(Duration::from_millis(2))
+            .shutdown_timeout(Duration::from_secs(3))
+            .build_blocking(counting_job(&seen, 20))
+            .unwrap(),
+    );
+    let mut refused = 0;
+    for round in 0..40_u64 {
+        worker.start().unwrap();
+        tokio::time::sleep(Duration::from_millis(10 + round % 20)).await;
+        let w = Arc::clone(&worker);
+        let stop = actix_rt::spawn(async move { w.stop().await });
+        tokio::time::sleep(Duration::from_millis(round % 5)).await;
+        match worker.start() {
+            Err(QueueError::Stopping(_)) => refused += 1,
+            // The stop had already finished: this start is a normal one.
+            Ok(()) => {}
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        stop.await.unwrap();
+        worker.stop().await;
+        let c = queue.counts("race").await.unwrap();
+        assert_eq!(
+            c.claimed, 0,
+            "round {round}: claimed after both stops: {c:?}"
+        );
+        if c.done >= N {
+            break;
+        }
+    }
+    assert!(
+        refused > 0,
+        "no start was ever refused: the race was not exercised"
+    );
+    // Whatever is left runs on one more worker.
+    worker.start().unwrap();
+    common::until(
+        "all done",
+        || async { queue.counts("race").await.unwrap() },
+        |c| c.done >= N,
+    )
+    .await;
+    let st = worker.stop().await;
+    assert_eq!(st.restarts, 0, "{st:?}");
+    let (lost, repeated) = tally(&seen, N);
+    assert_eq!((lost, repeated), (0, 0));
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---- the runner -------------------------------------------------------------------------------
 
 type Test = Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
@@ -1114,6 +1211,8 @@ fn main() {
         start_then_stop_at_once_is_prompt_and_leaves_nothing_claimed,
         a_stopped_manager_pauses_claiming_and_loses_nothing,
         start_stop_churn_loses_and_repeats_nothing,
+        a_task_that_does_not_decode_fails_alone,
+        start_while_a_stop_is_under_way_is_refused,
     ];
     once![
         two_worker_processes_do_2000_tasks_exactly_once,

@@ -49,6 +49,7 @@
 //! | `WorkerLost`, `Expired` (a crash, a revoked lease) | the attempt fails and is retried | `retried` |
 //! | no lease came (`Unavailable`, `Timeout`, `NoHealthyPool`, `Stopped`) | put back for anyone, attempt not counted | `put_back` |
 //! | the job cannot run here (`InvalidArgument`, `ProcessJob`) | killed, never retried | `failed` |
+//! | the payload does not decode as `T` | killed, never retried; the others run on | `failed` |
 //! | the worker stopped before the task got a lease, or it outran the shutdown timeout | handed back, attempt not counted | `handed_back` |
 //!
 //! Delivery is **at least once**: a task handed back after its shutdown timeout, or one whose
@@ -101,6 +102,10 @@ pub enum QueueError {
     /// [`QueueWorker::start`] was called while the worker runs.
     #[error("the queue worker `{0}` is already running")]
     AlreadyRunning(String),
+    /// [`QueueWorker::start`] was called while a [`QueueWorker::stop`] is under way; start
+    /// again once it has returned.
+    #[error("the queue worker `{0}` is stopping")]
+    Stopping(String),
     /// [`QueueWorker::start`] was called outside a tokio runtime (actix's `System` is one).
     #[error("QueueWorker::start needs a tokio runtime (actix_rt::System or #[tokio::main])")]
     NoRuntime,
@@ -596,6 +601,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
                 run,
                 deferred: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
+                stop_under_way: AtomicBool::new(false),
                 claim_pause: Mutex::new((None, Duration::ZERO)),
                 give_up: Notify::new(),
                 gave_up: AtomicBool::new(false),
@@ -673,6 +679,8 @@ struct Shared<S: 'static, T> {
     /// Tasks deferred to the queue, still to be unlocked (see `Queue::unlock_deferred`).
     deferred: Mutex<Vec<(String, std::time::Instant)>>,
     stopping: AtomicBool,
+    /// A `stop` is running (from taking the run to handing back): `start` is refused.
+    stop_under_way: AtomicBool,
     /// After a put-back (no lease came: overload, a stopped manager), claiming pauses until
     /// then, the pause doubling from 50 ms up to 2 s while put-backs go on; a lease resets it.
     claim_pause: Mutex<(Option<std::time::Instant>, Duration)>,
@@ -735,7 +743,7 @@ where
                     .batch_size(1)
                     .heartbeat_interval(heartbeat)
                     .missed_heartbeats(3);
-                let backend = SqliteStorage::<T>::new(pool)
+                let backend = SqliteStorage::<serde_json::Value>::new(pool)
                     .with_config(config)
                     .poll_with_interval(shared.poll_interval);
                 WorkerBuilder::new(context)
@@ -754,7 +762,7 @@ where
                     .batch_size(1)
                     .heartbeat_interval(heartbeat)
                     .missed_heartbeats(3);
-                let backend = apalis_redis::RedisStorage::<T>::new(conn.clone())
+                let backend = apalis_redis::RedisStorage::<serde_json::Value>::new(conn.clone())
                     .with_config(config)
                     .poll_with_interval(shared.poll_interval);
                 WorkerBuilder::new(context)
@@ -908,6 +916,9 @@ where
     pub fn start(&self) -> Result<(), QueueError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| QueueError::NoRuntime)?;
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if self.shared.stop_under_way.load(Ordering::SeqCst) {
+            return Err(QueueError::Stopping(self.instance_name()));
+        }
         if running.as_ref().is_some_and(|r| !r.join.is_finished()) {
             return Err(QueueError::AlreadyRunning(self.instance_name()));
         }
@@ -926,14 +937,36 @@ where
     /// back to the queue (attempts not counted), and returns the final counters. Bounded:
     /// returns within about the shutdown timeout plus a few seconds even if the store hangs.
     pub async fn stop(&self) -> QueueStats {
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let running = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = running.take();
+            if taken.is_some() {
+                // Under the same lock as `start`'s check: no start slips in between.
+                self.shared.stop_under_way.store(true, Ordering::SeqCst);
+            }
+            taken
+        };
         let Some(Running { mut join, fixer }) = running else {
             return self.stats();
         };
+        // Cleared however this future ends (also if it is dropped midway).
+        struct UnderWay<'a>(&'a AtomicBool);
+        impl Drop for UnderWay<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _under_way = UnderWay(&self.shared.stop_under_way);
+        // A stop dropped midway aborts the worker, as dropping the `QueueWorker` does (what it
+        // held runs again after the orphan timeout); after a complete stop this does nothing.
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _abort_worker = AbortOnDrop(join.abort_handle());
+        let _abort_fixer = AbortOnDrop(fixer.abort_handle());
         let shared = &self.shared;
         shared.stopping.store(true, Ordering::SeqCst);
         // Tasks waiting for a lease give up at once; running ones get the shutdown timeout.
@@ -1162,10 +1195,13 @@ impl<S: Send + 'static, T: Send + 'static> LeasedService<S, T> {
     }
 }
 
-impl<S, T> tower_service::Service<Task<T>> for LeasedService<S, T>
+/// The worker takes each task as JSON and decodes it itself: a payload that is not a `T` fails
+/// that task alone (killed, with the decoder's message), where apalis' own decoding would fail
+/// the fetch, and every restart would meet the same task first again: the queue stalled.
+impl<S, T> tower_service::Service<Task<serde_json::Value>> for LeasedService<S, T>
 where
     S: Send + 'static,
-    T: Send + 'static,
+    T: DeserializeOwned + Send + 'static,
 {
     type Response = ();
     type Error = BoxDynError;
@@ -1226,23 +1262,31 @@ where
         }
     }
 
-    fn call(&mut self, task: Task<T>) -> Self::Future {
+    fn call(&mut self, task: Task<serde_json::Value>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         shared.counters.claimed.fetch_add(1, Ordering::Relaxed);
         shared.counters.outstanding.fetch_add(1, Ordering::SeqCst);
         let waiting = Count::up(&shared.counters.waiting);
-        let (args, ctx) = task.take();
+        let (payload, ctx) = task.take();
         let id = ctx.task_id().map(ToString::to_string).unwrap_or_default();
         Box::pin(async move {
             // apalis-redis retries up to 25 times whatever the task says: the limit is kept
             // here (the attempt count is current once this future runs).
             let max = ctx.max_attempts();
-            let mut outcome = match max {
-                Some(max) if ctx.attempt() > max => {
+            let mut outcome = match (max, serde_json::from_value::<T>(payload)) {
+                (Some(max), _) if ctx.attempt() > max => {
                     drop(waiting);
                     Finish::Kill(format!("out of attempts ({max})"))
                 }
-                _ => run_task(&shared, &id, args, waiting).await,
+                (_, Err(e)) => {
+                    drop(waiting);
+                    tracing::warn!(queue = %shared.name, task = %id, error = %e, "a task's payload does not decode: it fails for good");
+                    Finish::Kill(format!(
+                        "the payload is not a {}: {e}",
+                        std::any::type_name::<T>()
+                    ))
+                }
+                (_, Ok(args)) => run_task(&shared, &id, args, waiting).await,
             };
             if shared.queue.is_redis() && max.is_some_and(|max| ctx.attempt() >= max) {
                 // The last attempt failed: on Redis it ends here (dead), not in a retry.
