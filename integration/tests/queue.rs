@@ -692,8 +692,76 @@ impl leasepool::process::ProcessJob for CrashOnce {
     }
 }
 
+/// Spins past its lease on the first attempt (a marker file tells), then answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RunawayOnce {
+    marker: PathBuf,
+}
+
+impl leasepool::process::ProcessJob for RunawayOnce {
+    const NAME: &'static str = "queue-test.runaway-once.v1";
+    type Output = ();
+    fn run(self) {
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.marker)
+            .is_ok()
+        {
+            loop {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
 fn process_jobs() -> leasepool::process::Jobs {
-    leasepool::process::Jobs::new().register::<CrashOnce>()
+    leasepool::process::Jobs::new()
+        .register::<CrashOnce>()
+        .register::<RunawayOnce>()
+}
+
+async fn a_task_killed_at_hard_expiry_is_retried(kind: Kind) {
+    // Process backend: a runaway attempt is killed when its lease is revoked (`Expired`); the
+    // queue runs it again.
+    let (queue, dir) = queue_for(kind, "expiry").await;
+    let m = LeaseManager::builder()
+        .backend(leasepool::Backend::Process)
+        .process_jobs(process_jobs())
+        .name_prefix("q-expiry")
+        .max_pools(1)
+        .workers_per_pool(1)
+        .lease_grace(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let worker = QueueWorker::builder(&m, &queue, RunawayOnce::NAME)
+        .poll_interval(Duration::from_millis(5))
+        .lease_for(Duration::from_millis(300))
+        .build_calls::<RunawayOnce>()
+        .unwrap();
+    let id = queue
+        .push(
+            RunawayOnce::NAME,
+            RunawayOnce {
+                marker: dir.join("ran"),
+            },
+        )
+        .await
+        .unwrap();
+    worker.start().unwrap();
+    common::until(
+        "the runaway task done on its second attempt",
+        || async { queue.task(RunawayOnce::NAME, &id).await.unwrap().unwrap() },
+        |t| t.status == "Done",
+    )
+    .await;
+    let t = queue.task(RunawayOnce::NAME, &id).await.unwrap().unwrap();
+    assert_eq!(t.attempts, 2, "{t:?}");
+    let st = worker.stop().await;
+    assert_eq!((st.retried, st.done, st.failed), (1, 1, 0), "{st:?}");
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 async fn process_jobs_from_the_queue_retry_a_crash_in_a_child(kind: Kind) {
@@ -1205,6 +1273,7 @@ fn main() {
         overload_puts_the_task_back_without_counting_an_attempt,
         outcomes_map_to_the_queue,
         process_jobs_from_the_queue_retry_a_crash_in_a_child,
+        a_task_killed_at_hard_expiry_is_retried,
         stop_lets_running_tasks_finish_and_hands_back_the_rest,
         an_idle_worker_takes_tasks_pushed_later,
         bad_settings_are_refused_by_name,
