@@ -2,87 +2,36 @@
 //! engine event names its manager under a `leasepool…` target, rejections are logged at DEBUG,
 //! and a failing size provider is logged once per streak of failures, not on every evaluation.
 
+#[path = "common/capture.rs"]
+mod capture;
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use capture::{captured, Captured};
 use common::stats_until;
 use leasepool::LeaseManager;
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-
-#[derive(Debug, Clone)]
-struct Captured {
-    level: Level,
-    target: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Captured {
-    fn message(&self) -> &str {
-        self.fields.get("message").map(String::as_str).unwrap_or("")
-    }
-}
-
-#[derive(Default)]
-struct FieldsOf(BTreeMap<String, String>);
-
-impl Visit for FieldsOf {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-struct Capture(Arc<Mutex<Vec<Captured>>>);
+use tracing::Level;
 
 /// A manager the subscriber itself calls back into, from inside its own events (see
 /// `a_subscriber_that_calls_back_into_the_manager_does_not_deadlock_it`).
 static REENTRANT: OnceLock<LeaseManager> = OnceLock::new();
 
-impl<S: Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let mut fields = FieldsOf::default();
-        event.record(&mut fields);
-        if fields.0.get("manager").map(String::as_str) == Some("log-reentrant") {
-            if let Some(manager) = REENTRANT.get() {
-                // User code in a subscriber may call the library: it must not find it locked.
-                let _ = futures_executor::block_on(manager.stats());
-            }
+/// User code in a subscriber may call the library: it must not find it locked.
+fn call_back_into_the_manager(event: &Captured) {
+    if event.fields.get("manager").map(String::as_str) == Some("log-reentrant") {
+        if let Some(manager) = REENTRANT.get() {
+            let _ = futures_executor::block_on(manager.stats());
         }
-        self.0.lock().unwrap().push(Captured {
-            level: *event.metadata().level(),
-            target: event.metadata().target().to_owned(),
-            fields: fields.0,
-        });
     }
 }
 
-/// One global subscriber for this test binary (the host threads log on their own threads).
-fn events() -> &'static Arc<Mutex<Vec<Captured>>> {
-    static EVENTS: OnceLock<Arc<Mutex<Vec<Captured>>>> = OnceLock::new();
-    EVENTS.get_or_init(|| {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let subscriber = tracing_subscriber::registry().with(Capture(Arc::clone(&events)));
-        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
-        events
-    })
-}
-
-fn matching(pred: impl Fn(&Captured) -> bool) -> Vec<Captured> {
-    events()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| pred(e))
-        .cloned()
-        .collect()
+/// The capture, with the call-back hook.
+fn events() {
+    capture::set_hook(call_back_into_the_manager);
+    capture::events();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +57,7 @@ async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
     lease.run(|| ()).await.unwrap();
     stats_until(&manager, "revocation", |s| s.counters.revoked == 1).await;
 
-    let granted = matching(|e| {
+    let granted = captured(|e| {
         e.message() == "lease granted" && e.fields.get("lease_id") == Some(&id) && mine(e)
     });
     assert_eq!(granted.len(), 1, "{granted:?}");
@@ -123,10 +72,10 @@ async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
         .is_some_and(|p| p.starts_with("pool-")));
 
     let job =
-        matching(|e| e.message() == "job sent" && e.fields.get("lease_id") == Some(&id) && mine(e));
+        captured(|e| e.message() == "job sent" && e.fields.get("lease_id") == Some(&id) && mine(e));
     assert_eq!(job.len(), 1, "one debug event per job");
 
-    let revoked = matching(|e| {
+    let revoked = captured(|e| {
         e.message().contains("hard expiry") && e.fields.get("lease_id") == Some(&id) && mine(e)
     });
     assert_eq!(revoked.len(), 1);
@@ -160,7 +109,7 @@ async fn a_failing_size_provider_is_logged_once_per_streak() {
         .build()
         .unwrap();
     let warnings =
-        || matching(|e| e.level == Level::WARN && e.message().contains("size_provider")).len();
+        || captured(|e| e.level == Level::WARN && e.message().contains("size_provider")).len();
     let before = warnings();
     manager.start().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await; // ~10 failing evaluations
@@ -186,7 +135,7 @@ async fn a_factory_error_and_a_factory_panic_are_logged_as_what_they_are() {
         .build()
         .unwrap();
     assert!(erring.start().await.is_err());
-    let err_events = matching(by_text("no such file: log-ferr.db"));
+    let err_events = captured(by_text("no such file: log-ferr.db"));
     assert!(
         err_events
             .iter()
@@ -204,7 +153,7 @@ async fn a_factory_error_and_a_factory_panic_are_logged_as_what_they_are() {
         .build()
         .unwrap();
     assert!(panicking.start().await.is_err());
-    let panic_events = matching(by_text("boom: log-fpanic"));
+    let panic_events = captured(by_text("boom: log-fpanic"));
     assert!(
         panic_events
             .iter()
@@ -217,7 +166,7 @@ async fn a_factory_error_and_a_factory_panic_are_logged_as_what_they_are() {
 async fn stopping_a_manager_with_held_leases_logs_no_lease_actor_death() {
     let _deadline = common::deadline();
     events();
-    let deaths = || matching(|e| e.message().contains("lease actor died")).len();
+    let deaths = || captured(|e| e.message().contains("lease actor died")).len();
     let before = deaths();
     let manager = LeaseManager::builder()
         .max_pools(3)
@@ -260,7 +209,7 @@ async fn two_managers_in_one_process_are_told_apart_in_every_event() {
         m.stop().await;
     }
     for name in ["log-two-a", "log-two-b"] {
-        let mine = matching(|e| e.fields.get("manager").map(String::as_str) == Some(name));
+        let mine = captured(|e| e.fields.get("manager").map(String::as_str) == Some(name));
         for what in [
             "pool starting",
             "lease granted",
@@ -275,7 +224,7 @@ async fn two_managers_in_one_process_are_told_apart_in_every_event() {
     }
     // Every event the engine logged in this test binary names its manager, under a target
     // that `RUST_LOG=leasepool=debug` selects (targets are matched by prefix).
-    let engine = matching(|e| e.target.starts_with("leasepool"));
+    let engine = captured(|e| e.target.starts_with("leasepool"));
     assert!(!engine.is_empty());
     let anonymous: Vec<_> = engine
         .iter()
@@ -286,7 +235,7 @@ async fn two_managers_in_one_process_are_told_apart_in_every_event() {
         "events without a manager field: {anonymous:#?}"
     );
     assert!(
-        matching(|e| e.fields.contains_key("manager"))
+        captured(|e| e.fields.contains_key("manager"))
             .iter()
             .all(|e| e.target.starts_with("leasepool")),
         "every engine event is under a leasepool target"
@@ -325,7 +274,7 @@ async fn rejections_are_logged_at_debug_with_owner_and_reason() {
         .timeout(Duration::from_secs(5))
         .await
         .is_err());
-    let mine = matching(|e| {
+    let mine = captured(|e| {
         e.level == Level::DEBUG
             && e.fields.get("manager").map(String::as_str) == Some(name)
             && e.message().starts_with("acquire refused")
@@ -373,6 +322,6 @@ async fn a_subscriber_that_calls_back_into_the_manager_does_not_deadlock_it() {
     tokio::time::timeout(Duration::from_secs(20), run)
         .await
         .expect("the manager deadlocked on its own log events");
-    let seen = matching(|e| e.fields.get("manager").map(String::as_str) == Some("log-reentrant"));
+    let seen = captured(|e| e.fields.get("manager").map(String::as_str) == Some("log-reentrant"));
     assert!(seen.iter().any(|e| e.message().contains("lease granted")));
 }

@@ -4,23 +4,24 @@
 //! the other, under a `common::deadline_of` watchdog; `cargo test --test process <filter>`
 //! runs the tests whose name contains `<filter>`.
 
+#[path = "common/capture.rs"]
+mod capture;
 mod common;
+#[path = "common/process.rs"]
+mod proc_common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use capture::{captured, events, Captured};
 use leasepool::process::{self, Jobs, ProcessJob};
 use leasepool::{
     Backend, BuildError, LeaseError, LeaseManager, ManagerBuilder, StopMode, WorkGrinder,
 };
+use proc_common::{alive, children_of, eventually, scratch, Bytes, Pid};
 use serde::{Deserialize, Serialize};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 // ---- jobs ------------------------------------------------------------------------------------
 
@@ -32,16 +33,6 @@ impl ProcessJob for Shout {
     type Output = (String, u32);
     fn run(self) -> (String, u32) {
         (self.0.to_uppercase(), std::process::id())
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Pid;
-impl ProcessJob for Pid {
-    const NAME: &'static str = "pid.v1";
-    type Output = u32;
-    fn run(self) -> u32 {
-        std::process::id()
     }
 }
 
@@ -201,17 +192,6 @@ impl ProcessJob for Corrupt {
     }
 }
 
-/// Answers the length of its payload.
-#[derive(Serialize, Deserialize)]
-struct Bytes(Vec<u8>);
-impl ProcessJob for Bytes {
-    const NAME: &'static str = "bytes.v1";
-    type Output = usize;
-    fn run(self) -> usize {
-        self.0.len()
-    }
-}
-
 /// Not registered in [`jobs`]: the children do not know it.
 #[derive(Serialize, Deserialize)]
 struct Unregistered;
@@ -271,133 +251,21 @@ fn jobs() -> Jobs {
         .register::<Bytes>()
 }
 
-// ---- helpers ---------------------------------------------------------------------------------
-
 fn builder(prefix: &str, pools: usize, workers: usize) -> ManagerBuilder<()> {
-    LeaseManager::builder()
-        .backend(Backend::Process)
-        .process_jobs(jobs())
-        .name_prefix(prefix)
-        .max_pools(pools)
-        .min_pools(pools)
-        .workers_per_pool(workers)
+    proc_common::process_builder(jobs(), prefix, pools, workers)
         .shutdown_timeout(Duration::from_secs(5))
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lp-process-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch dir");
-    dir
-}
-
-/// Whether `pid` is a live process (a zombie counts as dead).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-/// Live processes whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let mut rest = stat
-            .rsplit_once(')')
-            .map_or("", |(_, r)| r)
-            .split_whitespace();
-        let state = rest.next().unwrap_or("");
-        let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) && state != "Z" {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Polls `cond` every 5 ms for up to `limit`; whether it came true.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+// ---- helpers ---------------------------------------------------------------------------------
 
 /// Children the test's own managers left running: must be none once they stopped.
 fn assert_no_children(context: &str) {
     let me = std::process::id();
     assert!(
-        eventually(Duration::from_secs(5), || children_of(me).is_empty()),
+        eventually(Duration::from_secs(5), || children_of(me).0.is_empty()),
         "{context}: children still running: {:?}",
-        children_of(me)
+        children_of(me).0
     );
-}
-
-// ---- the log capture -------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Captured {
-    target: String,
-    fields: BTreeMap<String, String>,
-}
-
-#[derive(Default)]
-struct FieldsOf(BTreeMap<String, String>);
-impl Visit for FieldsOf {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-struct Capture(Arc<Mutex<Vec<Captured>>>);
-impl<S: Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let mut fields = FieldsOf::default();
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(Captured {
-            target: event.metadata().target().to_owned(),
-            fields: fields.0,
-        });
-    }
-}
-
-fn events() -> &'static Arc<Mutex<Vec<Captured>>> {
-    static EVENTS: OnceLock<Arc<Mutex<Vec<Captured>>>> = OnceLock::new();
-    EVENTS.get_or_init(|| {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let subscriber = tracing_subscriber::registry().with(Capture(Arc::clone(&events)));
-        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
-        events
-    })
-}
-
-fn captured(pred: impl Fn(&Captured) -> bool) -> Vec<Captured> {
-    events()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| pred(e))
-        .cloned()
-        .collect()
 }
 
 // ---- tests -----------------------------------------------------------------------------------
@@ -1005,21 +873,13 @@ async fn build_refuses_bad_process_settings() {
 
 // ---- the runner ------------------------------------------------------------------------------
 
-type Test = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-
-macro_rules! tests {
-    ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), (|| Box::pin($name()) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) as Test)),*]
-    };
-}
-
 fn main() {
     process::init(jobs());
     if std::env::var_os(PARENT_ROLE).is_some() {
         parent_role();
     }
     let _ = events();
-    let all = tests![
+    let all = common::named_tests![
         round_trip,
         parallel_work_runs_in_parallel,
         a_panic_answers_panicked_and_the_child_survives,
@@ -1040,45 +900,19 @@ fn main() {
         a_child_never_starts_children_of_its_own,
         build_refuses_bad_process_settings,
     ];
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in all {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        ran += 1;
-        let logged_before = events().lock().unwrap().len();
-        let begun = Instant::now();
-        let outcome = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let _deadline = common::deadline_of(Duration::from_secs(120));
-                common::block_on_tokio(test());
-            })
-            .unwrap()
-            .join();
-        let took = begun.elapsed();
-        match outcome {
-            Ok(()) => println!("test {name} ... ok ({took:.1?})"),
-            Err(_) => {
-                println!("test {name} ... FAILED ({took:.1?}); what it logged:");
-                for e in events().lock().unwrap().iter().skip(logged_before) {
-                    println!("    {} {:?}", e.target, e.fields);
-                }
-                failed.push(name);
+    let logged_before = std::cell::Cell::new(0);
+    let ran = common::run_named(
+        all,
+        Duration::from_secs(120),
+        common::block_on_tokio,
+        |_| logged_before.set(events().lock().unwrap().len()),
+        |_| {
+            println!("    what it logged:");
+            for e in events().lock().unwrap().iter().skip(logged_before.get()) {
+                println!("    {} {:?}", e.target, e.fields);
             }
-        }
-    }
-    assert_no_children("after every test");
-    println!(
-        "\ntest result: {}. {} passed; {} failed",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        ran - failed.len(),
-        failed.len()
+        },
     );
-    if !failed.is_empty() {
-        println!("failures: {failed:?}");
-        std::process::exit(101);
-    }
+    assert_no_children("after every test");
+    ran.finish();
 }

@@ -11,6 +11,8 @@
 //!
 //! `cargo test --features process,testing --test process_attacks [name-filter]`
 mod common;
+#[path = "common/process.rs"]
+mod proc_common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -21,23 +23,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use leasepool::process::{self, Jobs, ProcessJob};
-use leasepool::{Backend, BuildError, LeaseError, LeaseManager, ManagerBuilder};
+use leasepool::{BuildError, LeaseError, LeaseManager, ManagerBuilder};
+use proc_common::{alive, children_of, eventually, scratch, Bytes, Pid};
 use serde::{Deserialize, Serialize};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 // ---- jobs ------------------------------------------------------------------------------------
-
-#[derive(Serialize, Deserialize)]
-struct Pid;
-impl ProcessJob for Pid {
-    const NAME: &'static str = "pid.v1";
-    type Output = u32;
-    fn run(self) -> u32 {
-        std::process::id()
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 struct SleepMs(u64);
@@ -96,16 +89,6 @@ impl ProcessJob for Grandchild {
             std::process::abort();
         }
         (std::process::id(), gp)
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Bytes(Vec<u8>);
-impl ProcessJob for Bytes {
-    const NAME: &'static str = "bytes.v1";
-    type Output = usize;
-    fn run(self) -> usize {
-        self.0.len()
     }
 }
 
@@ -397,6 +380,16 @@ fn jobs() -> Jobs {
         })
 }
 
+fn builder(prefix: &str, pools: usize, workers: usize) -> ManagerBuilder<()> {
+    proc_common::process_builder(jobs(), prefix, pools, workers)
+        .shutdown_timeout(Duration::from_secs(2))
+}
+
+/// `(live, zombie)` children of this process.
+fn kids() -> (Vec<u32>, Vec<u32>) {
+    children_of(std::process::id())
+}
+
 // ---- helpers ---------------------------------------------------------------------------------
 
 static FAILS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -416,24 +409,6 @@ macro_rules! check {
     }};
 }
 
-fn builder(prefix: &str, pools: usize, workers: usize) -> ManagerBuilder<()> {
-    LeaseManager::builder()
-        .backend(Backend::Process)
-        .process_jobs(jobs())
-        .name_prefix(prefix)
-        .max_pools(pools)
-        .min_pools(pools)
-        .workers_per_pool(workers)
-        .shutdown_timeout(Duration::from_secs(2))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lp-adv-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn script(name: &str, body: &str) -> PathBuf {
     let dir = scratch(name);
     let path = dir.join("worker.sh");
@@ -444,45 +419,6 @@ fn script(name: &str, body: &str) -> PathBuf {
 
 fn exe() -> String {
     std::env::current_exe().unwrap().display().to_string()
-}
-
-fn stat(pid: u32) -> Option<(String, u32, u32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut rest = s.rsplit_once(')')?.1.split_whitespace();
-    let state = rest.next()?.to_owned();
-    let ppid = rest.next()?.parse().ok()?;
-    let pgrp = rest.next()?.parse().ok()?;
-    Some((state, ppid, pgrp))
-}
-
-fn alive(pid: u32) -> bool {
-    stat(pid).is_some_and(|(s, _, _)| s != "Z" && s != "X")
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-        .collect()
-}
-
-/// (live children, zombie children) of this process.
-fn kids() -> (Vec<u32>, Vec<u32>) {
-    let me = std::process::id();
-    let (mut live, mut zombie) = (Vec::new(), Vec::new());
-    for pid in all_pids() {
-        if let Some((s, ppid, _)) = stat(pid) {
-            if ppid == me {
-                if s == "Z" {
-                    zombie.push(pid)
-                } else {
-                    live.push(pid)
-                }
-            }
-        }
-    }
-    (live, zombie)
 }
 
 fn fd_count() -> usize {
@@ -505,19 +441,6 @@ fn threads_with(prefix: &str) -> Vec<String> {
         .into_iter()
         .filter(|n| n.starts_with(p))
         .collect()
-}
-
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn vm_hwm_kb() -> u64 {
@@ -1464,13 +1387,6 @@ async fn wrapper_script_without_exec() {
 
 // ---- runner ----------------------------------------------------------------------------------
 
-type Test = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-macro_rules! tests {
-    ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), (|| Box::pin($name()) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) as Test)),*]
-    };
-}
-
 /// A process outside the child's group keeps writing into its stderr: recycling and stop must
 /// still end the worker's log thread.
 async fn a_writer_outside_the_group_cannot_wedge_the_worker() {
@@ -1721,7 +1637,7 @@ fn main() {
     process::init(jobs());
     let sub = tracing_subscriber::registry().with(Print);
     tracing::subscriber::set_global_default(sub).unwrap();
-    let all = tests![
+    let all = common::named_tests![
         batched_outputs_are_capped_per_item_not_per_frame,
         batched_frames_leave_room_for_a_long_name,
         batched_inputs_that_do_not_encode_fail_alone,
@@ -1757,33 +1673,13 @@ fn main() {
         recycling_leaks_grandchildren_and_log_threads,
         grinder_with_crashes,
     ];
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    for (name, test) in all {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        println!("== {name}");
-        let t = Instant::now();
-        let r = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let _d = common::deadline_of(Duration::from_secs(150));
-                common::block_on_tokio(test());
-            })
-            .unwrap()
-            .join();
-        println!(
-            "== {name}: {} in {:?}",
-            if r.is_ok() { "ran" } else { "PANICKED" },
-            t.elapsed()
-        );
-        if r.is_err() {
-            FAILS.lock().unwrap().push(format!("{name}: panicked"));
-        }
-    }
+    common::run_named(
+        all,
+        Duration::from_secs(150),
+        common::block_on_tokio,
+        |name| println!("== {name}"),
+        |name| FAILS.lock().unwrap().push(format!("{name}: panicked")),
+    );
     let fails = FAILS.lock().unwrap();
     println!(
         "\n{} checks, {} failed",

@@ -218,20 +218,38 @@ impl<F, R> Drop for TypedJob<F, R> {
 }
 
 /// Drops `value`, swallowing a panic from its destructor (and from the destructor of that
-/// panic's payload, which is leaked rather than dropped a third time).
+/// panic's payload, which is leaked rather than dropped a third time); logs a contained panic
+/// with the manager's name.
 pub(crate) fn drop_quietly<T>(value: T, manager: &str) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        tracing::error!(manager,
-            panic = %panic_message(payload.as_ref()),
+    if let Some(panic) = drop_contained(value) {
+        tracing::error!(
+            manager,
+            panic = %panic,
             "a destructor panicked on a worker thread; the panic was contained"
         );
-        if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-            std::mem::forget(again);
-        }
     }
 }
 
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// Drops a user value where a panic must not escape (a worker thread, the host thread, a worker
+/// child): a panic from its destructor is caught and its message returned; that panic's own
+/// payload is then dropped the same way, and leaked if its destructor panics too. The one place
+/// the engine and the process backend drop what a user handed them.
+pub fn drop_contained<T>(value: T) -> Option<String> {
+    let payload = catch_unwind(AssertUnwindSafe(move || drop(value))).err()?;
+    let message = panic_message(payload.as_ref());
+    drop_payload(payload);
+    Some(message)
+}
+
+/// Drops a caught panic's payload, leaking it if its destructor panics as well.
+pub fn drop_payload(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+    }
+}
+
+/// The text of a caught panic: its `&str` or `String` payload, or a placeholder.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

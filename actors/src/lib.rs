@@ -50,7 +50,7 @@ pub use error::{BuildError, LeaseError, MAX_TOTAL_WORKERS};
 pub use grinder::{Batch, BatchHold, Grinder, GrinderConfig, GrinderStats, RawLaunch, StopMode};
 pub use handle::LeaseCore;
 pub use host::Engine;
-pub use job::{IfAbandoned, JobHandle, JobReply};
+pub use job::{drop_contained, drop_payload, panic_message, IfAbandoned, JobHandle, JobReply};
 pub use lease_state::LeaseFacts;
 pub use manager::InjectFault;
 pub use stats::{Backend, Counters, LeaseId, LeaseInfo, PoolId, Stats};

@@ -305,9 +305,7 @@ fn run_encoded<J: ProcessJob>(seq: u64, input: &[u8], buf: Vec<u8>, max: usize) 
         Err(payload) => {
             let message = panic_text(payload.as_ref());
             // A payload whose destructor panics is leaked, not dropped twice.
-            if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-                std::mem::forget(again);
-            }
+            leasepool_actors::drop_payload(payload);
             RunOutcome::Panicked(message)
         }
     }
@@ -426,15 +424,7 @@ fn failed_outcome<J: ProcessJob>(text: String) -> Vec<u8> {
     postcard::to_allocvec(&outcome).unwrap_or_default()
 }
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
+use leasepool_actors::panic_message as panic_text;
 
 /// **The first line of `main`** of a program whose process-backend managers use it as their
 /// worker program (the default: the running executable). In the parent — any process not
@@ -668,11 +658,7 @@ const FRAME_ROOM: usize = 256;
 
 /// Drops a user value, containing a panic of its destructor (this may run on the host thread).
 pub(crate) fn drop_quietly<T>(value: T) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-            std::mem::forget(again);
-        }
-    }
+    let _ = leasepool_actors::drop_contained(value);
 }
 
 /// A grinder batch's items of job type `J`, gathered while the batch launches.

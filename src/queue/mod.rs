@@ -354,7 +354,9 @@ impl Queue {
         Ok(n)
     }
 
-    /// How many tasks of the queue named `queue` are in each state.
+    /// How many tasks of the queue named `queue` are in each state: one snapshot of the store
+    /// (one SQL statement, or one Lua script on Redis), so every task is counted exactly once
+    /// even while workers move tasks between states.
     pub async fn counts(&self, queue: &str) -> Result<QueueCounts, QueueError> {
         check_queue_name(queue)?;
         match &self.store {
@@ -388,7 +390,9 @@ impl Queue {
     }
 
     /// After `worker` stopped for good: every task it still holds (claimed, running, or
-    /// deferred) goes back to the queue without counting an attempt.
+    /// deferred) goes back to the queue without counting an attempt. `deferred` lists the
+    /// deferrals not yet given back; SQLite finds them by their row (still locked by `worker`),
+    /// Redis needs their ids (a deferred task left the worker's in-flight set).
     async fn release_worker(
         &self,
         queue: &str,
@@ -396,7 +400,7 @@ impl Queue {
         deferred: &[String],
     ) -> Result<u64, QueueError> {
         match &self.store {
-            Store::Sqlite { pool, .. } => sqlite::release_worker(pool, worker, deferred).await,
+            Store::Sqlite { pool, .. } => sqlite::release_worker(pool, worker).await,
             Store::Redis { conn, .. } => redis::release_worker(conn, queue, worker, deferred).await,
         }
     }

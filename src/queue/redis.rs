@@ -32,38 +32,35 @@ fn inflight_set(queue: &str, worker: &str) -> String {
     config(queue).inflight_set_for(&WorkerContext::new(worker))
 }
 
+/// Every count in one script, so that a task moving between two of apalis' keys (its own
+/// moves are scripts too) is counted once: read key by key, a task acknowledged for a retry
+/// between reading the schedule and the in-flight sets was in neither.
+const COUNTS: &str = r"
+-- KEYS: active list, scheduled set, done set, dead set, workers set; ARGV: in-flight set prefix
+local claimed = 0
+for _, w in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+  claimed = claimed + redis.call('SCARD', ARGV[1] .. ':' .. w)
+end
+return {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('SCARD', KEYS[3]),
+  redis.call('SCARD', KEYS[4]), claimed}
+";
+
 pub(super) async fn counts(
     conn: &ConnectionManager,
     queue: &str,
 ) -> Result<QueueCounts, QueueError> {
     let cfg = config(queue);
     let mut conn = conn.clone();
-    let (active, scheduled, done, dead, workers): (u64, u64, u64, u64, Vec<String>) =
-        ::redis::pipe()
-            .cmd("LLEN")
-            .arg(cfg.active_jobs_list())
-            .cmd("ZCARD")
-            .arg(cfg.scheduled_jobs_set())
-            .cmd("SCARD")
-            .arg(cfg.done_jobs_set())
-            .cmd("SCARD")
-            .arg(cfg.dead_jobs_set())
-            .cmd("ZRANGE")
-            .arg(cfg.workers_set())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-    let mut claimed = 0;
-    for w in workers {
-        let n: u64 = ::redis::cmd("SCARD")
-            .arg(inflight_set(queue, &w))
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        claimed += n;
-    }
+    let (active, scheduled, done, dead, claimed): (u64, u64, u64, u64, u64) = Script::new(COUNTS)
+        .key(cfg.active_jobs_list())
+        .key(cfg.scheduled_jobs_set())
+        .key(cfg.done_jobs_set())
+        .key(cfg.dead_jobs_set())
+        .key(cfg.workers_set())
+        .arg(cfg.inflight_jobs_set())
+        .invoke_async(&mut conn)
+        .await
+        .map_err(store_error)?;
     Ok(QueueCounts {
         pending: active + scheduled,
         claimed,
@@ -72,6 +69,28 @@ pub(super) async fn counts(
     })
 }
 
+/// A task's meta data, the worker holding it and whether it is scheduled, read in one script
+/// (for the same reason as [`COUNTS`]).
+const TASK: &str = r"
+-- KEYS: the task's meta hash, workers set, scheduled set; ARGV: in-flight set prefix, task id
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then
+  return false
+end
+local holder = {}
+for _, w in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if redis.call('SISMEMBER', ARGV[1] .. ':' .. w, ARGV[2]) == 1 then
+    holder = {w}
+    break
+  end
+end
+local scheduled = 0
+if redis.call('ZSCORE', KEYS[3], ARGV[2]) then
+  scheduled = 1
+end
+return {meta, holder, scheduled}
+";
+
 pub(super) async fn task(
     conn: &ConnectionManager,
     queue: &str,
@@ -79,45 +98,26 @@ pub(super) async fn task(
 ) -> Result<Option<TaskInfo>, QueueError> {
     let cfg = config(queue);
     let mut conn = conn.clone();
-    let meta: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
-        .arg(format!("{}:{id}", cfg.job_meta_hash()))
-        .query_async(&mut conn)
-        .await
-        .map_err(store_error)?;
-    if meta.is_empty() {
-        return Ok(None);
-    }
-    let workers: Vec<String> = ::redis::cmd("ZRANGE")
-        .arg(cfg.workers_set())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .map_err(store_error)?;
-    let mut locked_by = None;
-    for w in workers {
-        let member: bool = ::redis::cmd("SISMEMBER")
-            .arg(inflight_set(queue, &w))
-            .arg(id)
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        if member {
-            locked_by = Some(w);
-            break;
-        }
-    }
-    let number = |k: &str| meta.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let scheduled: Option<f64> = ::redis::cmd("ZSCORE")
-        .arg(cfg.scheduled_jobs_set())
+    type Read = (std::collections::HashMap<String, String>, Vec<String>, u8);
+    let read: Option<Read> = Script::new(TASK)
+        .key(format!("{}:{id}", cfg.job_meta_hash()))
+        .key(cfg.workers_set())
+        .key(cfg.scheduled_jobs_set())
+        .arg(cfg.inflight_jobs_set())
         .arg(id)
-        .query_async(&mut conn)
+        .invoke_async(&mut conn)
         .await
         .map_err(store_error)?;
+    let Some((meta, holder, scheduled)) = read else {
+        return Ok(None);
+    };
+    let locked_by = holder.into_iter().next();
+    let scheduled = scheduled == 1;
+    let number = |k: &str| meta.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut status = meta.get("status").cloned().unwrap_or_default();
     if locked_by.is_some() && status == "Pending" {
         status = "Running".into();
-    } else if scheduled.is_some() {
+    } else if scheduled {
         // Waiting for its retry time (or for its worker to give a deferral back).
         status = "Scheduled".into();
     }

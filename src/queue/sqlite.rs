@@ -69,11 +69,7 @@ pub(super) async fn unlock_deferred(
 
 /// After `worker` stopped for good: every task it still holds (claimed, running, or
 /// deferred) goes back to the queue without counting an attempt.
-pub(super) async fn release_worker(
-    pool: &SqlitePool,
-    worker: &str,
-    _deferred: &[String],
-) -> Result<u64, QueueError> {
+pub(super) async fn release_worker(pool: &SqlitePool, worker: &str) -> Result<u64, QueueError> {
     // One statement, so that an acknowledgement landing late cannot slip between two: a row
     // still claimed or running goes back as it is; a row whose deferral was acknowledged
     // (`Pending`, still ours) also gets its attempt back. An acknowledgement that lands after

@@ -222,3 +222,96 @@ impl Gate {
         cv.notify_all();
     }
 }
+
+/// A test future of a binary with its own `main` (`harness = false`).
+pub type LocalTest = std::pin::Pin<Box<dyn Future<Output = ()>>>;
+
+/// A named test of such a binary: its name and how to make its future.
+pub type NamedTest = (String, Box<dyn FnOnce() -> LocalTest + Send>);
+
+/// What [`run_named`] ran.
+pub struct Ran {
+    pub ran: usize,
+    pub failed: Vec<String>,
+}
+
+impl Ran {
+    /// Prints libtest's summary line and exits with 101 if a test failed.
+    pub fn finish(self) {
+        println!(
+            "\ntest result: {}. {} passed; {} failed",
+            if self.failed.is_empty() {
+                "ok"
+            } else {
+                "FAILED"
+            },
+            self.ran - self.failed.len(),
+            self.failed.len()
+        );
+        if !self.failed.is_empty() {
+            println!("failures: {:?}", self.failed);
+            std::process::exit(101);
+        }
+    }
+}
+
+/// The runner of the test binaries that are also worker programs (`process::init` first in
+/// their `main`, so no libtest): runs each test whose name contains one of the command line's
+/// filters (all when none is given) on a thread named after it, under a [`Deadline`] of `limit`,
+/// its future driven by `drive`. `on_start` runs before each test, `on_failure` after each that
+/// failed (to print what it logged, say); a line per test tells how it went.
+pub fn run_named(
+    tests: Vec<NamedTest>,
+    limit: Duration,
+    drive: fn(LocalTest),
+    mut on_start: impl FnMut(&str),
+    mut on_failure: impl FnMut(&str),
+) -> Ran {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut ran = Ran {
+        ran: 0,
+        failed: Vec::new(),
+    };
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        ran.ran += 1;
+        on_start(&name);
+        let begun = Instant::now();
+        let outcome = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let _deadline = deadline_of(limit);
+                drive(test());
+            })
+            .expect("spawn a test thread")
+            .join();
+        let took = begun.elapsed();
+        if outcome.is_ok() {
+            println!("test {name} ... ok ({took:.1?})");
+        } else {
+            println!("test {name} ... FAILED ({took:.1?})");
+            on_failure(&name);
+            ran.failed.push(name);
+        }
+    }
+    ran
+}
+
+/// `named_tests![a, b]`: the async fns `a` and `b` (no arguments) as [`NamedTest`]s.
+#[allow(unused_macros)]
+macro_rules! named_tests {
+    ($($name:ident),* $(,)?) => {
+        vec![$((
+            stringify!($name).to_owned(),
+            Box::new(|| Box::pin($name()) as crate::common::LocalTest)
+                as Box<dyn FnOnce() -> crate::common::LocalTest + Send>,
+        )),*]
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use named_tests;
