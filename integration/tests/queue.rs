@@ -668,6 +668,113 @@ async fn outcomes_map_to_the_queue(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A put-back whose worker has not given its attempt back yet (it lost the race, or died) and
+/// that another worker runs first still costs no attempt: a task allowed one attempt runs and is
+/// done. On Redis the deferred task is due again within a second and anyone may take it (the
+/// attempt is owed in the task); on SQLite the row stays locked until its worker gives it back.
+/// (Before the fix, Redis killed the task unrun: "out of attempts (1)".)
+async fn a_deferral_taken_first_by_another_worker_costs_no_attempt(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "owed").await;
+    // Worker A: its only pool is held here, so its prefetched task is put back after 100 ms,
+    // and it gives deferrals back only after 3 s.
+    let busy = manager("q-owed-a", 1).await;
+    let held = busy.acquire().await.unwrap();
+    let a = QueueWorker::builder(&busy, &queue, "owed")
+        .prefetch(1)
+        .lease_wait(Duration::from_millis(100))
+        .poll_interval(Duration::from_millis(5))
+        .hold_deferrals(Duration::from_secs(3))
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    let id = queue.push_with_attempts("owed", 7_u64, 1).await.unwrap();
+    a.start().unwrap();
+    eventually("A put the task back", || async { a.stats().put_back >= 1 }).await;
+    let free = manager("q-owed-b", 1).await;
+    let b = QueueWorker::builder(&free, &queue, "owed")
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    b.start().unwrap();
+    common::until(
+        "the task settled",
+        || async { queue.counts("owed").await.unwrap() },
+        |c| c.pending == 0 && c.claimed == 0,
+    )
+    .await;
+    let t = queue.task("owed", &id).await.unwrap().unwrap();
+    assert_eq!(
+        t.status,
+        "Done",
+        "{t:?}; A {:?}, B {:?}",
+        a.stats(),
+        b.stats()
+    );
+    assert_eq!(t.attempts, 1, "one run, the put-backs not counted: {t:?}");
+    assert_eq!((a.stats().failed, b.stats().failed), (0, 0));
+    // A's late give-back finds the task done and changes nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = queue.task("owed", &id).await.unwrap().unwrap();
+    assert_eq!(
+        (later.status.as_str(), later.attempts),
+        ("Done", 1),
+        "{later:?}"
+    );
+    assert_eq!(queue.counts("owed").await.unwrap().done, 1);
+    drop(held);
+    a.stop().await;
+    b.stop().await;
+    busy.stop().await;
+    free.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SQLite: a worker that dies after apalis wrote its deferral (`Pending`, still locked by it)
+/// but before it unlocked the row does not strand the task: apalis' fetch takes only unlocked
+/// rows and its orphan re-run only claimed or running ones, so the other workers give such rows
+/// back once the dead worker's heartbeat is older than the orphan timeout. (Before the fix the
+/// task was never run and counted as pending forever.)
+async fn a_dead_workers_deferred_task_runs_again() {
+    let dir = temp_dir("dead-deferral");
+    let db = dir.join("q.db");
+    let queue = open(db.to_str().unwrap()).await;
+    let id = queue.push("ghost", 5_u64).await.unwrap();
+    {
+        // What a worker that died in that window leaves behind.
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.execute(
+            "INSERT INTO Workers (id, worker_type, storage_name, layers, last_seen) \
+             VALUES ('ghost-worker', 'ghost', 'SqliteStorage', '', strftime('%s', 'now') - 3600)",
+            [],
+        )
+        .unwrap();
+        let changed = c
+            .execute(
+                "UPDATE Jobs SET status = 'Pending', lock_by = 'ghost-worker', \
+                 lock_at = strftime('%s', 'now') - 3600, attempts = 1 WHERE id = ?1",
+                [&id],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    let m = manager("q-ghost", 1).await;
+    let worker = QueueWorker::builder(&m, &queue, "ghost")
+        .poll_interval(Duration::from_millis(5))
+        .orphan_timeout(Duration::from_secs(5))
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    worker.start().unwrap();
+    eventually("the stranded task done", || async {
+        queue.counts("ghost").await.unwrap().done == 1
+    })
+    .await;
+    let t = queue.task("ghost", &id).await.unwrap().unwrap();
+    assert_eq!((t.status.as_str(), t.attempts), ("Done", 1), "{t:?}");
+    worker.stop().await;
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `counts()` is one snapshot: while tasks are claimed, fail, wait for their retry and finish,
 /// every reading adds up to the tasks pushed. (Read key by key, Redis' counts missed a task
 /// acknowledged between two reads: a CI run saw a queue "settled" with a task still scheduled.)
@@ -1307,6 +1414,7 @@ fn main() {
         overload_puts_the_task_back_without_counting_an_attempt,
         outcomes_map_to_the_queue,
         counts_add_up_while_tasks_move,
+        a_deferral_taken_first_by_another_worker_costs_no_attempt,
         process_jobs_from_the_queue_retry_a_crash_in_a_child,
         a_task_killed_at_hard_expiry_is_retried,
         stop_lets_running_tasks_finish_and_hands_back_the_rest,
@@ -1319,6 +1427,7 @@ fn main() {
         start_while_a_stop_is_under_way_is_refused,
     ];
     all.extend(common::named_tests![
+        a_dead_workers_deferred_task_runs_again,
         two_worker_processes_do_2000_tasks_exactly_once,
         the_bigger_instance_takes_its_fair_share,
         a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout,

@@ -301,13 +301,22 @@ impl Queue {
                     .push_task(task)
                     .await
                     .map_err(|e| QueueError::Store(e.to_string()))?;
-                redis::promote(conn, queue, std::slice::from_ref(&id)).await
+                // Pushed: the task is durable and due now. Moving it to the active list only
+                // spares the fetch a backlog (any worker moves due tasks), so a failure here
+                // is no failure of the push: a caller that retried would run the task twice.
+                if let Err(e) = redis::promote(conn, queue, std::slice::from_ref(&id)).await {
+                    tracing::debug!(queue, task = %id, error = %e, "moving a pushed task to the active list failed; the workers will");
+                }
+                Ok(())
             }
         }?;
         Ok(id)
     }
 
-    /// Pushes many tasks in one transaction (far faster than one [`push`](Self::push) each).
+    /// Pushes many tasks (far faster than one [`push`](Self::push) each). On SQLite they are
+    /// pushed in one transaction: all or none. On Redis they go in chunks of 1 000, each in one
+    /// script: an error after the first chunk says how many tasks were queued before it (those
+    /// run; pushing them again would run them twice).
     pub async fn push_all<T, I>(&self, queue: &str, tasks: I) -> Result<usize, QueueError>
     where
         T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
@@ -326,6 +335,7 @@ impl Queue {
                 let mut storage = apalis_redis::RedisStorage::<T>::new(conn.clone())
                     .with_config(apalis_redis::Config::default().queue(queue));
                 let mut tasks = tasks.into_iter().peekable();
+                let mut queued = 0;
                 while tasks.peek().is_some() {
                     let chunk: Vec<Task<T>> = tasks
                         .by_ref()
@@ -345,8 +355,17 @@ impl Queue {
                     storage
                         .push_all(futures_util::stream::iter(chunk))
                         .await
-                        .map_err(|e| QueueError::Store(e.to_string()))?;
-                    redis::promote(conn, queue, &ids).await?;
+                        .map_err(|e| {
+                            QueueError::Store(if queued == 0 {
+                                e.to_string()
+                            } else {
+                                format!("{e} (after {queued} of {n} tasks were queued)")
+                            })
+                        })?;
+                    queued += ids.len();
+                    if let Err(e) = redis::promote(conn, queue, &ids).await {
+                        tracing::debug!(queue, error = %e, "moving pushed tasks to the active list failed; the workers will");
+                    }
                 }
                 Ok(())
             }
@@ -380,12 +399,41 @@ impl Queue {
     async fn unlock_deferred(
         &self,
         queue: &str,
-        task_id: &str,
+        deferral: &Deferral,
         worker: &str,
     ) -> Result<bool, QueueError> {
         match &self.store {
-            Store::Sqlite { pool, .. } => sqlite::unlock_deferred(pool, task_id, worker).await,
-            Store::Redis { conn, .. } => redis::unlock_deferred(conn, queue, task_id).await,
+            Store::Sqlite { pool, .. } => sqlite::unlock_deferred(pool, &deferral.id, worker).await,
+            Store::Redis { conn, .. } => {
+                redis::unlock_deferred(conn, queue, &deferral.id, deferral.attempt).await
+            }
+        }
+    }
+
+    /// Before a deferral is acknowledged on Redis: records in the task that the attempt about
+    /// to be counted is owed back. Another worker may take the task from the schedule before
+    /// this worker gives the attempt back; it then subtracts what is owed (see
+    /// [`redis::OWED`]). SQLite needs nothing: a deferred row stays locked by its worker.
+    async fn owe_attempt(&self, queue: &str, task_id: &str) -> Result<(), QueueError> {
+        match &self.store {
+            Store::Sqlite { .. } => Ok(()),
+            Store::Redis { conn, .. } => redis::owe_attempt(conn, queue, task_id).await,
+        }
+    }
+
+    /// SQLite: gives back the deferred tasks of workers that died before giving them back
+    /// (their rows stay locked, and neither apalis' fetch nor its orphan re-run takes a
+    /// `Pending` row). Redis needs nothing: a deferred task is in the schedule for anyone.
+    async fn free_dead_deferrals(
+        &self,
+        queue: &str,
+        orphan_timeout: Duration,
+    ) -> Result<u64, QueueError> {
+        match &self.store {
+            Store::Sqlite { pool, .. } => {
+                sqlite::free_dead_deferrals(pool, queue, orphan_timeout).await
+            }
+            Store::Redis { .. } => Ok(0),
         }
     }
 
@@ -397,7 +445,7 @@ impl Queue {
         &self,
         queue: &str,
         worker: &str,
-        deferred: &[String],
+        deferred: &[Deferral],
     ) -> Result<u64, QueueError> {
         match &self.store {
             Store::Sqlite { pool, .. } => sqlite::release_worker(pool, worker).await,
@@ -481,6 +529,7 @@ pub struct QueueWorkerBuilder<S: 'static> {
     lease_wait: Duration,
     lease_for: Option<Duration>,
     shutdown_timeout: Duration,
+    hold_deferrals: Duration,
 }
 
 impl<S: 'static> fmt::Debug for QueueWorkerBuilder<S> {
@@ -544,6 +593,15 @@ impl<S: 'static> QueueWorkerBuilder<S> {
         self
     }
 
+    /// Testing only (feature `testing`): deferred tasks are given back no sooner than `d`
+    /// after their deferral, as if this worker lost the race to another worker or died first.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn hold_deferrals(mut self, d: Duration) -> Self {
+        self.hold_deferrals = d;
+        self
+    }
+
     fn check(&self) -> Result<(), QueueError> {
         check_queue_name(&self.name)?;
         let bad = |what: &str| Err(QueueError::InvalidArgument(what.to_string()));
@@ -600,6 +658,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
                 lease_wait: self.lease_wait,
                 lease_for: self.lease_for,
                 shutdown_timeout: self.shutdown_timeout,
+                hold_deferrals: self.hold_deferrals,
                 counters: Counters::default(),
                 freed: Notify::new(),
                 run,
@@ -676,12 +735,14 @@ struct Shared<S: 'static, T> {
     lease_wait: Duration,
     lease_for: Option<Duration>,
     shutdown_timeout: Duration,
+    /// See `QueueWorkerBuilder::hold_deferrals` (zero but in tests).
+    hold_deferrals: Duration,
     counters: Counters,
     /// One of our leases was released: the capacity gate looks again.
     freed: Notify,
     run: Arc<RunFn<S, T>>,
     /// Tasks deferred to the queue, still to be unlocked (see `Queue::unlock_deferred`).
-    deferred: Mutex<Vec<(String, std::time::Instant)>>,
+    deferred: Mutex<Vec<Deferral>>,
     stopping: AtomicBool,
     /// A `stop` is running (from taking the run to handing back): `start` is refused.
     stop_under_way: AtomicBool,
@@ -787,11 +848,8 @@ where
         shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(queue = %shared.name, worker = %instance, error = %why, ?backoff, "queue worker failed; starting a new one");
         *shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-        let deferred: Vec<String> =
-            std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
+        let deferred =
+            std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()));
         if let Ok(Err(e)) = tokio::time::timeout(
             Duration::from_secs(10),
             shared
@@ -853,6 +911,7 @@ impl<S: 'static> QueueWorker<S, ()> {
             lease_wait: Duration::from_secs(30),
             lease_for: None,
             shutdown_timeout: Duration::from_secs(30),
+            hold_deferrals: Duration::ZERO,
         }
     }
 }
@@ -1021,11 +1080,8 @@ where
         let _ = fixer.await;
         // Read only now: `supervise` names each apalis worker it starts.
         let instance = shared.instance();
-        let deferred: Vec<String> =
-            std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
+        let deferred =
+            std::mem::take(&mut *shared.deferred.lock().unwrap_or_else(|e| e.into_inner()));
         match tokio::time::timeout(
             Duration::from_secs(10),
             shared
@@ -1071,12 +1127,33 @@ impl<S: 'static, T> Drop for QueueWorker<S, T> {
 
 /// Unlocks deferred tasks once their acknowledgement (status `Pending`, still locked by us) has
 /// reached the store: acknowledgements are written in batches after the task's future ends.
+/// Also keeps apalis-redis' due backlog small, and on SQLite frees the deferrals of workers that
+/// died before they gave them back.
 async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
+    let redis = shared.queue.is_redis();
+    // Rounds of 50 ms between two sweeps for dead workers' deferrals (SQLite): as often as
+    // workers heartbeat, and once at the start.
+    let sweep_every = (shared.orphan_timeout.as_millis() / 3 / 50).max(1) as u64;
     let mut rounds: u64 = 0;
     loop {
+        if !redis && rounds % sweep_every == 0 {
+            match shared
+                .queue
+                .free_dead_deferrals(&shared.name, shared.orphan_timeout)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(queue = %shared.name, tasks = n, "gave back the deferred tasks of workers that died");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "freeing dead workers' deferred tasks failed");
+                }
+            }
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         rounds += 1;
-        if rounds % 4 == 0 {
+        if redis && rounds % 4 == 0 {
             if let Store::Redis { conn, .. } = &shared.queue.store {
                 // Keep apalis-redis' due backlog small (see `redis::promote_due`).
                 if let Err(e) = redis::promote_due(conn, &shared.name).await {
@@ -1084,23 +1161,36 @@ async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
                 }
             }
         }
-        let ids: Vec<String> = {
+        let due: Vec<(String, usize)> = {
             let mut deferred = shared.deferred.lock().unwrap_or_else(|e| e.into_inner());
-            // On Redis a deferred task is due again a second or more after its
-            // acknowledgement; one that someone else took first keeps its counted attempt.
-            deferred.retain(|(id, since)| {
-                let keep = since.elapsed() < Duration::from_secs(30);
-                if !keep {
-                    tracing::debug!(task = %id, "a deferred task ran elsewhere before it was given back");
-                }
-                keep
-            });
-            deferred.iter().map(|(id, _)| id.clone()).collect()
+            if redis {
+                // On Redis a deferred task is due again a second or more after its
+                // acknowledgement, and another worker may take it first: its attempt then
+                // stays owed in the task (see `redis::OWED`), and the entry is dropped. On
+                // SQLite the row stays locked by us until we unlock it: the entry stays.
+                deferred.retain(|d| {
+                    let keep = d.since.elapsed() < Duration::from_secs(30);
+                    if !keep {
+                        tracing::debug!(task = %d.id, "a deferred task ran elsewhere before it was given back");
+                    }
+                    keep
+                });
+            }
+            deferred
+                .iter()
+                .filter(|d| d.since.elapsed() >= shared.hold_deferrals)
+                .map(|d| (d.id.clone(), d.attempt))
+                .collect()
         };
-        for id in ids {
+        for (id, attempt) in due {
+            let deferral = Deferral {
+                id,
+                attempt,
+                since: std::time::Instant::now(),
+            };
             match shared
                 .queue
-                .unlock_deferred(&shared.name, &id, &shared.instance())
+                .unlock_deferred(&shared.name, &deferral, &shared.instance())
                 .await
             {
                 Ok(true) => {
@@ -1108,7 +1198,7 @@ async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
                         .deferred
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .retain(|(d, _)| d != &id);
+                        .retain(|d| d.id != deferral.id);
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -1275,10 +1365,17 @@ where
         let id = ctx.task_id().map(ToString::to_string).unwrap_or_default();
         Box::pin(async move {
             // apalis-redis retries up to 25 times whatever the task says: the limit is kept
-            // here (the attempt count is current once this future runs).
+            // here (the attempt count is current once this future runs). Deferrals that
+            // another worker could not give back are owed (Redis; read with the task).
             let max = ctx.max_attempts();
+            let owed: usize = ctx
+                .metadata()
+                .get(redis::OWED)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let attempt = ctx.attempt().saturating_sub(owed);
             let mut outcome = match (max, serde_json::from_value::<T>(payload)) {
-                (Some(max), _) if ctx.attempt() > max => {
+                (Some(max), _) if attempt > max => {
                     drop(waiting);
                     Finish::Kill(format!("out of attempts ({max})"))
                 }
@@ -1292,7 +1389,7 @@ where
                 }
                 (_, Ok(args)) => run_task(&shared, &id, args, waiting).await,
             };
-            if shared.queue.is_redis() && max.is_some_and(|max| ctx.attempt() >= max) {
+            if shared.queue.is_redis() && max.is_some_and(|max| attempt >= max) {
                 // The last attempt failed: on Redis it ends here (dead), not in a retry.
                 outcome = match outcome {
                     Finish::Failed(why) => Finish::FailedLast(why),
@@ -1330,16 +1427,34 @@ where
                     } else {
                         c.put_back.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Before apalis acknowledges (and counts) the deferral: if another
+                    // worker takes the task before we give the attempt back, it knows.
+                    if let Err(e) = shared.queue.owe_attempt(&shared.name, &id).await {
+                        tracing::debug!(queue = %shared.name, task = %id, error = %e, "recording a deferral's attempt as owed failed");
+                    }
                     shared
                         .deferred
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push((id, std::time::Instant::now()));
+                        .push(Deferral {
+                            id,
+                            attempt: ctx.attempt(),
+                            since: std::time::Instant::now(),
+                        });
                     Err(DeferredError::new(StrError(why.to_string())).into())
                 }
             }
         })
     }
+}
+
+/// A task this worker deferred to the queue (put back or handed back), whose attempt is still
+/// to be given back once apalis' acknowledgement is in the store.
+struct Deferral {
+    id: String,
+    /// The attempt the acknowledgement writes (apalis' count, owed attempts included).
+    attempt: usize,
+    since: std::time::Instant,
 }
 
 /// One unit of a gauge (`waiting`, `running`), given back when dropped: a task future that

@@ -8,7 +8,13 @@ use ::redis::Script;
 use apalis_core::worker::context::WorkerContext;
 use apalis_redis::Config;
 
-use super::{QueueCounts, QueueError, TaskInfo};
+use super::{Deferral, QueueCounts, QueueError, TaskInfo};
+
+/// The field of a task's meta hash that counts the attempts it is owed: deferrals (put-backs,
+/// hand-backs) that apalis counted and that another worker took from the schedule before the
+/// deferring worker could give the attempt back. A worker that fetches the task subtracts it
+/// (apalis hands every unknown meta field to the task's metadata); [`task`] does too.
+pub(super) const OWED: &str = "leasepool_owed";
 
 fn store_error(e: ::redis::RedisError) -> QueueError {
     QueueError::Store(e.to_string())
@@ -75,7 +81,7 @@ const TASK: &str = r"
 -- KEYS: the task's meta hash, workers set, scheduled set; ARGV: in-flight set prefix, task id
 local meta = redis.call('HGETALL', KEYS[1])
 if #meta == 0 then
-  return false
+  return nil
 end
 local holder = {}
 for _, w in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -113,17 +119,20 @@ pub(super) async fn task(
     };
     let locked_by = holder.into_iter().next();
     let scheduled = scheduled == 1;
-    let number = |k: &str| meta.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let number = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let mut status = meta.get("status").cloned().unwrap_or_default();
-    if locked_by.is_some() && status == "Pending" {
+    if locked_by.is_some() {
         status = "Running".into();
+    } else if status == "Running" {
+        // Handed back, or re-enqueued as an orphan: waiting for anyone.
+        status = "Pending".into();
     } else if scheduled {
         // Waiting for its retry time (or for its worker to give a deferral back).
         status = "Scheduled".into();
     }
     Ok(Some(TaskInfo {
         status,
-        attempts: number("attempts"),
+        attempts: number("attempts").saturating_sub(number(OWED)),
         max_attempts: number("max_attempts"),
         locked_by,
         last_result: meta.get("result").cloned(),
@@ -219,27 +228,43 @@ pub(super) async fn promote_due(conn: &ConnectionManager, queue: &str) -> Result
 }
 
 /// apalis-redis acknowledges a deferred task by scheduling it for a retry (attempt counted):
-/// take it back out of the schedule, restore the count and put it first in line.
+/// take it back out of the schedule, restore the count (and what [`owe_attempt`] recorded) and
+/// put it first in line. Only our own deferral: status `Pending` at the attempt we deferred. If
+/// another worker took it first, or it moved on (run, failed, deferred again by someone
+/// else), nothing changes and the attempt stays owed.
 const UNLOCK_DEFERRED: &str = r"
--- KEYS: scheduled set, active list, the task's meta hash, signal list; ARGV: task id
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  local attempts = tonumber(redis.call('HGET', KEYS[3], 'attempts') or '0') or 0
-  if attempts > 0 then
-    redis.call('HSET', KEYS[3], 'attempts', attempts - 1)
-  end
-  redis.call('HSET', KEYS[3], 'status', 'Pending')
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('DEL', KEYS[4])
-  redis.call('LPUSH', KEYS[4], 1)
-  return 1
+-- KEYS: scheduled set, active list, the task's meta hash, signal list
+-- ARGV: task id, the attempt its deferral was acknowledged at, the owed field
+if redis.call('HGET', KEYS[3], 'status') ~= 'Pending' then
+  return 0
 end
-return 0
+if tonumber(redis.call('HGET', KEYS[3], 'attempts') or '') ~= tonumber(ARGV[2]) then
+  return 0
+end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+local attempts = tonumber(ARGV[2])
+if attempts > 0 then
+  redis.call('HSET', KEYS[3], 'attempts', attempts - 1)
+end
+local owed = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0') or 0
+if owed > 1 then
+  redis.call('HSET', KEYS[3], ARGV[3], owed - 1)
+elseif owed == 1 then
+  redis.call('HDEL', KEYS[3], ARGV[3])
+end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[4])
+redis.call('LPUSH', KEYS[4], 1)
+return 1
 ";
 
 pub(super) async fn unlock_deferred(
     conn: &ConnectionManager,
     queue: &str,
     id: &str,
+    attempt: usize,
 ) -> Result<bool, QueueError> {
     let cfg = config(queue);
     let mut conn = conn.clone();
@@ -249,17 +274,44 @@ pub(super) async fn unlock_deferred(
         .key(format!("{}:{id}", cfg.job_meta_hash()))
         .key(cfg.signal_list())
         .arg(id)
+        .arg(attempt)
+        .arg(OWED)
         .invoke_async(&mut conn)
         .await
         .map_err(store_error)?;
     Ok(done == 1)
 }
 
-/// A stopped worker's claimed tasks go first in line again; the worker leaves the registry.
+/// Records that the attempt a deferral is about to count is owed back (see [`OWED`]).
+pub(super) async fn owe_attempt(
+    conn: &ConnectionManager,
+    queue: &str,
+    id: &str,
+) -> Result<(), QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let _: i64 = ::redis::cmd("HINCRBY")
+        .arg(format!("{}:{id}", cfg.job_meta_hash()))
+        .arg(OWED)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// A stopped worker's claimed tasks go first in line again, waiting (`Pending`, no holder);
+/// the worker leaves the registry.
 const RELEASE_WORKER: &str = r"
--- KEYS: the worker's inflight set, active list, workers set, signal list; ARGV: worker name
+-- KEYS: the worker's inflight set, active list, workers set, signal list
+-- ARGV: worker name, the meta hash prefix
 local tasks = redis.call('SMEMBERS', KEYS[1])
 if #tasks > 0 then
+  for i = 1, #tasks do
+    local meta = ARGV[2] .. ':' .. tasks[i]
+    redis.call('HSET', meta, 'status', 'Pending')
+    redis.call('HDEL', meta, 'locked_at', 'locked_by')
+  end
   redis.call('LPUSH', KEYS[2], unpack(tasks))
   redis.call('DEL', KEYS[1])
   redis.call('DEL', KEYS[4])
@@ -273,7 +325,7 @@ pub(super) async fn release_worker(
     conn: &ConnectionManager,
     queue: &str,
     worker: &str,
-    deferred: &[String],
+    deferred: &[Deferral],
 ) -> Result<u64, QueueError> {
     // Claimed tasks first: once they left the worker's inflight set, a late acknowledgement
     // of one fails instead of scheduling it. Then the deferrals acknowledged before.
@@ -285,11 +337,12 @@ pub(super) async fn release_worker(
         .key(cfg.workers_set())
         .key(cfg.signal_list())
         .arg(worker)
+        .arg(cfg.job_meta_hash())
         .invoke_async(&mut c)
         .await
         .map_err(store_error)?;
-    for id in deferred {
-        if unlock_deferred(conn, queue, id).await? {
+    for d in deferred {
+        if unlock_deferred(conn, queue, &d.id, d.attempt).await? {
             n += 1;
         }
     }

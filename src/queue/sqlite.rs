@@ -67,6 +67,31 @@ pub(super) async fn unlock_deferred(
     Ok(done.rows_affected() == 1)
 }
 
+/// Gives back the deferred tasks (`Pending`, still locked) of workers that are gone: no
+/// heartbeat for `orphan_timeout`. apalis' fetch takes only unlocked `Pending` rows and its
+/// orphan re-run only `Queued`/`Running` ones, so a worker that died between apalis' write of
+/// a deferral and its own unlock would strand the row for good. The attempt the deferral
+/// counted is given back, as the worker would have.
+pub(super) async fn free_dead_deferrals(
+    pool: &SqlitePool,
+    queue: &str,
+    orphan_timeout: std::time::Duration,
+) -> Result<u64, QueueError> {
+    let secs = i64::try_from(orphan_timeout.as_secs()).unwrap_or(i64::MAX);
+    let done = sqlx::query(
+        "UPDATE Jobs SET lock_by = NULL, lock_at = NULL, done_at = NULL, \
+         attempts = max(attempts - 1, 0) \
+         WHERE job_type = ?1 AND status = 'Pending' AND lock_by IS NOT NULL \
+         AND lock_by NOT IN \
+           (SELECT id FROM Workers WHERE strftime('%s', 'now') - last_seen < ?2)",
+    )
+    .bind(queue)
+    .bind(secs)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// After `worker` stopped for good: every task it still holds (claimed, running, or
 /// deferred) goes back to the queue without counting an attempt.
 pub(super) async fn release_worker(pool: &SqlitePool, worker: &str) -> Result<u64, QueueError> {
