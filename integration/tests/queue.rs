@@ -444,23 +444,16 @@ async fn a_large_due_backlog_on_redis_does_not_stop_fetching() {
     let queue = open(&url).await;
     const N: u64 = 9_000;
     queue.push_all("backlog", 0..N).await.unwrap();
-    let port = url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let moved = Command::new("redis-cli")
-        .args(["-p", &port, "EVAL"])
-        .arg(
-            "local ids = redis.call('LRANGE', KEYS[1], 0, -1) \
-             for i = 1, #ids do redis.call('ZADD', KEYS[2], 0, ids[i]) end \
-             redis.call('DEL', KEYS[1]) return #ids",
-        )
-        .args(["2", "backlog:active", "backlog:scheduled"])
-        .output()
-        .expect("redis-cli (Debian package redis-tools, which redis-server depends on)");
-    assert_eq!(String::from_utf8_lossy(&moved.stdout).trim(), N.to_string());
+    let moved = redis_cli(&[
+        "EVAL",
+        "local ids = redis.call('LRANGE', KEYS[1], 0, -1) \
+         for i = 1, #ids do redis.call('ZADD', KEYS[2], 0, ids[i]) end \
+         redis.call('DEL', KEYS[1]) return #ids",
+        "2",
+        "backlog:active",
+        "backlog:scheduled",
+    ]);
+    assert_eq!(moved, N.to_string());
     let m = manager("q-backlog", 4).await;
     let worker = QueueWorker::builder(&m, &queue, "backlog")
         .poll_interval(Duration::from_millis(2))
@@ -487,6 +480,62 @@ async fn a_large_due_backlog_on_redis_does_not_stop_fetching() {
         begun.elapsed(),
         st.restarts
     );
+    m.stop().await;
+}
+
+/// Runs `redis-cli -p <port of the tests' server> args…`; its output.
+fn redis_cli(args: &[&str]) -> String {
+    let url = redis_url();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = Command::new("redis-cli")
+        .args(["-p", &port])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian package redis-tools, which redis-server depends on)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Redis: the mark a deferral leaves before apalis acknowledges it (its attempt is owed back)
+/// must not outlive an acknowledgement that never landed (the worker was killed, its apalis
+/// worker failed or was aborted): a task allowed two attempts whose meta hash carries such a
+/// mark — at an attempt above the count stored — runs twice, not three times, and the mark is
+/// gone once it ran.
+async fn a_stale_owed_mark_gives_no_free_attempt() {
+    let queue = open(&redis_url()).await;
+    let id = queue
+        .push_with_attempts("stale-mark", 1_u64, 2)
+        .await
+        .unwrap();
+    let meta = format!("stale-mark:meta:{id}");
+    assert_eq!(redis_cli(&["HSET", &meta, "leasepool_owed:1", "1"]), "1");
+    let m = manager("q-stale", 1).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let worker = QueueWorker::builder(&m, &queue, "stale-mark")
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(move |_: u64| -> Result<(), String> {
+            r.fetch_add(1, Ordering::SeqCst);
+            Err("fails every time".into())
+        })
+        .unwrap();
+    worker.start().unwrap();
+    // apalis-redis retries after `attempt` seconds.
+    common::until(
+        "the task out of attempts",
+        || async { queue.counts("stale-mark").await.unwrap() },
+        |c| c.failed == 1,
+    )
+    .await;
+    let t = queue.task("stale-mark", &id).await.unwrap().unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "{t:?}");
+    assert_eq!(t.attempts, 2, "{t:?}");
+    assert_eq!(redis_cli(&["HEXISTS", &meta, "leasepool_owed:1"]), "0");
+    worker.stop().await;
     m.stop().await;
 }
 
@@ -1433,6 +1482,7 @@ fn main() {
         a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout,
         redis_three_workers_share_10000_tasks_and_survive_a_sigkill,
         a_large_due_backlog_on_redis_does_not_stop_fetching,
+        a_stale_owed_mark_gives_no_free_attempt,
     ]);
     let ran = common::run_named(
         all,

@@ -410,14 +410,19 @@ impl Queue {
         }
     }
 
-    /// Before a deferral is acknowledged on Redis: records in the task that the attempt about
-    /// to be counted is owed back. Another worker may take the task from the schedule before
-    /// this worker gives the attempt back; it then subtracts what is owed (see
+    /// Before a deferral at `attempt` is acknowledged on Redis: marks in the task that the
+    /// attempt about to be counted is owed back. Another worker may take the task from the
+    /// schedule before this worker gives the attempt back; it then subtracts what is owed (see
     /// [`redis::OWED`]). SQLite needs nothing: a deferred row stays locked by its worker.
-    async fn owe_attempt(&self, queue: &str, task_id: &str) -> Result<(), QueueError> {
+    async fn owe_attempt(
+        &self,
+        queue: &str,
+        task_id: &str,
+        attempt: usize,
+    ) -> Result<(), QueueError> {
         match &self.store {
             Store::Sqlite { .. } => Ok(()),
-            Store::Redis { conn, .. } => redis::owe_attempt(conn, queue, task_id).await,
+            Store::Redis { conn, .. } => redis::owe_attempt(conn, queue, task_id, attempt).await,
         }
     }
 
@@ -1163,13 +1168,20 @@ async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
         }
         let due: Vec<(String, usize)> = {
             let mut deferred = shared.deferred.lock().unwrap_or_else(|e| e.into_inner());
-            if redis {
+            {
                 // On Redis a deferred task is due again a second or more after its
                 // acknowledgement, and another worker may take it first: its attempt then
-                // stays owed in the task (see `redis::OWED`), and the entry is dropped. On
-                // SQLite the row stays locked by us until we unlock it: the entry stays.
+                // stays owed in the task (see `redis::OWED`), and the entry is dropped after
+                // 30 s. On SQLite the row stays locked by us until we unlock it, unless the
+                // other workers took us for dead (no heartbeat for `orphan_timeout`) and gave
+                // it back themselves: only then can an entry never succeed.
+                let limit = if redis {
+                    Duration::from_secs(30)
+                } else {
+                    shared.orphan_timeout
+                };
                 deferred.retain(|d| {
-                    let keep = d.since.elapsed() < Duration::from_secs(30);
+                    let keep = d.since.elapsed() < limit;
                     if !keep {
                         tracing::debug!(task = %d.id, "a deferred task ran elsewhere before it was given back");
                     }
@@ -1368,12 +1380,18 @@ where
             // here (the attempt count is current once this future runs). Deferrals that
             // another worker could not give back are owed (Redis; read with the task).
             let max = ctx.max_attempts();
-            let owed: usize = ctx
-                .metadata()
-                .get(redis::OWED)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let attempt = ctx.attempt().saturating_sub(owed);
+            // (apalis counted this run before our future first ran: `attempt() - 1` is what
+            // the task was fetched with.)
+            let fetched = ctx.attempt().saturating_sub(1) as u64;
+            let (owed, stale) = redis::owed(ctx.metadata().iter(), fetched);
+            if !stale.is_empty() {
+                if let Store::Redis { conn, .. } = &shared.queue.store {
+                    if let Err(e) = redis::drop_marks(conn, &shared.name, &id, &stale).await {
+                        tracing::debug!(queue = %shared.name, task = %id, error = %e, "dropping stale owed-attempt marks failed");
+                    }
+                }
+            }
+            let attempt = ctx.attempt().saturating_sub(owed as usize);
             let mut outcome = match (max, serde_json::from_value::<T>(payload)) {
                 (Some(max), _) if attempt > max => {
                     drop(waiting);
@@ -1429,7 +1447,11 @@ where
                     }
                     // Before apalis acknowledges (and counts) the deferral: if another
                     // worker takes the task before we give the attempt back, it knows.
-                    if let Err(e) = shared.queue.owe_attempt(&shared.name, &id).await {
+                    if let Err(e) = shared
+                        .queue
+                        .owe_attempt(&shared.name, &id, ctx.attempt())
+                        .await
+                    {
                         tracing::debug!(queue = %shared.name, task = %id, error = %e, "recording a deferral's attempt as owed failed");
                     }
                     shared

@@ -10,11 +10,50 @@ use apalis_redis::Config;
 
 use super::{Deferral, QueueCounts, QueueError, TaskInfo};
 
-/// The field of a task's meta hash that counts the attempts it is owed: deferrals (put-backs,
-/// hand-backs) that apalis counted and that another worker took from the schedule before the
-/// deferring worker could give the attempt back. A worker that fetches the task subtracts it
-/// (apalis hands every unknown meta field to the task's metadata); [`task`] does too.
-pub(super) const OWED: &str = "leasepool_owed";
+/// The prefix of the fields of a task's meta hash that mark attempts it is owed:
+/// `leasepool_owed:<a>` is a deferral (put-back, hand-back) acknowledged at attempt `a` whose
+/// worker has not given the attempt back — another worker took the task from the schedule
+/// first. A mark counts once the stored attempts reached `a` (the acknowledgement landed); one
+/// above them is from an acknowledgement that never landed and is stale for good (the task left
+/// its worker's in-flight set), so the next worker to fetch the task deletes it. apalis hands
+/// every unknown meta field to the task's metadata, so a fetched task carries its marks.
+pub(super) const OWED: &str = "leasepool_owed:";
+
+/// The attempts `fields` (a task's meta data) owe at `stored` attempts, and the stale marks.
+pub(super) fn owed<'a>(
+    fields: impl IntoIterator<Item = (&'a String, &'a String)>,
+    stored: u64,
+) -> (u64, Vec<String>) {
+    let mut owed = 0;
+    let mut stale = Vec::new();
+    for (field, _) in fields {
+        if let Some(at) = field.strip_prefix(OWED) {
+            match at.parse::<u64>() {
+                Ok(at) if at <= stored => owed += 1,
+                _ => stale.push(field.clone()),
+            }
+        }
+    }
+    (owed, stale)
+}
+
+/// Deletes stale owed marks of a task (see [`OWED`]) before it runs again.
+pub(super) async fn drop_marks(
+    conn: &ConnectionManager,
+    queue: &str,
+    id: &str,
+    marks: &[String],
+) -> Result<(), QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let _: i64 = ::redis::cmd("HDEL")
+        .arg(format!("{}:{id}", cfg.job_meta_hash()))
+        .arg(marks)
+        .query_async(&mut conn)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
 
 fn store_error(e: ::redis::RedisError) -> QueueError {
     QueueError::Store(e.to_string())
@@ -132,7 +171,10 @@ pub(super) async fn task(
     }
     Ok(Some(TaskInfo {
         status,
-        attempts: number("attempts").saturating_sub(number(OWED)),
+        attempts: {
+            let stored = number("attempts");
+            stored.saturating_sub(owed(&meta, stored).0)
+        },
         max_attempts: number("max_attempts"),
         locked_by,
         last_result: meta.get("result").cloned(),
@@ -234,7 +276,7 @@ pub(super) async fn promote_due(conn: &ConnectionManager, queue: &str) -> Result
 /// else), nothing changes and the attempt stays owed.
 const UNLOCK_DEFERRED: &str = r"
 -- KEYS: scheduled set, active list, the task's meta hash, signal list
--- ARGV: task id, the attempt its deferral was acknowledged at, the owed field
+-- ARGV: task id, the attempt its deferral was acknowledged at, its owed mark
 if redis.call('HGET', KEYS[3], 'status') ~= 'Pending' then
   return 0
 end
@@ -248,12 +290,7 @@ local attempts = tonumber(ARGV[2])
 if attempts > 0 then
   redis.call('HSET', KEYS[3], 'attempts', attempts - 1)
 end
-local owed = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0') or 0
-if owed > 1 then
-  redis.call('HSET', KEYS[3], ARGV[3], owed - 1)
-elseif owed == 1 then
-  redis.call('HDEL', KEYS[3], ARGV[3])
-end
+redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[4])
 redis.call('LPUSH', KEYS[4], 1)
@@ -275,24 +312,25 @@ pub(super) async fn unlock_deferred(
         .key(cfg.signal_list())
         .arg(id)
         .arg(attempt)
-        .arg(OWED)
+        .arg(format!("{OWED}{attempt}"))
         .invoke_async(&mut conn)
         .await
         .map_err(store_error)?;
     Ok(done == 1)
 }
 
-/// Records that the attempt a deferral is about to count is owed back (see [`OWED`]).
+/// Marks the attempt `attempt` that a deferral is about to count as owed back (see [`OWED`]).
 pub(super) async fn owe_attempt(
     conn: &ConnectionManager,
     queue: &str,
     id: &str,
+    attempt: usize,
 ) -> Result<(), QueueError> {
     let cfg = config(queue);
     let mut conn = conn.clone();
-    let _: i64 = ::redis::cmd("HINCRBY")
+    let _: i64 = ::redis::cmd("HSET")
         .arg(format!("{}:{id}", cfg.job_meta_hash()))
-        .arg(OWED)
+        .arg(format!("{OWED}{attempt}"))
         .arg(1)
         .query_async(&mut conn)
         .await
