@@ -539,6 +539,71 @@ async fn a_stale_owed_mark_gives_no_free_attempt() {
     m.stop().await;
 }
 
+/// Redis: a worker whose task was taken from it (apalis re-enqueued it as an orphan: the
+/// worker's heartbeat looked stale, a pause, a partition) and that hands it back later marks no
+/// attempt as owed — the task may already have run elsewhere, and such a mark would give it a
+/// run beyond `max_attempts`. A task allowed two attempts runs twice.
+async fn a_hand_back_of_a_task_taken_from_its_worker_marks_nothing() {
+    let queue = open(&redis_url()).await;
+    let busy = manager("q-moved-w", 1).await;
+    let held = busy.acquire().await.unwrap();
+    let w = QueueWorker::builder(&busy, &queue, "moved")
+        .instance_name("w-moved")
+        .prefetch(1)
+        .lease_wait(Duration::from_secs(60))
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    let id = queue.push_with_attempts("moved", 1_u64, 2).await.unwrap();
+    w.start().unwrap();
+    eventually("W holds the task", || async { w.stats().waiting == 1 }).await;
+    // What apalis' orphan re-run does: out of W's in-flight set, back to the active list.
+    let moved = redis_cli(&[
+        "EVAL",
+        "if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then \
+           redis.call('RPUSH', KEYS[2], ARGV[1]) return 1 end return 0",
+        "2",
+        "moved:inflight:w-moved",
+        "moved:active",
+        &id,
+    ]);
+    assert_eq!(moved, "1");
+    let free = manager("q-moved-x", 1).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let x = QueueWorker::builder(&free, &queue, "moved")
+        .poll_interval(Duration::from_millis(5))
+        .build_blocking(move |_: u64| -> Result<(), String> {
+            r.fetch_add(1, Ordering::SeqCst);
+            Err("fails every time".into())
+        })
+        .unwrap();
+    x.start().unwrap();
+    eventually("X's first run acknowledged", || async {
+        queue.task("moved", &id).await.unwrap().unwrap().attempts >= 1
+    })
+    .await;
+    // W stops: it hands its waiting copy back (a deferral).
+    let st = w.stop().await;
+    assert_eq!(st.handed_back, 1, "{st:?}");
+    common::until(
+        "the task out of attempts",
+        || async { queue.counts("moved").await.unwrap() },
+        |c| c.failed == 1,
+    )
+    .await;
+    let t = queue.task("moved", &id).await.unwrap().unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "{t:?}");
+    assert!(
+        !redis_cli(&["HKEYS", &format!("moved:meta:{id}")]).contains("leasepool_owed"),
+        "a mark was left"
+    );
+    drop(held);
+    x.stop().await;
+    busy.stop().await;
+    free.stop().await;
+}
+
 // ---- tests in this process --------------------------------------------------------------------
 
 async fn manager(prefix: &str, max_pools: usize) -> LeaseManager {
@@ -1483,6 +1548,7 @@ fn main() {
         redis_three_workers_share_10000_tasks_and_survive_a_sigkill,
         a_large_due_backlog_on_redis_does_not_stop_fetching,
         a_stale_owed_mark_gives_no_free_attempt,
+        a_hand_back_of_a_task_taken_from_its_worker_marks_nothing,
     ]);
     let ran = common::run_named(
         all,

@@ -417,12 +417,16 @@ impl Queue {
     async fn owe_attempt(
         &self,
         queue: &str,
+        worker: &str,
         task_id: &str,
         attempt: usize,
     ) -> Result<(), QueueError> {
         match &self.store {
             Store::Sqlite { .. } => Ok(()),
-            Store::Redis { conn, .. } => redis::owe_attempt(conn, queue, task_id, attempt).await,
+            Store::Redis { conn, .. } => {
+                redis::owe_attempt(conn, queue, worker, task_id, attempt).await?;
+                Ok(())
+            }
         }
     }
 
@@ -1375,6 +1379,8 @@ where
         let waiting = Count::up(&shared.counters.waiting);
         let (payload, ctx) = task.take();
         let id = ctx.task_id().map(ToString::to_string).unwrap_or_default();
+        // The apalis worker that fetched the task (a restart renames it).
+        let instance = shared.instance();
         Box::pin(async move {
             // apalis-redis retries up to 25 times whatever the task says: the limit is kept
             // here (the attempt count is current once this future runs). Deferrals that
@@ -1384,15 +1390,23 @@ where
             // the task was fetched with.)
             let fetched = ctx.attempt().saturating_sub(1) as u64;
             let (owed, stale) = redis::owed(ctx.metadata().iter(), fetched);
-            if !stale.is_empty() {
-                if let Store::Redis { conn, .. } = &shared.queue.store {
-                    if let Err(e) = redis::drop_marks(conn, &shared.name, &id, &stale).await {
-                        tracing::debug!(queue = %shared.name, task = %id, error = %e, "dropping stale owed-attempt marks failed");
-                    }
+            // Stale marks go before the task runs (its acknowledgement would make them count);
+            // if the store cannot take that, the task is put back rather than run.
+            let mut marks_stuck = false;
+            if let (false, Store::Redis { conn, .. }) = (stale.is_empty(), &shared.queue.store) {
+                if let Err(e) =
+                    retried(|| redis::drop_marks(conn, &shared.name, &instance, &id, &stale)).await
+                {
+                    tracing::warn!(queue = %shared.name, task = %id, error = %e, "could not drop a task's stale owed-attempt marks; putting it back");
+                    marks_stuck = true;
                 }
             }
             let attempt = ctx.attempt().saturating_sub(owed as usize);
             let mut outcome = match (max, serde_json::from_value::<T>(payload)) {
+                _ if marks_stuck => {
+                    drop(waiting);
+                    Finish::Defer("put back: the queue store failed")
+                }
                 (Some(max), _) if attempt > max => {
                     drop(waiting);
                     Finish::Kill(format!("out of attempts ({max})"))
@@ -1447,12 +1461,13 @@ where
                     }
                     // Before apalis acknowledges (and counts) the deferral: if another
                     // worker takes the task before we give the attempt back, it knows.
-                    if let Err(e) = shared
-                        .queue
-                        .owe_attempt(&shared.name, &id, ctx.attempt())
-                        .await
-                    {
-                        tracing::debug!(queue = %shared.name, task = %id, error = %e, "recording a deferral's attempt as owed failed");
+                    let owe = || {
+                        shared
+                            .queue
+                            .owe_attempt(&shared.name, &instance, &id, ctx.attempt())
+                    };
+                    if let Err(e) = retried(owe).await {
+                        tracing::warn!(queue = %shared.name, task = %id, error = %e, "could not mark a deferral's attempt as owed; if another worker runs the task before it is given back, the put-back counts as an attempt");
                     }
                     shared
                         .deferred
@@ -1477,6 +1492,25 @@ struct Deferral {
     /// The attempt the acknowledgement writes (apalis' count, owed attempts included).
     attempt: usize,
     since: std::time::Instant,
+}
+
+/// `op` until it succeeds, three tries 50 ms apart (a store call that a brief hiccup may fail).
+async fn retried<F, Fut, R>(mut op: F) -> Result<R, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<R, QueueError>>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Ok(r) => return Ok(r),
+            Err(e) if tries >= 2 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// One unit of a gauge (`waiting`, `running`), given back when dropped: a task future that

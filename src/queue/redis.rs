@@ -37,22 +37,59 @@ pub(super) fn owed<'a>(
     (owed, stale)
 }
 
-/// Deletes stale owed marks of a task (see [`OWED`]) before it runs again.
+/// Sets (`ARGV[2]` = 1) or deletes (0) owed marks of a task, only while the task is in the
+/// calling worker's in-flight set: once it left (re-enqueued as an orphan, handed back), its
+/// acknowledgement cannot land and another worker may already run it, so the worker's view of
+/// the marks is out of date and it changes nothing.
+const MARKS: &str = r"
+-- KEYS: the worker's in-flight set, the task's meta hash; ARGV: task id, 1 set / 0 delete,
+-- the mark fields
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+for i = 3, #ARGV do
+  if ARGV[2] == '1' then
+    redis.call('HSET', KEYS[2], ARGV[i], 1)
+  else
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
+return 1
+";
+
+/// Sets or deletes owed marks of task `id` held by `worker` (see [`MARKS`]); whether the
+/// worker still held it.
+async fn marks(
+    conn: &ConnectionManager,
+    queue: &str,
+    worker: &str,
+    id: &str,
+    set: bool,
+    fields: &[String],
+) -> Result<bool, QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let held: i64 = Script::new(MARKS)
+        .key(inflight_set(queue, worker))
+        .key(format!("{}:{id}", cfg.job_meta_hash()))
+        .arg(id)
+        .arg(u8::from(set))
+        .arg(fields)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(store_error)?;
+    Ok(held == 1)
+}
+
+/// Deletes stale owed marks of a task (see [`OWED`]) before `worker` runs it.
 pub(super) async fn drop_marks(
     conn: &ConnectionManager,
     queue: &str,
+    worker: &str,
     id: &str,
-    marks: &[String],
-) -> Result<(), QueueError> {
-    let cfg = config(queue);
-    let mut conn = conn.clone();
-    let _: i64 = ::redis::cmd("HDEL")
-        .arg(format!("{}:{id}", cfg.job_meta_hash()))
-        .arg(marks)
-        .query_async(&mut conn)
-        .await
-        .map_err(store_error)?;
-    Ok(())
+    stale: &[String],
+) -> Result<bool, QueueError> {
+    marks(conn, queue, worker, id, false, stale).await
 }
 
 fn store_error(e: ::redis::RedisError) -> QueueError {
@@ -319,23 +356,16 @@ pub(super) async fn unlock_deferred(
     Ok(done == 1)
 }
 
-/// Marks the attempt `attempt` that a deferral is about to count as owed back (see [`OWED`]).
+/// Marks the attempt `attempt` that `worker`'s deferral is about to count as owed back (see
+/// [`OWED`]); nothing when the worker no longer holds the task.
 pub(super) async fn owe_attempt(
     conn: &ConnectionManager,
     queue: &str,
+    worker: &str,
     id: &str,
     attempt: usize,
-) -> Result<(), QueueError> {
-    let cfg = config(queue);
-    let mut conn = conn.clone();
-    let _: i64 = ::redis::cmd("HSET")
-        .arg(format!("{}:{id}", cfg.job_meta_hash()))
-        .arg(format!("{OWED}{attempt}"))
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .map_err(store_error)?;
-    Ok(())
+) -> Result<bool, QueueError> {
+    marks(conn, queue, worker, id, true, &[format!("{OWED}{attempt}")]).await
 }
 
 /// A stopped worker's claimed tasks go first in line again, waiting (`Pending`, no holder);
