@@ -399,13 +399,13 @@ impl Queue {
     async fn unlock_deferred(
         &self,
         queue: &str,
-        deferral: &Deferral,
+        (task_id, attempt): (&str, usize),
         worker: &str,
     ) -> Result<bool, QueueError> {
         match &self.store {
-            Store::Sqlite { pool, .. } => sqlite::unlock_deferred(pool, &deferral.id, worker).await,
+            Store::Sqlite { pool, .. } => sqlite::unlock_deferred(pool, task_id, worker).await,
             Store::Redis { conn, .. } => {
-                redis::unlock_deferred(conn, queue, &deferral.id, deferral.attempt).await
+                redis::unlock_deferred(conn, queue, task_id, attempt).await
             }
         }
     }
@@ -1172,26 +1172,24 @@ async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
         }
         let due: Vec<(String, usize)> = {
             let mut deferred = shared.deferred.lock().unwrap_or_else(|e| e.into_inner());
-            {
-                // On Redis a deferred task is due again a second or more after its
-                // acknowledgement, and another worker may take it first: its attempt then
-                // stays owed in the task (see `redis::OWED`), and the entry is dropped after
-                // 30 s. On SQLite the row stays locked by us until we unlock it, unless the
-                // other workers took us for dead (no heartbeat for `orphan_timeout`) and gave
-                // it back themselves: only then can an entry never succeed.
-                let limit = if redis {
-                    Duration::from_secs(30)
-                } else {
-                    shared.orphan_timeout
-                };
-                deferred.retain(|d| {
-                    let keep = d.since.elapsed() < limit;
-                    if !keep {
-                        tracing::debug!(task = %d.id, "a deferred task ran elsewhere before it was given back");
-                    }
-                    keep
-                });
-            }
+            // On Redis a deferred task is due again a second or more after its
+            // acknowledgement, and another worker may take it first: its attempt then stays
+            // owed in the task (see `redis::OWED`), and the entry is dropped after 30 s. On
+            // SQLite the row stays locked by us until we unlock it, unless the other workers
+            // took us for dead (no heartbeat for `orphan_timeout`) and gave it back themselves:
+            // only then can an entry never succeed.
+            let limit = if redis {
+                Duration::from_secs(30)
+            } else {
+                shared.orphan_timeout
+            };
+            deferred.retain(|d| {
+                let keep = d.since.elapsed() < limit;
+                if !keep {
+                    tracing::debug!(task = %d.id, "a deferred task ran elsewhere before it was given back");
+                }
+                keep
+            });
             deferred
                 .iter()
                 .filter(|d| d.since.elapsed() >= shared.hold_deferrals)
@@ -1199,14 +1197,9 @@ async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
                 .collect()
         };
         for (id, attempt) in due {
-            let deferral = Deferral {
-                id,
-                attempt,
-                since: std::time::Instant::now(),
-            };
             match shared
                 .queue
-                .unlock_deferred(&shared.name, &deferral, &shared.instance())
+                .unlock_deferred(&shared.name, (&id, attempt), &shared.instance())
                 .await
             {
                 Ok(true) => {
@@ -1214,7 +1207,7 @@ async fn fix_deferred<S: 'static, T>(shared: Arc<Shared<S, T>>) {
                         .deferred
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .retain(|d| d.id != deferral.id);
+                        .retain(|d| d.id != id);
                 }
                 Ok(false) => {}
                 Err(e) => {
