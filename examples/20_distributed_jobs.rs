@@ -159,7 +159,7 @@ async fn main() {
     if let Some(n) = args.produce {
         let jobs = (0..n).map(|image| Resize { image, width: 640 });
         let pushed = queue.push_all(QUEUE, jobs).await.expect("push the jobs");
-        println!("produced {pushed} jobs into {queue:?}");
+        println!("produced {} jobs into {queue:?}", pushed.len());
     }
     if args.work {
         let manager = LeaseManager::builder()

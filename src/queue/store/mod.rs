@@ -1,0 +1,222 @@
+//! The seam between the queue's generic code and a store: one trait, [`Store`], that says what
+//! a store does for us, one file per store that implements it (`sqlite.rs`, `redis.rs`), and
+//! the apalis plumbing they share (the [`shield`] around a store's fetch, [`run_apalis`]).
+//!
+//! The worker and the producer API call only this trait; nothing above this module knows
+//! which store it has.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use apalis_core::worker::context::WorkerContext;
+use apalis_core::worker::event::Event;
+use futures_util::future::BoxFuture;
+
+use super::{QueueCounts, QueueError, TaskInfo};
+
+mod apalis;
+pub(crate) mod redis;
+mod shield;
+pub(crate) mod sqlite;
+
+pub(crate) use self::apalis::run_apalis;
+
+/// A task about to be pushed: its payload already encoded and checked.
+#[derive(Debug, Clone)]
+pub(crate) struct NewTask {
+    pub(crate) id: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) max_attempts: u32,
+    /// Fields stored with the task (apalis' task metadata), e.g. a retry policy.
+    pub(crate) metadata: Vec<(String, String)>,
+}
+
+/// The metadata key of a task's own retry policy ([`RetryPolicy::to_meta`]).
+///
+/// [`RetryPolicy::to_meta`]: super::RetryPolicy
+pub(crate) const RETRY_META: &str = "leasepool_retry";
+
+/// What the worker needs done to a task around apalis' acknowledgement of an attempt: first
+/// [`Store::prepare`] (before the acknowledgement), then [`Store::settle`] until it is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Intent {
+    /// A deferral (put back, handed back): apalis counts the attempt; give it back and make
+    /// the task available at once.
+    GiveBack { attempt: usize },
+    /// A failed attempt to run again no sooner than `at` (seconds since 1970).
+    RetryAt { attempt: usize, at: u64 },
+}
+
+/// How a [`Store::settle`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Done: nothing more to do.
+    Done,
+    /// apalis' acknowledgement has not reached the store yet: try again later.
+    NotYet,
+    /// The task moved on (run elsewhere, finished, handed back): nothing to do, ever.
+    Gone,
+}
+
+/// What [`Store::quarantine`] found among the tasks a worker had claimed when a fetch failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Quarantined {
+    /// Tasks that apalis cannot read, failed for good: (id, why).
+    pub(crate) killed: Vec<(String, String)>,
+    /// Claimed tasks that look readable: the fetch failed for another reason.
+    pub(crate) readable: usize,
+}
+
+/// The service a store's apalis worker runs: the queue worker's, type-erased.
+pub(crate) type TaskFuture = BoxFuture<'static, Result<(), BoxDynError>>;
+
+pub(crate) trait TaskService: Send + 'static {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>>;
+    fn call(&mut self, task: Task<Vec<u8>>) -> TaskFuture;
+}
+
+pub(crate) struct DynService(pub(crate) Box<dyn TaskService>);
+
+impl tower_service::Service<Task<Vec<u8>>> for DynService {
+    type Response = ();
+    type Error = BoxDynError;
+    type Future = TaskFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, task: Task<Vec<u8>>) -> TaskFuture {
+        self.0.call(task)
+    }
+}
+
+/// Told of each apalis worker event.
+pub(crate) type OnEvent = Box<dyn Fn(&WorkerContext, &Event) + Send + Sync>;
+
+/// What one run of an apalis worker needs.
+pub(crate) struct RunSpec {
+    pub(crate) queue: String,
+    pub(crate) context: WorkerContext,
+    pub(crate) heartbeat: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) on_event: OnEvent,
+    /// Told of each claimed task the shield failed for good: (task id, why).
+    pub(crate) on_unreadable: shield::OnUnreadable,
+    pub(crate) service: DynService,
+}
+
+/// What a store does for the queue. Every method that touches the store is one atomic step
+/// (a statement, a transaction or a Lua script), so that it cannot interleave with apalis' own.
+pub(crate) trait Store: Send + Sync + 'static {
+    /// For `Debug` and logs (a Redis URL without its password).
+    fn describe(&self) -> String;
+
+    /// The SQLite file (`None` for a server).
+    fn path(&self) -> Option<&Path>;
+
+    /// Pushes tasks, all or none where the store can (SQLite); on Redis in chunks, an error
+    /// after the first chunk saying how many were queued.
+    fn push<'a>(
+        &'a self,
+        queue: &'a str,
+        tasks: Vec<NewTask>,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// One snapshot of the queue's counts.
+    fn counts<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueCounts, QueueError>>;
+
+    /// One task of `queue`, read in one step.
+    fn task<'a>(
+        &'a self,
+        queue: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TaskInfo>, QueueError>>;
+
+    /// Runs an apalis worker on this store until it stops or fails, fetching through the
+    /// [`shield`] (a task apalis cannot read fails alone).
+    fn run(self: Arc<Self>, spec: RunSpec) -> BoxFuture<'static, Result<(), String>>;
+
+    /// The attempt number of task `id` that `worker` just fetched at apalis' count `attempt`,
+    /// once the store set right what it must before the task runs (Redis: apalis' count
+    /// includes attempts owed back; stale owed marks are deleted). `Err`: the task must not run
+    /// now (the worker puts it back).
+    fn counted_attempt<'a>(
+        &'a self,
+        queue: &'a str,
+        worker: &'a str,
+        id: &'a str,
+        attempt: usize,
+        metadata: &'a HashMap<String, String>,
+    ) -> BoxFuture<'a, Result<usize, QueueError>>;
+
+    /// Before apalis acknowledges `worker`'s attempt of task `id`, for `intent`: `Done` if
+    /// nothing is left for [`settle`](Self::settle) to do, `NotYet` if it must follow the
+    /// acknowledgement, `Gone` if the task is no longer the worker's.
+    fn prepare<'a>(
+        &'a self,
+        queue: &'a str,
+        worker: &'a str,
+        id: &'a str,
+        intent: &'a Intent,
+    ) -> BoxFuture<'a, Result<Settled, QueueError>>;
+
+    /// After the acknowledgement: carries `intent` out if the task is still where the
+    /// acknowledgement left it.
+    fn settle<'a>(
+        &'a self,
+        queue: &'a str,
+        worker: &'a str,
+        id: &'a str,
+        intent: &'a Intent,
+    ) -> BoxFuture<'a, Result<Settled, QueueError>>;
+
+    /// After `worker` stopped for good: every task it still holds goes back to the queue
+    /// without counting an attempt; `unsettled` lists its intents not settled yet.
+    fn release_worker<'a>(
+        &'a self,
+        queue: &'a str,
+        worker: &'a str,
+        unsettled: &'a [(String, Intent)],
+    ) -> BoxFuture<'a, Result<u64, QueueError>>;
+
+    /// Housekeeping every worker does now and then: what dead workers left unsettled, the
+    /// planner's statistics. Returns how many tasks it set right.
+    fn sweep<'a>(
+        &'a self,
+        queue: &'a str,
+        orphan_timeout: Duration,
+    ) -> BoxFuture<'a, Result<u64, QueueError>>;
+
+    /// After a fetch by `worker` failed: fails for good, with the reason, every task it
+    /// claimed that apalis cannot read.
+    fn quarantine<'a>(
+        &'a self,
+        queue: &'a str,
+        worker: &'a str,
+    ) -> BoxFuture<'a, Result<Quarantined, QueueError>>;
+
+    /// Before each fetch (cheap, no I/O but a `stat`): `Err` if the store is not the one the
+    /// worker's connections hold any more (the SQLite file was deleted or replaced).
+    fn check_identity(&self) -> Result<(), String>;
+
+    /// Before each fetch, at most every few hundred ms: upkeep that must happen before apalis
+    /// fetches (Redis: moving due tasks over in chunks).
+    fn before_fetch(&self, queue: &str) -> Option<BoxFuture<'static, ()>>;
+
+    /// Reopens the store if [`check_identity`](Self::check_identity) failed: new connections
+    /// to what the path names now, all at once. Whether it did.
+    fn reopen(&self) -> BoxFuture<'_, Result<bool, QueueError>>;
+}
+
+/// Now, in seconds since 1970 (the stores' clock).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,153 @@
+//! Pure decisions of the SQLite store: whether apalis can read a claimed row (the shield
+//! fails for good only rows it cannot), and when the planner's statistics are stale.
+
+/// A claimed row as stored: the columns apalis' fetch converts, as bytes or SQLite type names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredRow {
+    pub(crate) rowid: i64,
+    pub(crate) id: Option<Vec<u8>>,
+    pub(crate) metadata: Option<Vec<u8>>,
+    pub(crate) attempts_type: String,
+    pub(crate) run_at_type: String,
+    pub(crate) job_type: String,
+}
+
+/// Why apalis-sqlite 1.0 cannot turn `row` into a task (its `SqliteTaskRow` conversion: a
+/// ULID id, non-NULL attempts, run_at and payload, UTF-8 text); `Ok` if it can.
+pub(crate) fn unreadable(row: &StoredRow) -> Result<(), String> {
+    let id = match &row.id {
+        None => return Err("its id is NULL".to_owned()),
+        Some(bytes) => {
+            std::str::from_utf8(bytes).map_err(|_| "its id is not UTF-8 text".to_owned())?
+        }
+    };
+    if ulid::Ulid::from_string(id).is_err() {
+        return Err(format!(
+            "its id {id:?} is not a ULID (apalis-sqlite reads task ids as ULIDs)"
+        ));
+    }
+    for (column, ty) in [
+        ("attempts", &row.attempts_type),
+        ("run_at", &row.run_at_type),
+        ("job", &row.job_type),
+    ] {
+        if ty == "null" {
+            return Err(format!("its {column} is NULL"));
+        }
+    }
+    if let Some(meta) = &row.metadata {
+        if std::str::from_utf8(meta).is_err() {
+            return Err("its metadata is not UTF-8 text".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// The row's id for logs: its text, or its rowid.
+pub(crate) fn shown_id(row: &StoredRow) -> String {
+    row.id
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map_or_else(|| format!("rowid {}", row.rowid), str::to_owned)
+}
+
+/// Whether to `ANALYZE`: no statistics yet (and rows to analyze), or the table has more than
+/// doubled since the statistics were taken at `analyzed` rows.
+pub(crate) fn statistics_stale(analyzed: Option<i64>, rows: i64) -> bool {
+    match analyzed {
+        None => rows > 0,
+        Some(at) => rows > at.saturating_mul(2).saturating_add(100),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> StoredRow {
+        StoredRow {
+            rowid: 7,
+            id: Some(b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec()),
+            metadata: Some(b"{}".to_vec()),
+            attempts_type: "integer".into(),
+            run_at_type: "integer".into(),
+            job_type: "blob".into(),
+        }
+    }
+
+    #[test]
+    fn a_row_apalis_reads_passes() {
+        assert_eq!(unreadable(&good()), Ok(()));
+        let no_meta = StoredRow {
+            metadata: None,
+            job_type: "text".into(),
+            ..good()
+        };
+        assert_eq!(unreadable(&no_meta), Ok(()));
+        assert_eq!(shown_id(&good()), "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+    }
+
+    #[test]
+    fn each_unreadable_column_is_named() {
+        let cases = [
+            (StoredRow { id: None, ..good() }, "its id is NULL"),
+            (
+                StoredRow {
+                    id: Some(vec![0xff]),
+                    ..good()
+                },
+                "not UTF-8",
+            ),
+            (
+                StoredRow {
+                    id: Some(b"task-1".to_vec()),
+                    ..good()
+                },
+                "\"task-1\" is not a ULID",
+            ),
+            (
+                StoredRow {
+                    attempts_type: "null".into(),
+                    ..good()
+                },
+                "its attempts is NULL",
+            ),
+            (
+                StoredRow {
+                    run_at_type: "null".into(),
+                    ..good()
+                },
+                "its run_at is NULL",
+            ),
+            (
+                StoredRow {
+                    job_type: "null".into(),
+                    ..good()
+                },
+                "its job is NULL",
+            ),
+            (
+                StoredRow {
+                    metadata: Some(vec![0xc3]),
+                    ..good()
+                },
+                "metadata is not UTF-8",
+            ),
+        ];
+        for (row, why) in cases {
+            let got = unreadable(&row).unwrap_err();
+            assert!(got.contains(why), "{row:?}: {got}");
+        }
+        assert_eq!(shown_id(&StoredRow { id: None, ..good() }), "rowid 7");
+    }
+
+    #[test]
+    fn statistics_go_stale_when_the_table_doubles() {
+        assert!(!statistics_stale(None, 0));
+        assert!(statistics_stale(None, 1));
+        assert!(!statistics_stale(Some(1000), 2100));
+        assert!(statistics_stale(Some(1000), 2101));
+        assert!(!statistics_stale(Some(i64::MAX), i64::MAX));
+        assert!(statistics_stale(Some(0), 101));
+    }
+}
