@@ -278,37 +278,54 @@ impl Jobs {
     }
 }
 
-/// Decodes a `J`, runs it (catching a panic), encodes its output into the reply frame.
+/// Decodes a `J`, runs it, encodes its output into the reply frame, and drops what is left.
+/// Every step that runs the user's code (`Deserialize`, `run`, `Serialize`, `Drop`) is caught:
+/// a panic in any of them answers this job alone, naming the step, and the child serves on.
 fn run_encoded<J: ProcessJob>(seq: u64, input: &[u8], buf: Vec<u8>, max: usize) -> RunOutcome {
-    let job: J = match postcard::from_bytes(input) {
-        Ok(job) => job,
-        Err(e) => {
+    let job: J = match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes(input))) {
+        Ok(Ok(job)) => job,
+        Ok(Err(e)) => {
             return RunOutcome::Failed(format!(
                 "job {:?}: the child cannot decode its input: {e}",
                 J::NAME
             ))
         }
-    };
-    match catch_unwind(AssertUnwindSafe(move || job.run())) {
-        Ok(output) => {
-            let frame = protocol::frame_with_body(
-                &protocol::FromChild::Done { seq },
-                |b| postcard::to_extend(&output, b),
-                buf,
-                max,
-            );
-            match frame {
-                Ok(frame) => RunOutcome::Done(frame),
-                Err(e) => RunOutcome::Failed(format!("job {:?}: its output: {e}", J::NAME)),
-            }
+        Err(payload) => {
+            return RunOutcome::Failed(step_panicked::<J>("decoding its input", payload));
         }
+    };
+    let output = match catch_unwind(AssertUnwindSafe(move || job.run())) {
+        Ok(output) => output,
         Err(payload) => {
             let message = panic_text(payload.as_ref());
             // A payload whose destructor panics is leaked, not dropped twice.
             leasepool_actors::drop_payload(payload);
-            RunOutcome::Panicked(message)
+            return RunOutcome::Panicked(message);
         }
+    };
+    let frame = catch_unwind(AssertUnwindSafe(|| {
+        protocol::frame_with_body(
+            &protocol::FromChild::Done { seq },
+            |b| postcard::to_extend(&output, b),
+            buf,
+            max,
+        )
+    }));
+    // Dropping the output runs the user's `Drop`: quietly (a panic there is leaked, and the
+    // answer stands).
+    drop_quietly(output);
+    match frame {
+        Ok(Ok(frame)) => RunOutcome::Done(frame),
+        Ok(Err(e)) => RunOutcome::Failed(format!("job {:?}: its output: {e}", J::NAME)),
+        Err(payload) => RunOutcome::Failed(step_panicked::<J>("encoding its output", payload)),
     }
+}
+
+/// The answer for a job whose `step` (user code the child runs around `run`) panicked.
+fn step_panicked<J: ProcessJob>(step: &str, payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = panic_text(payload.as_ref());
+    drop_quietly(payload);
+    format!("job {:?}: {step} panicked: {text}", J::NAME)
 }
 
 /// Decodes `count` `J`s from `input` and runs each (catching a panic). Their outcomes go back
@@ -371,7 +388,16 @@ fn run_many_encoded<J: ProcessJob>(
                 J::NAME
             ))
         } else {
-            match postcard::take_from_bytes::<J>(rest) {
+            let decoded =
+                match catch_unwind(AssertUnwindSafe(|| postcard::take_from_bytes::<J>(rest))) {
+                    Ok(Ok(decoded)) => Ok(decoded),
+                    Ok(Err(e)) => Err(format!(
+                        "job {:?}: the child cannot decode its input: {e}",
+                        J::NAME
+                    )),
+                    Err(payload) => Err(step_panicked::<J>("decoding its input", payload)),
+                };
+            match decoded {
                 Ok((job, after)) => {
                     rest = after;
                     match catch_unwind(AssertUnwindSafe(move || job.run())) {
@@ -383,12 +409,9 @@ fn run_many_encoded<J: ProcessJob>(
                         }
                     }
                 }
-                Err(e) => {
+                Err(text) => {
                     readable = false;
-                    ItemOutcome::Failed(format!(
-                        "job {:?}: the child cannot decode its input: {e}",
-                        J::NAME
-                    ))
+                    ItemOutcome::Failed(text)
                 }
             }
         };

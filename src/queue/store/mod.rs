@@ -1,6 +1,6 @@
 //! The seam between the queue's generic code and a store: one trait, [`Store`], that says what
-//! a store does for us, one file per store that implements it (`sqlite.rs`, `redis.rs`), and
-//! the apalis plumbing they share (the [`shield`] around a store's fetch, [`run_apalis`]).
+//! a store does for us, one module per store that implements it (`sqlite/`, `redis/`), and
+//! the apalis plumbing they share (`apalis.rs`: [`run_apalis`], the [`Raw`] backend wrapper).
 //!
 //! The worker and the producer API call only this trait; nothing above this module knows
 //! which store it has.
@@ -21,10 +21,9 @@ use super::{QueueCounts, QueueError, TaskInfo};
 
 mod apalis;
 pub(crate) mod redis;
-mod shield;
 pub(crate) mod sqlite;
 
-pub(crate) use self::apalis::run_apalis;
+pub(crate) use self::apalis::{run_apalis, Raw};
 
 /// A task about to be pushed: its payload already encoded and checked.
 #[derive(Debug, Clone)]
@@ -63,14 +62,9 @@ pub(crate) enum Settled {
     Gone,
 }
 
-/// What [`Store::quarantine`] found among the tasks a worker had claimed when a fetch failed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Quarantined {
-    /// Tasks that apalis cannot read, failed for good: (id, why).
-    pub(crate) killed: Vec<(String, String)>,
-    /// Claimed tasks that look readable: the fetch failed for another reason.
-    pub(crate) readable: usize,
-}
+/// Told of each stored task a store failed for good because apalis cannot read it: (task id,
+/// why). Such a task never reaches the worker's service; the store takes it out of the fetch.
+pub(crate) type OnUnreadable = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// The service a store's apalis worker runs: the queue worker's, type-erased.
 pub(crate) type TaskFuture = BoxFuture<'static, Result<(), BoxDynError>>;
@@ -107,7 +101,7 @@ pub(crate) struct RunSpec {
     pub(crate) poll_interval: Duration,
     pub(crate) on_event: OnEvent,
     /// Told of each claimed task the shield failed for good: (task id, why).
-    pub(crate) on_unreadable: shield::OnUnreadable,
+    pub(crate) on_unreadable: OnUnreadable,
     pub(crate) service: DynService,
 }
 
@@ -138,8 +132,10 @@ pub(crate) trait Store: Send + Sync + 'static {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<TaskInfo>, QueueError>>;
 
-    /// Runs an apalis worker on this store until it stops or fails, fetching through the
-    /// [`shield`] (a task apalis cannot read fails alone).
+    /// Runs an apalis worker on this store until it stops or fails. A stored task that apalis
+    /// cannot read is failed for good with its reason ([`RunSpec::on_unreadable`]) and fetched
+    /// past: it never stops the worker. A fetch on a store that is not the one the worker's
+    /// connections hold any more (a SQLite file deleted or replaced) fails the worker.
     fn run(self: Arc<Self>, spec: RunSpec) -> BoxFuture<'static, Result<(), String>>;
 
     /// The attempt number of task `id` that `worker` just fetched at apalis' count `attempt`,
@@ -193,24 +189,8 @@ pub(crate) trait Store: Send + Sync + 'static {
         orphan_timeout: Duration,
     ) -> BoxFuture<'a, Result<u64, QueueError>>;
 
-    /// After a fetch by `worker` failed: fails for good, with the reason, every task it
-    /// claimed that apalis cannot read.
-    fn quarantine<'a>(
-        &'a self,
-        queue: &'a str,
-        worker: &'a str,
-    ) -> BoxFuture<'a, Result<Quarantined, QueueError>>;
-
-    /// Before each fetch (cheap, no I/O but a `stat`): `Err` if the store is not the one the
-    /// worker's connections hold any more (the SQLite file was deleted or replaced).
-    fn check_identity(&self) -> Result<(), String>;
-
-    /// Before each fetch, at most every few hundred ms: upkeep that must happen before apalis
-    /// fetches (Redis: moving due tasks over in chunks).
-    fn before_fetch(&self, queue: &str) -> Option<BoxFuture<'static, ()>>;
-
-    /// Reopens the store if [`check_identity`](Self::check_identity) failed: new connections
-    /// to what the path names now, all at once. Whether it did.
+    /// If the store under the path is not the one the connections hold (a SQLite file deleted
+    /// or replaced): new connections to what the path names now, all at once. Whether it did.
     fn reopen(&self) -> BoxFuture<'_, Result<bool, QueueError>>;
 }
 

@@ -264,17 +264,6 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return #tasks
 ";
 
-/// The tasks in a worker's in-flight set as stored: id, meta fields, whether a payload exists.
-pub(super) const CLAIMED: &str = r"
--- KEYS: the worker's in-flight set, data hash; ARGV: meta hash prefix
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  table.insert(out, {id, redis.call('HGETALL', ARGV[1] .. ':' .. id),
-    redis.call('HEXISTS', KEYS[2], id)})
-end
-return out
-";
-
 /// Fails a claimed task for good: out of the worker's in-flight set into the dead set, with
 /// the reason as its result.
 pub(super) const KILL: &str = r"

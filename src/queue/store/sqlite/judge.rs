@@ -6,14 +6,15 @@
 pub(crate) struct StoredRow {
     pub(crate) rowid: i64,
     pub(crate) id: Option<Vec<u8>>,
-    pub(crate) metadata: Option<Vec<u8>>,
+    /// The other text columns apalis reads: (name, bytes).
+    pub(crate) texts: Vec<(&'static str, Option<Vec<u8>>)>,
     pub(crate) attempts_type: String,
     pub(crate) run_at_type: String,
     pub(crate) job_type: String,
 }
 
-/// Why apalis-sqlite 1.0 cannot turn `row` into a task (its `SqliteTaskRow` conversion: a
-/// ULID id, non-NULL attempts, run_at and payload, UTF-8 text); `Ok` if it can.
+/// Why apalis-sqlite 1.0 cannot turn `row` into a task (its row conversion: a ULID id,
+/// non-NULL attempts, run_at and payload, UTF-8 text columns); `Ok` if it can.
 pub(crate) fn unreadable(row: &StoredRow) -> Result<(), String> {
     let id = match &row.id {
         None => return Err("its id is NULL".to_owned()),
@@ -35,9 +36,12 @@ pub(crate) fn unreadable(row: &StoredRow) -> Result<(), String> {
             return Err(format!("its {column} is NULL"));
         }
     }
-    if let Some(meta) = &row.metadata {
-        if std::str::from_utf8(meta).is_err() {
-            return Err("its metadata is not UTF-8 text".to_owned());
+    for (column, bytes) in &row.texts {
+        if bytes
+            .as_deref()
+            .is_some_and(|b| std::str::from_utf8(b).is_err())
+        {
+            return Err(format!("its {column} is not UTF-8 text"));
         }
     }
     Ok(())
@@ -68,7 +72,7 @@ mod tests {
         StoredRow {
             rowid: 7,
             id: Some(b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec()),
-            metadata: Some(b"{}".to_vec()),
+            texts: vec![("metadata", Some(b"{}".to_vec())), ("lock_by", None)],
             attempts_type: "integer".into(),
             run_at_type: "integer".into(),
             job_type: "blob".into(),
@@ -79,7 +83,7 @@ mod tests {
     fn a_row_apalis_reads_passes() {
         assert_eq!(unreadable(&good()), Ok(()));
         let no_meta = StoredRow {
-            metadata: None,
+            texts: vec![("metadata", None)],
             job_type: "text".into(),
             ..good()
         };
@@ -128,10 +132,17 @@ mod tests {
             ),
             (
                 StoredRow {
-                    metadata: Some(vec![0xc3]),
+                    texts: vec![("metadata", Some(vec![0xc3]))],
                     ..good()
                 },
-                "metadata is not UTF-8",
+                "its metadata is not UTF-8",
+            ),
+            (
+                StoredRow {
+                    texts: vec![("lock_by", Some(vec![0xff, 0]))],
+                    ..good()
+                },
+                "its lock_by is not UTF-8",
             ),
         ];
         for (row, why) in cases {

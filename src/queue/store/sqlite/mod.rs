@@ -19,9 +19,10 @@ use futures_util::{FutureExt as _, SinkExt as _};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-use super::{run_apalis, Intent, NewTask, Quarantined, RunSpec, Settled, Store};
+use super::{run_apalis, Intent, NewTask, RunSpec, Settled, Store};
 use crate::queue::{QueueCounts, QueueError, TaskInfo};
 
+mod backend;
 mod file;
 pub(crate) mod judge;
 mod sql;
@@ -192,10 +193,15 @@ impl Store for SqliteStore {
             .batch_size(1)
             .heartbeat_interval(spec.heartbeat)
             .missed_heartbeats(3);
-        let backend = SqliteStorage::<Vec<u8>>::new(&self.pool())
-            .with_config(config)
-            .poll_with_interval(spec.poll_interval);
-        run_apalis(backend, self, spec).boxed()
+        let persist = backend::SqlitePersist {
+            pool: self.pool(),
+            config,
+            path: Arc::new(self.path.clone()),
+            file: self.file(),
+            on_unreadable: Arc::clone(&spec.on_unreadable),
+        };
+        let backend = backend::SqliteBackend::new(persist).poll_with_interval(spec.poll_interval);
+        run_apalis(backend, spec).boxed()
     }
 
     fn counted_attempt<'a>(
@@ -277,44 +283,13 @@ impl Store for SqliteStore {
         .boxed()
     }
 
-    fn quarantine<'a>(
-        &'a self,
-        _queue: &'a str,
-        worker: &'a str,
-    ) -> BoxFuture<'a, Result<Quarantined, QueueError>> {
-        async move {
-            let pool = self.pool();
-            let mut found = Quarantined::default();
-            for row in sql::claimed_rows(&pool, worker).await? {
-                match judge::unreadable(&row) {
-                    Ok(()) => found.readable += 1,
-                    Err(why) => {
-                        let why = format!("apalis cannot read this task: {why}");
-                        sql::kill_row(&pool, worker, row.rowid, &why).await?;
-                        found.killed.push((judge::shown_id(&row), why));
-                    }
-                }
-            }
-            Ok(found)
-        }
-        .boxed()
-    }
-
-    fn check_identity(&self) -> Result<(), String> {
-        self.file().check(&self.path)
-    }
-
-    fn before_fetch(&self, _queue: &str) -> Option<BoxFuture<'static, ()>> {
-        None
-    }
-
     fn reopen(&self) -> BoxFuture<'_, Result<bool, QueueError>> {
         async move {
-            if self.check_identity().is_ok() {
+            if self.file().check(&self.path).is_ok() {
                 return Ok(false);
             }
             let _one = self.reopening.lock().await;
-            if let Err(why) = self.check_identity() {
+            if let Err(why) = self.file().check(&self.path) {
                 let (pool, file) = connect(&self.path).await?;
                 let old = std::mem::replace(
                     &mut *self.current.lock().unwrap_or_else(|e| e.into_inner()),

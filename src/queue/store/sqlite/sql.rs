@@ -11,8 +11,9 @@ use crate::queue::store::{unix_now, Settled};
 use crate::queue::{QueueCounts, QueueError, TaskInfo};
 
 pub(super) async fn counts(pool: &SqlitePool, queue: &str) -> Result<QueueCounts, QueueError> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT status, coalesce(attempts >= max_attempts, 1), count(*) FROM Jobs \
+    // Read as stored, whatever another producer wrote: bytes and SQLite's own conversions.
+    let rows: Vec<(Vec<u8>, i64, i64)> = sqlx::query_as(
+        "SELECT CAST(status AS BLOB), coalesce(attempts >= max_attempts, 1), count(*) FROM Jobs \
          WHERE job_type = ?1 GROUP BY 1, 2",
     )
     .bind(queue)
@@ -21,7 +22,7 @@ pub(super) async fn counts(pool: &SqlitePool, queue: &str) -> Result<QueueCounts
     let mut counts = QueueCounts::default();
     for (status, spent, n) in rows {
         let n = u64::try_from(n).unwrap_or(0);
-        match status.as_str() {
+        match String::from_utf8_lossy(&status).as_ref() {
             "Pending" => counts.pending += n,
             "Queued" | "Running" => counts.claimed += n,
             "Done" => counts.done += n,
@@ -38,15 +39,17 @@ pub(super) async fn task(
     id: &str,
 ) -> Result<Option<TaskInfo>, QueueError> {
     type Row = (
-        String,
+        Vec<u8>,
         Option<i64>,
         Option<i64>,
-        Option<String>,
-        Option<String>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
         Option<i64>,
     );
+    // Read as stored, whatever another producer wrote: bytes and SQLite's own conversions.
     let row: Option<Row> = sqlx::query_as(
-        "SELECT status, attempts, max_attempts, lock_by, CAST(last_result AS TEXT), run_at \
+        "SELECT CAST(status AS BLOB), CAST(attempts AS INTEGER), CAST(max_attempts AS INTEGER), \
+         CAST(lock_by AS BLOB), CAST(last_result AS BLOB), CAST(run_at AS INTEGER) \
          FROM Jobs WHERE id = ?1 AND job_type = ?2",
     )
     .bind(id)
@@ -55,6 +58,9 @@ pub(super) async fn task(
     .await?;
     Ok(row.map(
         |(status, attempts, max_attempts, locked_by, last_result, run_at)| {
+            let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+            let status = text(status);
+            let (locked_by, last_result) = (locked_by.map(text), last_result.map(text));
             let attempts = attempts.and_then(|a| u64::try_from(a).ok()).unwrap_or(0);
             let max_attempts = max_attempts
                 .and_then(|a| u64::try_from(a).ok())
@@ -172,58 +178,86 @@ pub(super) async fn release_worker(pool: &SqlitePool, worker: &str) -> Result<u6
     Ok(done.rows_affected())
 }
 
-/// The tasks `worker` claimed that apalis has not handed over yet (`Queued`), each as
-/// stored, for the [judge](super::judge).
-pub(super) async fn claimed_rows(
+/// The rows the next fetch of `queue` would claim (apalis' order: priority, then run time,
+/// then id; waiting rows and failed rows with attempts left, due now), each column as stored,
+/// for the [judge](super::judge).
+pub(super) async fn next_candidates(
     pool: &SqlitePool,
-    worker: &str,
+    queue: &str,
+    batch: usize,
 ) -> Result<Vec<StoredRow>, QueueError> {
-    type Raw = (
+    type Bytes = Option<Vec<u8>>;
+    type Row = (
         i64,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
+        Bytes,
+        Bytes,
+        Bytes,
+        Bytes,
+        Bytes,
+        Bytes,
         String,
         String,
         String,
     );
-    let rows: Vec<Raw> = sqlx::query_as(
-        "SELECT ROWID, CAST(id AS BLOB), CAST(metadata AS BLOB), typeof(attempts), \
-         typeof(run_at), typeof(job) FROM Jobs WHERE lock_by = ?1 AND status = 'Queued'",
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT ROWID, CAST(id AS BLOB), CAST(job_type AS BLOB), CAST(lock_by AS BLOB), \
+             CAST(last_result AS BLOB), CAST(metadata AS BLOB), CAST(idempotency_key AS BLOB), \
+             typeof(attempts), typeof(run_at), typeof(job) \
+             FROM Jobs WHERE ROWID IN ( \
+               SELECT ROWID FROM ( \
+                 SELECT ROWID, priority, run_at, id FROM Jobs WHERE job_type = ?1 \
+                   AND status = 'Pending' AND lock_by IS NULL AND (run_at IS NULL OR run_at <= ?2) \
+                 UNION ALL \
+                 SELECT ROWID, priority, run_at, id FROM Jobs WHERE job_type = ?1 \
+                   AND status = 'Failed' AND attempts < max_attempts \
+                   AND (run_at IS NULL OR run_at <= ?2)) \
+               ORDER BY priority DESC, run_at ASC, id ASC LIMIT ?3)",
     )
-    .bind(worker)
+    .bind(queue)
+    .bind(i64::try_from(unix_now()).unwrap_or(i64::MAX))
+    .bind(i64::try_from(batch).unwrap_or(1))
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(rowid, id, metadata, attempts, run_at, job)| StoredRow {
-            rowid,
-            id,
-            metadata,
-            attempts_type: attempts,
-            run_at_type: run_at,
-            job_type: job,
-        })
+        .map(
+            |(rowid, id, job_type, lock_by, last_result, metadata, key, attempts, run_at, job)| {
+                StoredRow {
+                    rowid,
+                    id,
+                    texts: vec![
+                        ("job_type", job_type),
+                        ("lock_by", lock_by),
+                        ("last_result", last_result),
+                        ("metadata", metadata),
+                        ("idempotency_key", key),
+                    ],
+                    attempts_type: attempts,
+                    run_at_type: run_at,
+                    job_type: job,
+                }
+            },
+        )
         .collect())
 }
 
-/// Fails the row `rowid` for good with `why` (apalis' result format: `{"Err": why}`).
-pub(super) async fn kill_row(
+/// Fails the row `rowid` for good with `why` (apalis' result format: `{"Err": why}`), if it
+/// is still unclaimed; whether it was.
+pub(super) async fn kill_unclaimed(
     pool: &SqlitePool,
-    worker: &str,
     rowid: i64,
     why: &str,
-) -> Result<(), QueueError> {
-    sqlx::query(
+) -> Result<bool, QueueError> {
+    let done = sqlx::query(
         "UPDATE Jobs SET status = 'Killed', last_result = json_object('Err', ?1), \
          done_at = strftime('%s', 'now'), lock_by = NULL, lock_at = NULL \
-         WHERE ROWID = ?2 AND lock_by = ?3 AND status = 'Queued'",
+         WHERE ROWID = ?2 AND ((status = 'Pending' AND lock_by IS NULL) OR status = 'Failed')",
     )
     .bind(why)
     .bind(rowid)
-    .bind(worker)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Keeps the query planner's statistics current: without them SQLite walks the status index

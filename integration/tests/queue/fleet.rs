@@ -1,0 +1,203 @@
+//! Worker processes sharing one queue: exactly once, fair shares, SIGKILL and orphan re-runs,
+//! a fleet on Redis, big due backlogs.
+
+#![allow(unused_imports)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leasepool::queue::{Queue, QueueError, QueueWorker};
+use leasepool::LeaseManager;
+
+use crate::common;
+use crate::fixtures::*;
+
+// ---- tests across processes -------------------------------------------------------------------
+
+pub(crate) async fn two_worker_processes_do_2000_tasks_exactly_once() {
+    let dir = temp_dir("2000");
+    let db = dir.join("queue.db");
+    let results = dir.join("results.db");
+    let queue = Queue::sqlite(&db).await.unwrap();
+    queue.push_all("numbers", 0..2000_u64).await.unwrap();
+    assert_eq!(queue.counts("numbers").await.unwrap().pending, 2000);
+    let a = Worker::spawn(db.to_str().unwrap(), "numbers", &results, 2, 1, 60, 2000);
+    let b = Worker::spawn(db.to_str().unwrap(), "numbers", &results, 2, 1, 60, 2000);
+    assert!(a.wait(Duration::from_secs(80)).success());
+    assert!(b.wait(Duration::from_secs(10)).success());
+    let (rows, distinct, per_pid) = results_of(&results);
+    println!("    results: {rows} rows, {distinct} distinct tasks, per process {per_pid:?}");
+    assert_eq!(distinct, 2000, "every task done");
+    assert_eq!(rows, 2000, "no task done twice");
+    let counts = queue.counts("numbers").await.unwrap();
+    assert_eq!(counts.done, 2000, "{counts:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+pub(crate) async fn the_bigger_instance_takes_its_fair_share() {
+    // One instance with 1 pool, one with 4; slow tasks: the bigger takes >= 3x as many.
+    let dir = temp_dir("fair");
+    let db = dir.join("queue.db");
+    let results = dir.join("results.db");
+    let queue = Queue::sqlite(&db).await.unwrap();
+    let small = Worker::spawn(db.to_str().unwrap(), "fair", &results, 1, 50, 60, 200);
+    let big = Worker::spawn(db.to_str().unwrap(), "fair", &results, 4, 50, 60, 200);
+    let small_pid = small.child.id() as i64;
+    queue.push_all("fair", 0..200_u64).await.unwrap();
+    assert!(small.wait(Duration::from_secs(80)).success());
+    assert!(big.wait(Duration::from_secs(10)).success());
+    let (rows, distinct, per_pid) = results_of(&results);
+    println!("    results: {rows} rows, per process {per_pid:?} (small = {small_pid})");
+    assert_eq!((rows, distinct), (200, 200));
+    let small_n = per_pid
+        .iter()
+        .find(|(p, _)| *p == small_pid)
+        .map_or(0, |(_, n)| *n);
+    let big_n = rows - small_n;
+    assert!(
+        big_n >= 3 * small_n,
+        "the 4-pool instance did {big_n}, the 1-pool one {small_n}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+pub(crate) async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout() {
+    let dir = temp_dir("orphan");
+    let db = dir.join("queue.db");
+    let results = dir.join("results.db");
+    let queue = Queue::sqlite(&db).await.unwrap();
+    queue.push_all("orphans", 0..4_u64).await.unwrap();
+    // The victim claims 2 tasks (2 pools) and sleeps in them far longer than the test.
+    let mut victim = Worker::spawn(db.to_str().unwrap(), "orphans", &results, 2, 600_000, 5, 0);
+    eventually("the victim holds 2 tasks", || async {
+        queue.counts("orphans").await.unwrap().claimed == 2
+    })
+    .await;
+    victim.child.kill().unwrap(); // SIGKILL
+    victim.child.wait().unwrap();
+    let killed_at = Instant::now();
+    assert_eq!(
+        queue.counts("orphans").await.unwrap().claimed,
+        2,
+        "the dead instance's tasks stay claimed"
+    );
+    let rescuer = Worker::spawn(db.to_str().unwrap(), "orphans", &results, 2, 1, 5, 4);
+    assert!(rescuer.wait(Duration::from_secs(60)).success());
+    let (rows, distinct, _) = results_of(&results);
+    assert_eq!(
+        (rows, distinct),
+        (4, 4),
+        "all four done once, the victim's two re-run"
+    );
+    let took = killed_at.elapsed();
+    println!("    the victim's tasks were done {took:.1?} after the kill (orphan timeout 5 s)");
+    // Heartbeats are stored in whole seconds and the victim's last one was up to a third of the
+    // timeout before the kill: the re-run comes between about 2.3 s and 5 s after it.
+    assert!(
+        took >= Duration::from_secs(2),
+        "re-run before the orphan timeout: {took:?}"
+    );
+    assert_eq!(queue.counts("orphans").await.unwrap().done, 4);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Also the regression test for pushing more than ~8 000 tasks at once to Redis (apalis-redis
+/// 1.0 then fails every fetch: see `redis::promote`).
+pub(crate) async fn redis_three_workers_share_10000_tasks_and_survive_a_sigkill() {
+    let url = redis_url();
+    let dir = temp_dir("redis-fleet");
+    let results = dir.join("results.db");
+    let queue = open(&url).await;
+    const N: u64 = 10_000;
+    queue.push_all("fleet", 0..N).await.unwrap();
+    let mut victim = Worker::spawn(&url, "fleet", &results, 2, 0, 5, 0);
+    let b = Worker::spawn(&url, "fleet", &results, 2, 0, 5, N);
+    let c = Worker::spawn(&url, "fleet", &results, 2, 0, 5, N);
+    // Kill one mid-run, without warning.
+    let victim_pid = victim.child.id() as i64;
+    let begun = Instant::now();
+    loop {
+        let c = queue.counts("fleet").await.unwrap();
+        if c.done >= N / 3 {
+            break;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(80),
+            "a third of the tasks not done in 80 s: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("    a third done in {:.1?}", begun.elapsed());
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let killed_at_done = queue.counts("fleet").await.unwrap().done;
+    assert!(b.wait(Duration::from_secs(100)).success());
+    assert!(c.wait(Duration::from_secs(20)).success());
+    let (rows, distinct, per_pid) = results_of(&results);
+    let lost = N as i64 - distinct;
+    let duplicates = rows - distinct;
+    println!(
+        "    10 000 tasks, 3 workers, one (pid {victim_pid}) SIGKILLed at {killed_at_done} done: \
+         lost {lost}, duplicates {duplicates}, per process {per_pid:?}"
+    );
+    assert_eq!(lost, 0, "every task done");
+    let counts = queue.counts("fleet").await.unwrap();
+    assert_eq!(counts.done, N, "{counts:?}");
+    assert_eq!(
+        (counts.pending, counts.claimed, counts.failed),
+        (0, 0, 0),
+        "{counts:?}"
+    );
+    // What the victim held when it died is at most its 2 leases' tasks (batch size 1, no
+    // prefetch), done at most once more each.
+    assert!(duplicates <= 2, "{duplicates} duplicates");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+pub(crate) async fn a_large_due_backlog_on_redis_does_not_stop_fetching() {
+    // apalis-redis' fetch moves every due scheduled task with one Lua `unpack`, which fails
+    // beyond ~8 000: a producer's large apalis push (or a burst of retries) left every worker
+    // failing each fetch. Put 9 000 due tasks in the schedule the way apalis' own push does.
+    let url = redis_url();
+    let queue = open(&url).await;
+    const N: u64 = 9_000;
+    queue.push_all("backlog", 0..N).await.unwrap();
+    let moved = redis_cli(&[
+        "EVAL",
+        "local ids = redis.call('LRANGE', KEYS[1], 0, -1) \
+         for i = 1, #ids do redis.call('ZADD', KEYS[2], 0, ids[i]) end \
+         redis.call('DEL', KEYS[1]) return #ids",
+        "2",
+        "backlog:active",
+        "backlog:scheduled",
+    ]);
+    assert_eq!(moved, N.to_string());
+    let m = manager("q-backlog", 4).await;
+    let worker = QueueWorker::builder(&m, &queue, "backlog")
+        .poll_interval(Duration::from_millis(2))
+        .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    worker.start().unwrap();
+    let begun = Instant::now();
+    loop {
+        let c = queue.counts("backlog").await.unwrap();
+        if c.done >= N {
+            break;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(80),
+            "not done in 80 s: {c:?}, {:?}, last error {:?}",
+            worker.stats(),
+            worker.last_error()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = worker.stop().await;
+    println!(
+        "    9 000 due tasks done in {:.1?}; restarts {}",
+        begun.elapsed(),
+        st.restarts
+    );
+    m.stop().await;
+}

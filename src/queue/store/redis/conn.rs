@@ -1,0 +1,188 @@
+//! The connection apalis-redis' worker uses: ours, passing every command through, with two
+//! additions around apalis' fetch script (recognised by its keys):
+//!
+//! - before it, at most every 200 ms, due tasks are moved to the active list in chunks
+//!   (apalis' fetch moves all due tasks with one Lua `unpack`, which fails past ~8 000);
+//! - after it, the fetched tasks that apalis cannot read (an id, a count that does not fit a
+//!   `u32`, a missing field or payload) are failed for good with their reason and taken out of
+//!   the answer before apalis parses it. apalis fails the whole fetch on one such task — its
+//!   worker then ends, and every replacement met the same task first again: one bad task
+//!   stalled the queue for every worker.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionLike, ConnectionManager};
+use ::redis::{Arg, Cmd, Pipeline, RedisFuture, Script, Value};
+
+use super::{config, judge, promote_due, scripts};
+use crate::queue::store::{unix_now, OnUnreadable};
+
+/// How often a fetching worker moves due tasks over (at most).
+const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+
+#[derive(Clone)]
+pub(crate) struct ScreenedConn {
+    inner: ConnectionManager,
+    queue: Arc<str>,
+    /// apalis' fetch script's keys that tell it: (workers set, active list, scheduled set).
+    keys: Arc<(String, String, String)>,
+    on_unreadable: OnUnreadable,
+    promoted: Arc<Mutex<Option<Instant>>>,
+}
+
+impl ScreenedConn {
+    pub(crate) fn new(inner: ConnectionManager, queue: &str, on_unreadable: OnUnreadable) -> Self {
+        let cfg = config(queue);
+        ScreenedConn {
+            inner,
+            queue: Arc::from(queue),
+            keys: Arc::new((
+                cfg.workers_set(),
+                cfg.active_jobs_list(),
+                cfg.scheduled_jobs_set(),
+            )),
+            on_unreadable,
+            promoted: Arc::default(),
+        }
+    }
+
+    /// If `cmd` is apalis' fetch script on our queue (`EVALSHA`/`EVAL` with its 7 keys): the
+    /// fetching worker's in-flight set.
+    fn fetch_of(&self, cmd: &Cmd) -> Option<String> {
+        let args: Vec<&[u8]> = cmd
+            .args_iter()
+            .map(|a| match a {
+                Arg::Simple(b) => b,
+                _ => &[][..],
+            })
+            .collect();
+        let verb = args.first()?;
+        if !(verb.eq_ignore_ascii_case(b"EVALSHA") || verb.eq_ignore_ascii_case(b"EVAL")) {
+            return None;
+        }
+        let (workers, active, scheduled) = &*self.keys;
+        let is = |i: usize, key: &str| args.get(i).is_some_and(|a| *a == key.as_bytes());
+        if args.get(2).copied() == Some(&b"7"[..])
+            && is(3, workers)
+            && is(4, active)
+            && is(9, scheduled)
+        {
+            args.get(5).map(|k| String::from_utf8_lossy(k).into_owned())
+        } else {
+            None
+        }
+    }
+
+    fn promote_due_now(&self) -> bool {
+        let mut last = self.promoted.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < PROMOTE_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Takes the tasks apalis cannot read out of a fetch's answer, failing each for good.
+    async fn screen(&self, answer: Value, inflight: &str) -> Value {
+        let Value::Array(parts) = &answer else {
+            return answer;
+        };
+        let [Value::Array(payloads), Value::Array(metas)] = parts.as_slice() else {
+            return answer;
+        };
+        if payloads.len() != metas.len() {
+            return answer;
+        }
+        let mut keep = (Vec::new(), Vec::new());
+        for (payload, meta) in payloads.iter().zip(metas) {
+            match judge_fetched(payload, meta) {
+                Ok(()) => {
+                    keep.0.push(payload.clone());
+                    keep.1.push(meta.clone());
+                }
+                Err((id, why)) => {
+                    let why = format!("apalis cannot read this task: {why}");
+                    if let Err(e) = self.kill(inflight, &id, &why).await {
+                        // Left in the answer: apalis fails this fetch, and the worker is
+                        // replaced (the next fetch tries again).
+                        tracing::warn!(queue = %self.queue, error = %e, "could not fail an unreadable task");
+                        keep.0.push(payload.clone());
+                        keep.1.push(meta.clone());
+                        continue;
+                    }
+                    (self.on_unreadable)(&String::from_utf8_lossy(&id), &why);
+                }
+            }
+        }
+        Value::Array(vec![Value::Array(keep.0), Value::Array(keep.1)])
+    }
+
+    async fn kill(&self, inflight: &str, id: &[u8], why: &str) -> Result<(), ::redis::RedisError> {
+        let cfg = config(&self.queue);
+        let shown = String::from_utf8_lossy(id);
+        let result = serde_json::json!({ "Err": why }).to_string();
+        let mut conn = self.inner.clone();
+        let _: i64 = Script::new(scripts::KILL)
+            .key(inflight)
+            .key(cfg.dead_jobs_set())
+            .key(format!("{}:{shown}", cfg.job_meta_hash()))
+            .arg(id)
+            .arg(result)
+            .arg(unix_now())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The id, meta fields and payload of one fetched task, judged; `Err((id, why))` if apalis
+/// cannot read it.
+fn judge_fetched(payload: &Value, meta: &Value) -> Result<(), (Vec<u8>, String)> {
+    let Value::Array(fields) = meta else {
+        return Err((Vec::new(), "its meta data is not a list".to_owned()));
+    };
+    let bytes = |v: &Value| match v {
+        Value::BulkString(b) => Some(b.clone()),
+        _ => None,
+    };
+    let id = fields.first().and_then(bytes).unwrap_or_default();
+    let rest: Option<Vec<Vec<u8>>> = fields.iter().skip(1).map(bytes).collect();
+    let Some(rest) = rest else {
+        return Err((id, "a field of its meta hash is not a string".to_owned()));
+    };
+    let has_payload = matches!(payload, Value::BulkString(_));
+    judge::unreadable(&id, &rest, has_payload).map_err(|why| (id, why))
+}
+
+impl ConnectionLike for ScreenedConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let fetch = self.fetch_of(cmd);
+        Box::pin(async move {
+            if fetch.is_some() && self.promote_due_now() {
+                if let Err(e) = promote_due(&self.inner, &self.queue).await {
+                    tracing::debug!(error = %e, "moving due tasks to the active list failed");
+                }
+            }
+            let answer = self.inner.req_packed_command(cmd).await?;
+            Ok(match fetch {
+                Some(inflight) => self.screen(answer, &inflight).await,
+                None => answer,
+            })
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
