@@ -13,6 +13,11 @@ use leasepool::LeaseManager;
 use crate::common;
 use crate::fixtures::*;
 
+/// Redis: the mark a deferral leaves before apalis acknowledges it (its attempt is owed back)
+/// must not outlive an acknowledgement that never landed (the worker was killed, its apalis
+/// worker failed or was aborted): a task allowed two attempts whose meta hash carries such a
+/// mark — at an attempt above the count stored — runs twice, not three times, and the mark is
+/// gone once it ran.
 pub(crate) async fn a_stale_owed_mark_gives_no_free_attempt() {
     let queue = open(&redis_url()).await;
     let id = queue

@@ -307,11 +307,6 @@ pub(crate) fn redis_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Redis: the mark a deferral leaves before apalis acknowledges it (its attempt is owed back)
-/// must not outlive an acknowledgement that never landed (the worker was killed, its apalis
-/// worker failed or was aborted): a task allowed two attempts whose meta hash carries such a
-/// mark — at an attempt above the count stored — runs twice, not three times, and the mark is
-
 pub(crate) async fn manager(prefix: &str, max_pools: usize) -> LeaseManager {
     let m = LeaseManager::builder()
         .name_prefix(prefix)
@@ -323,6 +318,8 @@ pub(crate) async fn manager(prefix: &str, max_pools: usize) -> LeaseManager {
     m
 }
 
+/// A queue payload that is also a process job: crashes its child on the first attempt (a marker
+/// file tells), then answers.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct CrashOnce {
     pub(crate) marker: PathBuf,
@@ -372,6 +369,7 @@ pub(crate) fn process_jobs() -> leasepool::process::Jobs {
     leasepool::process::Jobs::new()
         .register::<CrashOnce>()
         .register::<RunawayOnce>()
+        .register::<PanicOnEncode>()
 }
 
 /// CPU time of this process, in clock ticks.
@@ -525,4 +523,26 @@ pub(crate) fn logged(id: &str) -> Vec<Logged> {
         .filter(|l| l.fields.get("task").map(String::as_str) == Some(id))
         .cloned()
         .collect()
+}
+
+/// A process job whose output's `Serialize` panics (in the child).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PanicOnEncode;
+
+/// An output that cannot be encoded.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("this output refuses to be encoded")
+    }
+}
+
+impl leasepool::process::ProcessJob for PanicOnEncode {
+    const NAME: &'static str = "queue-test.panic-on-encode.v1";
+    type Output = Unencodable;
+    fn run(self) -> Unencodable {
+        Unencodable
+    }
 }

@@ -215,6 +215,14 @@ fn hostile_sqlite_rows(db: &Path, queue: &str, big: usize) -> Vec<Hostile> {
     out
 }
 
+/// A Redis task as written: payload, meta fields, what it is, what its failure must name.
+type RedisCase = (
+    Option<Vec<u8>>,
+    Vec<(&'static str, &'static [u8])>,
+    &'static str,
+    &'static str,
+);
+
 /// Writes every kind of unreadable Redis task.
 fn hostile_redis_tasks(queue: &str, big: usize) -> Vec<Hostile> {
     let good: [(&str, &[u8]); 3] = [
@@ -229,12 +237,7 @@ fn hostile_redis_tasks(queue: &str, big: usize) -> Vec<Hostile> {
     };
     let deep = nested(200);
     let huge = format!("\"{}\"", "x".repeat(big));
-    let cases: Vec<(
-        Option<Vec<u8>>,
-        Vec<(&str, &[u8])>,
-        &'static str,
-        &'static str,
-    )> = vec![
+    let cases: Vec<RedisCase> = vec![
         (
             Some(deep.into_bytes()),
             good.to_vec(),

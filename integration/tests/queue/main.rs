@@ -11,11 +11,13 @@ mod common;
 
 mod claiming;
 mod deferrals;
+mod failures;
 mod fixtures;
 mod fleet;
 mod hostile;
 mod lifecycle;
 mod outcomes;
+mod retries;
 mod settings;
 
 use std::time::Duration;
@@ -78,6 +80,16 @@ fn main() {
         hostile::payloads_a_worker_could_not_read_are_refused_at_push,
         hostile::stored_tasks_apalis_cannot_read_fail_alone,
         hostile::hostile_payloads_never_stall_a_queue,
+        outcomes::a_process_job_whose_output_cannot_be_encoded_fails_for_good,
+        outcomes::jobs_run_with_their_workers_state,
+        settings::attempts_are_what_every_store_holds,
+        retries::failed_attempts_wait_as_the_policy_says,
+        retries::a_task_gets_every_attempt_it_was_given,
+        retries::a_pushed_policy_wins_over_the_workers,
+        retries::failed_attempts_are_logged,
+        failures::stop_is_bounded_while_the_store_is_locked,
+        failures::every_duration_setting_is_taken_or_refused_by_name,
+        failures::a_panic_inside_apalis_replaces_the_worker,
     ];
     all.extend(tests![
         deferrals::a_dead_workers_deferred_task_runs_again,
@@ -88,6 +100,9 @@ fn main() {
         fleet::a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout,
         fleet::redis_three_workers_share_10000_tasks_and_survive_a_sigkill,
         fleet::a_large_due_backlog_on_redis_does_not_stop_fetching,
+        retries::a_retry_left_unsettled_by_a_dead_worker_is_revived,
+        failures::a_replaced_queue_file_is_followed,
+        failures::planner_statistics_follow_the_table,
     ]);
     let ran = common::run_named(
         all,

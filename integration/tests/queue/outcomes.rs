@@ -116,9 +116,6 @@ pub(crate) async fn counts_add_up_while_tasks_move(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A queue payload that is also a process job: crashes its child on the first attempt (a marker
-/// file tells), then answers.
-
 pub(crate) async fn a_task_killed_at_hard_expiry_is_retried(kind: Kind) {
     // Process backend: a runaway attempt is killed when its lease is revoked (`Expired`); the
     // queue runs it again.
@@ -255,5 +252,87 @@ pub(crate) async fn a_task_that_does_not_decode_fails_alone(kind: Kind) {
     assert_eq!((st.restarts, st.failed, st.done), (0, 1, 10), "{st:?}");
     assert_eq!(tally(&seen, 10), (0, 0));
     m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A process job whose output's `Serialize` panics fails for good at its first attempt, with a
+/// text that says so. (Before, the child crashed each time: all its attempts in as many
+/// children, each counted `retried`, and the stored error said "lost … before the job started"
+/// though it ran.)
+pub(crate) async fn a_process_job_whose_output_cannot_be_encoded_fails_for_good(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "encode").await;
+    let m = LeaseManager::builder()
+        .backend(leasepool::Backend::Process)
+        .process_jobs(process_jobs())
+        .name_prefix("q-encode")
+        .max_pools(1)
+        .workers_per_pool(1)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let worker = QueueWorker::builder(&m, &queue, PanicOnEncode::NAME)
+        .poll_interval(Duration::from_millis(5))
+        .build_calls::<PanicOnEncode>()
+        .unwrap();
+    let id = queue
+        .push_with_attempts(PanicOnEncode::NAME, PanicOnEncode, 5)
+        .await
+        .unwrap();
+    worker.start().unwrap();
+    let t = common::until(
+        "the task failed for good",
+        || async { queue.task(PanicOnEncode::NAME, &id).await.unwrap().unwrap() },
+        |t| t.status == "Killed",
+    )
+    .await;
+    let st = worker.stop().await;
+    m.stop().await;
+    assert_eq!(t.attempts, 1, "{kind:?}: {t:?}");
+    let result = t.last_result.unwrap_or_default();
+    assert!(
+        result.contains("encoding its output panicked"),
+        "{kind:?}: {result}"
+    );
+    assert_eq!((st.failed, st.retried), (1, 0), "{kind:?}: {st:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `build_with` runs each task with its worker thread's state (a connection per worker, say).
+pub(crate) async fn jobs_run_with_their_workers_state(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "state").await;
+    let m = LeaseManager::builder()
+        .name_prefix("q-state")
+        .max_pools(2)
+        .workers_per_pool(1)
+        .worker_state(|| (std::thread::current().id(), 0_u64))
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&seen);
+    let worker = QueueWorker::builder(&m, &queue, "state")
+        .poll_interval(Duration::from_millis(5))
+        .build_with(
+            move |state: &mut (std::thread::ThreadId, u64), n: u64| -> Result<(), String> {
+                // The state was built on this very thread, and it persists between tasks.
+                if state.0 != std::thread::current().id() {
+                    return Err("another thread's state".into());
+                }
+                state.1 += 1;
+                s2.lock().unwrap().push((n, state.1));
+                Ok(())
+            },
+        )
+        .unwrap();
+    queue.push_all("state", 0..20_u64).await.unwrap();
+    worker.start().unwrap();
+    eventually("all done", || async { worker.stats().done == 20 }).await;
+    let st = worker.stop().await;
+    m.stop().await;
+    assert_eq!(st.failed, 0, "{kind:?}: {st:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 20);
+    // Two worker threads: their counters add up to 20 and at least one counted past 1.
+    assert!(seen.iter().any(|(_, count)| *count > 1), "{seen:?}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -56,3 +56,43 @@ pub(crate) async fn bad_settings_are_refused_by_name(kind: Kind) {
     m.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Attempts are checked against the range every store holds, refused by name. (Before the fix
+/// Redis took `n ≥ 2³²` and then every fetch failed on it; SQLite stored `n ≥ 2⁶³` negative:
+/// "never retry".)
+pub(crate) async fn attempts_are_what_every_store_holds(kind: Kind) {
+    use leasepool::queue::MAX_ATTEMPTS;
+    let (queue, dir) = queue_for(kind, "attempts").await;
+    for bad in [0, MAX_ATTEMPTS + 1, 1 << 63, usize::MAX] {
+        match queue.push_with_attempts("attempts", 1_u64, bad).await {
+            Err(QueueError::InvalidArgument(t)) => {
+                assert!(
+                    t.contains(&format!("max_attempts ({bad})")) && t.contains("MAX_ATTEMPTS"),
+                    "{t}"
+                )
+            }
+            other => panic!("{kind:?}: max_attempts {bad}: {other:?}"),
+        }
+    }
+    let id = queue
+        .push_with_attempts("attempts", 1_u64, MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    let t = queue.task("attempts", &id).await.unwrap().unwrap();
+    assert_eq!(t.max_attempts, u64::from(u32::MAX), "{kind:?}: {t:?}");
+    // push_all says which ids it pushed; a task is found only in its own queue.
+    let ids = queue.push_all("attempts", [2_u64, 3, 4]).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    for id in &ids {
+        assert!(
+            queue.task("attempts", id).await.unwrap().is_some(),
+            "{kind:?}: {id}"
+        );
+        assert_eq!(
+            queue.task("elsewhere", id).await.unwrap(),
+            None,
+            "{kind:?}: {id}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use super::outcome::{self, Answer, Attempt, Counter, Log, Ran};
 use super::{Phase, Shared, Unsettled};
 use crate::queue::limits::check_attempts;
-use crate::queue::store::{unix_now, Settled, TaskFuture, RETRY_META};
+use crate::queue::store::{Settled, TaskFuture, RETRY_META};
 use crate::queue::{payload, retry, RetryPolicy};
 
 /// apalis' default when a task has no stored `max_attempts`.
@@ -79,7 +79,7 @@ where
             .unwrap_or(shared.settings.retry);
         let failed = u32::try_from(attempt.counted).unwrap_or(u32::MAX);
         let delay = policy.delay(failed, retry::random());
-        let retry_at = unix_now().saturating_add(whole_seconds(delay));
+        let retry_at = retry_time(delay);
         let verdict = outcome::verdict(outcome::classify(ran), attempt, retry_at);
         // One stored permit: a release between the gate's "full" and its wait still counts.
         shared.freed.notify_one();
@@ -116,9 +116,18 @@ where
     })
 }
 
-/// Seconds to wait, rounded up (the stores keep whole seconds).
-fn whole_seconds(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+/// When a retry `delay` from now is due, in whole seconds since 1970 (the stores' clock),
+/// rounded up: never before now + `delay` (no delay: due now).
+fn retry_time(delay: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    if delay.is_zero() {
+        return now.as_secs();
+    }
+    let at = now.saturating_add(delay);
+    at.as_secs()
+        .saturating_add(u64::from(at.subsec_nanos() > 0))
 }
 
 fn count<S, T>(shared: &Shared<S, T>, counter: Counter) {
