@@ -13,18 +13,22 @@
 //! runs at once, default 2), `--exit-when-idle` (a worker stops once nothing is pending or
 //! claimed), `--metrics ADDR` (a worker serves its counters as Prometheus text on
 //! `http://ADDR/metrics`), `--redis URL` (a Redis server instead of the SQLite file: a fleet of
-//! machines shares one queue, e.g. `--redis redis://10.0.0.5:6379/`).
+//! machines shares one queue, e.g. `--redis redis://10.0.0.5:6379/`), `--results PATH` (where
+//! workers record what they did, default `target/distributed-jobs-results.db`).
 //!
 //! Each task is a `Resize` job (a serde value, the same type on both sides); the work is a
-//! blocking 20 ms sleep standing in for a vendor SDK call. A worker claims a task only while
-//! its `LeaseManager` has a free lease, so a busy process leaves tasks for the others.
+//! blocking 20 ms sleep standing in for a vendor SDK call, and a row written through the
+//! worker thread's own database connection (`worker_state` + `build_with`: one connection per
+//! worker thread, opened once). A worker claims a task only while its `LeaseManager` has a free
+//! lease, so a busy process leaves tasks for the others. A failed attempt is retried after
+//! 1 s, 2 s, 4 s, … (at most a minute), up to 25 attempts.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use leasepool::queue::{Queue, QueueStats, QueueWorker};
+use leasepool::queue::{Queue, QueueStats, QueueWorker, RetryPolicy};
 use leasepool::LeaseManager;
 use serde::{Deserialize, Serialize};
 
@@ -38,16 +42,35 @@ struct Resize {
     width: u32,
 }
 
-fn resize(job: Resize) -> Result<(), String> {
+/// A worker thread's connection to the results database, opened once per thread.
+fn open_results(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let c = rusqlite::Connection::open(path)?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS resized (image INTEGER PRIMARY KEY, width INTEGER NOT NULL)",
+    )?;
+    Ok(c)
+}
+
+/// The job: the blocking work, then its effect recorded idempotently (delivery is at least
+/// once: a second run of the same job changes nothing).
+fn resize(db: &mut rusqlite::Connection, job: Resize) -> Result<(), String> {
     if job.width == 0 {
         return Err(format!("image {}: width 0", job.image));
     }
     std::thread::sleep(Duration::from_millis(20));
-    Ok(())
+    db.execute(
+        "INSERT INTO resized (image, width) VALUES (?1, ?2) ON CONFLICT (image) DO NOTHING",
+        (job.image as i64, job.width),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("image {}: recording the result: {e}", job.image))
 }
 
 struct Args {
     db: PathBuf,
+    results: PathBuf,
     redis: Option<String>,
     produce: Option<u64>,
     work: bool,
@@ -60,6 +83,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut args = Args {
         db: PathBuf::from("target/distributed-jobs.db"),
+        results: PathBuf::from("target/distributed-jobs-results.db"),
         redis: None,
         produce: None,
         work: false,
@@ -73,6 +97,7 @@ fn parse() -> Result<Args, String> {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
             "--db" => args.db = PathBuf::from(value("--db")?),
+            "--results" => args.results = PathBuf::from(value("--results")?),
             "--produce" => {
                 let n = value("--produce")?;
                 args.produce = Some(
@@ -162,10 +187,17 @@ async fn main() {
         println!("produced {} jobs into {queue:?}", pushed.len());
     }
     if args.work {
+        let results = args.results.clone();
+        if let Some(dir) = results.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
         let manager = LeaseManager::builder()
             .name_prefix("jobs")
             .max_pools(args.pools)
             .workers_per_pool(1)
+            // One connection per worker thread, opened on that thread; a failure to open is
+            // retried by the manager with a backoff.
+            .try_worker_state(move || open_results(&results))
             .build()
             .expect("valid settings");
         manager.start().await.expect("start the manager");
@@ -173,7 +205,11 @@ async fn main() {
             QueueWorker::builder(&manager, &queue, QUEUE)
                 .poll_interval(Duration::from_millis(50))
                 .orphan_timeout(Duration::from_secs(15))
-                .build_blocking(resize)
+                .retry(RetryPolicy::exponential(
+                    Duration::from_secs(1),
+                    Duration::from_secs(60),
+                ))
+                .build_with(resize)
                 .expect("valid settings"),
         );
         worker.start().expect("start the worker");

@@ -12,6 +12,7 @@ mod peers;
 mod process;
 mod python;
 mod queue;
+mod queue_backlog;
 mod report;
 mod scenarios;
 
@@ -177,11 +178,16 @@ fn main() {
     let mut out = PathBuf::from("target/bench");
     let mut only = Vec::new();
     let mut q1 = false;
+    let mut q2_large: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--queue" => q1 = true,
+            "--q2-pending" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) => q2_large = Some(n),
+                None => usage("--q2-pending needs a number of tasks"),
+            },
             "--no-python" => python = false,
             "--only" => match args.next() {
                 Some(ids) => only = ids.split(',').map(|s| s.trim().to_owned()).collect(),
@@ -200,16 +206,40 @@ fn main() {
         std::process::exit(2);
     }
     if q1 {
-        // Q1 alone: it needs redis-server and worker processes of its own.
-        match queue::q1(if quick { 600 } else { 3000 }, if quick { 1 } else { 3 }) {
-            Ok((md, js)) => {
+        // Q1, Q2 and the idle cost: they need redis-server and processes of their own.
+        let (redis, url) = match queue::start_redis() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("the queue rows could not run: {e}");
+                std::process::exit(1);
+            }
+        };
+        let q1 = queue::q1(
+            &url,
+            if quick { 600 } else { 3000 },
+            if quick { 1 } else { 3 },
+        );
+        let large = q2_large.unwrap_or(if quick { 20_000 } else { 100_000 });
+        let q2 = queue_backlog::q2_and_idle(
+            2_000,
+            large,
+            if quick { 500 } else { 2_000 },
+            if quick { 1 } else { 3 },
+            Duration::from_secs(if quick { 2 } else { 20 }),
+            &url,
+        );
+        drop(redis);
+        match (q1, q2) {
+            (Ok((md1, js1)), Ok((md2, js2))) => {
+                let md = format!("{md1}\n{md2}");
+                let js = serde_json::json!({ "q1": js1, "q2_idle": js2 });
                 write(&out.join("bench-queue.md"), &md);
                 write(&out.join("bench-queue.json"), &format!("{js:#}\n"));
                 println!("{md}");
                 println!("wrote {}/bench-queue.md, bench-queue.json", out.display());
             }
-            Err(e) => {
-                eprintln!("Q1 could not run: {e}");
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("the queue rows could not run: {e}");
                 std::process::exit(1);
             }
         }
@@ -243,7 +273,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: leasepool-bench [--quick] [--out DIR] [--no-python] [--only S1,S8,...] | --queue [--quick] [--out DIR]"
+        "usage: leasepool-bench [--quick] [--out DIR] [--no-python] [--only S1,S8,...] | --queue [--quick] [--q2-pending N] [--out DIR]"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 });
 }

@@ -13,6 +13,9 @@ use leasepool::LeaseManager;
 
 pub(crate) const ROLE: &str = "LP_QUEUE_ROLE";
 
+/// The task a worker process's job runs by aborting the process.
+pub(crate) const ABORT_TASK: u64 = 999_999;
+
 /// Opens a queue store: a `redis://` URL or a SQLite file path.
 pub(crate) async fn open(store: &str) -> Queue {
     if store.starts_with("redis://") {
@@ -180,6 +183,11 @@ pub(crate) fn worker_role() -> ! {
             .poll_interval(Duration::from_millis(10))
             .orphan_timeout(Duration::from_secs(orphan_s))
             .build_blocking(move |task: u64| {
+                if task == ABORT_TASK {
+                    // A job that takes its process down (an abort, the OOM killer, a bad FFI call).
+                    record(&results, task)?;
+                    std::process::abort();
+                }
                 std::thread::sleep(Duration::from_millis(task_ms));
                 record(&results, task)
             })

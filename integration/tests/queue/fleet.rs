@@ -201,3 +201,59 @@ pub(crate) async fn a_large_due_backlog_on_redis_does_not_stop_fetching() {
     );
     m.stop().await;
 }
+
+/// A job that takes its process down runs at most `max_attempts` times across the fleet, then
+/// fails for good. (Before, on Redis, apalis' re-run of a dead worker's tasks counted no
+/// attempt: such a task killed every worker that took it, for ever.)
+pub(crate) async fn a_job_that_kills_its_process_runs_at_most_max_attempts(kind: Kind) {
+    let dir = temp_dir(&format!("abort-{kind:?}"));
+    let results = dir.join("results.db");
+    let store = match kind {
+        Kind::Sqlite => dir.join("queue.db").to_str().unwrap().to_owned(),
+        Kind::Redis => redis_url(),
+    };
+    let queue = open(&store).await;
+    let name = format!("abort{kind:?}");
+    let id = queue
+        .push_with_attempts(&name, ABORT_TASK, 2)
+        .await
+        .unwrap();
+    let begun = Instant::now();
+    let mut deaths = 0;
+    'fleet: while deaths < 5 {
+        // One worker process at a time: it takes the task (after the orphan timeout, once a
+        // previous one died holding it) and dies, or finds it failed.
+        let mut w = Worker::spawn(&store, &name, &results, 1, 0, 5, 0);
+        loop {
+            if w.child.try_wait().unwrap().is_some() {
+                deaths += 1;
+                break;
+            }
+            let t = queue.task(&name, &id).await.unwrap().unwrap();
+            if t.status == "Killed" {
+                break 'fleet;
+            }
+            assert!(
+                begun.elapsed() < Duration::from_secs(80),
+                "{kind:?}: {t:?} after {deaths} deaths"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let t = queue.task(&name, &id).await.unwrap().unwrap();
+    let (runs, _, _) = results_of(&results);
+    println!(
+        "    {kind:?}: {runs} runs, {deaths} worker processes died, then {:?}",
+        t.status
+    );
+    assert_eq!((runs, deaths), (2, 2), "{kind:?}: {t:?}");
+    assert!(
+        t.status == "Killed"
+            && t.last_result
+                .as_deref()
+                .unwrap_or("")
+                .contains("out of attempts (2)"),
+        "{kind:?}: {t:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -200,6 +200,26 @@ fn hostile_sqlite_rows(db: &Path, queue: &str, big: usize) -> Vec<Hostile> {
         ),
     ];
     let mut out = Vec::new();
+    // An id that reads as a ULID but is not written as apalis writes one back (lower case):
+    // its lock and acknowledgement would miss the row.
+    let lower = early_id(90).to_lowercase();
+    raw_sqlite_row(
+        db,
+        queue,
+        [
+            "CAST('999' AS BLOB)",
+            &format!("'{lower}'"),
+            "0",
+            "25",
+            "1",
+            "NULL",
+        ],
+    );
+    out.push(Hostile {
+        id: lower,
+        what: "a lower-case ULID id",
+        reason: Some("not written as apalis writes it back"),
+    });
     for (n, (_, mut columns, what, reason)) in rows.into_iter().enumerate() {
         let reason = (!reason.is_empty()).then_some(reason);
         let id = if columns[1] == "?" {
@@ -290,6 +310,32 @@ fn hostile_redis_tasks(queue: &str, big: usize) -> Vec<Hostile> {
         ),
     ];
     let mut out = Vec::new();
+    // Ids apalis reads but writes back otherwise ("007" as 7, a ULID in upper case): their
+    // lock fails and every worker that fetched one restarted.
+    for (id, what) in [
+        ("007", "a number id with leading zeros"),
+        ("01arz3ndektsv4rrffq69g5f91", "a lower-case ULID id"),
+    ] {
+        raw_redis_task(queue, id, Some(b"999"), &good);
+        out.push(Hostile {
+            id: id.to_owned(),
+            what,
+            reason: Some("not written as apalis writes it back"),
+        });
+    }
+    // A meta key of another type: apalis' fetch script itself fails on it.
+    let listed = early_id(92);
+    raw_redis_task(queue, &listed, Some(b"999"), &[]);
+    let _: () = redis::cmd("RPUSH")
+        .arg(format!("{queue}:meta:{listed}"))
+        .arg("not a hash")
+        .query(&mut redis_conn())
+        .unwrap();
+    out.push(Hostile {
+        id: listed,
+        what: "a meta key that is a list",
+        reason: Some("holds a list, not a hash"),
+    });
     for (n, (data, meta, what, reason)) in cases.into_iter().enumerate() {
         let id = early_id(n);
         raw_redis_task(queue, &id, data.as_deref(), &meta);

@@ -90,6 +90,7 @@ fn main() {
         failures::stop_is_bounded_while_the_store_is_locked,
         failures::every_duration_setting_is_taken_or_refused_by_name,
         failures::a_panic_inside_apalis_replaces_the_worker,
+        fleet::a_job_that_kills_its_process_runs_at_most_max_attempts,
     ];
     all.extend(tests![
         deferrals::a_dead_workers_deferred_task_runs_again,

@@ -151,6 +151,18 @@ pub(crate) trait Store: Send + Sync + 'static {
         metadata: &'a HashMap<String, String>,
     ) -> BoxFuture<'a, Result<usize, QueueError>>;
 
+    /// `worker` starts running task `id` at apalis' count `attempt` (it has its lease): a run
+    /// that never gets acknowledged (its process dies) must still count. SQLite needs nothing
+    /// (apalis' orphan re-run there counts an attempt); Redis records the count now (its orphan
+    /// re-run does not count one: a job that kills its process would run forever).
+    fn started<'a>(
+        &'a self,
+        queue: &'a str,
+        worker: &'a str,
+        id: &'a str,
+        attempt: usize,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
     /// Before apalis acknowledges `worker`'s attempt of task `id`, for `intent`: `Done` if
     /// nothing is left for [`settle`](Self::settle) to do, `NotYet` if it must follow the
     /// acknowledgement, `Gone` if the task is no longer the worker's.

@@ -293,6 +293,10 @@ where
             }
             Phase::Running | Phase::Idle => {}
         }
+        // A run whose supervisor ended (it panicked outside apalis): its housekeeping goes too.
+        if let Some(old) = running.take() {
+            old.housekeeping.abort();
+        }
         shared.phase.set(Phase::Running);
         // The last run's context is stopped already: `stop` must wait for this run's.
         *shared.context.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -42,17 +42,17 @@ pub(super) async fn housekeeping<S: 'static, T>(shared: Arc<Shared<S, T>>) {
 /// Settles every intent that is due; returns when to look again (`None`: nothing waits).
 async fn settle_due<S: 'static, T>(shared: &Shared<S, T>) -> Option<Instant> {
     let hold = shared.settings.hold_deferrals;
-    // An intent whose acknowledgement never lands (the task was taken from us as an orphan)
-    // is dropped once the other workers would have re-run the task; the store's sweep sets
-    // right what it must.
-    let limit = shared.settings.orphan_timeout;
+    // Each intent ends `Done` or `Gone` (the store tells when the task is no longer ours); one
+    // that has waited ten orphan timeouts for its acknowledgement is dropped (the store's sweep
+    // sets right what it must).
+    let limit = shared.settings.orphan_timeout.saturating_mul(10);
     let mut again: Option<Instant> = None;
     let due: Vec<Unsettled> = {
         let mut unsettled = shared.unsettled.lock().unwrap_or_else(|e| e.into_inner());
         unsettled.retain(|u| {
             let keep = u.since.elapsed() < limit;
             if !keep {
-                tracing::debug!(task = %u.id, "an acknowledgement never landed here; left to the sweep");
+                tracing::warn!(task = %u.id, "an acknowledgement never landed here; left to the sweep");
             }
             keep
         });

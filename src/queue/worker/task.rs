@@ -70,7 +70,7 @@ where
             (Ok(counted), Ok(max)) if counted > *max as usize => Ran::OutOfAttempts(*max),
             (Ok(_), Ok(_)) => match payload::decode::<T>(&bytes, shared.queue.payload_limit()) {
                 Err(why) => Ran::Unrunnable(why),
-                Ok(args) => run(&shared, &id, args, waiting).await,
+                Ok(args) => run(&shared, (&instance, &id, apalis), args, waiting).await,
             },
         };
         let policy = metadata
@@ -87,7 +87,12 @@ where
         log(&shared.name, &id, attempt, &verdict.answer, verdict.log);
         if let Some(intent) = verdict.intent {
             // Before apalis acknowledges (and counts, and schedules) the attempt.
-            let prepared = retried(|| store.prepare(&shared.name, &instance, &id, &intent)).await;
+            // Until it lands while the worker runs: a retry or a give-back whose intent was not
+            // recorded may be lost (apalis-redis kills a task at 25 attempts).
+            let prepared = persistently(&shared, || {
+                store.prepare(&shared.name, &instance, &id, &intent)
+            })
+            .await;
             match prepared {
                 Ok(Settled::NotYet) => {
                     shared
@@ -174,7 +179,7 @@ fn log(queue: &str, id: &str, attempt: Attempt, answer: &Answer, log: Log) {
 /// first (or, once the stop gives up, while it runs).
 async fn run<S: Send + 'static, T: Send + 'static>(
     shared: &Arc<Shared<S, T>>,
-    id: &str,
+    (instance, id, attempt): (&str, &str, usize),
     args: T,
     waiting: Count,
 ) -> Ran {
@@ -214,6 +219,14 @@ async fn run<S: Send + 'static, T: Send + 'static>(
             lease
         }
     };
+    if let Err(e) = shared
+        .store
+        .started(&shared.name, instance, id, attempt)
+        .await
+    {
+        // Only a run that dies with its process would then go uncounted.
+        tracing::debug!(queue = %shared.name, task = id, error = %e, "could not record a run's start");
+    }
     let running = Count::up(&shared.counters.running);
     let job = (shared.run)(lease, args);
     tokio::pin!(job);
@@ -235,6 +248,34 @@ async fn run<S: Send + 'static, T: Send + 'static>(
     match finished {
         None => Ran::HandedBack,
         Some(r) => Ran::Finished(r),
+    }
+}
+
+/// `op` until it succeeds while the worker runs (pauses doubling from 50 ms to 1 s), or three
+/// tries once it is stopping (the stop's deadline is near).
+async fn persistently<S, T, F, Fut, R>(
+    shared: &Shared<S, T>,
+    mut op: F,
+) -> Result<R, crate::queue::QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<R, crate::queue::QueueError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Ok(r) => return Ok(r),
+            Err(e) if tries >= 2 && shared.phase.get() != Phase::Running => return Err(e),
+            Err(e) => {
+                tries += 1;
+                if tries == 3 {
+                    tracing::warn!(queue = %shared.name, error = %e, "the queue store fails; trying again");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
     }
 }
 

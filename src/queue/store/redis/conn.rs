@@ -7,7 +7,10 @@
 //!   `u32`, a missing field or payload) are failed for good with their reason and taken out of
 //!   the answer before apalis parses it. apalis fails the whole fetch on one such task — its
 //!   worker then ends, and every replacement met the same task first again: one bad task
-//!   stalled the queue for every worker.
+//!   stalled the queue for every worker;
+//! - if the fetch script itself fails (a task's meta key of another type; more due tasks than
+//!   its `unpack` takes), the tasks it moved into the worker's in-flight set are judged the
+//!   same way, due tasks are moved over, and the fetch is tried once more.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +23,10 @@ use crate::queue::store::{unix_now, OnUnreadable};
 
 /// How often a fetching worker moves due tasks over (at most).
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+
+/// A claimed task as `CLAIMED` reads it: id, its meta key's type, its meta fields, whether its
+/// payload exists (1).
+type Claimed = (Vec<u8>, String, Vec<Vec<u8>>, i64);
 
 #[derive(Clone)]
 pub(crate) struct ScreenedConn {
@@ -104,36 +111,100 @@ impl ScreenedConn {
                 }
                 Err((id, why)) => {
                     let why = format!("apalis cannot read this task: {why}");
-                    if let Err(e) = self.kill(inflight, &id, &why).await {
-                        // Left in the answer: apalis fails this fetch, and the worker is
-                        // replaced (the next fetch tries again).
-                        tracing::warn!(queue = %self.queue, error = %e, "could not fail an unreadable task");
-                        keep.0.push(payload.clone());
-                        keep.1.push(meta.clone());
-                        continue;
+                    match self.kill(inflight, &id, &why).await {
+                        Ok(true) => (self.on_unreadable)(&String::from_utf8_lossy(&id), &why),
+                        // No longer ours (re-enqueued as an orphan): dropped from the answer.
+                        Ok(false) => {}
+                        Err(e) => {
+                            // Left in the answer: apalis fails this fetch; the failed fetch's
+                            // handling tries again.
+                            tracing::warn!(queue = %self.queue, error = %e, "could not fail an unreadable task");
+                            keep.0.push(payload.clone());
+                            keep.1.push(meta.clone());
+                        }
                     }
-                    (self.on_unreadable)(&String::from_utf8_lossy(&id), &why);
                 }
             }
         }
         Value::Array(vec![Value::Array(keep.0), Value::Array(keep.1)])
     }
 
-    async fn kill(&self, inflight: &str, id: &[u8], why: &str) -> Result<(), ::redis::RedisError> {
+    /// Fails a claimed task for good; whether it was still the worker's.
+    async fn kill(
+        &self,
+        inflight: &str,
+        id: &[u8],
+        why: &str,
+    ) -> Result<bool, ::redis::RedisError> {
         let cfg = config(&self.queue);
-        let shown = String::from_utf8_lossy(id);
+        // The meta key from the id's own bytes (an id need not be UTF-8).
+        let mut meta = format!("{}:", cfg.job_meta_hash()).into_bytes();
+        meta.extend_from_slice(id);
         let result = serde_json::json!({ "Err": why }).to_string();
         let mut conn = self.inner.clone();
-        let _: i64 = Script::new(scripts::KILL)
+        let killed: i64 = Script::new(scripts::KILL)
             .key(inflight)
             .key(cfg.dead_jobs_set())
-            .key(format!("{}:{shown}", cfg.job_meta_hash()))
+            .key(meta)
             .arg(id)
             .arg(result)
             .arg(unix_now())
             .invoke_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(killed == 1)
+    }
+
+    /// After a fetch script failed: fails for good the tasks in the worker's in-flight set that
+    /// apalis cannot read; how many.
+    async fn screen_inflight(&self, inflight: &str) -> Result<usize, ::redis::RedisError> {
+        let cfg = config(&self.queue);
+        let mut conn = self.inner.clone();
+        let claimed: Vec<Claimed> = Script::new(scripts::CLAIMED)
+            .key(inflight)
+            .key(cfg.job_data_hash())
+            .arg(cfg.job_meta_hash())
+            .invoke_async(&mut conn)
+            .await?;
+        let mut killed = 0;
+        for (id, kind, fields, has_payload) in claimed {
+            let judged = if kind == "hash" || kind == "none" {
+                judge::unreadable(&id, &fields, has_payload == 1)
+            } else {
+                Err(format!("its meta key holds a {kind}, not a hash"))
+            };
+            if let Err(why) = judged {
+                let why = format!("apalis cannot read this task: {why}");
+                if self.kill(inflight, &id, &why).await? {
+                    (self.on_unreadable)(&String::from_utf8_lossy(&id), &why);
+                    killed += 1;
+                }
+            }
+        }
+        Ok(killed)
+    }
+
+    /// A fetch that failed: set right what can be (due tasks moved over, unreadable tasks
+    /// failed alone), then the same fetch once more.
+    async fn fetch_again(
+        &mut self,
+        cmd: &Cmd,
+        inflight: &str,
+        error: ::redis::RedisError,
+    ) -> ::redis::RedisResult<Value> {
+        if let Err(e) = promote_due(&self.inner, &self.queue).await {
+            tracing::debug!(error = %e, "moving due tasks to the active list failed");
+        }
+        match self.screen_inflight(inflight).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                tracing::debug!(queue = %self.queue, error = %error, "a fetch failed; trying it once more")
+            }
+            Err(e) => {
+                tracing::debug!(queue = %self.queue, error = %e, "judging a failed fetch's tasks failed")
+            }
+        }
+        let answer = self.inner.req_packed_command(cmd).await?;
+        Ok(self.screen(answer, inflight).await)
     }
 }
 
@@ -165,11 +236,27 @@ impl ConnectionLike for ScreenedConn {
                     tracing::debug!(error = %e, "moving due tasks to the active list failed");
                 }
             }
-            let answer = self.inner.req_packed_command(cmd).await?;
-            Ok(match fetch {
-                Some(inflight) => self.screen(answer, &inflight).await,
-                None => answer,
-            })
+            let answer = self.inner.req_packed_command(cmd).await;
+            match (fetch, answer) {
+                (None, answer) => answer,
+                // The script failed on the server (answered as a value; apalis makes it an
+                // error).
+                (Some(inflight), Ok(Value::ServerError(e))) => {
+                    self.fetch_again(cmd, &inflight, e.into()).await
+                }
+                (Some(inflight), Ok(answer)) => Ok(self.screen(answer, &inflight).await),
+                // A lost connection may have run the script: the worker is replaced, and its
+                // release hands back whatever the script moved.
+                (Some(_), Err(e))
+                    if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal()
+                        || e.is_timeout() =>
+                {
+                    Err(e)
+                }
+                (Some(inflight), Err(e)) => self.fetch_again(cmd, &inflight, e).await,
+            }
         })
     }
 

@@ -43,13 +43,21 @@ pub(crate) fn settling_member(id: &str, intent: &Intent) -> String {
     }
 }
 
-/// Why apalis-redis 1.0 cannot turn a claimed task into one it runs (its
-/// `deserialize_with_meta`: a task id, UTF-8 meta fields, `attempts` and `max_attempts` that
-/// fit a `u32`, a known status, a payload); `Ok` if it can. `meta` is the flat field/value
-/// list of the task's meta hash.
+/// Why apalis-redis 1.0 cannot run a claimed task (its `deserialize_with_meta`: a task id
+/// written as apalis writes it back, UTF-8 meta fields, `attempts` and `max_attempts` that fit
+/// a `u32`, a known status, a payload); `Ok` if it can. `meta` is the flat field/value list of
+/// the task's meta hash.
 pub(crate) fn unreadable(id: &[u8], meta: &[Vec<u8>], has_payload: bool) -> Result<(), String> {
     let id = std::str::from_utf8(id).map_err(|_| "its id is not UTF-8".to_owned())?;
-    TaskId::from_str(id).map_err(|e| format!("its id: {e}"))?;
+    let parsed = TaskId::from_str(id).map_err(|e| format!("its id: {e}"))?;
+    // apalis locks and acknowledges a task by its id as it prints (a ULID in upper case, a
+    // number without leading zeros): an id that does not print the same is read, but its lock
+    // fails and every worker that fetches it restarts.
+    if parsed.to_string() != id {
+        return Err(format!(
+            "its id {id:?} is not written as apalis writes it back ({parsed})"
+        ));
+    }
     if meta.len() % 2 != 0 {
         return Err("its meta hash has an odd number of fields".to_owned());
     }
@@ -154,6 +162,18 @@ mod tests {
         let cases: Vec<Case> = vec![
             (b"\xff", good(), true, "id is not UTF-8"),
             (b"", good(), true, "could not decode task_id"),
+            (
+                b"007",
+                good(),
+                true,
+                "\"007\" is not written as apalis writes it back (7)",
+            ),
+            (
+                b"01arz3ndektsv4rrffq69g5fav",
+                good(),
+                true,
+                "not written as apalis writes it back",
+            ),
             (
                 ID.as_bytes(),
                 meta(&[("max_attempts", "25"), ("status", "Pending")]),

@@ -126,6 +126,16 @@ impl Store for RedisStore {
         RedisStore::counted_attempt(self, queue, worker, id, attempt, metadata).boxed()
     }
 
+    fn started<'a>(
+        &'a self,
+        queue: &'a str,
+        worker: &'a str,
+        id: &'a str,
+        attempt: usize,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        RedisStore::started(self, queue, worker, id, attempt).boxed()
+    }
+
     fn prepare<'a>(
         &'a self,
         queue: &'a str,

@@ -370,4 +370,22 @@ impl RedisStore {
         }
         Ok(fixed)
     }
+
+    pub(super) async fn started(
+        &self,
+        queue: &str,
+        worker: &str,
+        id: &str,
+        attempt: usize,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(scripts::STARTED)
+            .key(inflight_set(queue, worker))
+            .key(meta_hash(queue, id))
+            .arg(id)
+            .arg(attempt)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
 }

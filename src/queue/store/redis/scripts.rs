@@ -25,6 +25,18 @@ end
 return 1
 ";
 
+/// A run starts: its attempt is counted now, as apalis' acknowledgement will count it. apalis
+/// re-runs a dead worker's tasks without counting an attempt, so a job that kills its process
+/// would otherwise run for ever. Only while the task is in the worker's in-flight set.
+pub(super) const STARTED: &str = r"
+-- KEYS: the worker's in-flight set, the task's meta hash; ARGV: task id, the attempt
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'attempts', ARGV[2])
+return 1
+";
+
 /// Before apalis acknowledges an attempt the worker will set right afterwards: records the
 /// intent in the settling set (so that any worker sets it right if this one dies first) and,
 /// for a give-back, marks the attempt owed in the task (see `judge::OWED`). Only while the
@@ -252,8 +264,11 @@ local tasks = redis.call('SMEMBERS', KEYS[1])
 if #tasks > 0 then
   for i = 1, #tasks do
     local meta = ARGV[2] .. ':' .. tasks[i]
-    redis.call('HSET', meta, 'status', 'Pending')
-    redis.call('HDEL', meta, 'locked_at', 'locked_by')
+    -- (A meta key that is not a hash is left for the next fetch to fail that task alone.)
+    if redis.call('TYPE', meta)['ok'] == 'hash' then
+      redis.call('HSET', meta, 'status', 'Pending')
+      redis.call('HDEL', meta, 'locked_at', 'locked_by')
+    end
   end
   redis.call('LPUSH', KEYS[2], unpack(tasks))
   redis.call('DEL', KEYS[1])
@@ -265,7 +280,8 @@ return #tasks
 ";
 
 /// Fails a claimed task for good: out of the worker's in-flight set into the dead set, with
-/// the reason as its result.
+/// the reason as its result (a meta key that is not a hash is garbage in the queue's
+/// namespace: replaced).
 pub(super) const KILL: &str = r"
 -- KEYS: the worker's in-flight set, dead set, the task's meta hash
 -- ARGV: task id, result (JSON), now (seconds)
@@ -273,6 +289,28 @@ if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
 redis.call('SADD', KEYS[2], ARGV[1])
+local kind = redis.call('TYPE', KEYS[3])['ok']
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', KEYS[3])
+end
 redis.call('HSET', KEYS[3], 'status', 'Killed', 'result', ARGV[2], 'done_at', ARGV[3])
 return 1
+";
+
+/// The tasks in a worker's in-flight set as stored: id, the type of its meta key, its meta
+/// fields (when a hash), whether a payload exists. After a fetch that failed, to find the task
+/// that broke it (apalis' fetch script moves tasks in before it reads them).
+pub(super) const CLAIMED: &str = r"
+-- KEYS: the worker's in-flight set, data hash; ARGV: meta hash prefix
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local meta = ARGV[1] .. ':' .. id
+  local kind = redis.call('TYPE', meta)['ok']
+  local fields = {}
+  if kind == 'hash' then
+    fields = redis.call('HGETALL', meta)
+  end
+  table.insert(out, {id, kind, fields, redis.call('HEXISTS', KEYS[2], id)})
+end
+return out
 ";

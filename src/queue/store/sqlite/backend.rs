@@ -62,6 +62,31 @@ pub(crate) struct SqlitePersist {
 }
 
 impl SqlitePersist {
+    /// apalis-sqlite's fetch, in a transaction of its own (rolled back if it fails). apalis
+    /// reads a row's id as a ULID in any case but locks and acknowledges it by the id as the
+    /// ULID prints: a fetched task whose row is not found by that id would stay claimed for
+    /// good, so it is failed instead (one primary-key lookup per fetched task).
+    async fn fetch(&self, worker: &WorkerContext) -> Result<Vec<Task<Vec<u8>>>, BackendError> {
+        let mut tx = self.pool.begin().await?;
+        let tasks = queries::fetch_next(&mut *tx, &self.config, worker).await?;
+        let mut kept = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let id = task.task_id().map(ToString::to_string).unwrap_or_default();
+            if sql::claimed_by(&mut tx, &id, worker.name()).await? {
+                kept.push(task);
+                continue;
+            }
+            let why = format!(
+                "apalis cannot read this task: its id is not written as apalis writes it back ({id})"
+            );
+            for stored in sql::kill_miswritten(&mut tx, &id, worker.name(), &why).await? {
+                (self.on_unreadable)(&stored, &why);
+            }
+        }
+        tx.commit().await?;
+        Ok(kept)
+    }
+
     /// After a failed fetch (rolled back): fails for good the rows the fetch would have
     /// claimed that apalis cannot read; how many.
     async fn quarantine(&self) -> Result<usize, BackendError> {
@@ -116,21 +141,24 @@ impl Persistence for SqlitePersist {
         worker: &WorkerContext,
     ) -> Result<Vec<Task<Vec<u8>>>, BackendError> {
         self.file.check(&self.path).map_err(BackendError)?;
-        let mut tx = self.pool.begin().await?;
-        match queries::fetch_next(&mut *tx, &self.config, worker).await {
-            Ok(tasks) => {
-                tx.commit().await?;
-                Ok(tasks)
-            }
-            Err(e) => {
-                drop(tx);
-                match self.quarantine().await {
-                    // Fetch on: the next fetch takes the next row.
-                    Ok(n) if n > 0 => Ok(Vec::new()),
-                    Ok(_) => Err(e.into()),
-                    Err(q) => Err(BackendError(format!(
-                        "{e} (looking for an unreadable task failed too: {q})"
-                    ))),
+        // A fetch that fails on a row apalis cannot read fails that row alone and fetches on.
+        // If nothing was found to fail, another worker may have failed it first, or another
+        // row ranked first since: the fetch is tried once more before its error counts.
+        let mut tries = 0;
+        loop {
+            let error = match self.fetch(worker).await {
+                Ok(tasks) => return Ok(tasks),
+                Err(e) => e,
+            };
+            tries += 1;
+            match self.quarantine().await {
+                Ok(n) if n > 0 => return Ok(Vec::new()),
+                Ok(_) if tries < 2 => {}
+                Ok(_) => return Err(error),
+                Err(q) => {
+                    return Err(BackendError(format!(
+                        "{error} (looking for an unreadable task failed too: {q})"
+                    )))
                 }
             }
         }

@@ -22,10 +22,20 @@ pub(crate) fn unreadable(row: &StoredRow) -> Result<(), String> {
             std::str::from_utf8(bytes).map_err(|_| "its id is not UTF-8 text".to_owned())?
         }
     };
-    if ulid::Ulid::from_string(id).is_err() {
-        return Err(format!(
-            "its id {id:?} is not a ULID (apalis-sqlite reads task ids as ULIDs)"
-        ));
+    // apalis writes the id back as the ULID prints (upper case): an id that does not print
+    // the same is read, but its lock and acknowledgement miss the row.
+    match ulid::Ulid::from_string(id) {
+        Err(_) => {
+            return Err(format!(
+                "its id {id:?} is not a ULID (apalis-sqlite reads task ids as ULIDs)"
+            ))
+        }
+        Ok(ulid) if ulid.to_string() != id => {
+            return Err(format!(
+                "its id {id:?} is not written as apalis writes it back ({ulid})"
+            ))
+        }
+        Ok(_) => {}
     }
     for (column, ty) in [
         ("attempts", &row.attempts_type),
@@ -72,7 +82,7 @@ mod tests {
         StoredRow {
             rowid: 7,
             id: Some(b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec()),
-            texts: vec![("metadata", Some(b"{}".to_vec())), ("lock_by", None)],
+            texts: vec![("metadata", Some(b"{}".to_vec())), ("last_result", None)],
             attempts_type: "integer".into(),
             run_at_type: "integer".into(),
             job_type: "blob".into(),
@@ -111,6 +121,13 @@ mod tests {
             ),
             (
                 StoredRow {
+                    id: Some(b"01arz3ndektsv4rrffq69g5fav".to_vec()),
+                    ..good()
+                },
+                "not written as apalis writes it back (01ARZ3NDEKTSV4RRFFQ69G5FAV)",
+            ),
+            (
+                StoredRow {
                     attempts_type: "null".into(),
                     ..good()
                 },
@@ -139,10 +156,10 @@ mod tests {
             ),
             (
                 StoredRow {
-                    texts: vec![("lock_by", Some(vec![0xff, 0]))],
+                    texts: vec![("last_result", Some(vec![0xff, 0]))],
                     ..good()
                 },
-                "its lock_by is not UTF-8",
+                "its last_result is not UTF-8",
             ),
         ];
         for (row, why) in cases {

@@ -194,13 +194,12 @@ pub(super) async fn next_candidates(
         Bytes,
         Bytes,
         Bytes,
-        Bytes,
         String,
         String,
         String,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT ROWID, CAST(id AS BLOB), CAST(job_type AS BLOB), CAST(lock_by AS BLOB), \
+        "SELECT ROWID, CAST(id AS BLOB), CAST(job_type AS BLOB), \
              CAST(last_result AS BLOB), CAST(metadata AS BLOB), CAST(idempotency_key AS BLOB), \
              typeof(attempts), typeof(run_at), typeof(job) \
              FROM Jobs WHERE ROWID IN ( \
@@ -221,13 +220,13 @@ pub(super) async fn next_candidates(
     Ok(rows
         .into_iter()
         .map(
-            |(rowid, id, job_type, lock_by, last_result, metadata, key, attempts, run_at, job)| {
+            |(rowid, id, job_type, last_result, metadata, key, attempts, run_at, job)| {
                 StoredRow {
                     rowid,
                     id,
                     texts: vec![
+                        // (Not lock_by: the fetch writes it before apalis reads it.)
                         ("job_type", job_type),
-                        ("lock_by", lock_by),
                         ("last_result", last_result),
                         ("metadata", metadata),
                         ("idempotency_key", key),
@@ -238,6 +237,44 @@ pub(super) async fn next_candidates(
                 }
             },
         )
+        .collect())
+}
+
+/// Whether the row with id `id` (exactly) is claimed by `worker`.
+pub(super) async fn claimed_by(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    worker: &str,
+) -> Result<bool, QueueError> {
+    let found: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM Jobs WHERE id = ?1 AND lock_by = ?2")
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Fails for good the rows `worker` just claimed whose id is `id` in another case; their ids.
+pub(super) async fn kill_miswritten(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    worker: &str,
+    why: &str,
+) -> Result<Vec<String>, QueueError> {
+    let killed: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "UPDATE Jobs SET status = 'Killed', last_result = json_object('Err', ?3), \
+         done_at = strftime('%s', 'now'), lock_by = NULL, lock_at = NULL \
+         WHERE lock_by = ?2 AND status = 'Queued' AND upper(id) = ?1 AND id <> ?1 \
+         RETURNING CAST(id AS BLOB)",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(why)
+    .fetch_all(conn)
+    .await?;
+    Ok(killed
+        .into_iter()
+        .map(|(id,)| String::from_utf8_lossy(&id).into_owned())
         .collect())
 }
 
