@@ -1,7 +1,7 @@
 //! Lease expiry: a soft lifetime (`lease_for`), a grace period, then hard revocation.
 //!
 //! During grace, jobs still run. At `soft + grace` the lease is revoked: new jobs fail with
-//! `Expired`, queued jobs with `WorkerLost`, a running job finishes; the pool is retired and a
+//! `Expired`, queued jobs with `NeverRan`, a running job finishes; the pool is retired and a
 //! fresh one takes its place, so a waiting acquirer is served without any help from the holder.
 //!
 //! Run: `cargo run --example 06_lease_expiry_and_revocation`

@@ -14,6 +14,7 @@ fn advice(e: &LeaseError) -> &'static str {
         LeaseError::Expired | LeaseError::Released => "acquire a new lease",
         LeaseError::Panicked(_) => "a bug in the job; log it (the worker survived)",
         LeaseError::WorkerLost => "retry on a new lease if the job is idempotent",
+        LeaseError::NeverRan => "retry: the job never started",
         LeaseError::InvalidArgument(_) => "fix the call",
         _ => "unexpected; log it",
     }

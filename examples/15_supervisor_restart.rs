@@ -52,7 +52,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 println!("recovered on connection {serial}");
                 break;
             }
-            Err(LeaseError::WorkerLost) => actix_rt::time::sleep(Duration::from_millis(10)).await,
+            Err(LeaseError::NeverRan | LeaseError::WorkerLost) => {
+                actix_rt::time::sleep(Duration::from_millis(10)).await
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -88,8 +88,8 @@ impl<S: 'static> Lease<S> {
     ///
     /// # Errors
     /// `Panicked` if `f` panics (the worker survives, rebuilt with fresh state); `Released`,
-    /// `Expired` or `Stopped` if the lease can no longer take jobs; `WorkerLost` if the job was
-    /// queued when the lease was revoked or the pool died.
+    /// `Expired` or `Stopped` if the lease can no longer take jobs; `NeverRan` if the job was
+    /// queued when the lease was revoked or the pool died (it never started: safe to retry).
     ///
     /// # Cancel safety
     /// Dropping the future before a worker starts `f` skips it. Once started, `f` runs to the

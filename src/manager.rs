@@ -96,7 +96,7 @@ impl<S: 'static> LeaseManager<S> {
 
     /// Stops: queued acquirers get [`LeaseError::Stopped`], new acquires
     /// [`LeaseError::NotStarted`], every lease is revoked (its new jobs fail with `Stopped`,
-    /// its queued jobs with `WorkerLost`; running jobs finish), and every worker thread is
+    /// its queued jobs with `NeverRan`; running jobs finish), and every worker thread is
     /// joined — waiting at most `shutdown_timeout` for jobs that do not end, which are then
     /// logged and left detached. Idempotent.
     pub async fn stop(&self) {
@@ -153,8 +153,8 @@ impl<S: 'static> LeaseManager<S> {
     }
 
     /// Fault injection: makes the actor of `pool` panic in a handler, as a bug would. The
-    /// supervisor replaces the pool; a lease holding it is revoked (its jobs fail with
-    /// `WorkerLost`). Returns whether the pool existed. Feature `testing`.
+    /// supervisor replaces the pool; a lease holding it is revoked (its queued and new jobs fail
+    /// with `NeverRan`). Returns whether the pool existed. Feature `testing`.
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn kill_pool(&self, pool: PoolId) -> bool {
@@ -176,7 +176,7 @@ impl<S: 'static> LeaseManager<S> {
     }
 
     /// Fault injection: makes the actor of `lease` panic in a handler. The lease is revoked
-    /// (jobs fail with `WorkerLost`) and its pool retired and replaced. Feature `testing`.
+    /// (queued and new jobs fail with `NeverRan`) and its pool retired and replaced. Feature `testing`.
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn kill_lease_actor(&self, lease: LeaseId) -> bool {

@@ -4,9 +4,10 @@
 //! *Available with the cargo feature `web`.*
 //!
 //! `LeaseError` implements `actix_web::ResponseError`: `Unavailable`, `Timeout`, `NotStarted`,
-//! `Stopped`, `StartFailed` and `NoHealthyPool` answer **503** with `Retry-After` (see
-//! [`set_retry_after`], or [`LeaseConfig::retry_after`] per route); `Expired`, `Released`,
-//! `WorkerLost` and `Panicked` answer **500**. Bodies are small JSON objects such as
+//! `Stopped`, `StartFailed`, `NoHealthyPool` and `NeverRan` (the job never started: safe to
+//! retry) answer **503** with `Retry-After` (see [`set_retry_after`], or
+//! [`LeaseConfig::retry_after`] per route); `Expired`, `Released`, `WorkerLost` (the worker died
+//! while the job ran) and `Panicked` answer **500**. Bodies are small JSON objects such as
 //! `{"error":"unavailable","retry_after":1}` and never carry panic messages (those are logged).
 //!
 //! # Settings for a lease per request

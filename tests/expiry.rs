@@ -111,7 +111,8 @@ async fn after_hard_expiry_new_jobs_fail_queued_jobs_are_lost_and_running_jobs_f
         running.await.unwrap(),
         "the running job finishes and delivers its result"
     );
-    assert_eq!(queued.await.unwrap_err(), LeaseError::WorkerLost);
+    // It never started: `NeverRan` (safe to retry), not `WorkerLost`.
+    assert_eq!(queued.await.unwrap_err(), LeaseError::NeverRan);
     drop(lease);
     manager.stop().await;
 }

@@ -110,7 +110,8 @@ async fn stop_answers_waiters_and_queued_jobs() {
         "finished",
         "a running job finishes and delivers"
     );
-    assert_eq!(queued.await.unwrap_err(), LeaseError::WorkerLost);
+    // It never started: `NeverRan`.
+    assert_eq!(queued.await.unwrap_err(), LeaseError::NeverRan);
     assert_eq!(lease.submit(|| ()).unwrap_err(), LeaseError::Stopped);
     let stats = manager.stats().await;
     assert_eq!((stats.total, stats.leased, stats.waiting), (0, 0, 0));

@@ -306,7 +306,8 @@ impl Ledger {
             Ok(v) => return self.unexpected(progress, item, format!("answered {v}")),
             Err(LeaseError::Panicked(_)) => Answer::Panicked,
             Err(LeaseError::Stopped) => Answer::Stopped,
-            Err(LeaseError::WorkerLost) => Answer::WorkerLost,
+            // Lost with its worker, or never started: either may follow a kill.
+            Err(LeaseError::WorkerLost | LeaseError::NeverRan) => Answer::WorkerLost,
             Err(LeaseError::NotStarted) => Answer::NotStarted,
             Err(e) => return self.unexpected(progress, item, format!("answered {e:?}")),
         };
@@ -689,9 +690,9 @@ async fn soak(jobs: u64, items: u64) {
                             tally.ok += 1;
                         }
                         Err(LeaseError::Panicked(_)) => tally.panicked += 1,
-                        Err(LeaseError::WorkerLost | LeaseError::Expired) => {
-                            tally.lost_or_revoked += 1
-                        }
+                        Err(
+                            LeaseError::WorkerLost | LeaseError::NeverRan | LeaseError::Expired,
+                        ) => tally.lost_or_revoked += 1,
                         Err(LeaseError::Stopped) if crossed_restart(phase_in, phase_out) => {
                             tally.stopped += 1
                         }

@@ -24,13 +24,14 @@ fn flaky_factory(failures: usize) -> (Arc<AtomicUsize>, impl Fn() -> u32 + Send 
     (calls, factory)
 }
 
-/// Retries `run` until it succeeds; every failure must be `WorkerLost` (never a hang).
+/// Retries `run` until it succeeds; every failure must be `NeverRan` or `WorkerLost` (never a
+/// hang).
 async fn run_until_ok(lease: &Lease<u32>) -> Duration {
     let begun = Instant::now();
     loop {
         match lease.run_with(|n| *n).await {
             Ok(_) => return begun.elapsed(),
-            Err(LeaseError::WorkerLost) => {}
+            Err(LeaseError::NeverRan | LeaseError::WorkerLost) => {}
             Err(other) => panic!("unexpected {other}"),
         }
         assert!(begun.elapsed() < EVENTUALLY, "the pool never came back");
@@ -59,10 +60,10 @@ async fn a_factory_that_panics_n_times_then_recovers_brings_the_pool_back() {
     assert!(matches!(panicking.await, Err(LeaseError::Panicked(_))));
     assert_eq!(
         queued_a.await.unwrap_err(),
-        LeaseError::WorkerLost,
+        LeaseError::NeverRan,
         "queued jobs must not hang"
     );
-    assert_eq!(queued_b.await.unwrap_err(), LeaseError::WorkerLost);
+    assert_eq!(queued_b.await.unwrap_err(), LeaseError::NeverRan);
 
     run_until_ok(&lease).await;
     assert_eq!(calls.load(SeqCst), 5, "1 ok + 3 failures + 1 ok");
@@ -122,6 +123,71 @@ async fn a_pool_that_cannot_build_its_workers_is_never_handed_out() {
 mod fault_injection {
     use super::*;
 
+    /// A pool whose only worker dies is never handed to a waiter: the books learn of the death
+    /// in the same step as the pool's queue. At most the one waiter already holding the pool
+    /// when it died sees its job fail (`NeverRan`: it never started); every other waiter gets a
+    /// live pool. (Before, the pool's queue was marked dead and emptied first, and in that
+    /// window the release of the job that just failed handed the "healthy" pool on: up to the
+    /// whole waiter queue failed at once, one after another.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_whose_worker_died_is_never_handed_to_a_waiter() {
+        let _deadline = common::deadline();
+        const WAITERS: usize = 8;
+        // Two pools of one worker, both leased here: the waiters queue; one pool's worker
+        // dies as its lease goes back (the other keeps the manager servable).
+        let mut failed_rounds = Vec::new();
+        for round in 0..60 {
+            // A fresh manager each round: a pool that keeps losing workers backs off longer.
+            let manager = LeaseManager::builder()
+                .name_prefix("sup-dead")
+                .max_pools(2)
+                .min_pools(2)
+                .workers_per_pool(1)
+                .build()
+                .unwrap();
+            manager.start().await.unwrap();
+            let holder = manager.acquire().await.unwrap();
+            let other = manager.acquire().await.unwrap();
+            let pool = holder.pool();
+            let failures = Arc::new(AtomicUsize::new(0));
+            let mut waiters = Vec::new();
+            for _ in 0..WAITERS {
+                let m = manager.clone();
+                let failures = Arc::clone(&failures);
+                waiters.push(tokio::spawn(async move {
+                    let lease = m.acquire().timeout(EVENTUALLY).await.unwrap();
+                    match lease.run(|| ()).await {
+                        Ok(()) => {}
+                        Err(LeaseError::NeverRan | LeaseError::WorkerLost) => {
+                            failures.fetch_add(1, SeqCst);
+                        }
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                }));
+            }
+            stats_until(&manager, "waiters queued", |s| s.waiting == WAITERS).await;
+            // The only worker dies (it takes a poison job); the lease goes back at once, racing
+            // the pool's learning of the death.
+            assert!(manager.kill_worker(pool, 1).await);
+            drop(holder);
+            // The other pool goes back once the first waiters had their chance at the dead one.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(other);
+            for w in waiters {
+                w.await.unwrap();
+            }
+            let n = failures.load(SeqCst);
+            if n > 1 {
+                failed_rounds.push((round, n));
+            }
+            manager.stop().await;
+        }
+        assert!(
+            failed_rounds.is_empty(),
+            "a dead pool was handed on to waiters: (round, waiters failed) {failed_rounds:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_workers_are_replaced_and_the_lease_keeps_working() {
         let _deadline = common::deadline();
@@ -156,7 +222,8 @@ mod fault_injection {
         })
         .await;
         assert_invariant(&stats);
-        assert_eq!(lease.run(|| ()).await.unwrap_err(), LeaseError::WorkerLost);
+        // A new job on the lost lease never starts.
+        assert_eq!(lease.run(|| ()).await.unwrap_err(), LeaseError::NeverRan);
         let next = manager.acquire().no_wait().await.unwrap();
         assert_ne!(next.pool(), dead_pool);
         assert_eq!(next.run(|| 5).await.unwrap(), 5);
@@ -199,7 +266,7 @@ mod fault_injection {
         })
         .await;
         assert_invariant(&stats);
-        assert_eq!(lease.run(|| ()).await.unwrap_err(), LeaseError::WorkerLost);
+        assert_eq!(lease.run(|| ()).await.unwrap_err(), LeaseError::NeverRan);
         let next = manager.acquire().no_wait().await.unwrap();
         assert_ne!(
             next.pool(),

@@ -118,10 +118,11 @@ pub enum LeaseError {
     /// The job panicked; the payload's message is kept.
     #[error("job panicked: {0}")]
     Panicked(String),
-    /// The worker or pool died, or the queued job was dropped when its lease was revoked.
-    #[error(
-        "the worker running the job was lost (pool died or lease revoked before the job started)"
-    )]
+    /// The worker died while the job ran — its thread, or on the process backend its child
+    /// (a crash, a kill, the memory limit) — or the job's answer was lost with it: the job may
+    /// have run in part or to the end. Not safe to retry blindly (HTTP 500). A job that never
+    /// started answers [`NeverRan`](LeaseError::NeverRan) instead.
+    #[error("the worker was lost while the job ran (a crash or a kill): it may have run in part")]
     WorkerLost,
     /// The manager could not start (for example, the host thread could not be spawned).
     #[error("lease manager failed to start: {0}")]
@@ -142,6 +143,13 @@ pub enum LeaseError {
     /// `start` fails with it when not one worker could start (unless `start_degraded`).
     #[error("no pool can serve: {0}")]
     NoHealthyPool(String),
+    /// The job never started: its pool lost its last worker, the pool or the lease's
+    /// manager stopped, or its lease was revoked, while the job waited in the pool's queue (or
+    /// it was sent to a pool already in that state). Nothing of it ran: safe to retry (HTTP 503
+    /// with `Retry-After`; the durable queue puts such a task back without counting an
+    /// attempt).
+    #[error("the job never started: its worker or pool was lost, or its lease revoked, before it ran; safe to retry")]
+    NeverRan,
     /// A process job could not run or answer — its name is unknown to the worker program, its
     /// input or output does not encode or decode, or it exceeds `max_message_bytes`. The text
     /// names the job. Only this job fails; the child goes on serving.
@@ -167,12 +175,13 @@ impl LeaseError {
             LeaseError::InvalidArgument(_) => "invalid_argument",
             LeaseError::NoHealthyPool(_) => "no_healthy_pool",
             LeaseError::ProcessJob(_) => "process_job",
+            LeaseError::NeverRan => "never_ran",
         }
     }
 
     /// Whether the error means "cannot serve now, try again later" (HTTP 503) — busy, shutting
-    /// down, or the workers' dependency is down — rather than a failure of the work itself
-    /// (HTTP 500).
+    /// down, the workers' dependency is down, or the job never started — rather than a failure
+    /// of the work itself (HTTP 500).
     pub fn is_overload(&self) -> bool {
         matches!(
             self,
@@ -182,6 +191,7 @@ impl LeaseError {
                 | LeaseError::Stopped
                 | LeaseError::StartFailed(_)
                 | LeaseError::NoHealthyPool(_)
+                | LeaseError::NeverRan
         )
     }
 }
@@ -208,9 +218,9 @@ mod web {
         RETRY_AFTER_SECS.load(Relaxed)
     }
 
-    /// Overload (`Unavailable`, `Timeout`, `NotStarted`, `Stopped`) becomes **503** with a
-    /// `Retry-After` header; failures of the work (`Expired`, `Released`, `WorkerLost`,
-    /// `Panicked`, …) become **500**. The body is a small JSON object naming the error
+    /// Overload (`Unavailable`, `Timeout`, `NotStarted`, `Stopped`, a job that `NeverRan`)
+    /// becomes **503** with a `Retry-After` header; failures of the work (`Expired`,
+    /// `Released`, `WorkerLost`, `Panicked`, …) become **500**. The body is a small JSON object naming the error
     /// (`{"error":"unavailable","retry_after":1}`); panic messages and other internals go to
     /// the logs, never to the client.
     impl ResponseError for LeaseError {

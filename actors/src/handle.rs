@@ -43,9 +43,9 @@ impl<S: 'static> LeaseCore<S> {
     /// worker.
     fn admit(&self) -> Result<(InFlight, Arc<PoolQueue<S>>), LeaseError> {
         let in_flight = InFlight::enter(&self.shared)?;
-        let queue = self.queue.upgrade().ok_or(LeaseError::WorkerLost)?;
+        let queue = self.queue.upgrade().ok_or(LeaseError::NeverRan)?;
         if queue.dead.load(Relaxed) {
-            return Err(LeaseError::WorkerLost);
+            return Err(LeaseError::NeverRan);
         }
         let facts = &self.shared.facts;
         tracing::debug!(manager = %facts.manager, lease_id = %facts.id, pool = %facts.pool, "job sent");

@@ -6,7 +6,7 @@
 //!
 //! A job owns its reply sender. Whatever happens to it — it runs, it panics, it is skipped
 //! because its lease was revoked, its envelope is dropped because the pool died — it answers
-//! exactly once: the `Drop` impl answers `WorkerLost` if nothing else did.
+//! exactly once: the `Drop` impl answers `NeverRan` if nothing else did.
 //!
 //! Everything a user handed us is also *dropped* under `catch_unwind`: a closure skipped unrun,
 //! a panic payload, a result nobody waits for any more. A destructor that panics outside
@@ -44,7 +44,7 @@ pub(crate) struct PoolQueue<S> {
     pub(crate) jobs: Sender<Job<S>>,
     /// The queue's receiving side, for senders to empty a dead pool's queue themselves (below).
     pub(crate) backlog: Receiver<Job<S>>,
-    /// Set while the pool has no live worker: new jobs fail at once with `WorkerLost`.
+    /// Set while the pool has no live worker: new jobs fail at once with `NeverRan`.
     pub(crate) dead: AtomicBool,
 }
 
@@ -52,10 +52,10 @@ impl<S> PoolQueue<S> {
     /// Sends `job` to the pool's workers. A job that slips in just as the last worker dies
     /// (after the pool emptied its queue) would wait for a replacement that may be seconds away;
     /// so a sender that sees the pool dead after sending empties the queue itself: what is in
-    /// it answers `WorkerLost` now.
+    /// it answers `NeverRan` now.
     pub(crate) fn send(&self, job: Job<S>) {
         // If every worker is gone the queue is closed; the returned job is dropped here and
-        // answers WorkerLost, like any job that never runs.
+        // answers NeverRan, like any job that never runs.
         drop(self.jobs.send(job));
         if self.dead.load(std::sync::atomic::Ordering::SeqCst) {
             while let Ok(stranded) = self.backlog.try_recv() {
@@ -154,7 +154,7 @@ where
             .as_ref()
             .is_some_and(|guard| guard.lease().is_revoked());
         if revoked {
-            // Dropping `self` answers WorkerLost: the job was queued when its lease was revoked.
+            // Dropping `self` answers NeverRan: the job was queued when its lease was revoked.
             drop_quietly(self.f.take(), manager);
             return JobOutcome::Ran;
         }
@@ -212,7 +212,8 @@ impl<F, R> Drop for TypedJob<F, R> {
         // and releases at once finds the lease idle, not draining.
         drop(self.in_flight.take());
         if let Some(tx) = self.reply.take() {
-            let _ = tx.send(Err(LeaseError::WorkerLost));
+            // Dropped before it ran: nothing of it happened.
+            let _ = tx.send(Err(LeaseError::NeverRan));
         }
     }
 }

@@ -86,7 +86,8 @@ impl LeaseShared {
             RELEASED => Some(LeaseError::Released),
             EXPIRED => Some(LeaseError::Expired),
             STOPPED => Some(LeaseError::Stopped),
-            _ => Some(LeaseError::WorkerLost),
+            // The lease's pool was lost: a new job cannot start.
+            _ => Some(LeaseError::NeverRan),
         }
     }
 

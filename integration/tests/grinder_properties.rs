@@ -207,7 +207,7 @@ struct Case {
     lifecycle: Vec<(usize, String, JoinHandle<Life>)>,
     /// Tasks that abort a `submit` task later.
     aborters: Vec<JoinHandle<()>>,
-    /// A pool was killed or the manager stopped: items may fail with `WorkerLost`.
+    /// A pool was killed or the manager stopped: items may fail with `NeverRan`.
     worker_loss_possible: bool,
 }
 
@@ -527,10 +527,10 @@ impl Case {
                 "item {id} (a probe submitted to grinder {g}, which reports itself started)"
             );
             let mut answer = self.bounded(&what, probe).await;
-            if answer == Err(LeaseError::WorkerLost) && self.worker_loss_possible {
+            if answer == Err(LeaseError::NeverRan) && self.worker_loss_possible {
                 // A pool crashed by `kill_pool` dies asynchronously: for a moment it can still
                 // be handed out, and the probe's batch lands on it. That item is lost as
-                // promised (WorkerLost, not run); the next probe must run.
+                // promised (NeverRan: not run); the next probe must run.
                 self.items.push(Item {
                     id,
                     origin: "a probe that met a crashing pool".to_owned(),
@@ -644,7 +644,7 @@ impl Case {
                 }
                 Err(LeaseError::Unavailable) if *refused && ran == 0 => {}
                 Err(LeaseError::Stopped | LeaseError::NotStarted) if ran == 0 => {}
-                Err(LeaseError::WorkerLost) if self.worker_loss_possible && ran == 0 => {}
+                Err(LeaseError::NeverRan) if self.worker_loss_possible && ran == 0 => {}
                 _ => self.fail(format!(
                     "{what} answered {answer:?} but its closure ran {ran} times \
                      (pool killed or manager stopped in this case: {})",

@@ -46,6 +46,8 @@ async fn errors_map_to_503_with_retry_after_or_500_with_a_small_json_body() {
         (LeaseError::Expired, 500),
         (LeaseError::Released, 500),
         (LeaseError::WorkerLost, 500),
+        // Never started: safe to retry, so "come back later".
+        (LeaseError::NeverRan, 503),
         (
             LeaseError::Panicked("secret internal detail".to_owned()),
             500,

@@ -335,7 +335,8 @@ impl Child {
                 Err(why) => {
                     tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, error = %why, "cannot replace a worker child");
                     leasepool_actors::request_state_rebuild("its worker child had ended");
-                    return Err(LeaseError::WorkerLost);
+                    // The job has not reached any child.
+                    return Err(LeaseError::NeverRan);
                 }
             }
         }

@@ -702,7 +702,7 @@ impl<J: ProcessJob> Default for Gathered<J> {
 
 /// Sends a batch's gathered items on its lease: split in one part per worker, each part one job
 /// (and, on the process backend, one frame). Every item is answered exactly once: by its part's
-/// job, with the lease's refusal if the part cannot be sent, or `WorkerLost` if the part is
+/// job, with the lease's refusal if the part cannot be sent, or `NeverRan` if the part is
 /// dropped unrun (the lease was revoked).
 pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
     batch: &leasepool_actors::Batch<'_, S>,
@@ -710,7 +710,7 @@ pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
 ) {
     let Some(lease) = batch.lease() else {
         for (job, reply, _) in gathered.items {
-            reply.fail(LeaseError::WorkerLost);
+            reply.fail(LeaseError::NeverRan);
             drop_quietly(job);
         }
         return;

@@ -91,7 +91,8 @@ pub(crate) fn call(
         Some(child) => child.call(name, count, encode, decode),
         None => {
             leasepool_actors::request_state_rebuild("its worker child had ended");
-            Err(LeaseError::WorkerLost)
+            // The job has not reached any child.
+            Err(LeaseError::NeverRan)
         }
     })
 }

@@ -109,7 +109,7 @@ impl<S: 'static> Grinder<S> {
         let launch: Launch<Token<S>> = Box::new(move |batch| match batch {
             Ok(token) => {
                 let Some(lease) = token.lease.as_ref() else {
-                    return reply.fail(LeaseError::WorkerLost);
+                    return reply.fail(LeaseError::NeverRan);
                 };
                 // The job holds the batch token until it ends: the last one releases the lease.
                 let job = {

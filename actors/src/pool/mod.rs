@@ -94,7 +94,7 @@ impl<S: 'static> Clone for PoolSpec<S> {
 /// A new pool is *starting* until its first worker has built its state; only then do the books
 /// hand it out. Supervision: a worker thread that ends early (its state factory failed, or it
 /// crashed) reports `WorkerExited`, and a thread that cannot be spawned counts the same way.
-/// While no worker is alive the pool is *unhealthy*: queued jobs are answered `WorkerLost`, the
+/// While no worker is alive the pool is *unhealthy*: queued jobs are answered `NeverRan`, the
 /// books never hand the pool out, and they learn the last failure (what acquirers are told when
 /// no pool can serve). Dead workers are replaced after a backoff of 10 ms doubling to 5 s,
 /// reset after 30 s without a failure.
@@ -169,10 +169,17 @@ impl<S: 'static> PoolActor<S> {
         }
         self.last_failure = Some(now);
         if self.live == 0 {
+            // The books first, in one step with the death: from here on a release parks the
+            // pool and no waiter is handed it. (Marking the queue dead and answering its jobs
+            // first left a window in which the release of the job that just failed handed the
+            // "healthy" pool to the next waiter, whose job then failed at once, and so on down
+            // the queue.) Also when already unhealthy: the books keep the latest failure.
+            self.spec.keeper.pool_unhealthy(self.id, error);
             if let Some(queue) = &self.queue {
                 queue.dead.store(true, SeqCst);
             }
-            // Nobody can run what is queued: answer it now instead of letting callers hang.
+            // Nobody can run what is queued: answer it now (`NeverRan`) instead of letting
+            // callers hang.
             let mut lost = 0usize;
             while let Ok(job) = self.receiver.try_recv() {
                 drop(job);
@@ -182,8 +189,6 @@ impl<S: 'static> PoolActor<S> {
                 tracing::warn!(manager = %self.spec.settings().name_prefix, pool = %self.id, lost, "pool has no live worker; it is unhealthy until rebuilt");
             }
             self.serving = false;
-            // Also when already unhealthy: the books keep the latest failure for acquirers.
-            self.spec.keeper.pool_unhealthy(self.id, error);
         }
         if !self.replacing {
             self.replacing = true;

@@ -128,10 +128,12 @@ pub(crate) async fn a_deferral_taken_first_by_another_worker_costs_no_attempt(ki
     // and it gives deferrals back only after 3 s.
     let busy = manager("q-owed-a", 1).await;
     let held = busy.acquire().await.unwrap();
+    // A polls slowly: once its give-back frees the task (SQLite) B, polling every 2 ms, takes
+    // it rather than A again (which would put it back, and hold it, once more).
     let a = QueueWorker::builder(&busy, &queue, "owed")
         .prefetch(1)
         .lease_wait(Duration::from_millis(100))
-        .poll_interval(Duration::from_millis(5))
+        .poll_interval(Duration::from_millis(250))
         .hold_deferrals(Duration::from_secs(3))
         .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
         .unwrap();
@@ -140,7 +142,7 @@ pub(crate) async fn a_deferral_taken_first_by_another_worker_costs_no_attempt(ki
     eventually("A put the task back", || async { a.stats().put_back >= 1 }).await;
     let free = manager("q-owed-b", 1).await;
     let b = QueueWorker::builder(&free, &queue, "owed")
-        .poll_interval(Duration::from_millis(5))
+        .poll_interval(Duration::from_millis(2))
         .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
         .unwrap();
     b.start().unwrap();

@@ -224,6 +224,7 @@ mod tests {
             LeaseError::NoHealthyPool("f".into()),
             LeaseError::StartFailed("s".into()),
             LeaseError::BlockingOnRuntime("b"),
+            LeaseError::NeverRan,
         ] {
             assert!(
                 matches!(failed(back.clone()), Outcome::Defer(Defer::PutBack, ref why) if why.contains("lease could not run")),
