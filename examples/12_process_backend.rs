@@ -129,6 +129,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     drop(short);
 
+    // 4. The counters say what happened: one job lost to a crash, one to a kill at expiry.
+    let c = manager.stats().await.counters;
+    println!(
+        "jobs: {} completed, {} lost; children: {} started, {} crashed, {} killed at expiry",
+        c.jobs_completed, c.jobs_lost, c.children_started, c.children_crashed, c.children_killed
+    );
+
     manager.stop().await;
     println!("stopped: no child process left");
     Ok(())

@@ -250,9 +250,11 @@ impl<S> ManagerBuilder<S> {
         #[cfg_attr(not(feature = "process"), allow(unused_mut))]
         let mut settings = self.settings;
         #[cfg(feature = "process")]
-        {
-            settings = crate::process::configure(settings, self.process)?;
-        }
+        let children = {
+            let (configured, children) = crate::process::configure(settings, self.process)?;
+            settings = configured;
+            children
+        };
         #[cfg(not(feature = "process"))]
         if settings.backend == Backend::Process {
             return Err(BuildError::UnsupportedBackend {
@@ -260,6 +262,10 @@ impl<S> ManagerBuilder<S> {
                 why: "it needs the cargo feature `process` of leasepool".to_owned(),
             });
         }
-        Ok(LeaseManager::from_config(EngineConfig::new(settings)?))
+        #[cfg_attr(not(feature = "process"), allow(unused_mut))]
+        let mut manager = LeaseManager::from_config(EngineConfig::new(settings)?);
+        #[cfg(feature = "process")]
+        manager.set_child_counters(children);
+        Ok(manager)
     }
 }

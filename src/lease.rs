@@ -161,8 +161,9 @@ impl<S: 'static> Lease<S> {
         job: J,
     ) -> Result<J::Output, LeaseError> {
         self.core
-            .dispatch(
+            .dispatch_counted(
                 move |_: &mut S| crate::process::run_here(job),
+                crate::process::counters::job_tally,
                 IfAbandoned::Skip,
             )?
             .flatten()
@@ -182,8 +183,9 @@ impl<S: 'static> Lease<S> {
     ) -> Result<JobHandle<J::Output>, LeaseError> {
         Ok(self
             .core
-            .dispatch(
+            .dispatch_counted(
                 move |_: &mut S| crate::process::run_here(job),
+                crate::process::counters::job_tally,
                 IfAbandoned::Run,
             )?
             .flatten())

@@ -41,6 +41,9 @@ pub struct LeaseManager<S: 'static = ()> {
 
 struct Inner<S: 'static> {
     engine: Arc<Engine<S>>,
+    /// The process backend's children's counters (see `Counters::children_*`).
+    #[cfg(feature = "process")]
+    children: Option<Arc<crate::process::counters::ChildCounters>>,
 }
 
 impl<S: 'static> Drop for Inner<S> {
@@ -78,7 +81,20 @@ impl<S: 'static> LeaseManager<S> {
         Self {
             inner: Arc::new(Inner {
                 engine: Arc::new(Engine::new(config)),
+                #[cfg(feature = "process")]
+                children: None,
             }),
+        }
+    }
+
+    /// Gives a manager just built its children's counters.
+    #[cfg(feature = "process")]
+    pub(crate) fn set_child_counters(
+        &mut self,
+        children: Option<Arc<crate::process::counters::ChildCounters>>,
+    ) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.children = children;
         }
     }
 
@@ -138,13 +154,25 @@ impl<S: 'static> LeaseManager<S> {
 
     /// A consistent snapshot: pool counts, waiters, every lease, counters.
     pub async fn stats(&self) -> Stats {
-        self.inner.engine.stats()
+        #[cfg_attr(not(feature = "process"), allow(unused_mut))]
+        let mut stats = self.inner.engine.stats();
+        #[cfg(feature = "process")]
+        if let Some(children) = &self.inner.children {
+            children.fill(&mut stats.counters);
+        }
+        stats
     }
 
     /// Tells the supervisor the work-unit count changed, so it re-evaluates sizing now instead
     /// of at the next `check_interval`.
     pub fn notify_scale_changed(&self) {
         self.inner.engine.notify_scale_changed();
+    }
+
+    /// The manager's name: its `name_prefix` (default `"leasepool"`), as its threads and every
+    /// log event's `manager` field carry it.
+    pub fn name(&self) -> &str {
+        self.inner.engine.name()
     }
 
     /// The backend this manager runs.

@@ -16,7 +16,6 @@ use crate::lease_state::{LeaseEnds, LeaseShared};
 thread_local! {
     static CURRENT: RefCell<Option<Arc<LeaseShared>>> = const { RefCell::new(None) };
     static REBUILD: Cell<Option<&'static str>> = const { Cell::new(None) };
-    static PANICKED: Cell<bool> = const { Cell::new(false) };
     /// The manager run this worker thread serves (set as the thread starts).
     static RUN: RefCell<Option<(Weak<dyn LeaseEnds>, u64)>> = const { RefCell::new(None) };
 }
@@ -75,17 +74,6 @@ pub fn job_stop_reason() -> Option<LeaseError> {
 /// goes to the debug log. Outside a worker thread it does nothing.
 pub fn request_state_rebuild(why: &'static str) {
     let _ = REBUILD.try_with(|r| r.set(Some(why)));
-}
-
-/// Counts the running job as panicked (`Counters::jobs_panicked`) rather than completed, though
-/// its closure returned: for a job that ran somewhere else and panicked there (a worker child).
-pub fn count_job_as_panicked() {
-    let _ = PANICKED.try_with(|p| p.set(true));
-}
-
-/// Takes this thread's "count the job as panicked" mark.
-pub(crate) fn take_panicked_mark() -> bool {
-    PANICKED.try_with(Cell::take).unwrap_or(false)
 }
 
 /// Takes this thread's pending rebuild request.

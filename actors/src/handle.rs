@@ -11,7 +11,8 @@ use std::sync::{Arc, Weak};
 
 use crate::error::LeaseError;
 use crate::job::{
-    drop_quietly, IfAbandoned, InFlight, Job, JobHandle, JobReply, PoolQueue, TypedJob,
+    completed, drop_quietly, IfAbandoned, InFlight, Job, JobHandle, JobReply, JobTally, PoolQueue,
+    TypedJob,
 };
 use crate::lease_state::{LeaseFacts, LeaseShared};
 
@@ -70,9 +71,27 @@ impl<S: 'static> LeaseCore<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.dispatch_counted(f, completed, if_abandoned)
+    }
+
+    /// Like [`dispatch`](Self::dispatch), with how the job's value counts in the counters
+    /// (a process job's value is the child's answer: completed, panicked, failed or lost).
+    pub fn dispatch_counted<F, R>(
+        &self,
+        f: F,
+        count: fn(&R) -> JobTally,
+        if_abandoned: IfAbandoned,
+    ) -> Result<JobHandle<R>, LeaseError>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let (in_flight, queue) = self.admit()?;
         let (reply, handle) = JobHandle::channel();
-        Self::send_job(&queue, TypedJob::new(f, reply.0, in_flight, if_abandoned));
+        Self::send_job(
+            &queue,
+            TypedJob::new(f, reply.0, in_flight, if_abandoned, count),
+        );
         Ok(handle)
     }
 
@@ -86,7 +105,8 @@ impl<S: 'static> LeaseCore<S> {
     {
         match self.admit() {
             Ok((in_flight, queue)) => {
-                Self::send_job(&queue, TypedJob::new(f, reply.0, in_flight, if_abandoned));
+                let job = TypedJob::new(f, reply.0, in_flight, if_abandoned, completed);
+                Self::send_job(&queue, job);
             }
             Err(e) => {
                 reply.fail(e);

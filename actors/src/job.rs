@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
-use crate::current::{take_panicked_mark, JobScope};
+use crate::current::JobScope;
 use crate::error::LeaseError;
 use crate::lease_state::LeaseShared;
 use crate::stats::CounterCells;
@@ -115,11 +115,70 @@ impl Drop for InFlight {
     }
 }
 
+/// How a job that returned counts in [`Counters`](crate::Counters), judged from its value: a
+/// closure's value is its success; a process job's value is the child's answer, which may say
+/// the job panicked, failed or was lost with its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobCount {
+    /// Ran to completion and delivered a value (`jobs_completed`).
+    Completed,
+    /// Panicked (`jobs_panicked`).
+    Panicked,
+    /// Ran and failed without a panic: a process job whose output could not be encoded or
+    /// decoded, say (`jobs_failed`).
+    Failed,
+    /// Lost with its worker while it ran: a crashed child, a child killed at hard expiry or at
+    /// stop (`jobs_lost`).
+    Lost,
+    /// Never started (not counted).
+    NotRun,
+}
+
+/// How many jobs one dispatched job's value stands for, by how each counts: one for a closure
+/// or a process job, one per item for a grinder part sent to a child in one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobTally {
+    /// `jobs_completed`.
+    pub completed: u64,
+    /// `jobs_panicked`.
+    pub panicked: u64,
+    /// `jobs_failed`.
+    pub failed: u64,
+    /// `jobs_lost`.
+    pub lost: u64,
+}
+
+impl JobTally {
+    /// A tally of one job.
+    pub fn one(count: JobCount) -> Self {
+        let mut tally = Self::default();
+        tally.add(count);
+        tally
+    }
+
+    /// Adds one job.
+    pub fn add(&mut self, count: JobCount) {
+        match count {
+            JobCount::Completed => self.completed += 1,
+            JobCount::Panicked => self.panicked += 1,
+            JobCount::Failed => self.failed += 1,
+            JobCount::Lost => self.lost += 1,
+            JobCount::NotRun => {}
+        }
+    }
+}
+
+/// Counts every value as one completed job (closures).
+pub(crate) fn completed<R>(_: &R) -> JobTally {
+    JobTally::one(JobCount::Completed)
+}
+
 pub(crate) struct TypedJob<F, R> {
     f: Option<F>,
     reply: Option<oneshot::Sender<Result<R, LeaseError>>>,
     in_flight: Option<InFlight>,
     if_abandoned: IfAbandoned,
+    count: fn(&R) -> JobTally,
 }
 
 impl<F, R> TypedJob<F, R> {
@@ -128,12 +187,14 @@ impl<F, R> TypedJob<F, R> {
         reply: oneshot::Sender<Result<R, LeaseError>>,
         in_flight: InFlight,
         if_abandoned: IfAbandoned,
+        count: fn(&R) -> JobTally,
     ) -> Self {
         Self {
             f: Some(f),
             reply: Some(reply),
             in_flight: Some(in_flight),
             if_abandoned,
+            count,
         }
     }
 }
@@ -170,11 +231,7 @@ where
         let scope = self.in_flight.as_ref().map(|g| JobScope::enter(&g.0));
         let (result, outcome) = match catch_unwind(AssertUnwindSafe(move || f(state))) {
             Ok(value) => {
-                if take_panicked_mark() {
-                    CounterCells::bump(&counters.jobs_panicked);
-                } else {
-                    CounterCells::bump(&counters.jobs_completed);
-                }
+                counters.add_tally((self.count)(&value));
                 (Ok(value), JobOutcome::Ran)
             }
             Err(payload) => {

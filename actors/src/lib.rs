@@ -43,14 +43,17 @@ mod worker;
 pub use bookkeeper::{LeaseParams, WaitTicket};
 pub use books::WaitMode;
 pub use config::{EngineConfig, Settings, SizeProvider, StateFactory, WorkerHook};
-pub use current::{count_job_as_panicked, job_stop_reason, request_state_rebuild};
+pub use current::{job_stop_reason, request_state_rebuild};
 #[cfg(feature = "web")]
 pub use error::{retry_after_secs, set_retry_after};
 pub use error::{BuildError, LeaseError, MAX_TOTAL_WORKERS};
 pub use grinder::{Batch, BatchHold, Grinder, GrinderConfig, GrinderStats, RawLaunch, StopMode};
 pub use handle::LeaseCore;
 pub use host::Engine;
-pub use job::{drop_contained, drop_payload, panic_message, IfAbandoned, JobHandle, JobReply};
+pub use job::{
+    drop_contained, drop_payload, panic_message, IfAbandoned, JobCount, JobHandle, JobReply,
+    JobTally,
+};
 pub use lease_state::LeaseFacts;
 pub use manager::InjectFault;
 pub use stats::{Backend, Counters, LeaseId, LeaseInfo, PoolId, Stats};

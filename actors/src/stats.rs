@@ -152,9 +152,17 @@ pub struct Counters {
     pub revoked: u64,
     /// Jobs that ran to completion and delivered a value.
     pub jobs_completed: u64,
-    /// Jobs that panicked (answered with `Panicked`).
+    /// Jobs that panicked (answered with `Panicked`), in a worker thread or a worker child.
     pub jobs_panicked: u64,
-    /// Worker states rebuilt from the factory on the same thread after a job panicked.
+    /// Jobs that ran and failed without a panic: process jobs whose input or output could not
+    /// be encoded, decoded or fit `max_message_bytes`, or whose `Serialize`/`Deserialize`/`Drop`
+    /// panicked in the child (answered `ProcessJob`).
+    pub jobs_failed: u64,
+    /// Jobs lost with their worker while they ran: a worker child that crashed, or was killed
+    /// at hard expiry or by `stop` (answered `WorkerLost`, `Expired` or `Stopped`).
+    pub jobs_lost: u64,
+    /// Worker states rebuilt from the factory on the same thread after a job panicked there
+    /// (not when a worker child is replaced: see the `children_*` counters).
     pub worker_states_rebuilt: u64,
     /// Replacement worker threads started for threads that ended early (a failing state
     /// factory, a crash, a thread that could not be spawned).
@@ -166,13 +174,29 @@ pub struct Counters {
     /// Worker threads that could not be spawned (for example `EAGAIN` at the thread limit);
     /// each is retried with the same backoff as a failing state factory.
     pub thread_spawn_failures: u64,
-    /// `worker_states_rebuilt` under its old name.
+    /// Process backend: worker children started (handshake done).
+    pub children_started: u64,
+    /// Process backend: worker children that died on their own — a crash, `exit`, a kill from
+    /// outside, a malformed frame (then killed) — while running a job or idle.
+    pub children_crashed: u64,
+    /// Process backend: worker children killed because their lease passed its hard expiry, or
+    /// by `stop` past `shutdown_timeout`, while they ran a job.
+    pub children_killed: u64,
+    /// Process backend: worker children that died of their memory limit (`child_memory_limit`:
+    /// an allocation failed and the child aborted).
+    pub children_over_memory: u64,
+    /// Process backend: worker children ended and replaced after `max_jobs_per_child` jobs.
+    pub children_recycled: u64,
+    /// `worker_states_rebuilt` under its old name (not serialized).
+    #[cfg_attr(feature = "serde", serde(skip))]
     #[deprecated(
         since = "0.2.0",
         note = "renamed `worker_states_rebuilt`: it counts state rebuilds after a panicking job, not restarts"
     )]
     pub workers_restarted: u64,
-    /// `workers_replaced + pools_replaced` under its old name, which mixed the two.
+    /// `workers_replaced + pools_replaced` under its old name, which mixed the two (not
+    /// serialized).
+    #[cfg_attr(feature = "serde", serde(skip))]
     #[deprecated(
         since = "0.2.0",
         note = "split into `workers_replaced` and `pools_replaced`"
@@ -201,6 +225,8 @@ macro_rules! counter_cells {
 counter_cells!(
     jobs_completed,
     jobs_panicked,
+    jobs_failed,
+    jobs_lost,
     worker_states_rebuilt,
     workers_replaced,
     pools_replaced,
@@ -211,6 +237,14 @@ counter_cells!(
 impl CounterCells {
     pub(crate) fn bump(cell: &AtomicU64) {
         cell.fetch_add(1, Relaxed);
+    }
+
+    /// Counts the jobs one job's value stands for.
+    pub(crate) fn add_tally(&self, tally: crate::JobTally) {
+        self.jobs_completed.fetch_add(tally.completed, Relaxed);
+        self.jobs_panicked.fetch_add(tally.panicked, Relaxed);
+        self.jobs_failed.fetch_add(tally.failed, Relaxed);
+        self.jobs_lost.fetch_add(tally.lost, Relaxed);
     }
 }
 

@@ -142,12 +142,13 @@ impl<S> Worker<S> {
             let asked = take_rebuild_request();
             if outcome == JobOutcome::Panicked {
                 tracing::warn!(manager = %self.manager, pool = %self.pool, "job panicked; rebuilding the worker's state");
+                CounterCells::bump(&self.counters.worker_states_rebuilt);
             } else if let Some(why) = asked {
+                // (A worker child replaced: counted by the process backend's own counters.)
                 tracing::debug!(manager = %self.manager, pool = %self.pool, why, "rebuilding the worker's state, as its job asked");
             } else {
                 continue;
             }
-            CounterCells::bump(&self.counters.worker_states_rebuilt);
             let fresh =
                 build_state_or_exit(&self.factory, self.pool, &self.manager, &mut self.exit);
             drop_quietly(std::mem::replace(&mut self.state, fresh), &self.manager);

@@ -13,6 +13,7 @@ mod process;
 mod python;
 mod queue;
 mod queue_backlog;
+mod rejection;
 mod report;
 mod scenarios;
 
@@ -540,6 +541,33 @@ fn run_all(p: &Params, py: &Result<Value, String>) -> (Vec<Scenario>, Vec<Curve>
             median(r, || sc::s8_spawn_blocking(p.s8_items)),
         );
         all.push(s8);
+    }
+
+    if p.wants("W1") {
+        eprintln!("W1 ...");
+        let ops = if p.quick { 5_000 } else { 50_000 };
+        let mut w1 = Scenario::new(
+            "W1",
+            "a request refused for overload: 503 + Retry-After through actix-web (in process, one thread)",
+            "µs/request",
+            Better::Lower,
+        );
+        w1.add(
+            "leasepool: Leased extractor refused (no_wait)",
+            median(r, || rejection::web(ops, true)),
+        );
+        w1.add(
+            "actix-web alone: a handler that answers the 503",
+            median(r, || rejection::web(ops, false)),
+        );
+        let mut w1b = Scenario::new(
+            "W1",
+            "a bare refusal: acquire().no_wait() on a manager with no pool free",
+            "µs/op",
+            Better::Lower,
+        );
+        w1b.add(LEASEPOOL, median(r, || rejection::bare(ops * 4)));
+        all.extend([w1, w1b]);
     }
 
     run_process(p, py, &mut all);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{test, web, App, HttpResponse, HttpServer, ResponseError};
-use leasepool::web::{LeaseConfig, Leased, LeasedAfter};
+use leasepool::web::{DuplicateManager, LeaseConfig, Leased, LeasedAfter, LeasedError, Managers};
 use leasepool::{LeaseError, LeaseManager};
 
 async fn slow(lease: Leased, ms: web::Path<u64>) -> Result<HttpResponse, LeaseError> {
@@ -187,6 +187,133 @@ async fn a_missing_manager_is_a_500_naming_the_manager_type_not_an_overload() {
         err.to_string().contains("LeaseManager<web::Db>"),
         "the error names the missing manager type: {err}"
     );
+}
+
+/// Answers the name of the worker thread that ran its job: which manager served the request.
+async fn whose(lease: Leased) -> Result<HttpResponse, LeaseError> {
+    let thread = lease
+        .run(|| std::thread::current().name().unwrap_or_default().to_owned())
+        .await?;
+    Ok(HttpResponse::Ok().body(thread))
+}
+
+/// `GET uri` on a test service: the status and the body.
+macro_rules! call {
+    ($svc:expr, $uri:expr) => {{
+        let resp = test::call_service($svc, test::TestRequest::get().uri($uri).to_request()).await;
+        let status = resp.status();
+        let body = test::read_body(resp).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }};
+}
+
+#[actix_web::test]
+async fn two_managers_of_one_type_serve_the_routes_that_name_them() {
+    let _deadline = common::deadline();
+    let threads = one_pool("web-threads");
+    let sandbox = one_pool("web-sandbox");
+    threads.start().await.unwrap();
+    sandbox.start().await.unwrap();
+    let managers = Managers::new()
+        .with(threads.clone())
+        .unwrap()
+        .with(sandbox.clone())
+        .unwrap();
+    assert_eq!(
+        managers.clone().with(one_pool("web-threads")).unwrap_err(),
+        DuplicateManager {
+            name: "web-threads".into()
+        },
+        "two managers of one name are refused when the registry is built"
+    );
+    let wait = LeaseConfig::timeout(Duration::from_secs(5));
+    let svc = test::init_service(
+        App::new()
+            .app_data(web::Data::new(managers))
+            .service(
+                web::scope("/threads")
+                    .app_data(wait.clone().manager("web-threads"))
+                    .route("", web::get().to(whose)),
+            )
+            .service(
+                web::scope("/sandbox")
+                    .app_data(wait.clone().manager("web-sandbox"))
+                    .route("", web::get().to(whose)),
+            )
+            .service(
+                web::scope("/typo")
+                    .app_data(wait.manager("web-sandbx"))
+                    .route("", web::get().to(whose)),
+            )
+            .route("/unnamed", web::get().to(whose)),
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, thread) = call!(&svc, "/threads");
+        assert_eq!(status, StatusCode::OK);
+        assert!(thread.starts_with("web-threads-"), "{thread}");
+        let (status, thread) = call!(&svc, "/sandbox");
+        assert_eq!(status, StatusCode::OK);
+        assert!(thread.starts_with("web-sandbox-"), "{thread}");
+    }
+    // A name that is not there, or no name among two: a 500, never either manager.
+    for uri in ["/typo", "/unnamed"] {
+        let (status, body) = call!(&svc, uri);
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{uri}");
+        assert_eq!(body, r#"{"error":"misconfigured"}"#, "{uri}");
+    }
+    let acquired = |s: leasepool::Stats| s.counters.acquired;
+    assert_eq!(acquired(threads.stats().await), 3);
+    assert_eq!(acquired(sandbox.stats().await), 3);
+    threads.stop().await;
+    sandbox.stop().await;
+}
+
+#[actix_web::test]
+async fn a_route_whose_manager_was_swapped_out_answers_500_naming_both() {
+    let _deadline = common::deadline();
+    // The mistake the registry prevents: two managers of one type registered directly. actix
+    // keeps the last; a route that names its manager notices instead of running elsewhere.
+    let sandbox = one_pool("web-swap-sandbox");
+    let threads = one_pool("web-swap-threads");
+    threads.start().await.unwrap();
+    let svc = test::init_service(
+        App::new()
+            .app_data(web::Data::new(sandbox))
+            .app_data(web::Data::new(threads.clone()))
+            .service(
+                web::scope("/convert")
+                    .app_data(LeaseConfig::no_wait().manager("web-swap-sandbox"))
+                    .route("", web::get().to(whose)),
+            ),
+    )
+    .await;
+    let (status, body) = call!(&svc, "/convert");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body, r#"{"error":"misconfigured"}"#);
+    assert_eq!(
+        threads.stats().await.counters.acquired,
+        0,
+        "nothing ran on the other manager"
+    );
+    let req = test::TestRequest::get()
+        .app_data(web::Data::new(threads.clone()))
+        .app_data(LeaseConfig::no_wait().manager("web-swap-sandbox"))
+        .to_http_request();
+    let err = <Leased as actix_web::FromRequest>::extract(&req)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LeasedError::WrongManager { wanted, available, .. }
+            if wanted == "web-swap-sandbox" && available == &["web-swap-threads".to_owned()]),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("\"web-swap-sandbox\"") && text.contains("web-swap-threads"),
+        "{text}"
+    );
+    threads.stop().await;
 }
 
 #[actix_web::test]

@@ -18,20 +18,20 @@ use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{fcntl_setfl, OFlags};
 use rustix::process::{kill_process_group, Pid, Signal, WaitId, WaitIdOptions};
 
-use super::logs::{forward, ChildLabels};
+use super::counters::{ChildCounters, ChildEnd};
+use super::logs::ChildLabels;
 use super::protocol::{
     frame_with_body, parse, split, trim, FromChild, Parsed, ToChild, ENV_LOG_LEVEL,
     ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT, ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
 };
+use super::watcher::{describe as describe_end, Watch, Watcher};
 use crate::LeaseError;
 
 /// How often a worker waiting on its child looks for a reason to kill it (hard expiry, an
@@ -53,6 +53,7 @@ pub(crate) struct ChildSpec {
     pub(crate) memory_limit: Option<u64>,
     pub(crate) max_jobs_per_child: Option<usize>,
     pub(crate) start_timeout: Duration,
+    pub(crate) counters: Arc<ChildCounters>,
 }
 
 /// One running worker child.
@@ -67,19 +68,14 @@ pub(crate) struct Child {
     jobs: HashSet<String>,
     seq: u64,
     served: usize,
-    /// Set once the child is reaped: its pid is no longer ours to signal.
+    /// Set once the child is reaped (here, or by its watcher: see [`Watch`]).
     reaped: bool,
-    log: Option<LogThread>,
+    watch: Arc<Watch>,
+    watcher: Option<Watcher>,
     labels: ChildLabels,
     max_message: usize,
     max_jobs: Option<usize>,
     spec: Arc<ChildSpec>,
-}
-
-/// The thread that forwards a child's stderr, and the flag that ends it.
-struct LogThread {
-    thread: JoinHandle<()>,
-    stop: Arc<AtomicBool>,
 }
 
 /// What waiting gave.
@@ -128,25 +124,7 @@ fn worker_labels(manager: &str) -> (String, String) {
 
 /// "exited with code 3", "was killed by signal 9 (SIGKILL)".
 pub(crate) fn describe(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        return format!("exited with code {code}");
-    }
-    match status.signal() {
-        Some(sig) => {
-            let name = match sig {
-                4 => " (SIGILL)",
-                6 => " (SIGABRT)",
-                7 => " (SIGBUS)",
-                8 => " (SIGFPE)",
-                9 => " (SIGKILL)",
-                11 => " (SIGSEGV)",
-                15 => " (SIGTERM)",
-                _ => "",
-            };
-            format!("was killed by signal {sig}{name}")
-        }
-        None => format!("ended ({status})"),
-    }
+    describe_end(status.code(), status.signal())
 }
 
 fn nonblocking(fd: impl std::os::fd::AsFd) -> Result<(), String> {
@@ -206,7 +184,8 @@ impl Child {
             seq: 0,
             served: 0,
             reaped: false,
-            log: None,
+            watch: Watch::new(labels.clone(), Arc::clone(&spec.counters)),
+            watcher: None,
             labels,
             max_message: spec.max_message,
             max_jobs: spec.max_jobs_per_child,
@@ -228,18 +207,21 @@ impl Child {
                 }
                 let _ = rustix::pipe::fcntl_setpipe_size(&child.from, size);
             }
-            let stop = Arc::new(AtomicBool::new(false));
-            let log_labels = child.labels.clone();
-            let log_stop = Arc::clone(&stop);
-            let thread = std::thread::Builder::new()
-                .name(format!("{}-log", child.labels.worker))
-                .spawn(move || forward(stderr, &log_labels, &log_stop))
-                .map_err(|e| format!("cannot spawn the log thread of a worker child: {e}"))?;
-            child.log = Some(LogThread { thread, stop });
+            // The watcher forwards stderr and notices a death between jobs (it polls a
+            // duplicate of the protocol pipe for its hang-up).
+            let hangup = rustix::io::fcntl_dupfd_cloexec(&child.from, 3)
+                .map_err(|e| format!("cannot watch a worker child: {e}"))?;
+            let watcher = Watcher::spawn(
+                stderr,
+                hangup,
+                Arc::clone(&child.watch),
+                format!("{}-log", child.labels.worker),
+            )?;
+            child.watcher = Some(watcher);
             Ok::<(), String>(())
         })();
         if let Err(why) = ready {
-            child.kill();
+            let _ = child.kill();
             return Err(why);
         }
         let started = Instant::now();
@@ -247,10 +229,11 @@ impl Child {
             Ok(()) => {
                 let l = &child.labels;
                 tracing::debug!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid, took = ?started.elapsed(), "worker child started");
+                spec.counters.started();
                 Ok(child)
             }
             Err(why) => {
-                let status = child.kill();
+                let (status, _) = child.kill();
                 Err(format!(
                     "worker program {program} (pid {pid}) failed its start: {why} (the child \
                      {status}; its output is in the log, target leasepool::process::output)"
@@ -318,13 +301,17 @@ impl Child {
         &mut self,
         name: &str,
         count: Option<u32>,
-        encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
-        decode: &mut dyn FnMut(&[u8]) -> usize,
+        encode: &mut dyn FnMut(Vec<u8>, usize) -> postcard::Result<Vec<u8>>,
+        decode: &mut dyn FnMut(&[u8]) -> Result<usize, &'static str>,
     ) -> Result<(), LeaseError> {
         if self.reaped || self.has_exited() {
             // It died while idle (killed from outside, or it exited after its last answer):
-            // this job has not reached it, so it gets a new child instead of an error.
-            let status = self.kill();
+            // this job has not reached it, so it gets a new child instead of an error. (Its
+            // watcher has usually reaped and counted it already.)
+            let (status, fresh) = self.kill();
+            if fresh {
+                self.watch.counters().ended(self.watch.death());
+            }
             let l = &self.labels;
             tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, status = %status, "worker child died while idle; starting a new one");
             match Child::spawn(&self.spec) {
@@ -339,6 +326,15 @@ impl Child {
                     return Err(LeaseError::NeverRan);
                 }
             }
+        }
+        // From here until this returns, the child's end is ours to handle, not its watcher's.
+        let watch = Arc::clone(&self.watch);
+        let busy = Busy::enter(&watch);
+        if busy.is_none() {
+            // It died just now, before the job reached it: a new child, for the next job.
+            let _ = self.kill();
+            leasepool_actors::request_state_rebuild("its worker child had ended");
+            return Err(LeaseError::NeverRan);
         }
         if !self.jobs.contains(name) {
             let mut known: Vec<&str> = self.jobs.iter().map(String::as_str).collect();
@@ -385,11 +381,16 @@ impl Child {
             };
             let answer = match header {
                 FromChild::Done { seq: s } if s == seq && count.is_none() => {
-                    decode(&self.buf[body]);
+                    if let Err(what) = decode(&self.buf[body]) {
+                        return Err(self.broken(what));
+                    }
                     Ok(())
                 }
                 FromChild::DoneMany { seq: s } if s == seq && count.is_some() => {
-                    outcomes += decode(&self.buf[body]);
+                    match decode(&self.buf[body]) {
+                        Ok(n) => outcomes += n,
+                        Err(what) => return Err(self.broken(what)),
+                    }
                     if count.is_some_and(|n| outcomes < n as usize) {
                         self.buf.drain(..end);
                         continue;
@@ -397,7 +398,6 @@ impl Child {
                     Ok(())
                 }
                 FromChild::Panicked { seq: s, message } if s == seq => {
-                    leasepool_actors::count_job_as_panicked();
                     Err(LeaseError::Panicked(message))
                 }
                 FromChild::Failed { seq: s, message } if s == seq => {
@@ -419,8 +419,10 @@ impl Child {
         trim(&mut self.buf);
         self.served += count.map_or(1, |n| n as usize);
         if self.max_jobs.is_some_and(|n| self.served >= n) {
+            self.watch.counters().ended(ChildEnd::Recycled);
             leasepool_actors::request_state_rebuild("max_jobs_per_child reached");
         }
+        drop(busy);
         answer
     }
 
@@ -474,7 +476,7 @@ impl Child {
 
     /// Whether the child has exited — without reaping it (it stays a zombie, keeping its pid).
     fn has_exited(&self) -> bool {
-        if self.reaped {
+        if self.reaped || self.watch.life().reaped.is_some() {
             return true;
         }
         let Some(pid) = Pid::from_raw(self.labels.pid as i32) else {
@@ -489,7 +491,10 @@ impl Child {
 
     /// The child sent something it must not: kill it, answer `WorkerLost`, replace it.
     fn broken(&mut self, why: &str) -> LeaseError {
-        let status = self.kill();
+        let (status, fresh) = self.kill();
+        if fresh {
+            self.watch.counters().ended(ChildEnd::Crashed);
+        }
         let l = &self.labels;
         tracing::error!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, why, status = %status, "malformed frame from a worker child; killed it");
         leasepool_actors::request_state_rebuild("its worker child sent a malformed frame");
@@ -498,7 +503,10 @@ impl Child {
 
     /// The child died (or stopped talking): reap it, log how, answer `WorkerLost`, replace it.
     fn lost(&mut self, what: &str) -> LeaseError {
-        let status = self.kill();
+        let (status, fresh) = self.kill();
+        if fresh {
+            self.watch.counters().ended(self.watch.death());
+        }
         let l = &self.labels;
         tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, status = %status, "worker child lost: {what}; starting a new one");
         leasepool_actors::request_state_rebuild("its worker child died");
@@ -507,7 +515,10 @@ impl Child {
 
     /// The job must stop (hard expiry, an overdue stop): kill the child and its group.
     fn stop(&mut self, name: &str, reason: LeaseError) -> LeaseError {
-        let status = self.kill();
+        let (status, fresh) = self.kill();
+        if fresh {
+            self.watch.counters().ended(ChildEnd::Killed);
+        }
         let l = &self.labels;
         tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, job = name, reason = %reason, status = %status, "killed a worker child running a job that had to stop");
         if reason != LeaseError::Stopped {
@@ -606,10 +617,14 @@ impl Child {
         }
     }
 
-    /// Kills the child's process group and reaps the child; says how it ended.
-    fn kill(&mut self) -> String {
-        if self.reaped {
-            return "was already reaped".to_owned();
+    /// Kills the child's process group and reaps the child; says how it ended, and whether
+    /// this call reaped it (`false`: it was reaped before, here or by its watcher).
+    fn kill(&mut self) -> (String, bool) {
+        let mut life = self.watch.life();
+        if let Some(status) = &life.reaped {
+            self.reaped = true;
+            self.to = None;
+            return (status.clone(), false);
         }
         // Not yet reaped, so the pid (and group id) is still ours, even if the child died. The
         // pid too: a child may have left its group.
@@ -617,17 +632,15 @@ impl Child {
             let _ = kill_process_group(pid, Signal::KILL);
         }
         let _ = self.process.kill();
-        self.reap()
-    }
-
-    fn reap(&mut self) -> String {
-        let status = self.process.wait();
-        self.reaped = true;
-        self.to = None;
-        match status {
+        let status = match self.process.wait() {
             Ok(status) => describe(status),
             Err(e) => format!("could not be reaped: {e}"),
-        }
+        };
+        life.reaped = Some(status.clone());
+        drop(life);
+        self.reaped = true;
+        self.to = None;
+        (status, true)
     }
 
     /// Ends the child: closes its input (it exits on its own), kills it if it does not within
@@ -638,20 +651,42 @@ impl Child {
     }
 
     fn finish(&mut self) {
+        // Its end is ours now, not a death for its watcher to report.
+        self.watch.life().ending = true;
         if !self.reaped {
             self.to = None;
             let deadline = Instant::now() + END_GRACE;
             while !self.has_exited() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            self.kill();
+            let _ = self.kill();
         }
-        if let Some(log) = self.log.take() {
-            // It drains what is left in the pipe, then ends, even if a process outside the
+        if let Some(watcher) = self.watcher.take() {
+            // It forwards what is left on stderr, then ends, even if a process outside the
             // group still holds the pipe open.
-            log.stop.store(true, SeqCst);
-            let _ = log.thread.join();
+            watcher.stop();
         }
+    }
+}
+
+/// Marks the child busy for the length of one exchange (see `watcher.rs`); `None` if it was
+/// reaped already.
+struct Busy<'a>(&'a Watch);
+
+impl<'a> Busy<'a> {
+    fn enter(watch: &'a Watch) -> Option<Busy<'a>> {
+        let mut life = watch.life();
+        if life.reaped.is_some() {
+            return None;
+        }
+        life.busy = true;
+        Some(Busy(watch))
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.life().busy = false;
     }
 }
 

@@ -7,9 +7,8 @@
 //! target is the field `child_target`), `leasepool::process::output` for its plain output lines.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write as _};
-use std::process::ChildStderr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
@@ -133,61 +132,49 @@ pub(crate) struct ChildLabels {
 /// Longest line forwarded as one event; a longer one is split.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Reads the child's stderr (non-blocking) until its end — or, once `stop` is set, until nothing
-/// more is there to read, or [`DRAIN_AFTER_STOP`] bytes, whichever comes first: a process
-/// outside the child's group that keeps writing cannot keep this thread (and the worker that
-/// joins it) alive. One event per line.
-pub(crate) fn forward(mut stderr: ChildStderr, labels: &ChildLabels, stop: &AtomicBool) {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = [0_u8; 16 * 1024];
-    let every = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 20_000_000,
-    };
-    let mut after_stop = 0_usize;
-    loop {
-        if stop.load(SeqCst) && after_stop >= DRAIN_AFTER_STOP {
-            break;
+/// A child's stderr cut into lines: one event per line, a line over [`MAX_LINE`] split.
+#[derive(Default)]
+pub(crate) struct Lines {
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// Forwards every whole line in `chunk` (after what came before); whether one of them was
+    /// Rust's report of a failed allocation (the child is about to abort on its memory limit).
+    pub(crate) fn feed(&mut self, chunk: &[u8], labels: &ChildLabels) -> bool {
+        self.pending.extend_from_slice(chunk);
+        let mut out_of_memory = false;
+        let mut from = 0;
+        while let Some(at) = self.pending[from..].iter().position(|&b| b == b'\n') {
+            let line = &self.pending[from..from + at];
+            out_of_memory |= is_allocation_failure(line);
+            emit_bytes(line, labels);
+            from += at + 1;
         }
-        match stderr.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                if stop.load(SeqCst) {
-                    after_stop += n;
-                }
-                pending.extend_from_slice(&chunk[..n]);
-                let mut from = 0;
-                while let Some(at) = pending[from..].iter().position(|&b| b == b'\n') {
-                    emit_bytes(&pending[from..from + at], labels);
-                    from += at + 1;
-                }
-                while pending.len() - from >= MAX_LINE {
-                    emit_bytes(&pending[from..from + MAX_LINE], labels);
-                    from += MAX_LINE;
-                }
-                pending.drain(..from);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if stop.load(SeqCst) {
-                    break;
-                }
-                let mut fds = [rustix::event::PollFd::new(
-                    &stderr,
-                    rustix::event::PollFlags::IN,
-                )];
-                let _ = rustix::event::poll(&mut fds, Some(&every));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+        while self.pending.len() - from >= MAX_LINE {
+            emit_bytes(&self.pending[from..from + MAX_LINE], labels);
+            from += MAX_LINE;
         }
+        self.pending.drain(..from);
+        out_of_memory
     }
-    if !pending.is_empty() {
-        emit_bytes(&pending, labels);
+
+    /// Forwards what is left (a last line without its newline).
+    pub(crate) fn flush(&mut self, labels: &ChildLabels) {
+        if !self.pending.is_empty() {
+            emit_bytes(&self.pending, labels);
+            self.pending.clear();
+        }
     }
 }
 
+/// Rust's default allocation-error handler prints "memory allocation of N bytes failed".
+fn is_allocation_failure(line: &[u8]) -> bool {
+    line.starts_with(b"memory allocation of") && line.trim_ascii_end().ends_with(b"failed")
+}
+
 /// Most bytes forwarded once the child has ended (see [`forward`]).
-const DRAIN_AFTER_STOP: usize = 1 << 20;
+pub(crate) const DRAIN_AFTER_STOP: usize = 1 << 20;
 
 fn emit_bytes(raw: &[u8], labels: &ChildLabels) {
     let text = String::from_utf8_lossy(raw);
@@ -222,6 +209,22 @@ fn emit(line: &str, l: &ChildLabels) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allocation_failure_is_recognised() {
+        assert!(is_allocation_failure(
+            b"memory allocation of 1073741824 bytes failed"
+        ));
+        assert!(is_allocation_failure(
+            b"memory allocation of 8 bytes failed\r"
+        ));
+        assert!(!is_allocation_failure(
+            b"memory allocation of 8 bytes succeeded"
+        ));
+        assert!(!is_allocation_failure(
+            b"the memory allocation of 8 bytes failed"
+        ));
+    }
 
     #[test]
     fn escaping_keeps_an_event_on_one_line() {

@@ -65,10 +65,13 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use leasepool_actors::JobTally;
+
 use crate::LeaseError;
 
 #[cfg(unix)]
 mod child;
+pub(crate) mod counters;
 #[cfg(unix)]
 mod logs;
 mod protocol;
@@ -76,6 +79,8 @@ mod protocol;
 mod serve;
 #[cfg(unix)]
 pub(crate) mod slot;
+#[cfg(unix)]
+mod watcher;
 
 /// A job that can run in a worker child: the value is the input, [`run`](Self::run) is the
 /// work. The same type runs on the thread backend too (`run` on a worker thread), with the same
@@ -306,7 +311,7 @@ fn run_encoded<J: ProcessJob>(seq: u64, input: &[u8], buf: Vec<u8>, max: usize) 
     let frame = catch_unwind(AssertUnwindSafe(|| {
         protocol::frame_with_body(
             &protocol::FromChild::Done { seq },
-            |b| postcard::to_extend(&output, b),
+            |b, limit| protocol::extend_capped(&output, b, limit),
             buf,
             max,
         )
@@ -349,10 +354,9 @@ fn run_many_encoded<J: ProcessJob>(
     let mut in_frame = 0_usize;
     let mut started = std::time::Instant::now();
     let mut rest = input;
-    let mut readable = true;
     // A `DoneMany` frame of the outcomes gathered so far, built in `frame`'s buffer.
     let seal = |outcomes: &[u8], frame: Vec<u8>| {
-        let body = |mut b: Vec<u8>| {
+        let body = |mut b: Vec<u8>, _| {
             b.extend_from_slice(outcomes);
             Ok(b)
         };
@@ -360,58 +364,51 @@ fn run_many_encoded<J: ProcessJob>(
             .map_err(|e| RunOutcome::Failed(format!("jobs {:?}: {e}", J::NAME)))
     };
     let encoded = |outcome: &ItemOutcome<J::Output>| -> Vec<u8> {
-        match catch_unwind(AssertUnwindSafe(|| postcard::to_allocvec(outcome))) {
-            Ok(Ok(bytes)) if bytes.len() + room <= max => bytes,
-            Ok(Ok(bytes)) => failed_outcome::<J>(format!(
-                "job {:?}: its output: a message of {} bytes exceeds max_message_bytes ({max})",
-                J::NAME,
-                bytes.len()
-            )),
-            Ok(Err(e)) => failed_outcome::<J>(format!(
-                "job {:?}: the child cannot encode its output: {e}",
-                J::NAME
-            )),
-            Err(payload) => {
-                let text = panic_text(payload.as_ref());
-                drop_quietly(payload);
-                failed_outcome::<J>(format!(
-                    "job {:?}: encoding its output panicked: {text}",
+        // Encoded up to what a frame can hold, no further.
+        let limit = max.saturating_sub(room);
+        match catch_unwind(AssertUnwindSafe(|| protocol::encode_item(outcome, limit))) {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(postcard::Error::SerializeBufferFull)) => failed_outcome::<J>(
+                format!(
+                    "job {:?}: its output: a message over max_message_bytes ({max}); its encoding stopped there",
                     J::NAME
-                ))
+                ),
+                max,
+            ),
+            Ok(Err(e)) => failed_outcome::<J>(
+                format!("job {:?}: the child cannot encode its output: {e}", J::NAME),
+                max,
+            ),
+            Err(payload) => {
+                failed_outcome::<J>(step_panicked::<J>("encoding its output", payload), max)
             }
         }
     };
     for _ in 0..count {
-        let outcome: ItemOutcome<J::Output> = if !readable {
-            ItemOutcome::Failed(format!(
-                "job {:?}: an earlier input did not decode",
+        // Each input is an item of its own: one that does not decode fails alone.
+        let outcome: ItemOutcome<J::Output> = match protocol::take_item(rest) {
+            None => ItemOutcome::Failed(format!(
+                "job {:?}: its input is missing from the batch frame",
                 J::NAME
-            ))
-        } else {
-            let decoded =
-                match catch_unwind(AssertUnwindSafe(|| postcard::take_from_bytes::<J>(rest))) {
-                    Ok(Ok(decoded)) => Ok(decoded),
-                    Ok(Err(e)) => Err(format!(
-                        "job {:?}: the child cannot decode its input: {e}",
-                        J::NAME
-                    )),
-                    Err(payload) => Err(step_panicked::<J>("decoding its input", payload)),
-                };
-            match decoded {
-                Ok((job, after)) => {
-                    rest = after;
-                    match catch_unwind(AssertUnwindSafe(move || job.run())) {
+            )),
+            Some((item, after)) => {
+                rest = after;
+                match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<J>(item))) {
+                    Ok(Ok(job)) => match catch_unwind(AssertUnwindSafe(move || job.run())) {
                         Ok(output) => ItemOutcome::Done(output),
                         Err(payload) => {
                             let message = panic_text(payload.as_ref());
                             drop_quietly(payload);
-                            ItemOutcome::Panicked(message)
+                            ItemOutcome::Panicked(serve::fit(message, max.saturating_sub(room)))
                         }
+                    },
+                    Ok(Err(e)) => ItemOutcome::Failed(format!(
+                        "job {:?}: the child cannot decode its input: {e}",
+                        J::NAME
+                    )),
+                    Err(payload) => {
+                        ItemOutcome::Failed(step_panicked::<J>("decoding its input", payload))
                     }
-                }
-                Err(text) => {
-                    readable = false;
-                    ItemOutcome::Failed(text)
                 }
             }
         };
@@ -442,9 +439,10 @@ fn run_many_encoded<J: ProcessJob>(
 }
 
 /// An encoded `Failed` outcome (always small).
-fn failed_outcome<J: ProcessJob>(text: String) -> Vec<u8> {
+fn failed_outcome<J: ProcessJob>(text: String, max: usize) -> Vec<u8> {
+    let text = serve::fit(text, max.saturating_sub(FRAME_ROOM));
     let outcome = protocol::ItemOutcome::<J::Output>::Failed(text);
-    postcard::to_allocvec(&outcome).unwrap_or_default()
+    protocol::encode_item(&outcome, usize::MAX).unwrap_or_default()
 }
 
 use leasepool_actors::panic_message as panic_text;
@@ -492,28 +490,74 @@ pub fn corrupt_this_reply() {
 pub(crate) fn run_here<J: ProcessJob>(job: J) -> Result<J::Output, LeaseError> {
     #[cfg(unix)]
     if slot::has_child_slot() {
+        // The user's `Serialize` and `Deserialize` run here, on the worker thread: a panic in
+        // either is the job's answer (`ProcessJob` naming the step), and the child serves on.
+        let mut encode_panic = None;
         let mut output = None;
-        slot::call(
+        let sent = slot::call(
             J::NAME,
             None,
-            &mut |buf| postcard::to_extend(&job, buf),
-            &mut |body| {
-                output = Some(postcard::from_bytes::<J::Output>(body));
-                1
+            &mut |buf, limit| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    protocol::extend_capped(&job, buf, limit)
+                }))
+                .unwrap_or_else(|payload| {
+                    encode_panic = Some(step_panicked::<J>("encoding its input", payload));
+                    Err(postcard::Error::SerdeSerCustom)
+                })
             },
-        )?;
-        drop(job);
-        return match output {
-            Some(Ok(value)) => Ok(value),
-            Some(Err(e)) => Err(LeaseError::ProcessJob(format!(
-                "job {:?}: cannot decode the child's output: {e}",
-                J::NAME
-            ))),
-            None => Err(LeaseError::WorkerLost),
-        };
+            &mut |body| {
+                output = Some(decode_output::<J>(body));
+                Ok(1)
+            },
+        );
+        drop_quietly(job);
+        if let Some(text) = encode_panic {
+            return Err(LeaseError::ProcessJob(text));
+        }
+        sent?;
+        return output.unwrap_or(Err(LeaseError::WorkerLost));
     }
     // A panic here is the engine's to catch, as for a closure: `Panicked`, state rebuilt.
     Ok(job.run())
+}
+
+/// A job's output decoded from the child's reply; a decoding error or panic is the job's
+/// answer (`ProcessJob`).
+fn decode_output<J: ProcessJob>(body: &[u8]) -> Result<J::Output, LeaseError> {
+    match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<J::Output>(body))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(LeaseError::ProcessJob(format!(
+            "job {:?}: cannot decode the child's output: {e}",
+            J::NAME
+        ))),
+        Err(payload) => Err(LeaseError::ProcessJob(step_panicked::<J>(
+            "decoding its output",
+            payload,
+        ))),
+    }
+}
+
+/// One grinder item's outcome decoded from the child's reply, as the item's answer.
+#[cfg(unix)]
+fn decode_outcome<J: ProcessJob>(item: &[u8]) -> Result<J::Output, LeaseError> {
+    use protocol::ItemOutcome;
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        postcard::from_bytes::<ItemOutcome<J::Output>>(item)
+    }));
+    match decoded {
+        Ok(Ok(ItemOutcome::Done(value))) => Ok(value),
+        Ok(Ok(ItemOutcome::Panicked(message))) => Err(LeaseError::Panicked(message)),
+        Ok(Ok(ItemOutcome::Failed(message))) => Err(LeaseError::ProcessJob(message)),
+        Ok(Err(e)) => Err(LeaseError::ProcessJob(format!(
+            "job {:?}: cannot decode the child's output: {e}",
+            J::NAME
+        ))),
+        Err(payload) => Err(LeaseError::ProcessJob(step_panicked::<J>(
+            "decoding its output",
+            payload,
+        ))),
+    }
 }
 
 /// One grinder item of job type `J`: the job, where its answer goes, and whether to skip it if
@@ -527,7 +571,7 @@ pub(crate) type BatchItem<J> = (
 /// Runs a grinder batch's items of one job type where the lease's worker is: on the process
 /// backend in one frame to the worker thread's child (one round trip for all), otherwise one
 /// after the other on the worker thread. Every item is answered exactly once.
-pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) {
+pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) -> JobTally {
     // Skipped: items whose submitter left before a worker got to them. Each dropped on its own,
     // quietly: one destructor that panics must not take the others' answers with it.
     let mut kept = Vec::with_capacity(items.len());
@@ -538,8 +582,9 @@ pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) {
             kept.push(item);
         }
     }
+    let mut tally = JobTally::default();
     if kept.is_empty() {
-        return;
+        return tally;
     }
     #[cfg(unix)]
     if slot::has_child_slot() {
@@ -551,9 +596,20 @@ pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) {
             drop_quietly(payload);
             LeaseError::Panicked(message)
         });
-        if let Err(unsent) = reply.answer(outcome) {
-            drop_quietly(unsent);
-        }
+        answer(reply, outcome, &mut tally);
+    }
+    tally
+}
+
+/// Answers one grinder item, counting it as its answer says.
+fn answer<T: Send + 'static>(
+    reply: leasepool_actors::JobReply<T>,
+    outcome: Result<T, LeaseError>,
+    tally: &mut JobTally,
+) {
+    tally.add(counters::job_count(&outcome));
+    if let Err(unsent) = reply.answer(outcome) {
+        drop_quietly(unsent);
     }
 }
 
@@ -577,28 +633,31 @@ impl<J: ProcessJob> Drop for Part<J> {
 }
 
 #[cfg(unix)]
-fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) {
-    use protocol::ItemOutcome;
+fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) -> JobTally {
+    let mut tally = JobTally::default();
     let max = slot::max_message();
     let room = FRAME_ROOM + J::NAME.len();
     // Each input encoded on its own, then packed into frames that fit `max_message_bytes`: an
     // item fails alone if it does not fit or does not encode, never because of its neighbours.
     let mut ready: Vec<(Vec<u8>, leasepool_actors::JobReply<J::Output>)> = Vec::new();
     for (job, reply, _) in items {
-        match catch_unwind(AssertUnwindSafe(|| postcard::to_allocvec(&job))) {
-            Ok(Ok(bytes)) if bytes.len() + room <= max => ready.push((bytes, reply)),
-            Ok(Ok(bytes)) => reply.fail(LeaseError::ProcessJob(format!(
-                "job {:?}: its input: a message of {} bytes exceeds max_message_bytes ({max})",
-                J::NAME,
-                bytes.len()
-            ))),
-            Ok(Err(e)) => reply.fail(LeaseError::ProcessJob(format!(
-                "job {:?}: cannot encode its input: {e}",
-                J::NAME
-            ))),
+        let limit = max.saturating_sub(room);
+        match catch_unwind(AssertUnwindSafe(|| protocol::encode_item(&job, limit))) {
+            Ok(Ok(bytes)) => ready.push((bytes, reply)),
+            Ok(Err(postcard::Error::SerializeBufferFull)) => {
+                let text = format!(
+                    "job {:?}: its input: a message over max_message_bytes ({max}); its encoding stopped there",
+                    J::NAME
+                );
+                answer(reply, Err(LeaseError::ProcessJob(text)), &mut tally);
+            }
+            Ok(Err(e)) => {
+                let text = format!("job {:?}: cannot encode its input: {e}", J::NAME);
+                answer(reply, Err(LeaseError::ProcessJob(text)), &mut tally);
+            }
             Err(payload) => {
-                reply.fail(LeaseError::Panicked(panic_text(payload.as_ref())));
-                drop_quietly(payload);
+                let text = step_panicked::<J>("encoding its input", payload);
+                answer(reply, Err(LeaseError::ProcessJob(text)), &mut tally);
             }
         }
         drop_quietly(job);
@@ -620,60 +679,43 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) {
         let outcome = slot::call(
             J::NAME,
             Some(count),
-            &mut |mut buf| {
+            &mut |mut buf, _| {
                 for input in &inputs {
                     buf.extend_from_slice(input);
                 }
                 Ok(buf)
             },
             &mut |body| {
-                // One frame of outcomes (the child sends them in several): answer each.
+                // One frame of outcomes (the child sends them in several): answer each. An
+                // outcome that does not decode fails alone.
                 let mut rest = body;
                 let mut answered = 0;
                 while !rest.is_empty() {
-                    let Some(reply) = replies.next() else { break };
-                    let answer = match postcard::take_from_bytes::<ItemOutcome<J::Output>>(rest) {
-                        Ok((outcome, after)) => {
-                            rest = after;
-                            match outcome {
-                                ItemOutcome::Done(value) => Ok(value),
-                                ItemOutcome::Panicked(message) => {
-                                    Err(LeaseError::Panicked(message))
-                                }
-                                ItemOutcome::Failed(message) => {
-                                    Err(LeaseError::ProcessJob(message))
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            rest = &[];
-                            Err(LeaseError::ProcessJob(format!(
-                                "job {:?}: cannot decode the child's output: {e}",
-                                J::NAME
-                            )))
-                        }
-                    };
+                    let (item, after) =
+                        protocol::take_item(rest).ok_or("a batch frame with a cut outcome")?;
+                    rest = after;
+                    let reply = replies.next().ok_or("more outcomes than jobs")?;
+                    answer(reply, decode_outcome::<J>(item), &mut tally);
                     answered += 1;
-                    if let Err(unsent) = reply.answer(answer) {
-                        drop_quietly(unsent);
-                    }
                 }
-                answered
+                Ok(answered)
             },
         );
         // The frame failed as a whole (the child died, the lease expired): its items not
         // answered above get that error.
         let Err(error) = outcome else { continue };
         for reply in replies {
-            reply.fail(error.clone());
+            answer(reply, Err(error.clone()), &mut tally);
         }
         if matches!(error, LeaseError::Expired | LeaseError::Stopped) {
-            // The job must stop: the frames not sent yet are answered the same.
+            // The job must stop: the frames not sent yet are answered the same (uncounted:
+            // they never ran).
             for (_, reply) in ready.by_ref() {
                 reply.fail(error.clone());
             }
         }
     }
+    tally
 }
 
 /// Room for a frame's header beside its inputs or outputs (a job name adds its length).
@@ -729,14 +771,13 @@ pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
         let shared = Arc::new(std::sync::Mutex::new(Part(Some(part))));
         let for_job = Arc::clone(&shared);
         let hold = batch.hold();
-        let sent = lease.dispatch(
+        let sent = lease.dispatch_counted(
             move |_: &mut S| {
                 let _hold = hold;
                 let part = for_job.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(part) = part {
-                    run_many_here(part);
-                }
+                part.map(run_many_here).unwrap_or_default()
             },
+            |tally: &JobTally| *tally,
             leasepool_actors::IfAbandoned::Run,
         );
         if let Err(e) = sent {
@@ -760,6 +801,12 @@ pub(crate) struct ProcessOptions {
     pub(crate) start_timeout: std::time::Duration,
 }
 
+/// Settings checked and wrapped for the process backend, and its children's counters.
+pub(crate) type Configured<S> = (
+    leasepool_actors::Settings<S>,
+    Option<Arc<counters::ChildCounters>>,
+);
+
 /// Smallest cap on one frame accepted: the handshake (every job name) must fit.
 pub(crate) const MIN_MAX_MESSAGE: usize = 4096;
 
@@ -781,10 +828,11 @@ impl Default for ProcessOptions {
 
 /// Checks the process settings and, for [`Backend::Process`](crate::Backend), wraps the worker
 /// state factory so that each worker thread starts and owns a child.
+/// Also returns the children's counters, for the manager's stats (`None`: thread backend).
 pub(crate) fn configure<S: 'static>(
     #[cfg_attr(not(unix), allow(unused_mut))] mut settings: leasepool_actors::Settings<S>,
     options: ProcessOptions,
-) -> Result<leasepool_actors::Settings<S>, crate::BuildError> {
+) -> Result<Configured<S>, crate::BuildError> {
     use crate::BuildError;
     if let Some(name) = options.jobs.as_ref().and_then(Jobs::duplicate) {
         return Err(BuildError::DuplicateJobName(name));
@@ -813,7 +861,7 @@ pub(crate) fn configure<S: 'static>(
         });
     }
     if settings.backend != crate::Backend::Process {
-        return Ok(settings);
+        return Ok((settings, None));
     }
     #[cfg(not(unix))]
     {
@@ -839,6 +887,7 @@ pub(crate) fn configure<S: 'static>(
                 program.display()
             )));
         }
+        let counters = Arc::new(counters::ChildCounters::default());
         let spec = Arc::new(child::ChildSpec {
             manager: settings.name_prefix.clone(),
             program,
@@ -846,9 +895,10 @@ pub(crate) fn configure<S: 'static>(
             memory_limit: options.memory_limit,
             max_jobs_per_child: options.max_jobs_per_child,
             start_timeout: options.start_timeout,
+            counters: Arc::clone(&counters),
         });
         settings.state_factory = slot::wrap_factory(settings.state_factory, spec);
         settings.worker_exit = Some(Arc::new(slot::end_child));
-        Ok(settings)
+        Ok((settings, Some(counters)))
     }
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the messages below.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 /// First bytes of every child's handshake, so that a program that is no leasepool worker (its
 /// `main` does not call `init`) is told apart from a broken one at once.
 pub(crate) const MAGIC: [u8; 4] = *b"LPW\x01";
@@ -32,8 +32,8 @@ pub(crate) enum ToChild {
     /// Run job `name`; its encoded input follows this header in the same frame. `seq` numbers
     /// the jobs sent to one child; its answer carries it back.
     Run { seq: u64, name: String },
-    /// Run `count` jobs `name` one after the other; their encoded inputs follow, back to back
-    /// (a grinder batch's items, one frame for many).
+    /// Run `count` jobs `name` one after the other; their inputs follow as batch items (see
+    /// [`encode_item`]), back to back (a grinder batch's items, one frame for many).
     RunMany { seq: u64, name: String, count: u32 },
 }
 
@@ -51,7 +51,8 @@ pub(crate) enum FromChild {
     StartFailed(String),
     /// The job's encoded output follows this header in the same frame.
     Done { seq: u64 },
-    /// The `RunMany` jobs' [`ItemOutcome`]s follow this header, in order.
+    /// `RunMany` jobs' [`ItemOutcome`]s follow this header as batch items, in order (one
+    /// `RunMany` is answered by as many `DoneMany` frames as it takes).
     DoneMany { seq: u64 },
     /// The job panicked: its message.
     Panicked { seq: u64, message: String },
@@ -69,21 +70,29 @@ pub(crate) enum ItemOutcome<T> {
 
 /// Encodes `msg` as one frame (length prefix included), refusing one over `max` bytes.
 pub(crate) fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, String> {
-    frame_with_body(msg, Ok, Vec::new(), max)
+    frame_with_body(msg, |b, _| Ok(b), Vec::new(), max)
 }
 
 /// Builds a frame in `buf` (its capacity is reused): the header `msg`, then what `body`
-/// appends — a job's input or output, encoded straight into the frame.
+/// appends — a job's input or output, encoded straight into the frame with [`extend_capped`]
+/// and the limit `body` is given, so that a message over `max` stops being encoded at `max`
+/// instead of being encoded in full first.
 pub(crate) fn frame_with_body<T: Serialize>(
     msg: &T,
-    body: impl FnOnce(Vec<u8>) -> postcard::Result<Vec<u8>>,
+    body: impl FnOnce(Vec<u8>, usize) -> postcard::Result<Vec<u8>>,
     mut buf: Vec<u8>,
     max: usize,
 ) -> Result<Vec<u8>, String> {
     buf.clear();
     buf.extend_from_slice(&[0; 4]);
     let buf = postcard::to_extend(msg, buf).map_err(|e| format!("cannot encode a frame: {e}"))?;
-    let mut frame = body(buf).map_err(|e| format!("cannot encode: {e}"))?;
+    let limit = max.saturating_add(4);
+    let mut frame = body(buf, limit).map_err(|e| match e {
+        postcard::Error::SerializeBufferFull => {
+            format!("a message over max_message_bytes ({max}); its encoding stopped there")
+        }
+        e => format!("cannot encode: {e}"),
+    })?;
     let len = frame.len() - 4;
     if len > max {
         return Err(format!(
@@ -93,6 +102,64 @@ pub(crate) fn frame_with_body<T: Serialize>(
     let len = u32::try_from(len).map_err(|_| format!("a message of {len} bytes is too long"))?;
     frame[..4].copy_from_slice(&len.to_le_bytes());
     Ok(frame)
+}
+
+/// Appends `value`'s encoding to `buf`, failing with `SerializeBufferFull` as soon as `buf`
+/// would grow past `limit` bytes: a value too large for a frame costs at most `limit` bytes of
+/// memory, however large its encoding would be.
+pub(crate) fn extend_capped<T: Serialize + ?Sized>(
+    value: &T,
+    buf: Vec<u8>,
+    limit: usize,
+) -> postcard::Result<Vec<u8>> {
+    postcard::serialize_with_flavor(value, Capped { buf, limit })
+}
+
+/// A postcard output that refuses to grow past its limit.
+struct Capped {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Capped {
+    type Output = Vec<u8>;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.buf.len().saturating_add(data.len()) > self.limit {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.buf)
+    }
+}
+
+/// One item of a batch frame (an input of `RunMany`, an outcome of `DoneMany`): `value`
+/// encoded in at most `limit` bytes behind a `u32` little-endian length, so that a reader can
+/// skip an item it cannot decode and read the next.
+pub(crate) fn encode_item<T: Serialize + ?Sized>(
+    value: &T,
+    limit: usize,
+) -> postcard::Result<Vec<u8>> {
+    let mut item = extend_capped(value, vec![0; 4], limit.saturating_add(4))?;
+    let len = u32::try_from(item.len() - 4).map_err(|_| postcard::Error::SerializeBufferFull)?;
+    item[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(item)
+}
+
+/// The first item of a batch frame's body and the rest after it; `None` if the body does not
+/// start with a whole item.
+pub(crate) fn take_item(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (prefix, rest) = body.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*prefix)).ok()?;
+    (len <= rest.len()).then(|| rest.split_at(len))
 }
 
 /// Splits a frame's payload into its header and the body after it.
@@ -148,7 +215,7 @@ mod tests {
     fn a_frame_round_trips_and_partial_frames_wait() {
         let frame = frame_with_body(
             &FromChild::Done { seq: 9 },
-            |b| postcard::to_extend(&vec![1_u8, 2, 3], b),
+            |b, limit| extend_capped(&vec![1_u8, 2, 3], b, limit),
             Vec::new(),
             1024,
         )
@@ -178,6 +245,74 @@ mod tests {
         assert_eq!(
             parse(&[0xff; 8], 1 << 20),
             Parsed::TooLong(u64::from(u32::MAX))
+        );
+    }
+
+    /// A value whose encoding never ends: it counts how much was asked of it.
+    struct Endless(std::cell::Cell<usize>);
+
+    impl serde::Serialize for Endless {
+        fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+            use serde::ser::SerializeSeq as _;
+            let mut seq = s.serialize_seq(Some(1 << 40))?;
+            loop {
+                self.0.set(self.0.get() + 1);
+                seq.serialize_element(&[7_u8; 32])?;
+                seq.serialize_element(&[7_u8; 32])?;
+            }
+        }
+    }
+
+    #[test]
+    fn encoding_stops_at_the_cap() {
+        let endless = Endless(std::cell::Cell::new(0));
+        let err = frame_with_body(
+            &FromChild::Done { seq: 1 },
+            |b, limit| extend_capped(&endless, b, limit),
+            Vec::new(),
+            4096,
+        )
+        .unwrap_err();
+        assert!(err.contains("over max_message_bytes (4096)"), "{err}");
+        // It stopped within a few rounds of the cap (64 bytes each), not at the end of time.
+        assert!(
+            endless.0.get() <= 4096 / 64 + 2,
+            "{} rounds",
+            endless.0.get()
+        );
+        // A fixed array is its bytes: three fit in 3, not in 2.
+        assert_eq!(
+            extend_capped(&[1_u8, 2, 3], vec![0], 3).unwrap_err(),
+            postcard::Error::SerializeBufferFull
+        );
+        assert_eq!(
+            extend_capped(&[1_u8, 2, 3], vec![0], 4).unwrap(),
+            [0, 1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn batch_items_are_read_one_by_one_and_a_cut_one_is_refused() {
+        let mut body = encode_item(&[1_u8, 2, 3], 3).unwrap();
+        assert_eq!(body, [3, 0, 0, 0, 1, 2, 3]);
+        body.extend(encode_item(&[9_u8; 0], 0).unwrap());
+        body.extend(encode_item("ab", 10).unwrap());
+        let (first, rest) = take_item(&body).unwrap();
+        assert_eq!(first, [1, 2, 3]);
+        let (second, rest) = take_item(rest).unwrap();
+        assert!(second.is_empty());
+        let (third, rest) = take_item(rest).unwrap();
+        assert_eq!(postcard::from_bytes::<&str>(third).unwrap(), "ab");
+        assert!(rest.is_empty() && take_item(rest).is_none());
+        // A length past the end, or a cut prefix, is no item.
+        for cut in 1..7 {
+            assert_eq!(take_item(&body[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(take_item(&body[..7]).unwrap().0, [1, 2, 3]);
+        // The limit is the value's, the prefix aside.
+        assert_eq!(
+            encode_item(&[1_u8, 2, 3], 2).unwrap_err(),
+            postcard::Error::SerializeBufferFull
         );
     }
 }

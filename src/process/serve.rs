@@ -190,7 +190,7 @@ fn run(
 }
 
 /// Cuts a message to fit a frame (with room for its header).
-fn fit(mut message: String, max: usize) -> String {
+pub(crate) fn fit(mut message: String, max: usize) -> String {
     let room = max.saturating_sub(64);
     if message.len() > room {
         let mut cut = room;

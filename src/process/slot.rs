@@ -84,8 +84,8 @@ pub(crate) fn wrap_factory<S: 'static>(
 pub(crate) fn call(
     name: &str,
     count: Option<u32>,
-    encode: &mut dyn FnMut(Vec<u8>) -> postcard::Result<Vec<u8>>,
-    decode: &mut dyn FnMut(&[u8]) -> usize,
+    encode: &mut dyn FnMut(Vec<u8>, usize) -> postcard::Result<Vec<u8>>,
+    decode: &mut dyn FnMut(&[u8]) -> Result<usize, &'static str>,
 ) -> Result<(), LeaseError> {
     SLOT.with(|slot| match slot.borrow_mut().as_mut() {
         Some(child) => child.call(name, count, encode, decode),

@@ -73,15 +73,9 @@ impl<S: 'static> Bookkeeper<S> {
         match (&outcome, refused) {
             (Ok(Ok(core)), _) => self.granted(core),
             (Err(error), Some(owner)) => {
-                let reason = match error {
-                    LeaseError::Unavailable if mode == WaitMode::NoWait => {
-                        "no_wait and no pool free".to_owned()
-                    }
-                    LeaseError::Unavailable => {
-                        "no pool free and the waiter queue is full (max_waiters)".to_owned()
-                    }
-                    other => other.to_string(),
-                };
+                // The reason is only formatted if the event is enabled: a flood of refusals
+                // costs no allocation for a log nobody reads.
+                let reason = Refusal { error, mode };
                 tracing::debug!(manager = %self.name, owner = owner.as_deref().unwrap_or(""), reason = %reason, "acquire refused: {}", error.code());
             }
             _ => {}
@@ -96,5 +90,25 @@ impl<S: 'static> Bookkeeper<S> {
             tracing::debug!(manager = %self.name, owner = waiter.params.owner.as_deref().unwrap_or(""), waited = ?waited, "acquire refused: timed out waiting for a pool");
         }
         waiter.is_some()
+    }
+}
+
+/// Why an acquire was refused, for the log.
+struct Refusal<'a> {
+    error: &'a LeaseError,
+    mode: WaitMode,
+}
+
+impl std::fmt::Display for Refusal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.error {
+            LeaseError::Unavailable if self.mode == WaitMode::NoWait => {
+                f.write_str("no_wait and no pool free")
+            }
+            LeaseError::Unavailable => {
+                f.write_str("no pool free and the waiter queue is full (max_waiters)")
+            }
+            other => other.fmt(f),
+        }
     }
 }

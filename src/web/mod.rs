@@ -24,6 +24,12 @@
 //! transaction spread over several messages on per-worker state (a database connection per
 //! worker) needs `workers_per_pool(1)`.
 //!
+//! # Several managers
+//!
+//! An app with two managers of one state type (threads for quick calls, worker processes for
+//! crash-prone jobs) registers them in a [`Managers`] registry and names each route's manager
+//! with [`LeaseConfig::manager`]: a wiring mistake is a 500 naming it, never a silent swap.
+//!
 //! ```
 //! use std::time::Duration;
 //! use actix_web::{web, App, HttpResponse};
@@ -53,172 +59,22 @@
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::time::Duration;
 
 use actix_web::dev::Payload;
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpRequest};
 
 pub use leasepool_actors::{retry_after_secs, set_retry_after};
 
-use crate::{Lease, LeaseError, LeaseManager};
+mod config;
+mod error;
+mod managers;
 
-/// How [`Leased`] and [`LeasedAfter`] acquire: put one in `app_data`
-/// (`App::new().app_data(LeaseConfig::…)`, plain or in a `web::Data`). Without one, requests wait
-/// at most 5 s for a lease, hold it for the manager's `default_lease`, and 503s carry the
-/// process-wide `Retry-After` hint ([`set_retry_after`], default 1 s).
-///
-/// *Available with the cargo feature `web`.*
-///
-/// ```
-/// use std::time::Duration;
-/// use leasepool::web::LeaseConfig;
-///
-/// // Wait up to 500 ms; hold the lease at most 30 s; tell shed clients to come back in 2 s.
-/// let config = LeaseConfig::timeout(Duration::from_millis(500))
-///     .lease_for(Duration::from_secs(30))
-///     .retry_after(Duration::from_secs(2));
-/// # let _ = config;
-/// ```
-#[derive(Debug, Clone)]
-pub struct LeaseConfig {
-    wait: Wait,
-    lease_for: Option<Duration>,
-    retry_after: Option<u64>,
-}
+pub use config::LeaseConfig;
+use config::Wait;
+pub use error::LeasedError;
+pub use managers::{DuplicateManager, Managers};
 
-#[derive(Debug, Clone, Copy)]
-enum Wait {
-    Timeout(Duration),
-    NoWait,
-}
-
-impl Default for LeaseConfig {
-    fn default() -> Self {
-        Self {
-            wait: Wait::Timeout(Duration::from_secs(5)),
-            lease_for: None,
-            retry_after: None,
-        }
-    }
-}
-
-impl LeaseConfig {
-    /// Wait at most `d` for a lease, then answer 503. Choose it below the request timeout of
-    /// whatever calls you: actix-web does not cancel a handler whose client hung up, so a
-    /// vanished client keeps its place in the queue until this passes.
-    pub fn timeout(d: Duration) -> Self {
-        Self {
-            wait: Wait::Timeout(d),
-            ..Self::default()
-        }
-    }
-
-    /// Never wait: answer 503 at once when no pool is free.
-    pub fn no_wait() -> Self {
-        Self {
-            wait: Wait::NoWait,
-            ..Self::default()
-        }
-    }
-
-    /// Soft lifetime of each request's lease (default: the manager's `default_lease`).
-    pub fn lease_for(mut self, d: Duration) -> Self {
-        self.lease_for = Some(d);
-        self
-    }
-
-    /// The `Retry-After` hint of this route's 503s (whole seconds, at least 1), instead of the
-    /// process-wide [`set_retry_after`] — for two services in one process, or routes of
-    /// different capacity.
-    pub fn retry_after(mut self, hint: Duration) -> Self {
-        self.retry_after = Some(hint.as_secs().max(1));
-        self
-    }
-
-    fn from_request(req: &HttpRequest) -> Self {
-        req.app_data::<LeaseConfig>()
-            .cloned()
-            .or_else(|| {
-                req.app_data::<web::Data<LeaseConfig>>()
-                    .map(|d| d.get_ref().clone())
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// Why [`Leased`] or [`LeasedAfter`] gave the handler no lease. As a response: overload
-/// (`Unavailable`, `Timeout`, `NotStarted`, `Stopped`, `NoHealthyPool`) is a **503** with the
-/// route's `Retry-After`; a missing manager is a server bug, a **500**.
-///
-/// *Available with the cargo feature `web`.*
-///
-/// ```
-/// use actix_web::ResponseError;
-/// use leasepool::web::LeasedError;
-///
-/// let missing = LeasedError::MissingManager { manager: "leasepool::LeaseManager<app::Db>" };
-/// assert_eq!(missing.status_code().as_u16(), 500);
-/// assert!(missing.to_string().contains("LeaseManager<app::Db>"));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum LeasedError {
-    /// The acquire failed.
-    #[error("{error}")]
-    Acquire {
-        /// What the acquire answered.
-        error: LeaseError,
-        /// The route's `Retry-After` hint in seconds, if its `LeaseConfig` sets one.
-        retry_after: Option<u64>,
-    },
-    /// No `LeaseManager<S>` of the extractor's `S` is in `app_data`: a configuration mistake.
-    #[error("no {manager} in app_data: register it with App::app_data(web::Data::new(manager))")]
-    MissingManager {
-        /// The full type name of the manager that was looked for.
-        manager: &'static str,
-    },
-}
-
-impl LeasedError {
-    /// The acquire's error, if the acquire ran.
-    pub fn lease_error(&self) -> Option<&LeaseError> {
-        match self {
-            LeasedError::Acquire { error, .. } => Some(error),
-            LeasedError::MissingManager { .. } => None,
-        }
-    }
-}
-
-impl ResponseError for LeasedError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            LeasedError::Acquire { error, .. } => error.status_code(),
-            LeasedError::MissingManager { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        match self {
-            LeasedError::Acquire {
-                error,
-                retry_after: Some(secs),
-            } if error.is_overload() => HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
-                .insert_header((header::CONTENT_TYPE, "application/json"))
-                .insert_header((header::RETRY_AFTER, secs.to_string()))
-                .body(format!(
-                    r#"{{"error":"{}","retry_after":{secs}}}"#,
-                    error.code()
-                )),
-            LeasedError::Acquire { error, .. } => error.error_response(),
-            LeasedError::MissingManager { .. } => {
-                HttpResponse::build(StatusCode::INTERNAL_SERVER_ERROR)
-                    .insert_header((header::CONTENT_TYPE, "application/json"))
-                    .body(r#"{"error":"misconfigured"}"#)
-            }
-        }
-    }
-}
+use crate::{Lease, LeaseManager};
 
 /// A lease held for one request. Extract it in a handler; it is released when the handler's
 /// future ends (dropped with the request). Its owner label is the request's method and matched
@@ -282,30 +138,29 @@ impl<S: 'static> Deref for Leased<S> {
 
 /// What one request's acquire needs, taken from the request up front.
 struct RequestAcquire<S: 'static> {
-    manager: Option<LeaseManager<S>>,
+    manager: Result<LeaseManager<S>, LeasedError>,
     config: LeaseConfig,
     owner: String,
 }
 
 impl<S: 'static> RequestAcquire<S> {
     fn new(req: &HttpRequest) -> Self {
-        let manager = req
-            .app_data::<web::Data<LeaseManager<S>>>()
-            .map(|data| data.get_ref().clone())
-            .or_else(|| req.app_data::<LeaseManager<S>>().cloned());
+        let config = LeaseConfig::from_request(req);
         let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
         Self {
-            manager,
-            config: LeaseConfig::from_request(req),
+            manager: route_manager(req, config.manager.as_deref()),
+            config,
             owner: format!("{} {route}", req.method()),
         }
     }
 
     async fn run(self) -> Result<Lease<S>, LeasedError> {
-        let Some(manager) = self.manager else {
-            let manager = std::any::type_name::<LeaseManager<S>>();
-            tracing::error!(owner = %self.owner, manager, "Leased extractor: no {manager} in app_data; answering 500");
-            return Err(LeasedError::MissingManager { manager });
+        let manager = match self.manager {
+            Ok(manager) => manager,
+            Err(e) => {
+                tracing::error!(owner = %self.owner, error = %e, "Leased extractor: answering 500");
+                return Err(e);
+            }
         };
         let mut acquire = manager.acquire().owner(self.owner);
         acquire = match self.config.wait {
@@ -320,6 +175,29 @@ impl<S: 'static> RequestAcquire<S> {
             retry_after: self.config.retry_after,
         })
     }
+}
+
+/// The manager a route leases from: the one it names, or the app's only one (see
+/// [`managers::pick`]).
+fn route_manager<S: 'static>(
+    req: &HttpRequest,
+    wanted: Option<&str>,
+) -> Result<LeaseManager<S>, LeasedError> {
+    let single = req
+        .app_data::<web::Data<LeaseManager<S>>>()
+        .map(|data| data.get_ref())
+        .or_else(|| req.app_data::<LeaseManager<S>>());
+    let registry = req
+        .app_data::<web::Data<Managers<S>>>()
+        .map(|data| data.get_ref())
+        .or_else(|| req.app_data::<Managers<S>>());
+    let names: Vec<&str> = registry.map(|r| r.names().collect()).unwrap_or_default();
+    let manager = std::any::type_name::<LeaseManager<S>>();
+    match managers::pick(manager, wanted, single.map(LeaseManager::name), &names)? {
+        managers::Pick::Single => single.cloned(),
+        managers::Pick::Named(name) => registry.and_then(|r| r.get(&name)).cloned(),
+    }
+    .ok_or(LeasedError::MissingManager { manager })
 }
 
 impl<S: 'static> FromRequest for Leased<S> {

@@ -1,0 +1,112 @@
+//! [`LeaseConfig`]: how a route's lease is acquired, and from which manager.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest};
+
+#[cfg(doc)]
+use super::{set_retry_after, Leased, LeasedAfter};
+
+/// How [`Leased`] and [`LeasedAfter`] acquire: put one in `app_data`
+/// (`App::new().app_data(LeaseConfig::…)`, plain or in a `web::Data`). Without one, requests wait
+/// at most 5 s for a lease, hold it for the manager's `default_lease`, and 503s carry the
+/// process-wide `Retry-After` hint ([`set_retry_after`], default 1 s).
+///
+/// *Available with the cargo feature `web`.*
+///
+/// ```
+/// use std::time::Duration;
+/// use leasepool::web::LeaseConfig;
+///
+/// // Wait up to 500 ms; hold the lease at most 30 s; tell shed clients to come back in 2 s.
+/// let config = LeaseConfig::timeout(Duration::from_millis(500))
+///     .lease_for(Duration::from_secs(30))
+///     .retry_after(Duration::from_secs(2));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub(super) wait: Wait,
+    pub(super) lease_for: Option<Duration>,
+    pub(super) retry_after: Option<u64>,
+    pub(super) manager: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Wait {
+    Timeout(Duration),
+    NoWait,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            wait: Wait::Timeout(Duration::from_secs(5)),
+            lease_for: None,
+            retry_after: None,
+            manager: None,
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// Wait at most `d` for a lease, then answer 503. Choose it below the request timeout of
+    /// whatever calls you: actix-web does not cancel a handler whose client hung up, so a
+    /// vanished client keeps its place in the queue until this passes.
+    pub fn timeout(d: Duration) -> Self {
+        Self {
+            wait: Wait::Timeout(d),
+            ..Self::default()
+        }
+    }
+
+    /// Never wait: answer 503 at once when no pool is free.
+    pub fn no_wait() -> Self {
+        Self {
+            wait: Wait::NoWait,
+            ..Self::default()
+        }
+    }
+
+    /// Soft lifetime of each request's lease (default: the manager's `default_lease`).
+    pub fn lease_for(mut self, d: Duration) -> Self {
+        self.lease_for = Some(d);
+        self
+    }
+
+    /// The `Retry-After` hint of this route's 503s (whole seconds, at least 1), instead of the
+    /// process-wide [`set_retry_after`] — for two services in one process, or routes of
+    /// different capacity.
+    pub fn retry_after(mut self, hint: Duration) -> Self {
+        self.retry_after = Some(hint.as_secs().max(1));
+        self
+    }
+
+    /// The route leases from the manager named `name` (its `name_prefix`), found in a
+    /// [`Managers`](super::Managers) registry in `app_data` or as the app's only manager. A
+    /// route whose manager is not there answers 500 naming what it wanted and what it found —
+    /// never another manager. Name the manager of every route in an app with more than one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leasepool::web::LeaseConfig;
+    ///
+    /// // This scope's jobs run in worker processes, on the manager named "sandbox".
+    /// let config = LeaseConfig::timeout(Duration::from_secs(1)).manager("sandbox");
+    /// # let _ = config;
+    /// ```
+    pub fn manager(mut self, name: impl Into<String>) -> Self {
+        self.manager = Some(name.into());
+        self
+    }
+
+    pub(super) fn from_request(req: &HttpRequest) -> Self {
+        req.app_data::<LeaseConfig>()
+            .cloned()
+            .or_else(|| {
+                req.app_data::<web::Data<LeaseConfig>>()
+                    .map(|d| d.get_ref().clone())
+            })
+            .unwrap_or_default()
+    }
+}

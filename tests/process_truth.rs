@@ -1,0 +1,652 @@
+//! The process backend tells the truth: every user callback a job runs (`Serialize`,
+//! `Deserialize`, `run`) answers for itself; an output over `max_message_bytes` stops being
+//! encoded at the cap; a child that dies while idle is reaped at once; an idle pool costs no
+//! CPU; and each counter counts what its doc says, on both backends. `harness = false`: this
+//! binary is its managers' worker program (see `tests/process.rs`).
+
+mod common;
+#[path = "common/process.rs"]
+mod proc_common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use leasepool::process::{self, Jobs, ProcessJob};
+use leasepool::{Counters, LeaseError, LeaseManager, ManagerBuilder, StopMode, WorkGrinder};
+use proc_common::{alive, children_of, eventually, scratch, stat, Pid};
+use serde::{Deserialize, Serialize};
+
+// ---- jobs ------------------------------------------------------------------------------------
+
+/// Which user callback of [`Fragile`] panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Fault {
+    None,
+    /// The input's `Serialize` (in the parent).
+    EncodeInput,
+    /// The input's `Deserialize` (in the child).
+    DecodeInput,
+    /// The output's `Serialize` (in the child).
+    EncodeOutput,
+    /// The output's `Deserialize` (in the parent).
+    DecodeOutput,
+}
+
+/// A job whose input and output panic in the callback its `fault` names; answers `id`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(into = "Wire", from = "Wire")]
+struct Fragile {
+    id: u32,
+    fault: Fault,
+}
+
+/// What goes on the wire for [`Fragile`] and [`FragileOut`].
+#[derive(Clone, Serialize, Deserialize)]
+struct Wire {
+    id: u32,
+    fault: Fault,
+}
+
+impl From<Fragile> for Wire {
+    fn from(f: Fragile) -> Wire {
+        assert!(
+            f.fault != Fault::EncodeInput,
+            "input {} refuses to encode",
+            f.id
+        );
+        Wire {
+            id: f.id,
+            fault: f.fault,
+        }
+    }
+}
+
+impl From<Wire> for Fragile {
+    fn from(w: Wire) -> Fragile {
+        assert!(
+            w.fault != Fault::DecodeInput,
+            "input {} refuses to decode",
+            w.id
+        );
+        Fragile {
+            id: w.id,
+            fault: w.fault,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "Wire", from = "Wire")]
+struct FragileOut {
+    id: u32,
+    fault: Fault,
+}
+
+impl From<FragileOut> for Wire {
+    fn from(f: FragileOut) -> Wire {
+        assert!(
+            f.fault != Fault::EncodeOutput,
+            "output {} refuses to encode",
+            f.id
+        );
+        Wire {
+            id: f.id,
+            fault: f.fault,
+        }
+    }
+}
+
+impl From<Wire> for FragileOut {
+    fn from(w: Wire) -> FragileOut {
+        assert!(
+            w.fault != Fault::DecodeOutput,
+            "output {} refuses to decode",
+            w.id
+        );
+        FragileOut {
+            id: w.id,
+            fault: w.fault,
+        }
+    }
+}
+
+impl ProcessJob for Fragile {
+    const NAME: &'static str = "fragile.v1";
+    type Output = FragileOut;
+    fn run(self) -> FragileOut {
+        FragileOut {
+            id: self.id,
+            fault: self.fault,
+        }
+    }
+}
+
+/// A value whose encoding is `len` bytes made on the fly: it takes no memory until encoded.
+#[derive(Serialize, Deserialize)]
+struct Lazy {
+    len: u64,
+}
+
+/// A sequence of `len` bytes, produced as it is serialized.
+struct Stream(u64);
+
+impl Serialize for Stream {
+    fn serialize<Z: serde::Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+        use serde::ser::SerializeSeq as _;
+        let len = usize::try_from(self.0).map_err(serde::ser::Error::custom)?;
+        let mut seq = s.serialize_seq(Some(len))?;
+        for _ in 0..self.0 {
+            seq.serialize_element(&7_u8)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Stream {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Stream, D::Error> {
+        let bytes = Vec::<u8>::deserialize(d)?;
+        Ok(Stream(bytes.len() as u64))
+    }
+}
+
+/// Answers a [`Stream`] of `len` bytes.
+impl ProcessJob for Lazy {
+    const NAME: &'static str = "lazy.v1";
+    type Output = Stream;
+    fn run(self) -> Stream {
+        Stream(self.len)
+    }
+}
+
+/// Panics with its text.
+#[derive(Serialize, Deserialize)]
+struct Boom(String);
+impl ProcessJob for Boom {
+    const NAME: &'static str = "boom.v1";
+    type Output = ();
+    fn run(self) {
+        panic!("{}", self.0);
+    }
+}
+
+/// Aborts its child.
+#[derive(Serialize, Deserialize)]
+struct Abort;
+impl ProcessJob for Abort {
+    const NAME: &'static str = "abort.v1";
+    type Output = ();
+    fn run(self) {
+        std::process::abort();
+    }
+}
+
+/// Allocates and touches `bytes`.
+#[derive(Serialize, Deserialize)]
+struct Hog {
+    bytes: usize,
+}
+impl ProcessJob for Hog {
+    const NAME: &'static str = "hog.v1";
+    type Output = usize;
+    fn run(self) -> usize {
+        let block = vec![1_u8; self.bytes];
+        block.iter().map(|&b| usize::from(b)).sum()
+    }
+}
+
+/// Writes its pid to `pid_file`, then sleeps until killed.
+#[derive(Serialize, Deserialize)]
+struct Hang {
+    pid_file: PathBuf,
+}
+impl ProcessJob for Hang {
+    const NAME: &'static str = "hang.v1";
+    type Output = ();
+    fn run(self) {
+        std::fs::write(&self.pid_file, std::process::id().to_string()).expect("write the pid");
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+fn jobs() -> Jobs {
+    Jobs::new()
+        .register::<Pid>()
+        .register::<Fragile>()
+        .register::<Lazy>()
+        .register::<Boom>()
+        .register::<Abort>()
+        .register::<Hog>()
+        .register::<Hang>()
+}
+
+fn builder(prefix: &str, pools: usize, workers: usize) -> ManagerBuilder<()> {
+    proc_common::process_builder(jobs(), prefix, pools, workers)
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+fn fragile(id: u32, fault: Fault) -> Fragile {
+    Fragile { id, fault }
+}
+
+/// The step a faulty [`Fragile`] is answered for.
+fn step(fault: Fault) -> &'static str {
+    match fault {
+        Fault::None => "",
+        Fault::EncodeInput => "encoding its input panicked: input",
+        Fault::DecodeInput => "decoding its input panicked: input",
+        Fault::EncodeOutput => "encoding its output panicked: output",
+        Fault::DecodeOutput => "decoding its output panicked: output",
+    }
+}
+
+const FAULTS: [Fault; 4] = [
+    Fault::EncodeInput,
+    Fault::DecodeInput,
+    Fault::EncodeOutput,
+    Fault::DecodeOutput,
+];
+
+/// Checks `answer` is what `Fragile { id, fault }` should get.
+fn check(id: u32, fault: Fault, answer: Result<FragileOut, LeaseError>) {
+    match (fault, answer) {
+        (Fault::None, Ok(out)) => assert_eq!(out, FragileOut { id, fault }),
+        (fault, Err(LeaseError::ProcessJob(text))) if fault != Fault::None => assert!(
+            text.contains(step(fault)) && text.contains(&id.to_string()),
+            "{fault:?} answered {text:?}"
+        ),
+        (fault, other) => panic!("item {id} ({fault:?}) answered {other:?}"),
+    }
+}
+
+/// The counters a test looks at.
+fn jobs_counted(c: &Counters) -> [u64; 4] {
+    [
+        c.jobs_completed,
+        c.jobs_panicked,
+        c.jobs_failed,
+        c.jobs_lost,
+    ]
+}
+
+fn children_counted(c: &Counters) -> [u64; 5] {
+    [
+        c.children_started,
+        c.children_crashed,
+        c.children_killed,
+        c.children_over_memory,
+        c.children_recycled,
+    ]
+}
+
+// ---- tests -----------------------------------------------------------------------------------
+
+/// Each callback that panics answers `ProcessJob` naming its step, on `call` and `submit_call`;
+/// the child serves on (one child from start to end).
+async fn a_panicking_callback_answers_its_job_and_the_child_serves_on() {
+    let m = builder("pt-serde", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    let pid = lease.call(Pid).await.unwrap();
+    for (i, fault) in FAULTS.into_iter().enumerate() {
+        let id = i as u32;
+        check(id, fault, lease.call(fragile(id, fault)).await);
+        let handle = lease.submit_call(fragile(id + 10, fault)).unwrap();
+        check(id + 10, fault, handle.await);
+        assert_eq!(lease.call(Pid).await, Ok(pid), "{fault:?}: the same child");
+    }
+    check(99, Fault::None, lease.call(fragile(99, Fault::None)).await);
+    let c = m.stats().await.counters;
+    assert_eq!(jobs_counted(&c), [6, 0, 8, 0], "{c:?}");
+    assert_eq!(children_counted(&c), [1, 0, 0, 0, 0], "{c:?}");
+    assert_eq!(c.worker_states_rebuilt, 0, "{c:?}");
+    lease.release().await;
+    m.stop().await;
+}
+
+/// In a grinder batch — one frame for many items — each item whose callback panics fails alone:
+/// its neighbours (before and after it in the same frame) are answered.
+async fn in_a_batch_each_panicking_callback_fails_alone() {
+    let m = builder("pt-bserde", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(50)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let mut sent = Vec::new();
+    for id in 0..50_u32 {
+        let fault = if id % 5 == 2 {
+            FAULTS[(id / 5) as usize % FAULTS.len()]
+        } else {
+            Fault::None
+        };
+        sent.push((id, fault, g.enqueue_call(fragile(id, fault)).unwrap()));
+    }
+    for (id, fault, handle) in sent {
+        check(id, fault, handle.await);
+    }
+    let c = m.stats().await.counters;
+    assert_eq!(jobs_counted(&c), [40, 0, 10, 0], "{c:?}");
+    assert_eq!(children_counted(&c)[..2], [1, 0], "{c:?}");
+    g.stop(StopMode::Drain).await;
+    m.stop().await;
+}
+
+/// An output over `max_message_bytes` stops being encoded at the cap: a 1 GiB output from a
+/// child limited to 256 MiB answers `ProcessJob`, and the child serves on. (Encoded in full
+/// first, it would kill the child: `WorkerLost`.) The same holds for an input in the parent.
+async fn an_output_over_the_cap_stops_encoding_at_the_cap() {
+    let m = builder("pt-cap", 1, 1)
+        .max_message_bytes(1 << 20)
+        .child_memory_limit(256 << 20)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    let pid = lease.call(Pid).await.unwrap();
+    let small = lease.call(Lazy { len: 1000 }).await.unwrap();
+    assert_eq!(small.0, 1000);
+    let err = lease.call(Lazy { len: 1 << 30 }).await.err().unwrap();
+    assert!(
+        matches!(&err, LeaseError::ProcessJob(t) if t.contains("over max_message_bytes (1048576)")),
+        "{err:?}"
+    );
+    assert_eq!(lease.call(Pid).await, Ok(pid), "the same child");
+    lease.release().await;
+    // In a batch too.
+    let g = WorkGrinder::builder(&m)
+        .max_wait(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let big = g.enqueue_call(Lazy { len: 1 << 30 }).unwrap();
+    let fine = g.enqueue_call(Lazy { len: 10 }).unwrap();
+    assert!(matches!(big.await, Err(LeaseError::ProcessJob(t)) if t.contains("max_message_bytes")));
+    assert_eq!(fine.await.map(|s| s.0), Ok(10));
+    g.stop(StopMode::Drain).await;
+    let c = m.stats().await.counters;
+    assert_eq!(children_counted(&c), [1, 0, 0, 0, 0], "{c:?}");
+    m.stop().await;
+}
+
+/// A child killed while its worker is idle is reaped and counted at once (no zombie waits for
+/// the next job), and the next job runs in a new child as if nothing happened.
+async fn a_child_killed_while_idle_is_reaped_at_once() {
+    let m = builder("pt-idle-kill", 1, 2).build().unwrap();
+    m.start().await.unwrap();
+    let me = std::process::id();
+    assert!(eventually(Duration::from_secs(10), || children_of(me)
+        .0
+        .len()
+        == 2));
+    let victim = children_of(me).0[0];
+    let killed = Instant::now();
+    rustix_kill(victim);
+    let reaped = eventually(Duration::from_secs(3), || stat(victim).is_none());
+    let took = killed.elapsed();
+    assert!(
+        reaped,
+        "child {victim} still {:?} after {took:?}",
+        stat(victim)
+    );
+    println!("    reaped {took:?} after the kill");
+    common::stats_until(&m, "the death counted", |s| {
+        s.counters.children_crashed == 1
+    })
+    .await;
+    // Both workers serve: two jobs at once need two children.
+    let lease = m.acquire().await.unwrap();
+    let a = lease.submit_call(Pid).unwrap();
+    let b = lease.submit_call(Pid).unwrap();
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert!(a != victim && b != victim);
+    let c = m.stats().await.counters;
+    assert_eq!(jobs_counted(&c), [2, 0, 0, 0], "{c:?}");
+    assert_eq!(children_counted(&c), [3, 1, 0, 0, 0], "{c:?}");
+    assert_eq!(m.stats().await.unhealthy, 0);
+    lease.release().await;
+    m.stop().await;
+}
+
+fn rustix_kill(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// CPU time this process has used (every thread, from `/proc/self/task/*/schedstat`, in ns).
+fn cpu_used() -> Duration {
+    let mut total = 0_u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
+
+/// Context switches of this process's threads (voluntary and not).
+fn switches() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if line.contains("ctxt_switches") {
+                total += line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// An idle pool of 16 children costs under 0.2 % of a core over 10 s: nothing polls.
+async fn an_idle_pool_of_sixteen_children_costs_nothing() {
+    let m = builder("pt-idle", 2, 8).build().unwrap();
+    m.start().await.unwrap();
+    let me = std::process::id();
+    assert!(eventually(Duration::from_secs(20), || children_of(me)
+        .0
+        .len()
+        == 16));
+    // Settle: the children's start-up output is read and logged.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu, ctx, begun) = (cpu_used(), switches(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (spent, switched, took) = (cpu_used() - cpu, switches() - ctx, begun.elapsed());
+    let share = spent.as_secs_f64() / took.as_secs_f64();
+    println!(
+        "    idle 16 children: {spent:?} of CPU in {took:.1?} ({:.3} % of a core), {switched} context switches",
+        share * 100.0
+    );
+    assert!(share < 0.002, "{:.3} % of a core", share * 100.0);
+    m.stop().await;
+}
+
+/// Every counter counts what its doc says on the process backend: completed, panicked,
+/// failed, lost; children started, crashed, killed at hard expiry, over their memory limit,
+/// recycled; no worker state rebuilt for a child replaced.
+async fn every_counter_counts_what_it_says_on_the_process_backend() {
+    let m = builder("pt-count", 1, 1)
+        .child_memory_limit(512 << 20)
+        .lease_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    assert!(lease.call(Pid).await.is_ok());
+    assert!(lease.call(Pid).await.is_ok());
+    assert!(matches!(
+        lease.call(Boom("b".into())).await,
+        Err(LeaseError::Panicked(_))
+    ));
+    assert_eq!(lease.call(Abort).await, Err(LeaseError::WorkerLost));
+    assert_eq!(
+        lease.call(Hog { bytes: 2 << 30 }).await,
+        Err(LeaseError::WorkerLost)
+    );
+    check(
+        7,
+        Fault::EncodeOutput,
+        lease.call(fragile(7, Fault::EncodeOutput)).await,
+    );
+    lease.release().await;
+    let dir = scratch("count");
+    let pid_file = dir.join("pid");
+    let short = m
+        .acquire()
+        .lease_for(Duration::from_millis(300))
+        .await
+        .unwrap();
+    let hang = Hang {
+        pid_file: pid_file.clone(),
+    };
+    assert_eq!(short.call(hang).await, Err(LeaseError::Expired));
+    drop(short);
+    // The pool went with its lease; its replacement's child serves.
+    let next = m.acquire().await.unwrap();
+    assert!(next.call(Pid).await.is_ok());
+    next.release().await;
+    let c = m.stats().await.counters;
+    assert_eq!(jobs_counted(&c), [3, 1, 1, 3], "{c:?}");
+    // Children: the first, one after the crash, one after the memory death, one in the new
+    // pool; the killed runaway's.
+    assert_eq!(children_counted(&c), [4, 1, 1, 1, 0], "{c:?}");
+    assert_eq!((c.worker_states_rebuilt, c.revoked), (0, 1), "{c:?}");
+    m.stop().await;
+
+    // Recycling: a new child every second job.
+    let m = builder("pt-count-recycle", 1, 1)
+        .max_jobs_per_child(2)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    for _ in 0..5 {
+        assert!(lease.call(Pid).await.is_ok());
+    }
+    lease.release().await;
+    let c = m.stats().await.counters;
+    assert_eq!(jobs_counted(&c), [5, 0, 0, 0], "{c:?}");
+    assert_eq!(children_counted(&c), [3, 0, 0, 0, 2], "{c:?}");
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same counters on the thread backend: a panic rebuilds the worker state; no child.
+async fn every_counter_counts_what_it_says_on_the_thread_backend() {
+    let m = LeaseManager::builder()
+        .name_prefix("pt-count-thread")
+        .max_pools(1)
+        .workers_per_pool(1)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    assert_eq!(lease.run(|| 1).await, Ok(1));
+    assert!(lease.call(Pid).await.is_ok());
+    assert!(matches!(
+        lease.call(Boom("b".into())).await,
+        Err(LeaseError::Panicked(_))
+    ));
+    assert!(lease.run(|| panic!("closure")).await.is_err());
+    // Serde does not run on threads: a "fragile" job just runs.
+    check(3, Fault::None, lease.call(fragile(3, Fault::None)).await);
+    lease.release().await;
+    let g = WorkGrinder::builder(&m)
+        .max_wait(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let items: Vec<_> = (0..10)
+        .map(|i| g.enqueue_call(fragile(i, Fault::None)).unwrap())
+        .collect();
+    for (i, h) in items.into_iter().enumerate() {
+        check(i as u32, Fault::None, h.await);
+    }
+    g.stop(StopMode::Drain).await;
+    let c = m.stats().await.counters;
+    assert_eq!(jobs_counted(&c), [13, 2, 0, 0], "{c:?}");
+    assert_eq!(children_counted(&c), [0; 5], "{c:?}");
+    assert_eq!(c.worker_states_rebuilt, 2, "{c:?}");
+    m.stop().await;
+}
+
+/// A grinder item on the process backend counts once, as what happened to it (not one count per
+/// frame).
+async fn grinder_items_count_one_by_one_on_the_process_backend() {
+    let m = builder("pt-count-grind", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(20)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let good: Vec<_> = (0..15)
+        .map(|i| g.enqueue_call(fragile(i, Fault::None)).unwrap())
+        .collect();
+    let bad: Vec<_> = (0..3)
+        .map(|_| g.enqueue_call(Boom("x".into())).unwrap())
+        .collect();
+    let failed = g.enqueue_call(fragile(99, Fault::EncodeOutput)).unwrap();
+    for h in good {
+        assert!(h.await.is_ok());
+    }
+    for h in bad {
+        assert!(h.await.is_err());
+    }
+    assert!(failed.await.is_err());
+    // An abort loses its frame's items: each counts as lost.
+    let crash = g.enqueue_call(Abort).unwrap();
+    assert_eq!(crash.await, Err(LeaseError::WorkerLost));
+    g.stop(StopMode::Drain).await;
+    // The crashed child's replacement starts after the answer.
+    let c = common::stats_until(&m, "a new child", |s| s.counters.children_started == 2)
+        .await
+        .counters;
+    assert_eq!(jobs_counted(&c), [15, 3, 1, 1], "{c:?}");
+    assert_eq!(children_counted(&c)[..2], [2, 1], "{c:?}");
+    m.stop().await;
+}
+
+fn main() {
+    process::init(jobs());
+    let all = common::named_tests![
+        a_panicking_callback_answers_its_job_and_the_child_serves_on,
+        in_a_batch_each_panicking_callback_fails_alone,
+        an_output_over_the_cap_stops_encoding_at_the_cap,
+        a_child_killed_while_idle_is_reaped_at_once,
+        an_idle_pool_of_sixteen_children_costs_nothing,
+        every_counter_counts_what_it_says_on_the_process_backend,
+        every_counter_counts_what_it_says_on_the_thread_backend,
+        grinder_items_count_one_by_one_on_the_process_backend,
+    ];
+    let ran = common::run_named(
+        all,
+        Duration::from_secs(120),
+        common::block_on_tokio,
+        |_| {},
+        |_| {},
+    );
+    let me = std::process::id();
+    assert!(
+        eventually(Duration::from_secs(5), || children_of(me).0.is_empty()),
+        "children left: {:?}",
+        children_of(me)
+    );
+    let _ = alive;
+    ran.finish();
+}
