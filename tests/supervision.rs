@@ -188,6 +188,72 @@ mod fault_injection {
         );
     }
 
+    /// The same for a pool whose *actor* crashed: the books learn it in the actor's last hook,
+    /// before its queue goes, so the lease that held it — released as soon as its job was
+    /// refused — hands nothing on. (Before, the books learned it from the supervisor's message,
+    /// and a release in between handed the dead pool to the next waiter: seen in the chaos run.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_whose_actor_crashed_is_never_handed_to_a_waiter() {
+        let _deadline = common::deadline();
+        const WAITERS: usize = 8;
+        let mut failed_rounds = Vec::new();
+        for round in 0..60 {
+            let manager = LeaseManager::builder()
+                .name_prefix("sup-crashed")
+                .max_pools(2)
+                .min_pools(2)
+                .workers_per_pool(1)
+                .build()
+                .unwrap();
+            manager.start().await.unwrap();
+            let holder = manager.acquire().await.unwrap();
+            let other = manager.acquire().await.unwrap();
+            let pool = holder.pool();
+            let failures = Arc::new(AtomicUsize::new(0));
+            let mut waiters = Vec::new();
+            for _ in 0..WAITERS {
+                let m = manager.clone();
+                let failures = Arc::clone(&failures);
+                waiters.push(tokio::spawn(async move {
+                    let lease = m.acquire().timeout(EVENTUALLY).await.unwrap();
+                    match lease.run(|| ()).await {
+                        Ok(()) => {}
+                        Err(LeaseError::NeverRan | LeaseError::WorkerLost) => {
+                            failures.fetch_add(1, SeqCst);
+                        }
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                }));
+            }
+            stats_until(&manager, "waiters queued", |s| s.waiting == WAITERS).await;
+            assert!(manager.kill_pool(pool).await);
+            // The holder learns of the crash from its next job, and lets go at once.
+            let deadline = Instant::now() + EVENTUALLY;
+            while holder.run(|| ()).await.is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: the pool never died"
+                );
+                tokio::task::yield_now().await;
+            }
+            drop(holder);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(other);
+            for w in waiters {
+                w.await.unwrap();
+            }
+            let n = failures.load(SeqCst);
+            if n > 0 {
+                failed_rounds.push((round, n));
+            }
+            manager.stop().await;
+        }
+        assert!(
+            failed_rounds.is_empty(),
+            "a crashed pool was handed on to waiters: (round, waiters failed) {failed_rounds:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_workers_are_replaced_and_the_lease_keeps_working() {
         let _deadline = common::deadline();

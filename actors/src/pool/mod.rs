@@ -201,6 +201,10 @@ impl<S: 'static> PoolActor<S> {
     fn report_unexpected_stop(&mut self) {
         if !self.retired {
             self.retired = true;
+            // The books first, in one step with the death and before the queue goes (as for
+            // a pool whose last worker died): a lease released from here on does not hand the
+            // dead pool to the next waiter while the supervisor's message is on its way.
+            self.spec.keeper.pool_died(self.id);
             tracing::warn!(manager = %self.spec.settings().name_prefix, pool = %self.id, "pool actor stopped unexpectedly");
             self.spec.supervisor.do_send(PoolDied(self.id));
         }
