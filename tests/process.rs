@@ -20,7 +20,7 @@ use leasepool::process::{self, Jobs, ProcessJob};
 use leasepool::{
     Backend, BuildError, LeaseError, LeaseManager, ManagerBuilder, StopMode, WorkGrinder,
 };
-use proc_common::{alive, children_of, eventually, scratch, Bytes, Pid};
+use proc_common::{alive, children_of, eventually, scratch, Boom, Bytes, Hog, Pid};
 use serde::{Deserialize, Serialize};
 
 // ---- jobs ------------------------------------------------------------------------------------
@@ -33,16 +33,6 @@ impl ProcessJob for Shout {
     type Output = (String, u32);
     fn run(self) -> (String, u32) {
         (self.0.to_uppercase(), std::process::id())
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Boom(String);
-impl ProcessJob for Boom {
-    const NAME: &'static str = "boom.v1";
-    type Output = ();
-    fn run(self) {
-        panic!("{}", self.0);
     }
 }
 
@@ -149,20 +139,6 @@ impl ProcessJob for Spin {
         loop {
             std::hint::spin_loop();
         }
-    }
-}
-
-/// Allocates and touches `bytes`.
-#[derive(Serialize, Deserialize)]
-struct Hog {
-    bytes: usize,
-}
-impl ProcessJob for Hog {
-    const NAME: &'static str = "hog.v1";
-    type Output = usize;
-    fn run(self) -> usize {
-        let block = vec![1_u8; self.bytes];
-        block.iter().map(|&b| usize::from(b)).sum()
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use leasepool::process::{self, Jobs, ProcessJob};
 use leasepool::{Counters, LeaseError, LeaseManager, ManagerBuilder, StopMode, WorkGrinder};
-use proc_common::{alive, children_of, eventually, scratch, stat, Pid};
+use proc_common::{alive, children_of, eventually, scratch, stat, Boom, Hog, Pid};
 use serde::{Deserialize, Serialize};
 
 // ---- jobs ------------------------------------------------------------------------------------
@@ -158,17 +158,6 @@ impl ProcessJob for Lazy {
     }
 }
 
-/// Panics with its text.
-#[derive(Serialize, Deserialize)]
-struct Boom(String);
-impl ProcessJob for Boom {
-    const NAME: &'static str = "boom.v1";
-    type Output = ();
-    fn run(self) {
-        panic!("{}", self.0);
-    }
-}
-
 /// Aborts its child.
 #[derive(Serialize, Deserialize)]
 struct Abort;
@@ -177,20 +166,6 @@ impl ProcessJob for Abort {
     type Output = ();
     fn run(self) {
         std::process::abort();
-    }
-}
-
-/// Allocates and touches `bytes`.
-#[derive(Serialize, Deserialize)]
-struct Hog {
-    bytes: usize,
-}
-impl ProcessJob for Hog {
-    const NAME: &'static str = "hog.v1";
-    type Output = usize;
-    fn run(self) -> usize {
-        let block = vec![1_u8; self.bytes];
-        block.iter().map(|&b| usize::from(b)).sum()
     }
 }
 

@@ -525,30 +525,25 @@ pub(crate) fn run_here<J: ProcessJob>(job: J) -> Result<J::Output, LeaseError> {
 /// A job's output decoded from the child's reply; a decoding error or panic is the job's
 /// answer (`ProcessJob`).
 fn decode_output<J: ProcessJob>(body: &[u8]) -> Result<J::Output, LeaseError> {
-    match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<J::Output>(body))) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(LeaseError::ProcessJob(format!(
-            "job {:?}: cannot decode the child's output: {e}",
-            J::NAME
-        ))),
-        Err(payload) => Err(LeaseError::ProcessJob(step_panicked::<J>(
-            "decoding its output",
-            payload,
-        ))),
-    }
+    decode_in_parent::<J, J::Output>(body)
 }
 
 /// One grinder item's outcome decoded from the child's reply, as the item's answer.
 #[cfg(unix)]
 fn decode_outcome<J: ProcessJob>(item: &[u8]) -> Result<J::Output, LeaseError> {
     use protocol::ItemOutcome;
-    let decoded = catch_unwind(AssertUnwindSafe(|| {
-        postcard::from_bytes::<ItemOutcome<J::Output>>(item)
-    }));
-    match decoded {
-        Ok(Ok(ItemOutcome::Done(value))) => Ok(value),
-        Ok(Ok(ItemOutcome::Panicked(message))) => Err(LeaseError::Panicked(message)),
-        Ok(Ok(ItemOutcome::Failed(message))) => Err(LeaseError::ProcessJob(message)),
+    match decode_in_parent::<J, ItemOutcome<J::Output>>(item)? {
+        ItemOutcome::Done(value) => Ok(value),
+        ItemOutcome::Panicked(message) => Err(LeaseError::Panicked(message)),
+        ItemOutcome::Failed(message) => Err(LeaseError::ProcessJob(message)),
+    }
+}
+
+/// `T` decoded from what job `J`'s child sent, running the user's `Deserialize` under
+/// `catch_unwind`: an error or a panic is `ProcessJob` naming it.
+fn decode_in_parent<J: ProcessJob, T: DeserializeOwned>(bytes: &[u8]) -> Result<T, LeaseError> {
+    match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<T>(bytes))) {
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(LeaseError::ProcessJob(format!(
             "job {:?}: cannot decode the child's output: {e}",
             J::NAME

@@ -1,4 +1,4 @@
-//! What the process-backend test binaries (`process`, `process_attacks`) share: two job types,
+//! What the process-backend test binaries (`process`, `process_attacks`, `process_truth`) share: job types,
 //! a manager builder, scratch directories and `/proc` readings. Included with
 //! `#[path = "common/process.rs"] mod proc_common;` (the binaries are their managers' worker
 //! programs, so each registers these jobs in its own `Jobs`).
@@ -30,6 +30,31 @@ impl ProcessJob for Bytes {
     type Output = usize;
     fn run(self) -> usize {
         self.0.len()
+    }
+}
+
+/// Panics with its text.
+#[derive(Serialize, Deserialize)]
+pub struct Boom(pub String);
+impl ProcessJob for Boom {
+    const NAME: &'static str = "boom.v1";
+    type Output = ();
+    fn run(self) {
+        panic!("{}", self.0);
+    }
+}
+
+/// Allocates and touches `bytes`; answers their sum.
+#[derive(Serialize, Deserialize)]
+pub struct Hog {
+    pub bytes: usize,
+}
+impl ProcessJob for Hog {
+    const NAME: &'static str = "hog.v1";
+    type Output = usize;
+    fn run(self) -> usize {
+        let block = vec![1_u8; self.bytes];
+        block.iter().map(|&b| usize::from(b)).sum()
     }
 }
 
