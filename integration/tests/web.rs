@@ -520,3 +520,36 @@ async fn requests_waiting_for_a_lease_get_503_when_the_manager_stops() {
     );
     drop(held);
 }
+
+/// `Stats` as a `/stats` endpoint serves it: every counter under its own name, the deprecated
+/// aliases (`workers_restarted`, `pools_restarted`) left out.
+#[actix_web::test]
+async fn the_stats_json_has_every_counter_and_no_deprecated_alias() {
+    let _deadline = common::deadline();
+    let manager = one_pool("web-stats-json");
+    manager.start().await.unwrap();
+    let lease = manager.acquire().await.unwrap();
+    lease.run(|| ()).await.unwrap();
+    drop(lease);
+    let json = serde_json::to_value(manager.stats().await).unwrap();
+    let counters = json["counters"].as_object().unwrap();
+    for name in [
+        "jobs_completed",
+        "jobs_panicked",
+        "jobs_failed",
+        "jobs_lost",
+        "worker_states_rebuilt",
+        "children_started",
+        "children_crashed",
+        "children_killed",
+        "children_over_memory",
+        "children_recycled",
+    ] {
+        assert!(counters.contains_key(name), "{name} missing: {counters:?}");
+    }
+    for alias in ["workers_restarted", "pools_restarted"] {
+        assert!(!counters.contains_key(alias), "{alias} serialized");
+    }
+    assert_eq!(counters["jobs_completed"], 1);
+    manager.stop().await;
+}
