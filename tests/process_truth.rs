@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use leasepool::process::{self, Jobs, ProcessJob};
-use leasepool::{Counters, LeaseError, LeaseManager, ManagerBuilder, StopMode, WorkGrinder};
+use leasepool::{
+    Backend, Counters, LeaseError, LeaseManager, ManagerBuilder, StopMode, WorkGrinder,
+};
 use proc_common::{alive, children_of, eventually, scratch, stat, Boom, Hog, Pid};
 use serde::{Deserialize, Serialize};
 
@@ -185,8 +187,93 @@ impl ProcessJob for Hang {
     }
 }
 
+/// Allocates, touches and keeps `mb` MiB (its exit then takes a while); answers its pid.
+#[derive(Serialize, Deserialize)]
+struct Keep {
+    mb: usize,
+}
+static KEPT: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+impl ProcessJob for Keep {
+    const NAME: &'static str = "keep.v1";
+    type Output = u32;
+    fn run(self) -> u32 {
+        KEPT.lock().unwrap().push(vec![1_u8; self.mb << 20]);
+        std::process::id()
+    }
+}
+
+/// Sleeps `nap_ms` (so that jobs sent together land on different children), then answers its
+/// pid and how many of its open descriptors are pipes.
+#[derive(Serialize, Deserialize)]
+struct PipeFds {
+    nap_ms: u64,
+}
+impl ProcessJob for PipeFds {
+    const NAME: &'static str = "pipe-fds.v1";
+    type Output = (u32, usize);
+    fn run(self) -> (u32, usize) {
+        std::thread::sleep(Duration::from_millis(self.nap_ms));
+        let pipes = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
+            })
+            .count();
+        (std::process::id(), pipes)
+    }
+}
+
+/// Prints what Rust prints when an allocation fails (without failing one); answers its pid.
+#[derive(Serialize, Deserialize)]
+struct SaysOom;
+impl ProcessJob for SaysOom {
+    const NAME: &'static str = "says-oom.v1";
+    type Output = u32;
+    fn run(self) -> u32 {
+        eprintln!("memory allocation of 12 bytes failed");
+        std::process::id()
+    }
+}
+
+/// Sleeps `ms`; answers its pid.
+#[derive(Serialize, Deserialize)]
+struct Nap(u64);
+impl ProcessJob for Nap {
+    const NAME: &'static str = "nap.v1";
+    type Output = u32;
+    fn run(self) -> u32 {
+        std::thread::sleep(Duration::from_millis(self.0));
+        std::process::id()
+    }
+}
+
+/// While this file exists, a child refuses to start (its `on_child_start` hook panics).
+fn refuse_starts_flag() -> PathBuf {
+    std::env::temp_dir().join(format!("lp-process-truth-refuse-{}", parent_pid()))
+}
+
+/// The test process's pid, in the test process and in its children alike.
+fn parent_pid() -> u32 {
+    if process::is_worker_child() {
+        stat(std::process::id()).map_or(0, |(_, ppid, _)| ppid)
+    } else {
+        std::process::id()
+    }
+}
+
 fn jobs() -> Jobs {
     Jobs::new()
+        .on_child_start(|| {
+            assert!(
+                !refuse_starts_flag().exists(),
+                "this child refuses to start"
+            );
+        })
+        .register::<Keep>()
+        .register::<PipeFds>()
+        .register::<SaysOom>()
+        .register::<Nap>()
         .register::<Pid>()
         .register::<Fragile>()
         .register::<Lazy>()
@@ -505,7 +592,7 @@ async fn every_counter_counts_what_it_says_on_the_process_backend() {
     let next = m.acquire().await.unwrap();
     assert!(next.call(Pid).await.is_ok());
     next.release().await;
-    let c = counted(&m, [3, 1, 1, 3], None).await;
+    counted(&m, [3, 1, 1, 3], None).await;
     // Children: the first, one after the crash, one after the memory death, one in the new
     // pool — and perhaps one the runaway's worker started before its pool retired.
     let c = common::stats_until(&m, "the children counted", |s| {
@@ -602,12 +689,160 @@ async fn grinder_items_count_one_by_one_on_the_process_backend() {
     assert_eq!(crash.await, Err(LeaseError::WorkerLost));
     g.stop(StopMode::Drain).await;
     // The crashed child's replacement starts after the answer.
-    let c = counted(&m, [15, 3, 1, 1], None).await;
+    counted(&m, [15, 3, 1, 1], None).await;
     let c = common::stats_until(&m, "a new child", |s| s.counters.children_started == 2)
         .await
         .counters;
     assert_eq!(children_counted(&c)[..2], [2, 1], "{c:?}");
     m.stop().await;
+}
+
+/// A job sent to a child that was killed a moment before — still exiting, so its pipe takes the
+/// job — goes to a new child: the old one never took the job from its pipe, so it cannot have
+/// started it. Before, it answered `WorkerLost` (a big child takes a while to exit).
+async fn a_job_sent_to_a_child_that_was_just_killed_goes_to_a_new_one() {
+    let m = builder("pt-just-killed", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    for round in 0..8 {
+        let pid = lease.call(Keep { mb: 200 }).await.unwrap();
+        rustix_kill(pid);
+        let next = lease.call(Pid).await;
+        assert!(
+            matches!(next, Ok(p) if p != pid),
+            "round {round}: {next:?} after killing {pid}"
+        );
+    }
+    let c = counted(&m, [16, 0, 0, 0], None).await;
+    assert_eq!(children_counted(&c)[..2], [9, 8], "{c:?}");
+    lease.release().await;
+    m.stop().await;
+}
+
+/// A child that fails its start is no crash: only the killed one counts, however many of its
+/// replacements fail — whether they refuse in `on_child_start` or exit before their handshake.
+async fn children_that_fail_their_start_are_not_counted_as_crashes() {
+    let dir = scratch("start-fails");
+    // A worker program that exits at once while `exit-now` exists.
+    let script = dir.join("worker.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ -e {dir}/exit-now ] && exit 3\nexec {exe}\n",
+            dir = dir.display(),
+            exe = std::env::current_exe().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let made = std::process::Command::new("chmod")
+        .args(["+x", &script.display().to_string()])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for refusal in ["on_child_start", "exit"] {
+        let m = builder(&format!("pt-start-fails-{refusal}"), 1, 1)
+            .worker_program(&script)
+            .build()
+            .unwrap();
+        m.start().await.unwrap();
+        let lease = m.acquire().await.unwrap();
+        let pid = lease.call(Pid).await.unwrap();
+        let flag = match refusal {
+            "exit" => dir.join("exit-now"),
+            _ => refuse_starts_flag(),
+        };
+        std::fs::write(&flag, b"").unwrap();
+        rustix_kill(pid);
+        assert_eq!(
+            lease.call(Pid).await,
+            Err(LeaseError::NeverRan),
+            "{refusal}"
+        );
+        // The worker retries with backoff meanwhile: a few starts fail.
+        let s = common::stats_until(&m, "starts refused", |s| {
+            s.counters.worker_state_failures >= 3
+        })
+        .await;
+        assert_eq!(
+            children_counted(&s.counters),
+            [1, 1, 0, 0, 0],
+            "{refusal}: {s:?}"
+        );
+        std::fs::remove_file(&flag).unwrap();
+        lease.release().await;
+        m.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// No child holds another child's pipes (each watcher's wake pipe is close-on-exec): every
+/// child of a pool has the same number of pipe descriptors, however many were started before.
+async fn no_child_inherits_another_childs_pipes() {
+    let m = builder("pt-fds", 1, 4).build().unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    // Four at once: one in each child.
+    let asked: Vec<_> = (0..4)
+        .map(|_| lease.submit_call(PipeFds { nap_ms: 300 }).unwrap())
+        .collect();
+    let mut per_child = std::collections::BTreeMap::new();
+    for a in asked {
+        let (pid, pipes) = a.await.unwrap();
+        per_child.insert(pid, pipes);
+    }
+    assert_eq!(per_child.len(), 4, "one job in each child: {per_child:?}");
+    let counts: std::collections::BTreeSet<_> = per_child.values().collect();
+    assert_eq!(
+        counts.len(),
+        1,
+        "pipe descriptors per child differ: {per_child:?}"
+    );
+    lease.release().await;
+    m.stop().await;
+}
+
+/// A child that printed what Rust prints when an allocation fails, and later aborted, crashed:
+/// only a death right after that line is a memory death.
+async fn an_abort_after_printing_an_allocation_failure_is_a_crash() {
+    let m = builder("pt-says-oom", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    assert!(lease.call(SaysOom).await.is_ok());
+    assert!(lease.call(Pid).await.is_ok());
+    assert_eq!(lease.call(Abort).await, Err(LeaseError::WorkerLost));
+    let c = counted(&m, [2, 0, 0, 1], None).await;
+    assert_eq!(children_counted(&c)[1..4], [1, 0, 0], "{c:?}");
+    lease.release().await;
+    m.stop().await;
+}
+
+/// Grinder items whose part never reached a worker (its lease expired while they queued)
+/// answer `NeverRan` — on both backends alike.
+async fn grinder_items_whose_part_never_ran_answer_never_ran() {
+    for backend in [Backend::Process, Backend::Thread] {
+        let m = builder(&format!("pt-unrun-{backend:?}"), 1, 1)
+            .backend(backend)
+            .lease_grace(Duration::ZERO)
+            .build()
+            .unwrap();
+        m.start().await.unwrap();
+        let g = WorkGrinder::builder(&m)
+            .batch_size_threshold(6)
+            .max_wait(Duration::from_millis(50))
+            .lease_for(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        g.start().await.unwrap();
+        // One part naps past the lease (on the only worker); the other part waits behind it.
+        let slow = g.enqueue_call(Nap(1000)).unwrap();
+        let queued: Vec<_> = (0..5).map(|_| g.enqueue_call(Pid).unwrap()).collect();
+        let _ = slow.await;
+        for h in queued {
+            assert_eq!(h.await, Err(LeaseError::NeverRan), "{backend:?}");
+        }
+        g.stop(StopMode::Drain).await;
+        m.stop().await;
+    }
 }
 
 fn main() {
@@ -621,6 +856,11 @@ fn main() {
         every_counter_counts_what_it_says_on_the_process_backend,
         every_counter_counts_what_it_says_on_the_thread_backend,
         grinder_items_count_one_by_one_on_the_process_backend,
+        a_job_sent_to_a_child_that_was_just_killed_goes_to_a_new_one,
+        children_that_fail_their_start_are_not_counted_as_crashes,
+        no_child_inherits_another_childs_pipes,
+        an_abort_after_printing_an_allocation_failure_is_a_crash,
+        grinder_items_whose_part_never_ran_answer_never_ran,
     ];
     let ran = common::run_named(
         all,

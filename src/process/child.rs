@@ -79,6 +79,13 @@ pub(crate) struct Child {
 }
 
 /// What waiting gave.
+/// One exchange with a child: its answer, or the news that the child died before it took the
+/// job (so it never started: safe to send again).
+enum Exchange {
+    Answered(Result<(), LeaseError>),
+    Undelivered,
+}
+
 enum Waited {
     /// A whole frame: its header; its body spans `body` of the buffer, which holds `end` bytes
     /// of it.
@@ -230,6 +237,7 @@ impl Child {
                 let l = &child.labels;
                 tracing::debug!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid, took = ?started.elapsed(), "worker child started");
                 spec.counters.started();
+                child.watch.started();
                 Ok(child)
             }
             Err(why) => {
@@ -296,7 +304,9 @@ impl Child {
     }
 
     /// Runs job `name` in this child — `count` of them in one frame if given: `encode` appends
-    /// the input(s) to the frame, `decode` reads the output(s) from the answer.
+    /// the input(s) to the frame, `decode` reads the output(s) from the answer. A child found
+    /// dead, or that dies before it has taken the whole frame from its pipe (so the job cannot
+    /// have started), is replaced and the job sent again — once; then it is `NeverRan`.
     pub(crate) fn call(
         &mut self,
         name: &str,
@@ -304,45 +314,68 @@ impl Child {
         encode: &mut dyn FnMut(Vec<u8>, usize) -> postcard::Result<Vec<u8>>,
         decode: &mut dyn FnMut(&[u8]) -> Result<usize, &'static str>,
     ) -> Result<(), LeaseError> {
-        if self.reaped || self.has_exited() {
-            // It died while idle (killed from outside, or it exited after its last answer):
-            // this job has not reached it, so it gets a new child instead of an error. (Its
-            // watcher has usually reaped and counted it already.)
-            let (status, fresh) = self.kill();
-            if fresh {
-                self.watch.counters().ended(self.watch.death());
+        for _ in 0..2 {
+            if self.reaped || self.has_exited() {
+                // It died while idle (killed from outside, or it exited after its last
+                // answer), or before it took the last job: this job has not reached it.
+                self.replace_dead()?;
             }
-            let l = &self.labels;
-            tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, status = %status, "worker child died while idle; starting a new one");
-            match Child::spawn(&self.spec) {
-                Ok(fresh) => {
-                    let old = std::mem::replace(self, fresh);
-                    old.end();
-                }
-                Err(why) => {
-                    tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, error = %why, "cannot replace a worker child");
-                    leasepool_actors::request_state_rebuild("its worker child had ended");
-                    // The job has not reached any child.
-                    return Err(LeaseError::NeverRan);
-                }
+            match self.exchange(name, count, encode, decode) {
+                Exchange::Answered(answer) => return answer,
+                Exchange::Undelivered => {}
             }
         }
+        leasepool_actors::request_state_rebuild("its worker children died before taking a job");
+        Err(LeaseError::NeverRan)
+    }
+
+    /// Replaces this dead child with a new one (counting how the old one ended, unless its
+    /// watcher did). `NeverRan` if no new one starts.
+    fn replace_dead(&mut self) -> Result<(), LeaseError> {
+        let (status, fresh) = self.kill();
+        let l = &self.labels;
+        if fresh {
+            // Not reaped by its watcher (nor by a failed exchange): counted and logged here.
+            self.watch.counters().ended(self.watch.death());
+            tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, status = %status, "worker child died between jobs; starting a new one");
+        }
+        match Child::spawn(&self.spec) {
+            Ok(fresh) => {
+                let old = std::mem::replace(self, fresh);
+                old.end();
+                Ok(())
+            }
+            Err(why) => {
+                tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, error = %why, "cannot replace a worker child");
+                leasepool_actors::request_state_rebuild("its worker child had ended");
+                // The job has not reached any child.
+                Err(LeaseError::NeverRan)
+            }
+        }
+    }
+
+    /// One exchange of job `name` with this child (see [`call`](Self::call)).
+    fn exchange(
+        &mut self,
+        name: &str,
+        count: Option<u32>,
+        encode: &mut dyn FnMut(Vec<u8>, usize) -> postcard::Result<Vec<u8>>,
+        decode: &mut dyn FnMut(&[u8]) -> Result<usize, &'static str>,
+    ) -> Exchange {
         // From here until this returns, the child's end is ours to handle, not its watcher's.
         let watch = Arc::clone(&self.watch);
         let busy = Busy::enter(&watch);
         if busy.is_none() {
-            // It died just now, before the job reached it: a new child, for the next job.
-            let _ = self.kill();
-            leasepool_actors::request_state_rebuild("its worker child had ended");
-            return Err(LeaseError::NeverRan);
+            // Its watcher reaped it just now, before the job reached it.
+            return Exchange::Undelivered;
         }
         if !self.jobs.contains(name) {
             let mut known: Vec<&str> = self.jobs.iter().map(String::as_str).collect();
             known.sort_unstable();
-            return Err(LeaseError::ProcessJob(format!(
+            return Exchange::Answered(Err(LeaseError::ProcessJob(format!(
                 "job {name:?} is not registered in the worker program's process::init \
                  (it knows {known:?})"
-            )));
+            ))));
         }
         self.seq += 1;
         let seq = self.seq;
@@ -357,19 +390,26 @@ impl Child {
                 count,
             },
         };
-        let frame = frame_with_body(
+        let frame = match frame_with_body(
             &header,
             encode,
             std::mem::take(&mut self.out),
             self.max_message,
-        )
-        .map_err(|e| LeaseError::ProcessJob(format!("job {name:?}: its input: {e}")))?;
+        ) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let text = format!("job {name:?}: its input: {e}");
+                return Exchange::Answered(Err(LeaseError::ProcessJob(text)));
+            }
+        };
+        let len = frame.len();
         let sent = self.send(&frame);
         self.out = frame;
         self.out.clear();
         trim(&mut self.out);
-        if let Err(waited) = sent {
-            return Err(self.failed(name, waited));
+        if let Err((waited, sent)) = sent {
+            let taken = sent == len && self.pipe_drained();
+            return self.failed(name, waited, taken);
         }
         // One answer frame — or, for `count` jobs, `DoneMany` frames until every job has its
         // outcome (the child sends them as they finish).
@@ -377,19 +417,23 @@ impl Child {
         let (answer, end) = loop {
             let (header, body, end) = match self.wait_frame(None) {
                 Waited::Frame { header, body, end } => (header, body, end),
-                other => return Err(self.failed(name, other)),
+                // A child that died without taking the whole frame never started the job.
+                other => {
+                    let taken = outcomes > 0 || self.pipe_drained();
+                    return self.failed(name, other, taken);
+                }
             };
             let answer = match header {
                 FromChild::Done { seq: s } if s == seq && count.is_none() => {
                     if let Err(what) = decode(&self.buf[body]) {
-                        return Err(self.broken(what));
+                        return Exchange::Answered(Err(self.broken(what)));
                     }
                     Ok(())
                 }
                 FromChild::DoneMany { seq: s } if s == seq && count.is_some() => {
                     match decode(&self.buf[body]) {
                         Ok(n) => outcomes += n,
-                        Err(what) => return Err(self.broken(what)),
+                        Err(what) => return Exchange::Answered(Err(self.broken(what))),
                     }
                     if count.is_some_and(|n| outcomes < n as usize) {
                         self.buf.drain(..end);
@@ -404,9 +448,8 @@ impl Child {
                     Err(LeaseError::ProcessJob(message))
                 }
                 other => {
-                    return Err(
-                        self.broken(&format!("an answer that is not job {seq}'s: {other:?}"))
-                    )
+                    let why = format!("an answer that is not job {seq}'s: {other:?}");
+                    return Exchange::Answered(Err(self.broken(&why)));
                 }
             };
             break (answer, end);
@@ -414,7 +457,7 @@ impl Child {
         self.buf.drain(..end);
         if !self.buf.is_empty() {
             // Nothing may follow an answer: whatever did was not written by our protocol.
-            return Err(self.broken("bytes after an answer"));
+            return Exchange::Answered(Err(self.broken("bytes after an answer")));
         }
         trim(&mut self.buf);
         self.served += count.map_or(1, |n| n as usize);
@@ -423,41 +466,60 @@ impl Child {
             leasepool_actors::request_state_rebuild("max_jobs_per_child reached");
         }
         drop(busy);
-        answer
+        Exchange::Answered(answer)
     }
 
-    /// What a wait that gave no answer means for the job.
-    fn failed(&mut self, name: &str, waited: Waited) -> LeaseError {
-        match waited {
+    /// What a wait that gave no answer means for the job; `taken`: the child took the whole
+    /// frame from its pipe (so the job may have started).
+    fn failed(&mut self, name: &str, waited: Waited, taken: bool) -> Exchange {
+        Exchange::Answered(Err(match waited {
             Waited::Stop(reason) => self.stop(name, reason),
             Waited::Malformed(why) => self.broken(&why),
+            Waited::Ended | Waited::TimedOut | Waited::Frame { .. } if !taken => {
+                // Dead before it had the job: counted and reaped here; the caller replaces it.
+                let (status, fresh) = self.kill();
+                if fresh {
+                    self.watch.counters().ended(self.watch.death());
+                }
+                let l = &self.labels;
+                tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, pid = l.pid, job = name, status = %status, "worker child died before it took a job; sending it to a new one");
+                return Exchange::Undelivered;
+            }
             Waited::Ended | Waited::TimedOut | Waited::Frame { .. } => {
                 self.lost(&format!("it died running job {name:?}"))
             }
-        }
+        }))
+    }
+
+    /// Whether the child took everything written to its pipe (unread bytes remain in the pipe
+    /// after its reader died). If that cannot be told: yes (the job may have started).
+    fn pipe_drained(&self) -> bool {
+        self.to
+            .as_ref()
+            .is_none_or(|to| rustix::io::ioctl_fionread(to).map_or(true, |unread| unread == 0))
     }
 
     /// Writes `frame` without ever blocking for long: between partial writes, the job's stop
-    /// reason and the child's life are checked.
-    fn send(&mut self, frame: &[u8]) -> Result<(), Waited> {
+    /// reason and the child's life are checked. On failure: why, and how much was written.
+    fn send(&mut self, frame: &[u8]) -> Result<(), (Waited, usize)> {
         let mut sent = 0;
         while sent < frame.len() {
             let Some(to) = self.to.as_mut() else {
-                return Err(Waited::Ended);
+                return Err((Waited::Ended, sent));
             };
             match to.write(&frame[sent..]) {
-                Ok(0) => return Err(Waited::Ended),
+                Ok(0) => return Err((Waited::Ended, sent)),
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.watch()?;
+                    self.watch().map_err(|w| (w, sent))?;
                     let Some(to) = self.to.as_ref() else {
-                        return Err(Waited::Ended);
+                        return Err((Waited::Ended, sent));
                     };
                     let mut fds = [PollFd::new(to, PollFlags::OUT)];
                     let _ = rustix::event::poll(&mut fds, Some(&watch_every()));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(Waited::Ended),
+                Err(_) => return Err((Waited::Ended, sent)),
             }
         }
         Ok(())
@@ -680,6 +742,8 @@ impl<'a> Busy<'a> {
             return None;
         }
         life.busy = true;
+        // A report of a failed allocation counts for the job that wrote it, not a later one.
+        life.out_of_memory = false;
         Some(Busy(watch))
     }
 }

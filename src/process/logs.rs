@@ -227,6 +227,24 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_reports_a_failed_allocation_is_noticed_among_others() {
+        let labels = ChildLabels {
+            manager: "m".into(),
+            pool: "p".into(),
+            worker: "w".into(),
+            pid: 1,
+        };
+        let mut lines = Lines::default();
+        assert!(!lines.feed(b"memory allocation of 8 bytes ", &labels));
+        // Completed by the next chunk, and followed by std's backtrace hint.
+        assert!(lines.feed(
+            b"failed\nnote: run with `RUST_BACKTRACE=1` environment variable\n",
+            &labels
+        ));
+        assert!(!lines.feed(b"an ordinary line\n", &labels));
+    }
+
+    #[test]
     fn escaping_keeps_an_event_on_one_line() {
         let mut out = String::new();
         escape("two\nlines\u{1f}and\rmore", &mut out);

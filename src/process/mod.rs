@@ -609,8 +609,8 @@ fn answer<T: Send + 'static>(
 }
 
 /// A part of a batch's items on its way to a worker. Dropped unrun (its lease was revoked, its
-/// pool died), it drops each item on its own, quietly: every item's handle then resolves
-/// (`WorkerLost`), whatever the items' destructors do.
+/// pool died), it answers each item `NeverRan` and drops it on its own, quietly, whatever the
+/// items' destructors do.
 pub(crate) struct Part<J: ProcessJob>(Option<Vec<BatchItem<J>>>);
 
 impl<J: ProcessJob> Part<J> {
@@ -621,8 +621,9 @@ impl<J: ProcessJob> Part<J> {
 
 impl<J: ProcessJob> Drop for Part<J> {
     fn drop(&mut self) {
-        for item in self.0.take().into_iter().flatten() {
-            drop_quietly(item);
+        for (job, reply, _) in self.0.take().into_iter().flatten() {
+            reply.fail(LeaseError::NeverRan);
+            drop_quietly(job);
         }
     }
 }

@@ -32,7 +32,9 @@ pub(crate) struct Life {
     pub(crate) ending: bool,
     /// How the child ended, once reaped (by either thread): its pid is no longer ours.
     pub(crate) reaped: Option<String>,
-    /// It printed Rust's "memory allocation of … failed" before it died.
+    /// Since its current job started (or, idle, since its last one did), it wrote Rust's
+    /// "memory allocation of … failed" on stderr: what its allocation-failure handler prints
+    /// just before it aborts.
     pub(crate) out_of_memory: bool,
     /// Its stderr is read to the end (or the watcher stopped).
     pub(crate) stderr_done: bool,
@@ -49,14 +51,26 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
+    /// The facts of a child that is starting: until its handshake is done (see
+    /// [`Watch::started`]) its end is the worker thread's — a child that fails its start is no
+    /// crash to count.
     pub(crate) fn new(labels: ChildLabels, counters: Arc<ChildCounters>) -> Arc<Watch> {
         Arc::new(Watch {
-            life: Mutex::new(Life::default()),
+            life: Mutex::new(Life {
+                busy: true,
+                ..Life::default()
+            }),
             drained: Condvar::new(),
             pid: labels.pid,
             labels,
             counters,
         })
+    }
+
+    /// The child finished its handshake: from now on a death between jobs is the watcher's to
+    /// reap and count.
+    pub(crate) fn started(&self) {
+        self.life().busy = false;
     }
 
     pub(crate) fn life(&self) -> std::sync::MutexGuard<'_, Life> {
@@ -155,8 +169,9 @@ impl Watcher {
         watch: Arc<Watch>,
         name: String,
     ) -> Result<Watcher, String> {
-        let (stop, wake) =
-            rustix::pipe::pipe().map_err(|e| format!("cannot make a watcher's pipe: {e}"))?;
+        // Close-on-exec: no child (nor a job's subprocess) may inherit another child's wake pipe.
+        let (stop, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("cannot make a watcher's pipe: {e}"))?;
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || run(stderr, hangup, stop, &watch))
