@@ -202,6 +202,53 @@ impl ProcessJob for Keep {
     }
 }
 
+/// A linked list as deep as its length: serde encodes and decodes it recursively.
+#[derive(Serialize, Deserialize)]
+struct Node(Option<Box<Node>>);
+
+impl Node {
+    fn deep(depth: usize) -> Node {
+        let mut node = Node(None);
+        for _ in 0..depth {
+            node = Node(Some(Box::new(node)));
+        }
+        node
+    }
+
+    fn depth(&self) -> usize {
+        let (mut n, mut at) = (0, &self.0);
+        while let Some(next) = at {
+            n += 1;
+            at = &next.0;
+        }
+        n
+    }
+}
+
+impl Drop for Node {
+    // Iterative: only serde's recursion is under test.
+    fn drop(&mut self) {
+        let mut next = self.0.take();
+        while let Some(mut node) = next {
+            next = node.0.take();
+        }
+    }
+}
+
+/// Answers the depth of its input, and a list `output` deep.
+#[derive(Serialize, Deserialize)]
+struct Deep {
+    input: Node,
+    output: usize,
+}
+impl ProcessJob for Deep {
+    const NAME: &'static str = "deep.v1";
+    type Output = (usize, Node);
+    fn run(self) -> (usize, Node) {
+        (self.input.depth(), Node::deep(self.output))
+    }
+}
+
 /// Sleeps `nap_ms` (so that jobs sent together land on different children), then answers its
 /// pid and how many of its open descriptors are pipes.
 #[derive(Serialize, Deserialize)]
@@ -271,6 +318,7 @@ fn jobs() -> Jobs {
             );
         })
         .register::<Keep>()
+        .register::<Deep>()
         .register::<PipeFds>()
         .register::<SaysOom>()
         .register::<Nap>()
@@ -845,6 +893,49 @@ async fn grinder_items_whose_part_never_ran_answer_never_ran() {
     }
 }
 
+/// A child's output nested 40 000 deep — which the child encodes on its main thread — is
+/// decoded by the parent without overflowing the worker thread's stack, on `call` and in a
+/// grinder batch; and the child decodes a deep input the same way. (Before, the parent's worker
+/// thread overflowed decoding it: the whole host process aborted.)
+async fn deeply_nested_values_cross_without_overflowing_a_stack() {
+    // What the child's 8 MiB main thread encodes; the parent's worker threads have 2 MiB,
+    // which overflowed at 20 000 before. The input: what a worker thread can encode.
+    const DEPTH: usize = 40_000;
+    const INPUT: usize = 5_000;
+    let m = builder("pt-deep", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    let (seen, out) = lease
+        .call(Deep {
+            input: Node::deep(INPUT),
+            output: DEPTH,
+        })
+        .await
+        .unwrap();
+    assert_eq!((seen, out.depth()), (INPUT, DEPTH));
+    lease.release().await;
+    let g = WorkGrinder::builder(&m)
+        .max_wait(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let items: Vec<_> = (0..3)
+        .map(|_| {
+            g.enqueue_call(Deep {
+                input: Node::deep(INPUT),
+                output: DEPTH,
+            })
+            .unwrap()
+        })
+        .collect();
+    for item in items {
+        let (seen, out) = item.await.unwrap();
+        assert_eq!((seen, out.depth()), (INPUT, DEPTH));
+    }
+    g.stop(StopMode::Drain).await;
+    m.stop().await;
+}
+
 fn main() {
     process::init(jobs());
     let all = common::named_tests![
@@ -861,6 +952,7 @@ fn main() {
         no_child_inherits_another_childs_pipes,
         an_abort_after_printing_an_allocation_failure_is_a_crash,
         grinder_items_whose_part_never_ran_answer_never_ran,
+        deeply_nested_values_cross_without_overflowing_a_stack,
     ];
     let ran = common::run_named(
         all,

@@ -154,12 +154,14 @@ pub struct Counters {
     pub jobs_completed: u64,
     /// Jobs that panicked (answered with `Panicked`), in a worker thread or a worker child.
     pub jobs_panicked: u64,
-    /// Jobs that ran and failed without a panic: process jobs whose input or output could not
-    /// be encoded, decoded or fit `max_message_bytes`, or whose `Serialize`/`Deserialize`/`Drop`
-    /// panicked in the child (answered `ProcessJob`).
+    /// Process jobs answered `ProcessJob`: an input or output that could not be encoded,
+    /// decoded or fit `max_message_bytes`, a `Serialize` or `Deserialize` that panicked (in the
+    /// parent or the child), or a job name the worker program does not know.
     pub jobs_failed: u64,
     /// Jobs lost with their worker while they ran: a worker child that crashed, or was killed
-    /// at hard expiry or by `stop` (answered `WorkerLost`, `Expired` or `Stopped`).
+    /// at hard expiry or by `stop` (answered `WorkerLost`, `Expired` or `Stopped`). In a grinder
+    /// frame, every item not answered when its child died counts here: the parent cannot tell
+    /// which of them had started.
     pub jobs_lost: u64,
     /// Worker states rebuilt from the factory on the same thread after a job panicked there
     /// (not when a worker child is replaced: see the `children_*` counters).

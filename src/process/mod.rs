@@ -287,7 +287,7 @@ impl Jobs {
 /// Every step that runs the user's code (`Deserialize`, `run`, `Serialize`, `Drop`) is caught:
 /// a panic in any of them answers this job alone, naming the step, and the child serves on.
 fn run_encoded<J: ProcessJob>(seq: u64, input: &[u8], buf: Vec<u8>, max: usize) -> RunOutcome {
-    let job: J = match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes(input))) {
+    let job: J = match catch_unwind(AssertUnwindSafe(|| protocol::decode(input))) {
         Ok(Ok(job)) => job,
         Ok(Err(e)) => {
             return RunOutcome::Failed(format!(
@@ -393,7 +393,7 @@ fn run_many_encoded<J: ProcessJob>(
             )),
             Some((item, after)) => {
                 rest = after;
-                match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<J>(item))) {
+                match catch_unwind(AssertUnwindSafe(|| protocol::decode::<J>(item))) {
                     Ok(Ok(job)) => match catch_unwind(AssertUnwindSafe(move || job.run())) {
                         Ok(output) => ItemOutcome::Done(output),
                         Err(payload) => {
@@ -542,7 +542,7 @@ fn decode_outcome<J: ProcessJob>(item: &[u8]) -> Result<J::Output, LeaseError> {
 /// `T` decoded from what job `J`'s child sent, running the user's `Deserialize` under
 /// `catch_unwind`: an error or a panic is `ProcessJob` naming it.
 fn decode_in_parent<J: ProcessJob, T: DeserializeOwned>(bytes: &[u8]) -> Result<T, LeaseError> {
-    match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<T>(bytes))) {
+    match catch_unwind(AssertUnwindSafe(|| protocol::decode::<T>(bytes))) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(LeaseError::ProcessJob(format!(
             "job {:?}: cannot decode the child's output: {e}",

@@ -115,6 +115,16 @@ pub(crate) fn extend_capped<T: Serialize + ?Sized>(
     postcard::serialize_with_flavor(value, Capped { buf, limit })
 }
 
+/// A `T` decoded from `bytes` — a job's input in the child, its output in the parent — on a
+/// stack that grows as deep as the value nests (`serde_stacker`): a deeply nested value (a long
+/// linked list, say) never overflows the decoding thread's stack, which would abort the whole
+/// process. (Encoding has no such guard: a value is encoded on the stack of the thread that
+/// sends it, as it would be anywhere else — see docs/process-backend.md.)
+pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> postcard::Result<T> {
+    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    T::deserialize(serde_stacker::Deserializer::new(&mut deserializer))
+}
+
 /// A postcard output that refuses to grow past its limit.
 struct Capped {
     buf: Vec<u8>,
