@@ -936,6 +936,33 @@ async fn deeply_nested_values_cross_without_overflowing_a_stack() {
     m.stop().await;
 }
 
+/// `max_jobs_per_child` holds for grinder items too: a batch of 40 on one worker runs at most 3
+/// in each child (before, one child ran all 40, being one frame).
+async fn the_grinder_keeps_to_max_jobs_per_child() {
+    let m = builder("pt-grind-recycle", 1, 1)
+        .max_jobs_per_child(3)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(40)
+        .max_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let items: Vec<_> = (0..40).map(|_| g.enqueue_call(Pid).unwrap()).collect();
+    let mut per_child = std::collections::BTreeMap::<u32, usize>::new();
+    for item in items {
+        *per_child.entry(item.await.unwrap()).or_default() += 1;
+    }
+    g.stop(StopMode::Drain).await;
+    assert!(per_child.values().all(|&n| n <= 3), "{per_child:?}");
+    assert!(per_child.len() >= 14, "{per_child:?}");
+    let c = counted(&m, [40, 0, 0, 0], None).await;
+    assert!(c.children_recycled >= 13, "{c:?}");
+    m.stop().await;
+}
+
 fn main() {
     process::init(jobs());
     let all = common::named_tests![
@@ -953,6 +980,7 @@ fn main() {
         an_abort_after_printing_an_allocation_failure_is_a_crash,
         grinder_items_whose_part_never_ran_answer_never_ran,
         deeply_nested_values_cross_without_overflowing_a_stack,
+        the_grinder_keeps_to_max_jobs_per_child,
     ];
     let ran = common::run_named(
         all,

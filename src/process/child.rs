@@ -319,6 +319,10 @@ impl Child {
                 // It died while idle (killed from outside, or it exited after its last
                 // answer), or before it took the last job: this job has not reached it.
                 self.replace_dead()?;
+            } else if self.max_jobs.is_some_and(|n| self.served >= n) {
+                // Spent (`max_jobs_per_child`, counted when it was reached) and asked for more
+                // within the same engine job — a grinder part of several frames.
+                self.replace_spent()?;
             }
             match self.exchange(name, count, encode, decode) {
                 Exchange::Answered(answer) => return answer,
@@ -352,6 +356,31 @@ impl Child {
                 Err(LeaseError::NeverRan)
             }
         }
+    }
+
+    /// Replaces this spent child with a new one.
+    fn replace_spent(&mut self) -> Result<(), LeaseError> {
+        match Child::spawn(&self.spec) {
+            Ok(fresh) => {
+                let old = std::mem::replace(self, fresh);
+                old.end();
+                Ok(())
+            }
+            Err(why) => {
+                let l = &self.labels;
+                tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, error = %why, "cannot replace a worker child");
+                Err(LeaseError::NeverRan)
+            }
+        }
+    }
+
+    /// How many jobs the next call may send (`max_jobs_per_child`): what this child may still
+    /// run, or — spent, it is replaced first — what a new one may. `None`: no limit.
+    pub(crate) fn jobs_left(&self) -> Option<usize> {
+        self.max_jobs.map(|n| match n.saturating_sub(self.served) {
+            0 => n,
+            left => left,
+        })
     }
 
     /// One exchange of job `name` with this child (see [`call`](Self::call)).

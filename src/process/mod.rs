@@ -662,8 +662,13 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) -> JobTally {
     while ready.peek().is_some() {
         let mut size = 0;
         let mut frame_items = Vec::new();
+        // No more in one frame than the child may still run (`max_jobs_per_child`): a spent
+        // child is replaced before the next frame.
+        let most = slot::jobs_left().unwrap_or(usize::MAX).max(1);
         while let Some((bytes, _)) = ready.peek() {
-            if !frame_items.is_empty() && size + bytes.len() + room > max {
+            if !frame_items.is_empty()
+                && (size + bytes.len() + room > max || frame_items.len() >= most)
+            {
                 break;
             }
             size += bytes.len();

@@ -79,6 +79,12 @@ pub(crate) fn wrap_factory<S: 'static>(
     })
 }
 
+/// How many jobs the next call of this thread may send to its child before the child is
+/// replaced (`None`: no limit, or no child).
+pub(crate) fn jobs_left() -> Option<usize> {
+    SLOT.with(|slot| slot.borrow().as_ref().and_then(Child::jobs_left))
+}
+
 /// Runs job `name` (or `count` of them) in this thread's child: `encode` appends the input(s)
 /// to the frame it is given, `decode` reads the output(s) from the reply.
 pub(crate) fn call(

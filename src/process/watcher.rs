@@ -241,14 +241,20 @@ fn run(mut stderr: ChildStderr, hangup: OwnedFd, stop: OwnedFd, watch: &Watch) {
     watch.stderr_done();
 }
 
-/// Reads what stderr has now and forwards it; `false` at its end.
+/// Most reads in a row before the watcher looks at its wake pipe again: a writer that never
+/// pauses (a job's subprocess outside the child's group that keeps the pipe full) cannot keep
+/// it from stopping.
+const READS_PER_WAKE: usize = 16;
+
+/// Reads what stderr has now (at most [`READS_PER_WAKE`] chunks) and forwards it; `false` at
+/// its end.
 fn read_available(
     stderr: &mut ChildStderr,
     chunk: &mut [u8],
     lines: &mut Lines,
     watch: &Watch,
 ) -> bool {
-    loop {
+    for _ in 0..READS_PER_WAKE {
         match stderr.read(chunk) {
             Ok(0) => return false,
             Ok(n) => {
@@ -261,4 +267,5 @@ fn read_available(
             Err(_) => return false,
         }
     }
+    true
 }
