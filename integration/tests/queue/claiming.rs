@@ -93,10 +93,16 @@ pub(crate) async fn overload_puts_the_task_back_without_counting_an_attempt(kind
     eventually("task 0 running", || async { worker.stats().running == 1 }).await;
     let second = queue.push("over", 1_u64).await.unwrap();
     eventually("task 1 put back", || async { worker.stats().put_back >= 1 }).await;
-    eventually("task 1 unlocked", || async {
-        let t = queue.task("over", &second).await.unwrap().unwrap();
-        t.locked_by.is_none() && t.status == "Pending"
-    })
+    common::until(
+        "task 1 unlocked",
+        || async {
+            (
+                queue.task("over", &second).await.unwrap().unwrap(),
+                worker.stats(),
+            )
+        },
+        |(t, _)| t.locked_by.is_none() && t.status == "Pending",
+    )
     .await;
     let t = queue.task("over", &second).await.unwrap().unwrap();
     assert_eq!(t.attempts, 0, "a put-back is not an attempt: {t:?}");

@@ -23,11 +23,13 @@ enum Locked {
     Redis,
 }
 
-fn lock_store(kind: Kind, queue: &Queue) -> Locked {
+/// Takes the store's write path. (Waits for the lock without blocking this thread: the
+/// worker's transactions run on it and must end before anyone gets the lock.)
+async fn lock_store(kind: Kind, queue: &Queue) -> Locked {
     match kind {
         Kind::Sqlite => {
             let db = queue.path().unwrap().to_path_buf();
-            let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+            let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
             let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
             let holder = std::thread::spawn(move || {
                 let c = raw_sqlite(&db);
@@ -36,7 +38,7 @@ fn lock_store(kind: Kind, queue: &Queue) -> Locked {
                 let _ = release_rx.recv_timeout(Duration::from_secs(60));
                 c.execute_batch("ROLLBACK").unwrap();
             });
-            locked_rx.recv().unwrap();
+            locked_rx.await.unwrap();
             Locked::Sqlite(release_tx, Some(holder))
         }
         Kind::Redis => {
@@ -86,7 +88,7 @@ pub(crate) async fn stop_is_bounded_while_the_store_is_locked(kind: Kind) {
     let id = queue.push("locked", 1_u64).await.unwrap();
     worker.start().unwrap();
     eventually("the task running", || async { worker.stats().running == 1 }).await;
-    let locked = lock_store(kind, &queue);
+    let locked = lock_store(kind, &queue).await;
     let begun = Instant::now();
     let st = worker.stop().await;
     let took = begun.elapsed();

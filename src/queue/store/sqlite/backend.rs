@@ -4,6 +4,12 @@
 //! the same row first again, for every worker) fails that row alone with its reason and
 //! fetches on; and a fetch on a file that is no longer the one the path names fails, so that
 //! the worker is replaced on the new file.
+//!
+//! Every operation runs as a task of its own ([`detached`]). apalis keeps an operation's future
+//! in its state machine and polls it only while its worker polls the backend — and a worker at
+//! capacity stops polling. An operation parked between its first write and its commit held
+//! SQLite's write lock for as long as that lasted: every producer's push and every other
+//! worker's fetch waited for a running task to end (seen: over 60 s, on a loaded machine).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +55,25 @@ impl From<crate::queue::QueueError> for BackendError {
 impl From<apalis_sqlite::Error> for BackendError {
     fn from(e: apalis_sqlite::Error) -> Self {
         BackendError(e.to_string())
+    }
+}
+
+/// Runs `op` as a task of its own, so that it reaches its end — its transaction committed or
+/// rolled back, the write lock let go — whether or not its caller polls it meanwhile. Dropped
+/// by its caller, the task is aborted: a transaction not committed yet is rolled back.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
+) -> Result<T, BackendError> {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(op));
+    match (&mut task.0).await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(BackendError(format!("a store operation did not end: {e}"))),
     }
 }
 
@@ -110,25 +135,23 @@ impl SqlitePersist {
     }
 }
 
-impl Persistence for SqlitePersist {
-    type Compact = Vec<u8>;
-    type Response = Value;
-    type Error = BackendError;
-
-    async fn register(&mut self, worker: &WorkerContext) -> Result<(), BackendError> {
+/// The operations, each on an owned copy of the persistence (a pool handle and settings),
+/// so that it can run [`detached`].
+impl SqlitePersist {
+    async fn register_now(self, worker: WorkerContext) -> Result<(), BackendError> {
         let dead_for = self.config.heartbeat_interval.as_secs() as i64;
         let mut tx = self.pool.begin().await?;
         let only = WorkerFilter::Only(worker.name().to_owned());
         queries::reenqueue_orphaned(&mut *tx, dead_for, self.config.queue.as_ref(), &only).await?;
-        queries::register_worker(&mut *tx, &self.config, worker, "SqliteStorage").await?;
+        queries::register_worker(&mut *tx, &self.config, &worker, "SqliteStorage").await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), BackendError> {
+    async fn heartbeat_now(self, worker: WorkerContext) -> Result<(), BackendError> {
         let dead_for = i64::try_from(self.config.orphaned_duration().as_secs()).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
-        queries::keep_alive(&mut *tx, &self.config, worker).await?;
+        queries::keep_alive(&mut *tx, &self.config, &worker).await?;
         let others = WorkerFilter::AllExcept(worker.name().to_owned());
         queries::reenqueue_orphaned(&mut *tx, dead_for, self.config.queue.as_ref(), &others)
             .await?;
@@ -136,17 +159,14 @@ impl Persistence for SqlitePersist {
         Ok(())
     }
 
-    async fn fetch_next(
-        &mut self,
-        worker: &WorkerContext,
-    ) -> Result<Vec<Task<Vec<u8>>>, BackendError> {
+    async fn fetch_now(self, worker: WorkerContext) -> Result<Vec<Task<Vec<u8>>>, BackendError> {
         self.file.check(&self.path).map_err(BackendError)?;
         // A fetch that fails on a row apalis cannot read fails that row alone and fetches on.
         // If nothing was found to fail, another worker may have failed it first, or another
         // row ranked first since: the fetch is tried once more before its error counts.
         let mut tries = 0;
         loop {
-            let error = match self.fetch(worker).await {
+            let error = match self.fetch(&worker).await {
                 Ok(tasks) => return Ok(tasks),
                 Err(e) => e,
             };
@@ -164,10 +184,10 @@ impl Persistence for SqlitePersist {
         }
     }
 
-    async fn handle_events(
-        &mut self,
+    async fn handle_events_now(
+        self,
         events: Vec<TaskEvent<Value>>,
-        worker: &WorkerContext,
+        worker: WorkerContext,
     ) -> Result<(), BackendError> {
         let mut locks = Vec::new();
         let mut acks = Vec::new();
@@ -192,6 +212,55 @@ impl Persistence for SqlitePersist {
         Ok(())
     }
 
+    async fn reenqueue_abandoned_now(
+        self,
+        ids: Vec<String>,
+        worker: WorkerContext,
+    ) -> Result<u64, BackendError> {
+        let mut tx = self.pool.begin().await?;
+        let n =
+            queries::reenqueue_abandoned(&mut *tx, self.config.queue.as_ref(), worker.name(), &ids)
+                .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn push_tasks_now(self, tasks: Vec<Task<Vec<u8>>>) -> Result<(), BackendError> {
+        let mut tx = self.pool.begin().await?;
+        queries::push_tasks(&mut *tx, self.config.queue.as_ref(), &tasks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Persistence for SqlitePersist {
+    type Compact = Vec<u8>;
+    type Response = Value;
+    type Error = BackendError;
+
+    async fn register(&mut self, worker: &WorkerContext) -> Result<(), BackendError> {
+        detached(self.clone().register_now(worker.clone())).await
+    }
+
+    async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), BackendError> {
+        detached(self.clone().heartbeat_now(worker.clone())).await
+    }
+
+    async fn fetch_next(
+        &mut self,
+        worker: &WorkerContext,
+    ) -> Result<Vec<Task<Vec<u8>>>, BackendError> {
+        detached(self.clone().fetch_now(worker.clone())).await
+    }
+
+    async fn handle_events(
+        &mut self,
+        events: Vec<TaskEvent<Value>>,
+        worker: &WorkerContext,
+    ) -> Result<(), BackendError> {
+        detached(self.clone().handle_events_now(events, worker.clone())).await
+    }
+
     async fn reenqueue_abandoned(
         &mut self,
         tasks: Vec<Task<Vec<u8>>>,
@@ -201,19 +270,11 @@ impl Persistence for SqlitePersist {
             .iter()
             .filter_map(|t| t.task_id().map(ToString::to_string))
             .collect();
-        let mut tx = self.pool.begin().await?;
-        let n =
-            queries::reenqueue_abandoned(&mut *tx, self.config.queue.as_ref(), worker.name(), &ids)
-                .await?;
-        tx.commit().await?;
-        Ok(n)
+        detached(self.clone().reenqueue_abandoned_now(ids, worker.clone())).await
     }
 
     async fn push_tasks(&mut self, tasks: Vec<Task<Vec<u8>>>) -> Result<(), BackendError> {
-        let mut tx = self.pool.begin().await?;
-        queries::push_tasks(&mut *tx, self.config.queue.as_ref(), &tasks).await?;
-        tx.commit().await?;
-        Ok(())
+        detached(self.clone().push_tasks_now(tasks)).await
     }
 }
 

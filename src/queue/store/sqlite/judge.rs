@@ -1,5 +1,8 @@
 //! Pure decisions of the SQLite store: whether apalis can read a claimed row (the shield
-//! fails for good only rows it cannot), and when the planner's statistics are stale.
+//! fails for good only rows it cannot), when the planner's statistics are stale, and what a
+//! give-back that found nothing to unlock means.
+
+use crate::queue::store::Settled;
 
 /// A claimed row as stored: the columns apalis' fetch converts, as bytes or SQLite type names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,9 +77,49 @@ pub(crate) fn statistics_stale(analyzed: Option<i64>, rows: i64) -> bool {
     }
 }
 
+/// A give-back's unlock matched no row; the row as read just after (its status and holder):
+/// whether `worker` should look again (`NotYet`) or the task is no longer its (`Gone`).
+/// `Pending` and still held is an acknowledgement that landed between the two statements —
+/// the next unlock matches it (answering `Gone` there left the task locked for good).
+pub(crate) fn unlock_missed(row: Option<(&str, Option<&str>)>, worker: &str) -> Settled {
+    match row {
+        Some((status, Some(holder)))
+            if holder == worker && matches!(status, "Queued" | "Running" | "Pending") =>
+        {
+            Settled::NotYet
+        }
+        _ => Settled::Gone,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_give_back_looks_again_only_while_the_row_is_still_its() {
+        for status in ["Queued", "Running", "Pending"] {
+            assert_eq!(
+                unlock_missed(Some((status, Some("w1"))), "w1"),
+                Settled::NotYet,
+                "{status}"
+            );
+            assert_eq!(
+                unlock_missed(Some((status, Some("w2"))), "w1"),
+                Settled::Gone,
+                "{status}"
+            );
+            assert_eq!(unlock_missed(Some((status, None)), "w1"), Settled::Gone);
+        }
+        for status in ["Done", "Failed", "Killed"] {
+            assert_eq!(
+                unlock_missed(Some((status, Some("w1"))), "w1"),
+                Settled::Gone,
+                "{status}"
+            );
+        }
+        assert_eq!(unlock_missed(None, "w1"), Settled::Gone);
+    }
 
     fn good() -> StoredRow {
         StoredRow {

@@ -119,20 +119,14 @@ pub(super) async fn unlock_deferred(
     if done.rows_affected() == 1 {
         return Ok(Settled::Done);
     }
-    // Not yet acknowledged (still claimed by us), or moved on.
+    // Not yet acknowledged (still claimed by us), acknowledged just now, or moved on.
     let row: Option<(String, Option<String>)> =
         sqlx::query_as("SELECT status, lock_by FROM Jobs WHERE id = ?1")
             .bind(id)
             .fetch_optional(pool)
             .await?;
-    Ok(match row {
-        Some((status, Some(holder)))
-            if holder == worker && (status == "Queued" || status == "Running") =>
-        {
-            Settled::NotYet
-        }
-        _ => Settled::Gone,
-    })
+    let row = row.as_ref().map(|(s, h)| (s.as_str(), h.as_deref()));
+    Ok(judge::unlock_missed(row, worker))
 }
 
 /// Gives back the deferred tasks (`Pending`, still locked) of workers that are gone: no
