@@ -175,6 +175,20 @@ impl<S: 'static> LeaseManager<S> {
         self.inner.engine.name()
     }
 
+    /// Whether `other` is this manager (a clone of it), not merely one of the same name.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), leasepool::BuildError> {
+    /// let a = leasepool::LeaseManager::builder().name_prefix("db").build()?;
+    /// let b = leasepool::LeaseManager::builder().name_prefix("db").build()?;
+    /// assert!(a.same_as(&a.clone()));
+    /// assert!(!a.same_as(&b));
+    /// # Ok(()) }
+    /// ```
+    pub fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The backend this manager runs.
     pub fn backend(&self) -> Backend {
         self.inner.engine.config().backend()

@@ -295,6 +295,29 @@ impl ProcessJob for Nap {
     }
 }
 
+/// Sleeps `ms`; then, if `abort`, aborts its child, else answers the child's pid. (One job
+/// type for both, so that a grinder batch keeps them in one frame, in order.)
+#[derive(Serialize, Deserialize)]
+struct Step {
+    ms: u64,
+    abort: bool,
+}
+impl ProcessJob for Step {
+    const NAME: &'static str = "step.v1";
+    type Output = u32;
+    fn run(self) -> u32 {
+        std::thread::sleep(Duration::from_millis(self.ms));
+        if self.abort {
+            std::process::abort();
+        }
+        std::process::id()
+    }
+}
+
+fn step_of(ms: u64) -> Step {
+    Step { ms, abort: false }
+}
+
 /// While this file exists, a child refuses to start (its `on_child_start` hook panics).
 fn refuse_starts_flag() -> PathBuf {
     std::env::temp_dir().join(format!("lp-process-truth-refuse-{}", parent_pid()))
@@ -318,6 +341,7 @@ fn jobs() -> Jobs {
             );
         })
         .register::<Keep>()
+        .register::<Step>()
         .register::<Deep>()
         .register::<PipeFds>()
         .register::<SaysOom>()
@@ -963,6 +987,76 @@ async fn the_grinder_keeps_to_max_jobs_per_child() {
     m.stop().await;
 }
 
+/// In a grinder frame, an item's answer leaves the child within a few ms of its end — it does
+/// not wait for the next item (before, three quick items behind which a slow one ran were
+/// answered with it, 2 s later) — so a crash later in the frame costs only the items not done.
+async fn grinder_answers_leave_the_child_as_items_end() {
+    let m = builder("pt-outbox", 1, 1).build().unwrap();
+    m.start().await.unwrap();
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(4)
+        .max_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let begun = Instant::now();
+    let quick: Vec<_> = (0..3)
+        .map(|_| g.enqueue_call(step_of(0)).unwrap())
+        .collect();
+    let slow = g.enqueue_call(step_of(2000)).unwrap();
+    for h in quick {
+        h.await.unwrap();
+    }
+    let took = begun.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "quick items answered after {took:?}"
+    );
+    slow.await.unwrap();
+    // Done items before a crash keep their answers; the one running and the next 32 (the most
+    // a child holds unsent) are lost with the child; every later one never started.
+    const AFTER: usize = 40;
+    let g = WorkGrinder::builder(&m)
+        .batch_size_threshold(4 + AFTER)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    g.start().await.unwrap();
+    let before: Vec<_> = (0..3)
+        .map(|_| g.enqueue_call(step_of(0)).unwrap())
+        .collect();
+    let crash = g
+        .enqueue_call(Step {
+            ms: 300,
+            abort: true,
+        })
+        .unwrap();
+    let after: Vec<_> = (0..AFTER)
+        .map(|_| g.enqueue_call(step_of(0)).unwrap())
+        .collect();
+    for h in before {
+        assert!(h.await.is_ok());
+    }
+    assert_eq!(crash.await, Err(LeaseError::WorkerLost));
+    let mut answers = Vec::new();
+    for h in after {
+        answers.push(h.await);
+    }
+    let lost = answers
+        .iter()
+        .take_while(|a| **a == Err(LeaseError::WorkerLost))
+        .count();
+    assert_eq!(lost, 32, "{answers:?}");
+    assert!(
+        answers[lost..]
+            .iter()
+            .all(|a| *a == Err(LeaseError::NeverRan)),
+        "{answers:?}"
+    );
+    g.stop(StopMode::Drain).await;
+    m.stop().await;
+}
+
 fn main() {
     process::init(jobs());
     let all = common::named_tests![
@@ -981,6 +1075,7 @@ fn main() {
         grinder_items_whose_part_never_ran_answer_never_ran,
         deeply_nested_values_cross_without_overflowing_a_stack,
         the_grinder_keeps_to_max_jobs_per_child,
+        grinder_answers_leave_the_child_as_items_end,
     ];
     let ran = common::run_named(
         all,

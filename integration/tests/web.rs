@@ -316,6 +316,106 @@ async fn a_route_whose_manager_was_swapped_out_answers_500_naming_both() {
     threads.stop().await;
 }
 
+/// Every place a manager can be in `app_data` counts: `web::Data` and plain, and a registry in
+/// either. (Before, a `web::Data` manager hid a plain one and a plain registry hid nothing
+/// when a `web::Data` one was there: a route could run on a manager other than the one meant.)
+#[actix_web::test]
+async fn every_manager_in_app_data_counts_and_one_seen_twice_counts_once() {
+    let _deadline = common::deadline();
+    let a = one_pool("web-all-a");
+    let b = one_pool("web-all-b");
+    let a_again = one_pool("web-all-a"); // another manager of the same name
+    let extract = |req: actix_web::HttpRequest| async move {
+        <Leased as actix_web::FromRequest>::extract(&req)
+            .await
+            .map(|_| ())
+    };
+    let ambiguous =
+        |r: &Result<(), LeasedError>| matches!(r, Err(LeasedError::AmbiguousManager { .. }));
+    // Data and plain, distinct: an unnamed route cannot choose.
+    let req = test::TestRequest::get()
+        .app_data(web::Data::new(a.clone()))
+        .app_data(b.clone())
+        .to_http_request();
+    assert!(ambiguous(&extract(req).await));
+    // A plain registry beside a Data manager: the registry's managers count too.
+    let req = test::TestRequest::get()
+        .app_data(web::Data::new(a.clone()))
+        .app_data(Managers::new().with(b.clone()).unwrap())
+        .app_data(LeaseConfig::no_wait().manager("web-all-b"))
+        .to_http_request();
+    assert!(
+        matches!(
+            extract(req).await,
+            Err(LeasedError::Acquire {
+                error: LeaseError::NotStarted,
+                ..
+            })
+        ),
+        "the registry's b was picked (it is not started)"
+    );
+    // Two distinct managers of the name a route wants: ambiguous, whatever their places.
+    let req = test::TestRequest::get()
+        .app_data(web::Data::new(a.clone()))
+        .app_data(Managers::new().with(a_again.clone()).unwrap())
+        .app_data(LeaseConfig::no_wait().manager("web-all-a"))
+        .to_http_request();
+    assert!(ambiguous(&extract(req).await));
+    // The same manager in several places is one manager.
+    a.start().await.unwrap();
+    let req = test::TestRequest::get()
+        .app_data(web::Data::new(a.clone()))
+        .app_data(a.clone())
+        .app_data(web::Data::new(Managers::new().with(a.clone()).unwrap()))
+        .to_http_request();
+    assert_eq!(extract(req).await, Ok(()));
+    assert_eq!(a.stats().await.counters.acquired, 1);
+    a.stop().await;
+}
+
+/// A `LeaseConfig` both plain and in `web::Data`: the same is fine, two different ones a 500
+/// naming both (before, the plain one won silently).
+#[actix_web::test]
+async fn two_different_lease_configs_in_app_data_are_a_500() {
+    let _deadline = common::deadline();
+    let m = one_pool("web-conf");
+    m.start().await.unwrap();
+    let extract = |req: actix_web::HttpRequest| async move {
+        <Leased as actix_web::FromRequest>::extract(&req)
+            .await
+            .map(|_| ())
+    };
+    let same = LeaseConfig::no_wait().retry_after(Duration::from_secs(3));
+    let req = test::TestRequest::get()
+        .app_data(web::Data::new(m.clone()))
+        .app_data(same.clone())
+        .app_data(web::Data::new(same.clone()))
+        .to_http_request();
+    assert_eq!(extract(req).await, Ok(()));
+    let req = test::TestRequest::get()
+        .app_data(web::Data::new(m.clone()))
+        .app_data(same.clone())
+        .app_data(web::Data::new(LeaseConfig::timeout(Duration::from_secs(9))))
+        .to_http_request();
+    let err = extract(req).await.unwrap_err();
+    assert!(
+        matches!(err, LeasedError::ConflictingConfig { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        actix_web::ResponseError::status_code(&err),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let text = err.to_string();
+    assert!(text.contains("NoWait") && text.contains("9s"), "{text}");
+    assert_eq!(
+        m.stats().await.counters.acquired,
+        1,
+        "the conflict acquired nothing"
+    );
+    m.stop().await;
+}
+
 #[actix_web::test]
 async fn each_route_can_carry_its_own_retry_after_hint() {
     let _deadline = common::deadline();

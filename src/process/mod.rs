@@ -74,6 +74,8 @@ mod child;
 pub(crate) mod counters;
 #[cfg(unix)]
 mod logs;
+#[cfg(unix)]
+mod outbox;
 mod protocol;
 #[cfg(unix)]
 mod serve;
@@ -187,11 +189,7 @@ type Runner = fn(u64, &[u8], Vec<u8>, usize) -> RunOutcome;
 type ManyRunner = fn(u64, u32, &[u8], Vec<u8>, usize, &mut Emit<'_>) -> RunOutcome;
 
 /// Sends a complete frame to the parent now.
-pub(crate) type Emit<'a> = dyn FnMut(&[u8]) -> Result<(), String> + 'a;
-
-/// Most outcomes in one `DoneMany` frame: a crash costs at most this many answered-too-late
-/// items (plus the one running).
-const OUTCOMES_PER_FRAME: usize = 32;
+pub(crate) type Emit<'a> = dyn FnMut(&[u8]) -> Result<(), String> + Send + 'a;
 
 /// The jobs a child can run, and what a child does when it starts. Build the same `Jobs` in
 /// the worker program's [`init`] and in [`ManagerBuilder::process_jobs`](crate::ManagerBuilder::process_jobs)
@@ -334,9 +332,8 @@ fn step_panicked<J: ProcessJob>(step: &str, payload: Box<dyn std::any::Any + Sen
 }
 
 /// Decodes `count` `J`s from `input` and runs each (catching a panic). Their outcomes go back
-/// in order, in `DoneMany` frames of at most [`OUTCOMES_PER_FRAME`] outcomes and
-/// `max_message_bytes`, each sent (through `emit`) as soon as it is full or 5 ms old; the last
-/// one is the returned frame. An outcome too large for a frame is answered `Failed` alone.
+/// in order, as they come ([`outbox`]); the last frame is the returned one. An outcome too
+/// large for a frame is answered `Failed` alone.
 fn run_many_encoded<J: ProcessJob>(
     seq: u64,
     count: u32,
@@ -346,23 +343,8 @@ fn run_many_encoded<J: ProcessJob>(
     emit: &mut Emit<'_>,
 ) -> RunOutcome {
     use protocol::ItemOutcome;
-    let header = protocol::FromChild::DoneMany { seq };
     let room = FRAME_ROOM;
-    let mut frame = buf;
-    frame.clear();
-    let mut outcomes: Vec<u8> = Vec::new();
-    let mut in_frame = 0_usize;
-    let mut started = std::time::Instant::now();
     let mut rest = input;
-    // A `DoneMany` frame of the outcomes gathered so far, built in `frame`'s buffer.
-    let seal = |outcomes: &[u8], frame: Vec<u8>| {
-        let body = |mut b: Vec<u8>, _| {
-            b.extend_from_slice(outcomes);
-            Ok(b)
-        };
-        protocol::frame_with_body(&header, body, frame, max)
-            .map_err(|e| RunOutcome::Failed(format!("jobs {:?}: {e}", J::NAME)))
-    };
     let encoded = |outcome: &ItemOutcome<J::Output>| -> Vec<u8> {
         // Encoded up to what a frame can hold, no further.
         let limit = max.saturating_sub(room);
@@ -384,7 +366,7 @@ fn run_many_encoded<J: ProcessJob>(
             }
         }
     };
-    for _ in 0..count {
+    let next = || {
         // Each input is an item of its own: one that does not decode fails alone.
         let outcome: ItemOutcome<J::Output> = match protocol::take_item(rest) {
             None => ItemOutcome::Failed(format!(
@@ -414,27 +396,12 @@ fn run_many_encoded<J: ProcessJob>(
         };
         let bytes = encoded(&outcome);
         drop_quietly(outcome);
-        let full = outcomes.len() + bytes.len() + room > max;
-        if in_frame > 0
-            && (full || in_frame >= OUTCOMES_PER_FRAME || started.elapsed().as_millis() >= 5)
-        {
-            frame = match seal(&outcomes, frame) {
-                Ok(done) => done,
-                Err(failed) => return failed,
-            };
-            if let Err(e) = emit(&frame) {
-                return RunOutcome::Failed(e);
-            }
-            outcomes.clear();
-            in_frame = 0;
-            started = std::time::Instant::now();
-        }
-        outcomes.extend_from_slice(&bytes);
-        in_frame += 1;
-    }
-    match seal(&outcomes, frame) {
-        Ok(done) => RunOutcome::Done(done),
-        Err(failed) => failed,
+        bytes
+    };
+    let header = protocol::FromChild::DoneMany { seq };
+    match outbox::run_and_send(header, max, buf, emit, count, next) {
+        Ok(last) => RunOutcome::Done(last),
+        Err(e) => RunOutcome::Failed(format!("jobs {:?}: {e}", J::NAME)),
     }
 }
 
@@ -703,10 +670,16 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) -> JobTally {
             },
         );
         // The frame failed as a whole (the child died, the lease expired): its items not
-        // answered above get that error.
+        // answered above get that error — but for a lost child, only those that may have run.
         let Err(error) = outcome else { continue };
-        for reply in replies {
-            answer(reply, Err(error.clone()), &mut tally);
+        let may_have_run = unanswered_that_may_have_run(&error);
+        for (n, reply) in replies.enumerate() {
+            let error = if n < may_have_run {
+                error.clone()
+            } else {
+                LeaseError::NeverRan
+            };
+            answer(reply, Err(error), &mut tally);
         }
         if matches!(error, LeaseError::Expired | LeaseError::Stopped) {
             // The job must stop: the frames not sent yet are answered the same (uncounted:
@@ -717,6 +690,18 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) -> JobTally {
         }
     }
     tally
+}
+
+/// Of a frame's items that have no outcome when the frame fails with `error`, how many (from
+/// the first) may have run. A child runs its items in order and holds at most
+/// [`outbox::OUTCOMES_PER_FRAME`] outcomes unsent (a frame on its way included): when it dies,
+/// the item it was running and those outcomes are unknown, every later item never started.
+fn unanswered_that_may_have_run(error: &LeaseError) -> usize {
+    match error {
+        #[cfg(unix)]
+        LeaseError::WorkerLost => outbox::OUTCOMES_PER_FRAME + 1,
+        _ => usize::MAX,
+    }
 }
 
 /// Room for a frame's header beside its inputs or outputs (a job name adds its length).

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest};
 
+use super::LeasedError;
 #[cfg(doc)]
 use super::{set_retry_after, Leased, LeasedAfter};
 
@@ -24,7 +25,7 @@ use super::{set_retry_after, Leased, LeasedAfter};
 ///     .retry_after(Duration::from_secs(2));
 /// # let _ = config;
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseConfig {
     pub(super) wait: Wait,
     pub(super) lease_for: Option<Duration>,
@@ -32,7 +33,7 @@ pub struct LeaseConfig {
     pub(super) manager: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wait {
     Timeout(Duration),
     NoWait,
@@ -100,13 +101,21 @@ impl LeaseConfig {
         self
     }
 
-    pub(super) fn from_request(req: &HttpRequest) -> Self {
-        req.app_data::<LeaseConfig>()
-            .cloned()
-            .or_else(|| {
-                req.app_data::<web::Data<LeaseConfig>>()
-                    .map(|d| d.get_ref().clone())
-            })
-            .unwrap_or_default()
+    /// The route's config: the one in `app_data`, plain or in a `web::Data` (the default if
+    /// neither). Both there and different is a wiring mistake that no rule could settle
+    /// (actix finds each kind in its own innermost scope): [`LeasedError::ConflictingConfig`].
+    pub(super) fn from_request(req: &HttpRequest) -> Result<Self, LeasedError> {
+        let plain = req.app_data::<LeaseConfig>();
+        let data = req
+            .app_data::<web::Data<LeaseConfig>>()
+            .map(|d| d.get_ref());
+        match (plain, data) {
+            (Some(plain), Some(data)) if plain != data => Err(LeasedError::ConflictingConfig {
+                plain: Box::new(plain.clone()),
+                data: Box::new(data.clone()),
+            }),
+            (Some(one), _) | (None, Some(one)) => Ok(one.clone()),
+            (None, None) => Ok(Self::default()),
+        }
     }
 }

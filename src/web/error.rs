@@ -3,6 +3,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 
+use super::LeaseConfig;
 use crate::LeaseError;
 
 #[cfg(doc)]
@@ -10,7 +11,8 @@ use super::{Leased, LeasedAfter};
 
 /// Why [`Leased`] or [`LeasedAfter`] gave the handler no lease. As a response: overload
 /// (`Unavailable`, `Timeout`, `NotStarted`, `Stopped`, `NoHealthyPool`) is a **503** with the
-/// route's `Retry-After`; a missing, wrong or ambiguous manager is a server bug, a **500**
+/// route's `Retry-After`; a missing, wrong or ambiguous manager, or conflicting
+/// [`LeaseConfig`]s, is a server bug, a **500**
 /// (body `{"error":"misconfigured"}`; the details are logged, not sent).
 ///
 /// *Available with the cargo feature `web`.*
@@ -59,6 +61,15 @@ pub enum LeasedError {
         manager: &'static str,
         /// The names of the managers of that type that are there.
         available: Vec<String>,
+    },
+    /// A [`LeaseConfig`] is in `app_data` both plain and in a `web::Data`, and the two differ:
+    /// a configuration mistake (which one the route meant cannot be told).
+    #[error("two different LeaseConfig in app_data for this route, a plain one ({plain:?}) and a web::Data one ({data:?}): keep one")]
+    ConflictingConfig {
+        /// The plain one.
+        plain: Box<LeaseConfig>,
+        /// The one in `web::Data`.
+        data: Box<LeaseConfig>,
     },
 }
 

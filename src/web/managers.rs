@@ -107,51 +107,50 @@ impl<S: 'static> Managers<S> {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
     }
+
+    /// The managers in the registry, in the order of their names.
+    pub(super) fn all(&self) -> impl Iterator<Item = &LeaseManager<S>> {
+        self.by_name.values()
+    }
 }
 
-/// Which manager a route leases from.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Pick {
-    /// The one registered on its own (`web::Data<LeaseManager<S>>` or `LeaseManager<S>`).
-    Single,
-    /// The one of this name in the registry.
-    Named(String),
-}
-
-/// Picks the manager of a route that wants `wanted` (its `LeaseConfig::manager`, if any), given
-/// the name of the manager registered on its own (if one is) and the registry's names. A route
-/// never gets a manager other than the one it names, nor one picked among several.
+/// Picks a route's manager among the distinct managers of its type in `app_data` (their
+/// names, in any order; the same manager seen twice — as `web::Data` and plain, or also in a
+/// registry — counts once): the one named `wanted`, or, for a route that names none, the only
+/// one. Its index in `names`. A route never gets a manager other than the one it names, nor
+/// one picked among several — two distinct managers of the name it wants included.
 pub(super) fn pick(
     manager: &'static str,
     wanted: Option<&str>,
-    single: Option<&str>,
-    registry: &[&str],
-) -> Result<Pick, LeasedError> {
+    names: &[&str],
+) -> Result<usize, LeasedError> {
     let available = || {
-        let mut names: Vec<String> = registry.iter().map(|n| (*n).to_owned()).collect();
-        names.extend(single.map(str::to_owned));
-        names.sort();
-        names
+        let mut all: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        all.sort();
+        all
     };
-    if single.is_none() && registry.is_empty() {
+    let ambiguous = || LeasedError::AmbiguousManager {
+        manager,
+        available: available(),
+    };
+    if names.is_empty() {
         return Err(LeasedError::MissingManager { manager });
     }
-    match wanted {
-        Some(wanted) if registry.contains(&wanted) => Ok(Pick::Named(wanted.to_owned())),
-        Some(wanted) if single == Some(wanted) => Ok(Pick::Single),
-        Some(wanted) => Err(LeasedError::WrongManager {
+    let Some(wanted) = wanted else {
+        return match names {
+            [_] => Ok(0),
+            _ => Err(ambiguous()),
+        };
+    };
+    let mut named = names.iter().enumerate().filter(|(_, n)| **n == wanted);
+    match (named.next(), named.next()) {
+        (Some((at, _)), None) => Ok(at),
+        (Some(_), Some(_)) => Err(ambiguous()),
+        (None, _) => Err(LeasedError::WrongManager {
             manager,
             wanted: wanted.to_owned(),
             available: available(),
         }),
-        None => match (single, registry) {
-            (Some(_), []) => Ok(Pick::Single),
-            (None, [only]) => Ok(Pick::Named((*only).to_owned())),
-            _ => Err(LeasedError::AmbiguousManager {
-                manager,
-                available: available(),
-            }),
-        },
     }
 }
 
@@ -163,18 +162,11 @@ mod tests {
 
     #[test]
     fn a_named_route_gets_that_manager_or_a_500_naming_it() {
+        assert_eq!(pick(M, Some("b"), &["a", "b"]), Ok(1));
+        assert_eq!(pick(M, Some("b"), &["b"]), Ok(0));
+        assert_eq!(pick(M, Some("a"), &["b", "z", "a"]), Ok(2));
         assert_eq!(
-            pick(M, Some("b"), None, &["a", "b"]),
-            Ok(Pick::Named("b".into()))
-        );
-        assert_eq!(pick(M, Some("b"), Some("b"), &[]), Ok(Pick::Single));
-        // The registry wins over a single manager of the same name (both are the app's).
-        assert_eq!(
-            pick(M, Some("b"), Some("b"), &["b"]),
-            Ok(Pick::Named("b".into()))
-        );
-        assert_eq!(
-            pick(M, Some("c"), Some("z"), &["b", "a"]),
+            pick(M, Some("c"), &["z", "b", "a"]),
             Err(LeasedError::WrongManager {
                 manager: M,
                 wanted: "c".into(),
@@ -183,24 +175,35 @@ mod tests {
         );
         // Never the only manager there, if it has another name.
         assert!(matches!(
-            pick(M, Some("sandbox"), Some("threads"), &[]),
+            pick(M, Some("sandbox"), &["threads"]),
             Err(LeasedError::WrongManager { .. })
         ));
     }
 
     #[test]
-    fn an_unnamed_route_gets_the_only_manager_and_never_picks_among_several() {
-        assert_eq!(pick(M, None, Some("x"), &[]), Ok(Pick::Single));
-        assert_eq!(pick(M, None, None, &["x"]), Ok(Pick::Named("x".into())));
+    fn two_distinct_managers_of_the_wanted_name_are_ambiguous() {
         assert_eq!(
-            pick(M, None, Some("x"), &["y"]),
+            pick(M, Some("b"), &["b", "a", "b"]),
+            Err(LeasedError::AmbiguousManager {
+                manager: M,
+                available: vec!["a".into(), "b".into(), "b".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn an_unnamed_route_gets_the_only_manager_and_never_picks_among_several() {
+        assert_eq!(pick(M, None, &["x"]), Ok(0));
+        assert_eq!(
+            pick(M, None, &["y", "x"]),
             Err(LeasedError::AmbiguousManager {
                 manager: M,
                 available: vec!["x".into(), "y".into()],
             })
         );
+        // Two distinct managers of one name are two managers.
         assert!(matches!(
-            pick(M, None, None, &["x", "y"]),
+            pick(M, None, &["x", "x"]),
             Err(LeasedError::AmbiguousManager { .. })
         ));
     }
@@ -209,7 +212,7 @@ mod tests {
     fn no_manager_at_all_is_missing_whatever_the_route_wants() {
         for wanted in [None, Some("a")] {
             assert_eq!(
-                pick(M, wanted, None, &[]),
+                pick(M, wanted, &[]),
                 Err(LeasedError::MissingManager { manager: M })
             );
         }

@@ -145,12 +145,19 @@ struct RequestAcquire<S: 'static> {
 
 impl<S: 'static> RequestAcquire<S> {
     fn new(req: &HttpRequest) -> Self {
-        let config = LeaseConfig::from_request(req);
         let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
-        Self {
-            manager: route_manager(req, config.manager.as_deref()),
-            config,
-            owner: format!("{} {route}", req.method()),
+        let owner = format!("{} {route}", req.method());
+        match LeaseConfig::from_request(req) {
+            Ok(config) => Self {
+                manager: route_manager(req, config.manager.as_deref()),
+                config,
+                owner,
+            },
+            Err(e) => Self {
+                manager: Err(e),
+                config: LeaseConfig::default(),
+                owner,
+            },
         }
     }
 
@@ -178,26 +185,38 @@ impl<S: 'static> RequestAcquire<S> {
 }
 
 /// The manager a route leases from: the one it names, or the app's only one (see
-/// [`managers::pick`]).
+/// [`managers::pick`]). Every place a manager of type `S` can be in `app_data` counts —
+/// `web::Data<LeaseManager<S>>`, a plain `LeaseManager<S>`, and every entry of a
+/// `Managers<S>` registry, in `web::Data` or plain — each manager once however often it is
+/// there.
 fn route_manager<S: 'static>(
     req: &HttpRequest,
     wanted: Option<&str>,
 ) -> Result<LeaseManager<S>, LeasedError> {
-    let single = req
-        .app_data::<web::Data<LeaseManager<S>>>()
-        .map(|data| data.get_ref())
-        .or_else(|| req.app_data::<LeaseManager<S>>());
-    let registry = req
-        .app_data::<web::Data<Managers<S>>>()
-        .map(|data| data.get_ref())
-        .or_else(|| req.app_data::<Managers<S>>());
-    let names: Vec<&str> = registry.map(|r| r.names().collect()).unwrap_or_default();
-    let manager = std::any::type_name::<LeaseManager<S>>();
-    match managers::pick(manager, wanted, single.map(LeaseManager::name), &names)? {
-        managers::Pick::Single => single.cloned(),
-        managers::Pick::Named(name) => registry.and_then(|r| r.get(&name)).cloned(),
+    let singles = [
+        req.app_data::<web::Data<LeaseManager<S>>>()
+            .map(|data| data.get_ref()),
+        req.app_data::<LeaseManager<S>>(),
+    ];
+    let registries = [
+        req.app_data::<web::Data<Managers<S>>>()
+            .map(|data| data.get_ref()),
+        req.app_data::<Managers<S>>(),
+    ];
+    let mut distinct: Vec<&LeaseManager<S>> = Vec::new();
+    let all = singles
+        .into_iter()
+        .flatten()
+        .chain(registries.into_iter().flatten().flat_map(Managers::all));
+    for candidate in all {
+        if !distinct.iter().any(|m| m.same_as(candidate)) {
+            distinct.push(candidate);
+        }
     }
-    .ok_or(LeasedError::MissingManager { manager })
+    let names: Vec<&str> = distinct.iter().map(|m| m.name()).collect();
+    let manager = std::any::type_name::<LeaseManager<S>>();
+    let at = managers::pick(manager, wanted, &names)?;
+    Ok(distinct[at].clone())
 }
 
 impl<S: 'static> FromRequest for Leased<S> {
