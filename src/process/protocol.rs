@@ -9,6 +9,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the messages below.
+/// Most outcomes in one `DoneMany` frame. The parent relies on it too: a child that dies holds
+/// at most this many outcomes unsent.
+pub(crate) const OUTCOMES_PER_FRAME: usize = 32;
+
 pub(crate) const PROTOCOL_VERSION: u32 = 2;
 /// First bytes of every child's handshake, so that a program that is no leasepool worker (its
 /// `main` does not call `init`) is told apart from a broken one at once.

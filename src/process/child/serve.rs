@@ -1,4 +1,4 @@
-//! The child side: what [`init`](super::init) does in a worker child.
+//! In the child: what [`init`](super::super::init) does in a worker child.
 //!
 //! 1. Take the protocol pipes off stdin/stdout (private descriptors), point stdin at
 //!    `/dev/null` and stdout at stderr: a job's prints become log lines, never frames.
@@ -11,12 +11,13 @@ use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
-use super::logs::ChildSubscriber;
-use super::protocol::{
+use super::super::logs::ChildSubscriber;
+use super::super::protocol::{
     encode, split, trim, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
     ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
 };
-use super::{panic_text, Jobs, RunOutcome, DEFAULT_MAX_MESSAGE};
+use super::super::{panic_text, Jobs, DEFAULT_MAX_MESSAGE};
+use super::run::RunOutcome;
 
 static IN_CHILD: AtomicBool = AtomicBool::new(false);
 

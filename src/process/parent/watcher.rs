@@ -20,8 +20,8 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{kill_process_group, Pid, Signal, WaitId, WaitIdOptions};
 
-use super::counters::{ChildCounters, ChildEnd};
-use super::logs::{ChildLabels, Lines, DRAIN_AFTER_STOP};
+use super::super::counters::{ChildCounters, ChildEnd};
+use super::super::logs::{ChildLabels, Lines, DRAIN_AFTER_STOP};
 
 /// What the worker thread and the watcher share about the child.
 #[derive(Debug, Default)]

@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use leasepool_actors::StateFactory;
 
-use super::child::{Child, ChildSpec};
+use super::conn::{Child, ChildSpec, Exchange};
 use crate::LeaseError;
 
 thread_local! {
     static SLOT: RefCell<Option<Child>> = const { RefCell::new(None) };
-    static MAX_MESSAGE: std::cell::Cell<usize> = const { std::cell::Cell::new(super::DEFAULT_MAX_MESSAGE) };
+    static MAX_MESSAGE: std::cell::Cell<usize> = const { std::cell::Cell::new(super::super::DEFAULT_MAX_MESSAGE) };
     static IS_PROCESS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -51,7 +51,7 @@ pub(crate) fn wrap_factory<S: 'static>(
     Arc::new(move || {
         IS_PROCESS_WORKER.with(|w| w.set(true));
         MAX_MESSAGE.with(|m| m.set(spec.max_message));
-        if super::is_worker_child() {
+        if super::super::is_worker_child() {
             return Err(
                 "a process-backend worker child cannot start worker processes of its own"
                     .to_owned(),
@@ -86,19 +86,62 @@ pub(crate) fn jobs_left() -> Option<usize> {
 }
 
 /// Runs job `name` (or `count` of them) in this thread's child: `encode` appends the input(s)
-/// to the frame it is given, `decode` reads the output(s) from the reply.
+/// to the frame it is given, `decode` reads the output(s) from the reply. The one place that
+/// replaces a child within a job, and that tells the engine the worker needs a new one: a
+/// child found dead, or that died before it took the job (so it cannot have started), is
+/// replaced and the job sent again — once; then it is `NeverRan`. A spent child
+/// (`max_jobs_per_child`, within one engine job: a grinder part of several frames) is replaced
+/// first.
 pub(crate) fn call(
     name: &str,
     count: Option<u32>,
     encode: &mut dyn FnMut(Vec<u8>, usize) -> postcard::Result<Vec<u8>>,
     decode: &mut dyn FnMut(&[u8]) -> Result<usize, &'static str>,
 ) -> Result<(), LeaseError> {
-    SLOT.with(|slot| match slot.borrow_mut().as_mut() {
-        Some(child) => child.call(name, count, encode, decode),
-        None => {
+    SLOT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let Some(child) = slot.as_mut() else {
             leasepool_actors::request_state_rebuild("its worker child had ended");
             // The job has not reached any child.
-            Err(LeaseError::NeverRan)
+            return Err(LeaseError::NeverRan);
+        };
+        for _ in 0..2 {
+            if child.is_dead() {
+                child.reap_dead();
+                if !replace(child) {
+                    leasepool_actors::request_state_rebuild("its worker child had ended");
+                    // The job has not reached any child.
+                    return Err(LeaseError::NeverRan);
+                }
+            } else if child.is_spent() && !replace(child) {
+                return Err(LeaseError::NeverRan);
+            }
+            match child.exchange(name, count, encode, decode) {
+                Exchange::Answered { answer, rebuild } => {
+                    if let Some(why) = rebuild {
+                        leasepool_actors::request_state_rebuild(why);
+                    }
+                    return answer;
+                }
+                Exchange::Undelivered => {}
+            }
         }
+        leasepool_actors::request_state_rebuild("its worker children died before taking a job");
+        Err(LeaseError::NeverRan)
     })
+}
+
+/// Puts a new child in `child`'s place (the old one ends); whether one started.
+fn replace(child: &mut Child) -> bool {
+    match Child::spawn(child.spec()) {
+        Ok(fresh) => {
+            std::mem::replace(child, fresh).end();
+            true
+        }
+        Err(why) => {
+            let l = child.labels();
+            tracing::warn!(target: "leasepool::process", manager = %l.manager, pool = %l.pool, worker = %l.worker, error = %why, "cannot replace a worker child");
+            false
+        }
+    }
 }

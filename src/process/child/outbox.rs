@@ -7,17 +7,14 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::protocol::{self, FromChild};
-use super::Emit;
-
-/// Most outcomes in one `DoneMany` frame.
-pub(crate) const OUTCOMES_PER_FRAME: usize = 32;
+use super::super::protocol::{self, FromChild, OUTCOMES_PER_FRAME};
+use super::run::Emit;
 
 /// Longest an outcome waits in the child before it is sent.
 pub(crate) const MAX_AGE: Duration = Duration::from_millis(5);
 
 /// Room for a frame's header beside its outcomes.
-const ROOM: usize = super::FRAME_ROOM;
+const ROOM: usize = super::super::FRAME_ROOM;
 
 struct Pending<'e, 'a> {
     emit: &'e mut Emit<'a>,
