@@ -876,7 +876,11 @@ async fn no_child_inherits_another_childs_pipes() {
 /// A child that printed what Rust prints when an allocation fails, and later aborted, crashed:
 /// only a death right after that line is a memory death.
 async fn an_abort_after_printing_an_allocation_failure_is_a_crash() {
-    let m = builder("pt-says-oom", 1, 1).build().unwrap();
+    // Under a memory limit (far above what these jobs use), where such a report counts.
+    let m = builder("pt-says-oom", 1, 1)
+        .child_memory_limit(4 << 30)
+        .build()
+        .unwrap();
     m.start().await.unwrap();
     let lease = m.acquire().await.unwrap();
     assert!(lease.call(SaysOom).await.is_ok());

@@ -15,7 +15,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use super::protocol::LOG_MARKER;
+use super::protocol::{JOB_MARKER, LOG_MARKER};
 
 /// The child's subscriber: writes each event as one marked stderr line.
 pub(crate) struct ChildSubscriber {
@@ -139,16 +139,25 @@ pub(crate) struct Lines {
 }
 
 impl Lines {
-    /// Forwards every whole line in `chunk` (after what came before); whether one of them was
-    /// Rust's report of a failed allocation (the child is about to abort on its memory limit).
-    pub(crate) fn feed(&mut self, chunk: &[u8], labels: &ChildLabels) -> bool {
+    /// Forwards every whole line in `chunk` (after what came before). Says whether the child
+    /// is out of memory as of the last line that tells: `Some(true)` after Rust's report of a
+    /// failed allocation (the child is about to abort on its memory limit), `Some(false)`
+    /// after a [`JOB_MARKER`] (a new job started: an earlier report is not its death's
+    /// cause), `None` if no line tells.
+    pub(crate) fn feed(&mut self, chunk: &[u8], labels: &ChildLabels) -> Option<bool> {
         self.pending.extend_from_slice(chunk);
-        let mut out_of_memory = false;
+        let mut out_of_memory = None;
         let mut from = 0;
         while let Some(at) = self.pending[from..].iter().position(|&b| b == b'\n') {
             let line = &self.pending[from..from + at];
-            out_of_memory |= is_allocation_failure(line);
-            emit_bytes(line, labels);
+            if line.trim_ascii_end() == JOB_MARKER.as_bytes() {
+                out_of_memory = Some(false);
+            } else {
+                if is_allocation_failure(line) {
+                    out_of_memory = Some(true);
+                }
+                emit_bytes(line, labels);
+            }
             from += at + 1;
         }
         while self.pending.len() - from >= MAX_LINE {
@@ -235,13 +244,24 @@ mod tests {
             pid: 1,
         };
         let mut lines = Lines::default();
-        assert!(!lines.feed(b"memory allocation of 8 bytes ", &labels));
+        assert_eq!(lines.feed(b"memory allocation of 8 bytes ", &labels), None);
         // Completed by the next chunk, and followed by std's backtrace hint.
-        assert!(lines.feed(
-            b"failed\nnote: run with `RUST_BACKTRACE=1` environment variable\n",
-            &labels
-        ));
-        assert!(!lines.feed(b"an ordinary line\n", &labels));
+        assert_eq!(
+            lines.feed(
+                b"failed\nnote: run with `RUST_BACKTRACE=1` environment variable\n",
+                &labels
+            ),
+            Some(true)
+        );
+        assert_eq!(lines.feed(b"an ordinary line\n", &labels), None);
+        // A job started after it: the report is no longer the news.
+        let marker = format!("{JOB_MARKER}\n");
+        assert_eq!(lines.feed(marker.as_bytes(), &labels), Some(false));
+        // The last line that tells wins, within one chunk too.
+        let both = format!("memory allocation of 8 bytes failed\n{JOB_MARKER}\n");
+        assert_eq!(lines.feed(both.as_bytes(), &labels), Some(false));
+        let both = format!("{JOB_MARKER}\nmemory allocation of 8 bytes failed\n");
+        assert_eq!(lines.feed(both.as_bytes(), &labels), Some(true));
     }
 
     #[test]

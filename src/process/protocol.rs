@@ -30,6 +30,11 @@ pub(crate) const ENV_LOG_LEVEL: &str = "LEASEPOOL_PROCESS_LOG_LEVEL";
 /// `\x1f`); every other line is the child's own output.
 pub(crate) const LOG_MARKER: &str = "\u{1e}leasepool-event\u{1f}";
 
+/// The line a child under a memory limit writes to stderr before each job: a report of a
+/// failed allocation counts for the child's death only if no job started after it (stderr is
+/// read apart from the answers, so only its own order tells).
+pub(crate) const JOB_MARKER: &str = "\u{1e}leasepool-job\u{1f}";
+
 /// Parent → child.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToChild {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use super::super::logs::ChildSubscriber;
 use super::super::protocol::{
     encode, split, trim, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
-    ENV_PARENT, ENV_TOKEN, MAGIC, PROTOCOL_VERSION,
+    ENV_PARENT, ENV_TOKEN, JOB_MARKER, MAGIC, PROTOCOL_VERSION,
 };
 use super::super::{panic_text, Jobs, DEFAULT_MAX_MESSAGE};
 use super::run::RunOutcome;
@@ -137,6 +137,10 @@ fn run(
                 "job {name:?} is not registered in this worker program's process::init"
             ))
         };
+        if memory_limit.is_some() {
+            // Best effort: a lost marker only makes a later death count as a crash.
+            let _ = writeln!(std::io::stderr(), "{JOB_MARKER}");
+        }
         let buf = std::mem::take(&mut reply);
         let (seq, outcome) = match header {
             ToChild::Run { seq, name } => match jobs.runner(&name) {

@@ -48,13 +48,20 @@ pub(crate) struct Watch {
     pid: u32,
     labels: ChildLabels,
     counters: Arc<ChildCounters>,
+    /// The child runs under `child_memory_limit`: only then does a report of a failed
+    /// allocation (in the job it died in: see `JOB_MARKER`) make its death `OverMemory`.
+    limited: bool,
 }
 
 impl Watch {
     /// The facts of a child that is starting: until its handshake is done (see
     /// [`Watch::started`]) its end is the worker thread's — a child that fails its start is no
     /// crash to count.
-    pub(crate) fn new(labels: ChildLabels, counters: Arc<ChildCounters>) -> Arc<Watch> {
+    pub(crate) fn new(
+        labels: ChildLabels,
+        counters: Arc<ChildCounters>,
+        limited: bool,
+    ) -> Arc<Watch> {
         Arc::new(Watch {
             life: Mutex::new(Life {
                 busy: true,
@@ -64,6 +71,7 @@ impl Watch {
             pid: labels.pid,
             labels,
             counters,
+            limited,
         })
     }
 
@@ -258,8 +266,10 @@ fn read_available(
         match stderr.read(chunk) {
             Ok(0) => return false,
             Ok(n) => {
-                if lines.feed(&chunk[..n], &watch.labels) {
-                    watch.life().out_of_memory = true;
+                if let Some(out_of_memory) = lines.feed(&chunk[..n], &watch.labels) {
+                    if watch.limited {
+                        watch.life().out_of_memory = out_of_memory;
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,

@@ -366,8 +366,6 @@ impl<'a> Busy<'a> {
             return None;
         }
         life.busy = true;
-        // A report of a failed allocation counts for the job that wrote it, not a later one.
-        life.out_of_memory = false;
         Some(Busy(watch))
     }
 }

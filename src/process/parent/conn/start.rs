@@ -108,7 +108,11 @@ impl Child {
             seq: 0,
             served: 0,
             reaped: false,
-            watch: Watch::new(labels.clone(), Arc::clone(&spec.counters)),
+            watch: Watch::new(
+                labels.clone(),
+                Arc::clone(&spec.counters),
+                spec.memory_limit.is_some(),
+            ),
             watcher: None,
             labels,
             max_message: spec.max_message,
