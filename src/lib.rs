@@ -294,7 +294,7 @@ pub use leasepool_actors::request_state_rebuild;
 ///
 /// With the cargo feature `serde`, `Stats` (and `LeaseInfo`, `Counters`) implement
 /// `serde::Serialize`.
-pub use leasepool_actors::Stats;
+pub use leasepool_actors::{Capacity, Stats};
 
 /// The guide: the pages of `docs/` in the repository, here so that they read on docs.rs and
 /// their examples run as doctests.

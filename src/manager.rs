@@ -12,7 +12,7 @@ use leasepool_actors::{
 };
 
 #[cfg(feature = "testing")]
-use leasepool_actors::{InjectFault, LeaseId, PoolId};
+use leasepool_actors::{Capacity, InjectFault, LeaseId, PoolId};
 
 use crate::builder::ManagerBuilder;
 use crate::lease::Lease;
@@ -150,6 +150,27 @@ impl<S: 'static> LeaseManager<S> {
     /// ```
     pub fn acquire_owned(&self) -> Acquire<'static, S> {
         Acquire::new(ManagerRef::Owned(self.clone()))
+    }
+
+    /// How much the manager can hand out now: a `Copy` snapshot of its pool counts, taken
+    /// under the engine's lock without allocating or messaging an actor — cheap enough for an
+    /// admission check on every request. [`stats`](Self::stats) has everything (every lease,
+    /// the counters) and builds a list for it.
+    ///
+    /// ```
+    /// # #[actix_rt::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = leasepool::LeaseManager::builder().max_pools(2).build()?;
+    /// manager.start().await?;
+    /// let lease = manager.acquire().await?;
+    /// let now = manager.capacity();
+    /// assert_eq!((now.leased, now.free()), (1, 1));
+    /// lease.release().await;
+    /// manager.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn capacity(&self) -> Capacity {
+        self.inner.engine.capacity()
     }
 
     /// A consistent snapshot: pool counts, waiters, every lease, counters.

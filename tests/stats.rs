@@ -136,3 +136,46 @@ async fn snapshots_stay_consistent_under_churn() {
     );
     manager.stop().await;
 }
+
+/// `capacity()` — the cheap snapshot a queue's admission gate reads on every decision — tells
+/// the same counts as `stats()`, and `free()` is what is left under `max_pools`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_agrees_with_stats() {
+    let _deadline = common::deadline();
+    let manager = LeaseManager::builder()
+        .max_pools(3)
+        .workers_per_pool(1)
+        .name_prefix("st-cap")
+        .build()
+        .unwrap();
+    let idle = manager.capacity();
+    assert_eq!((idle.max_pools, idle.leased, idle.free()), (3, 0, 3));
+    manager.start().await.unwrap();
+    let a = manager.acquire().await.unwrap();
+    let b = manager.acquire().await.unwrap();
+    let (cap, s) = (manager.capacity(), manager.stats().await);
+    assert_eq!(
+        (
+            cap.available,
+            cap.leased,
+            cap.unhealthy,
+            cap.starting,
+            cap.waiting
+        ),
+        (s.available, s.leased, s.unhealthy, s.starting, s.waiting)
+    );
+    assert_eq!((cap.leased, cap.free()), (2, 1));
+    let c = manager.acquire().await.unwrap();
+    assert_eq!(manager.capacity().free(), 0);
+    let waiter = {
+        let m = manager.clone();
+        tokio::spawn(async move { m.acquire().await.map(|l| l.id()) })
+    };
+    common::stats_until(&manager, "a waiter", |s| s.waiting == 1).await;
+    assert_eq!(manager.capacity().waiting, 1);
+    drop((a, b, c));
+    waiter.await.unwrap().unwrap();
+    common::stats_until(&manager, "all released", |s| s.leased == 0).await;
+    assert_eq!(manager.capacity().free(), 3);
+    manager.stop().await;
+}

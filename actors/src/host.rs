@@ -25,7 +25,7 @@ use crate::error::LeaseError;
 use crate::handle::LeaseCore;
 use crate::manager::{CrashSupervisor, InjectFault, ManagerActor, ScaleChanged, Shutdown};
 use crate::pool::PoolSpec;
-use crate::stats::Stats;
+use crate::stats::{Capacity, Stats};
 use crate::sync::lock;
 use crate::threads::WorkerThreads;
 
@@ -230,6 +230,11 @@ impl<S: 'static> Engine<S> {
         mode: WaitMode,
     ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
         self.keeper.acquire(params, mode)
+    }
+
+    /// How much can be handed out now: cheap (no allocation, no message).
+    pub fn capacity(&self) -> Capacity {
+        self.keeper.capacity()
     }
 
     /// A consistent snapshot of pools, leases, waiters and counters.

@@ -56,4 +56,4 @@ pub use job::{
 };
 pub use lease_state::LeaseFacts;
 pub use manager::InjectFault;
-pub use stats::{Backend, Counters, LeaseId, LeaseInfo, PoolId, Stats};
+pub use stats::{Backend, Capacity, Counters, LeaseId, LeaseInfo, PoolId, Stats};

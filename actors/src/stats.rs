@@ -107,6 +107,33 @@ pub struct Stats {
     pub counters: Counters,
 }
 
+/// How much a manager can hand out now: a small `Copy` snapshot taken under the engine's lock,
+/// with no allocation and no message to an actor — cheap enough to read on every admission
+/// decision (a queue worker's `poll_ready`), where [`Stats`] builds a list of leases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capacity {
+    /// Upper bound on pools (and so on live leases).
+    pub max_pools: usize,
+    /// Idle pools, ready to be leased.
+    pub available: usize,
+    /// Pools held by a lease.
+    pub leased: usize,
+    /// Pools being rebuilt with backoff: never handed out.
+    pub unhealthy: usize,
+    /// Pools whose workers are starting.
+    pub starting: usize,
+    /// Acquirers queued for a pool.
+    pub waiting: usize,
+}
+
+impl Capacity {
+    /// Leases that could still be handed out, at most: `max_pools − leased − unhealthy`.
+    pub fn free(&self) -> usize {
+        self.max_pools.saturating_sub(self.leased + self.unhealthy)
+    }
+}
+
 /// One live lease in a [`Stats`] snapshot.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

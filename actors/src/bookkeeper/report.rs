@@ -5,11 +5,24 @@ use std::time::Instant;
 
 use super::Bookkeeper;
 use crate::books::{BookCounts, BookStats, StartOutcome};
-use crate::stats::{Backend, Counters, LeaseInfo, PoolId, Stats};
+use crate::stats::{Backend, Capacity, Counters, LeaseInfo, PoolId, Stats};
 
 impl<S: 'static> Bookkeeper<S> {
     pub(crate) fn start_outcome(&self) -> StartOutcome {
         self.lock().books.start_outcome()
+    }
+
+    /// How much can be handed out now (see [`Capacity`]).
+    pub(crate) fn capacity(&self) -> Capacity {
+        let (available, leased, unhealthy, starting, waiting) = self.lock().books.capacity();
+        Capacity {
+            max_pools: self.config.settings.max_pools,
+            available,
+            leased,
+            unhealthy,
+            starting,
+            waiting,
+        }
     }
 
     /// A consistent snapshot, taken under the lock.

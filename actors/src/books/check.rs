@@ -20,6 +20,18 @@ impl<P: Clone, W> Books<P, W> {
         }
     }
 
+    /// The counts of [`stats`](Self::stats), nothing that allocates: `(available, leased,
+    /// unhealthy, starting, waiting)`.
+    pub(crate) fn capacity(&self) -> (usize, usize, usize, usize, usize) {
+        (
+            self.idle.len(),
+            self.leases.len(),
+            self.unhealthy,
+            self.coming(),
+            self.waiters.len(),
+        )
+    }
+
     pub(crate) fn stats(&self) -> BookStats {
         BookStats {
             desired: self.desired,

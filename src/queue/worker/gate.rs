@@ -17,27 +17,15 @@ use serde::de::DeserializeOwned;
 use super::{task, Phase, Shared};
 use crate::queue::store::{TaskFuture, TaskService};
 
-/// How long a snapshot of the manager's free leases is trusted (besides our own count).
-const SNAPSHOT_TTL: Duration = Duration::from_millis(50);
-
-/// A snapshot of the manager's free leases. Between snapshots the worker counts the leases its
-/// own tasks took since (so its claims stay within the bound); other users' acquires are seen
-/// at the next snapshot, taken at least every `SNAPSHOT_TTL` and whenever the count says "full".
-struct Snap {
-    free: usize,
-    /// `Counters::leased` when the snapshot was taken.
-    leased_at: u64,
-    taken: Instant,
-}
+/// How long a full gate waits for one of our own releases before it looks again (another
+/// user's release is not announced to us).
+const RECHECK: Duration = Duration::from_millis(20);
 
 /// The apalis service: claims only while the manager has room, runs each task on a lease.
 pub(super) struct LeasedService<S: 'static, T> {
     shared: Arc<Shared<S, T>>,
-    /// What the manager could hand out at the last snapshot (`None`: take a new one).
-    snap: Option<Snap>,
-    refresh: Option<BoxFuture<'static, Snap>>,
-    /// The last snapshot showed no room: wait for a release (or a moment) before the next.
-    pause: bool,
+    /// The gate was full: a release of ours, or [`RECHECK`], before it looks again.
+    recheck: Option<BoxFuture<'static, ()>>,
     /// Wakes the worker every `poll_interval` while it is ready: apalis 1.0's interval
     /// strategy can consume its tick and then park on an empty fetch with no timer armed,
     /// which left an idle worker deaf to new tasks until its next heartbeat.
@@ -50,9 +38,7 @@ impl<S: Send + 'static, T: Send + 'static> LeasedService<S, T> {
     pub(super) fn new(shared: Arc<Shared<S, T>>) -> Self {
         LeasedService {
             shared,
-            snap: None,
-            refresh: None,
-            pause: false,
+            recheck: None,
             tick: None,
             paused: None,
         }
@@ -69,30 +55,15 @@ impl<S: Send + 'static, T: Send + 'static> LeasedService<S, T> {
         }
     }
 
-    fn snapshot(&self, pause: bool) -> BoxFuture<'static, Snap> {
-        let shared = Arc::clone(&self.shared);
-        Box::pin(async move {
-            if pause {
-                // Another user's release is not announced to us: look again soon.
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(20), shared.freed.notified()).await;
-            }
-            loop {
-                let before = shared.counters.leased.load(Ordering::SeqCst);
-                let stats = shared.manager.stats().await;
-                // A task of ours that got its lease while the snapshot was taken might be
-                // counted twice (as waiting and as leased) or not at all: take another.
-                if shared.counters.leased.load(Ordering::SeqCst) == before {
-                    return Snap {
-                        free: stats
-                            .max_pools
-                            .saturating_sub(stats.leased + stats.unhealthy),
-                        leased_at: before,
-                        taken: Instant::now(),
-                    };
-                }
-            }
-        })
+    /// Whether the manager has room for one more task of ours: its free leases now (the
+    /// engine's cheap [`capacity`](crate::LeaseManager::capacity), read afresh each time) plus
+    /// the prefetch, against our tasks still waiting for a lease. (A lease of ours granted a
+    /// moment ago may count both as leased and as still waiting: the gate errs on the side of
+    /// claiming less, never more.)
+    fn has_room(&self) -> bool {
+        let free = self.shared.manager.capacity().free();
+        let waiting = self.shared.counters.waiting.load(Ordering::SeqCst);
+        waiting < free + self.shared.settings.prefetch
     }
 
     /// Whether a claim pause is on; arms its timer if so.
@@ -132,33 +103,20 @@ where
             return Poll::Pending;
         }
         loop {
-            if let Some(snap) = &self.snap {
-                let c = &self.shared.counters;
-                let waiting = c.waiting.load(Ordering::SeqCst) as u64;
-                let taken_since = c.leased.load(Ordering::SeqCst) - snap.leased_at;
-                let room = (snap.free + self.shared.settings.prefetch) as u64;
-                if waiting + taken_since < room {
-                    if snap.taken.elapsed() < SNAPSHOT_TTL {
-                        self.arm_tick(cx);
-                        return Poll::Ready(Ok(()));
-                    }
-                } else {
-                    self.pause = true;
+            if let Some(recheck) = &mut self.recheck {
+                if recheck.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                self.snap = None;
+                self.recheck = None;
             }
-            let pause = std::mem::take(&mut self.pause);
-            let refresh = match &mut self.refresh {
-                Some(f) => f,
-                None => self.refresh.insert(self.snapshot(pause)),
-            };
-            match refresh.as_mut().poll(cx) {
-                Poll::Ready(snap) => {
-                    self.refresh = None;
-                    self.snap = Some(snap);
-                }
-                Poll::Pending => return Poll::Pending,
+            if self.has_room() {
+                self.arm_tick(cx);
+                return Poll::Ready(Ok(()));
             }
+            let shared = Arc::clone(&self.shared);
+            self.recheck = Some(Box::pin(async move {
+                let _ = tokio::time::timeout(RECHECK, shared.freed.notified()).await;
+            }));
         }
     }
 

@@ -78,8 +78,6 @@ struct Counters {
     /// Tasks handed to the current apalis worker whose whole pipeline (ours, then apalis'
     /// acknowledgement) has not finished: `call` adds one, apalis' result event takes it away.
     outstanding: Arc<AtomicUsize>,
-    /// Bumped every time one of our tasks got its lease (see `gate::Snap`).
-    leased: AtomicU64,
 }
 
 /// Where a worker is in its life: one value, not a set of flags whose combinations nobody

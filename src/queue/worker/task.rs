@@ -214,7 +214,6 @@ async fn run<S: Send + 'static, T: Send + 'static>(
         }
         Some(Ok(lease)) => {
             *shared.claim_pause.lock().unwrap_or_else(|e| e.into_inner()) = (None, Duration::ZERO);
-            shared.counters.leased.fetch_add(1, Ordering::SeqCst);
             drop(waiting);
             lease
         }
