@@ -8,11 +8,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use leasepool_actors::{
-    Backend, Engine, EngineConfig, LeaseError, LeaseParams, Stats, WaitMode, WaitTicket,
+    Backend, Capacity, Engine, EngineConfig, LeaseError, LeaseParams, Stats, WaitMode, WaitTicket,
 };
 
 #[cfg(feature = "testing")]
-use leasepool_actors::{Capacity, InjectFault, LeaseId, PoolId};
+use leasepool_actors::{InjectFault, LeaseId, PoolId};
 
 use crate::builder::ManagerBuilder;
 use crate::lease::Lease;
