@@ -29,8 +29,15 @@ pub struct ManagerBuilder<S> {
     process: crate::process::ProcessOptions,
 }
 
+impl LeaseManager<()> {
+    /// Starts configuring a manager. See [`ManagerBuilder`] for every setting and its default.
+    pub fn builder() -> ManagerBuilder<()> {
+        ManagerBuilder::new()
+    }
+}
+
 impl ManagerBuilder<()> {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Self {
             settings: Settings::new(),
             #[cfg(feature = "process")]

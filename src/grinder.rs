@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "process")]
-use leasepool_actors::IfAbandoned;
+use leasepool_actors::plumbing::IfAbandoned;
 use leasepool_actors::{Grinder, GrinderConfig, GrinderStats, JobHandle, LeaseError, StopMode};
 
 use crate::manager::LeaseManager;
@@ -195,10 +195,13 @@ impl<S: 'static> WorkGrinder<S> {
         &self,
         job: J,
         if_abandoned: IfAbandoned,
-    ) -> (leasepool_actors::RawLaunch<S>, JobHandle<J::Output>) {
+    ) -> (
+        leasepool_actors::plumbing::RawLaunch<S>,
+        JobHandle<J::Output>,
+    ) {
         let (reply, handle) = JobHandle::channel();
         let workers = self.inner.manager.engine().config().workers_per_pool();
-        let launch: leasepool_actors::RawLaunch<S> = Box::new(move |batch| match batch {
+        let launch: leasepool_actors::plumbing::RawLaunch<S> = Box::new(move |batch| match batch {
             Err(e) => {
                 reply.fail(e);
                 crate::process::drop_quietly(job);

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Instant;
 
-use leasepool_actors::{Backend, IfAbandoned, JobHandle, LeaseCore, LeaseError, LeaseId, PoolId};
+use leasepool_actors::plumbing::IfAbandoned;
+use leasepool_actors::{Backend, JobHandle, LeaseCore, LeaseError, LeaseId, PoolId};
 
 use crate::message::Handle;
 

@@ -244,7 +244,7 @@ pub use leasepool_actors::JobHandle;
 /// # manager.stop().await;
 /// # Ok(()) }
 /// ```
-pub use leasepool_actors::job_stop_reason;
+pub use leasepool_actors::plumbing::job_stop_reason;
 
 /// # Example
 ///
@@ -272,7 +272,7 @@ pub use leasepool_actors::job_stop_reason;
 /// # manager.stop().await;
 /// # Ok(()) }
 /// ```
-pub use leasepool_actors::request_state_rebuild;
+pub use leasepool_actors::plumbing::request_state_rebuild;
 
 /// # Example
 ///

@@ -14,7 +14,6 @@ use leasepool_actors::{
 #[cfg(feature = "testing")]
 use leasepool_actors::{InjectFault, LeaseId, PoolId};
 
-use crate::builder::ManagerBuilder;
 use crate::lease::Lease;
 
 /// A handle to a set of bounded, leased pools of blocking worker threads.
@@ -66,13 +65,6 @@ impl<S: 'static> fmt::Debug for LeaseManager<S> {
         f.debug_struct("LeaseManager")
             .field("config", self.inner.engine.config())
             .finish()
-    }
-}
-
-impl LeaseManager<()> {
-    /// Starts configuring a manager. See [`ManagerBuilder`] for every setting and its default.
-    pub fn builder() -> ManagerBuilder<()> {
-        ManagerBuilder::new()
     }
 }
 

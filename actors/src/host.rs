@@ -18,7 +18,8 @@ use std::time::Duration;
 use actix::{Addr, AsyncContext, Context};
 use tokio::sync::{oneshot, Mutex};
 
-use crate::bookkeeper::{Bookkeeper, LeaseParams, Run, WaitTicket};
+use crate::bookkeeper::wait::WaitTicket;
+use crate::bookkeeper::{Bookkeeper, LeaseParams, Run};
 use crate::books::{StartOutcome, WaitMode};
 use crate::config::EngineConfig;
 use crate::error::LeaseError;

@@ -149,6 +149,15 @@ pub struct JobTally {
 }
 
 impl JobTally {
+    /// Adds the jobs this tally stands for to the engine's counters.
+    pub(crate) fn add_to(self, counters: &crate::stats::CounterCells) {
+        use std::sync::atomic::Ordering::Relaxed;
+        counters.jobs_completed.fetch_add(self.completed, Relaxed);
+        counters.jobs_panicked.fetch_add(self.panicked, Relaxed);
+        counters.jobs_failed.fetch_add(self.failed, Relaxed);
+        counters.jobs_lost.fetch_add(self.lost, Relaxed);
+    }
+
     /// A tally of one job.
     pub fn one(count: JobCount) -> Self {
         let mut tally = Self::default();
@@ -231,7 +240,7 @@ where
         let scope = self.in_flight.as_ref().map(|g| JobScope::enter(&g.0));
         let (result, outcome) = match catch_unwind(AssertUnwindSafe(move || f(state))) {
             Ok(value) => {
-                counters.add_tally((self.count)(&value));
+                (self.count)(&value).add_to(counters);
                 (Ok(value), JobOutcome::Ran)
             }
             Err(payload) => {

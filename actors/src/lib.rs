@@ -40,20 +40,31 @@ mod sync;
 mod threads;
 mod worker;
 
-pub use bookkeeper::{LeaseParams, WaitTicket};
+// The engine's API, as `leasepool` drives it and re-exports part of it to users.
+pub use bookkeeper::wait::WaitTicket;
+pub use bookkeeper::LeaseParams;
 pub use books::WaitMode;
 pub use config::{EngineConfig, Settings, SizeProvider, StateFactory, WorkerHook};
-pub use current::{job_stop_reason, request_state_rebuild};
 #[cfg(feature = "web")]
 pub use error::{retry_after_secs, set_retry_after};
 pub use error::{BuildError, LeaseError, MAX_TOTAL_WORKERS};
-pub use grinder::{Batch, BatchHold, Grinder, GrinderConfig, GrinderStats, RawLaunch, StopMode};
+pub use grinder::{Grinder, GrinderConfig, GrinderStats, StopMode};
 pub use handle::LeaseCore;
 pub use host::Engine;
-pub use job::{
-    drop_contained, drop_payload, panic_message, IfAbandoned, JobCount, JobHandle, JobReply,
-    JobTally,
-};
-pub use lease_state::LeaseFacts;
+pub use job::JobHandle;
 pub use manager::InjectFault;
 pub use stats::{Backend, Capacity, Counters, LeaseId, LeaseInfo, PoolId, Stats};
+
+/// Plumbing between this engine and `leasepool`'s process backend and grinder: what a running
+/// job may ask of its worker, how a job's outcome is counted and answered, a grinder batch as
+/// its launcher sees it. **Not a stable API**: hidden from the docs, changed whenever
+/// `leasepool` needs it changed.
+#[doc(hidden)]
+pub mod plumbing {
+    pub use crate::current::{job_stop_reason, request_state_rebuild};
+    pub use crate::grinder::{Batch, BatchHold, RawLaunch};
+    pub use crate::job::{
+        drop_contained, drop_payload, panic_message, IfAbandoned, JobCount, JobReply, JobTally,
+    };
+    pub use crate::lease_state::LeaseFacts;
+}

@@ -267,14 +267,6 @@ impl CounterCells {
     pub(crate) fn bump(cell: &AtomicU64) {
         cell.fetch_add(1, Relaxed);
     }
-
-    /// Counts the jobs one job's value stands for.
-    pub(crate) fn add_tally(&self, tally: crate::JobTally) {
-        self.jobs_completed.fetch_add(tally.completed, Relaxed);
-        self.jobs_panicked.fetch_add(tally.panicked, Relaxed);
-        self.jobs_failed.fetch_add(tally.failed, Relaxed);
-        self.jobs_lost.fetch_add(tally.lost, Relaxed);
-    }
 }
 
 #[cfg(feature = "serde")]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 #[cfg(unix)]
 use super::parent::{conn, slot};
+use super::protocol::{DEFAULT_MAX_MESSAGE, MIN_MAX_MESSAGE};
 use super::{counters, Jobs};
 
 /// The settings of a process backend, gathered by the builder.
@@ -23,12 +24,6 @@ pub(crate) type Configured<S> = (
     leasepool_actors::Settings<S>,
     Option<Arc<counters::ChildCounters>>,
 );
-
-/// Smallest cap on one frame accepted: the handshake (every job name) must fit.
-pub(crate) const MIN_MAX_MESSAGE: usize = 4096;
-
-/// Default cap on one frame (a job's encoded input or output): 64 MiB.
-pub(crate) const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
 
 impl Default for ProcessOptions {
     fn default() -> Self {
@@ -113,7 +108,7 @@ pub(crate) fn configure<S: 'static>(
             max_jobs_per_child: options.max_jobs_per_child,
             start_timeout: options.start_timeout,
             counters: Arc::clone(&counters),
-            stop_reason: leasepool_actors::job_stop_reason,
+            stop_reason: leasepool_actors::plumbing::job_stop_reason,
         });
         settings.state_factory = slot::wrap_factory(settings.state_factory, spec);
         settings.worker_exit = Some(Arc::new(slot::end_child));

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use leasepool_actors::{JobCount, JobTally};
+use leasepool_actors::plumbing::{JobCount, JobTally};
 
 use crate::{Counters, LeaseError};
 

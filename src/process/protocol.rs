@@ -9,6 +9,12 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the messages below.
+/// Smallest cap on one frame accepted: the handshake (every job name) must fit.
+pub(crate) const MIN_MAX_MESSAGE: usize = 4096;
+
+/// Default cap on one frame (a job's encoded input or output): 64 MiB.
+pub(crate) const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
+
 /// Most outcomes in one `DoneMany` frame. The parent relies on it too: a child that dies holds
 /// at most this many outcomes unsent.
 pub(crate) const OUTCOMES_PER_FRAME: usize = 32;
@@ -224,6 +230,19 @@ pub(crate) fn parse(buf: &[u8], max: usize) -> Parsed {
         start: 4,
         end: 4 + len_usize,
     }
+}
+
+/// Cuts a message to fit a frame (with room for its header).
+pub(crate) fn fit(mut message: String, max: usize) -> String {
+    let room = max.saturating_sub(64);
+    if message.len() > room {
+        let mut cut = room;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    message
 }
 
 #[cfg(test)]

@@ -82,4 +82,5 @@ pub use info::{QueueCounts, TaskInfo};
 pub use limits::{DEFAULT_PAYLOAD_LIMIT, MAX_ATTEMPTS, MAX_DEPTH, MAX_PAYLOAD_LIMIT};
 pub use producer::{PushOptions, Queue, DEFAULT_ATTEMPTS};
 pub use retry::RetryPolicy;
-pub use worker::{QueueStats, QueueWorker, QueueWorkerBuilder, STOP_MARGIN};
+pub use worker::builder::QueueWorkerBuilder;
+pub use worker::{QueueStats, QueueWorker, STOP_MARGIN};

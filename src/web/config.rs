@@ -2,9 +2,6 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest};
-
-use super::LeasedError;
 #[cfg(doc)]
 use super::{set_retry_after, Leased, LeasedAfter};
 
@@ -99,23 +96,5 @@ impl LeaseConfig {
     pub fn manager(mut self, name: impl Into<String>) -> Self {
         self.manager = Some(name.into());
         self
-    }
-
-    /// The route's config: the one in `app_data`, plain or in a `web::Data` (the default if
-    /// neither). Both there and different is a wiring mistake that no rule could settle
-    /// (actix finds each kind in its own innermost scope): [`LeasedError::ConflictingConfig`].
-    pub(super) fn from_request(req: &HttpRequest) -> Result<Self, LeasedError> {
-        let plain = req.app_data::<LeaseConfig>();
-        let data = req
-            .app_data::<web::Data<LeaseConfig>>()
-            .map(|d| d.get_ref());
-        match (plain, data) {
-            (Some(plain), Some(data)) if plain != data => Err(LeasedError::ConflictingConfig {
-                plain: Box::new(plain.clone()),
-                data: Box::new(data.clone()),
-            }),
-            (Some(one), _) | (None, Some(one)) => Ok(one.clone()),
-            (None, None) => Ok(Self::default()),
-        }
     }
 }

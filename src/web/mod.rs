@@ -147,7 +147,7 @@ impl<S: 'static> RequestAcquire<S> {
     fn new(req: &HttpRequest) -> Self {
         let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
         let owner = format!("{} {route}", req.method());
-        match LeaseConfig::from_request(req) {
+        match route_config(req) {
             Ok(config) => Self {
                 manager: route_manager(req, config.manager.as_deref()),
                 config,
@@ -181,6 +181,24 @@ impl<S: 'static> RequestAcquire<S> {
             error,
             retry_after: self.config.retry_after,
         })
+    }
+}
+
+/// The route's [`LeaseConfig`]: the one in `app_data`, plain or in a `web::Data` (the
+/// default if neither). Both there and different is a wiring mistake that no rule could settle
+/// (actix finds each kind in its own innermost scope): [`LeasedError::ConflictingConfig`].
+fn route_config(req: &HttpRequest) -> Result<LeaseConfig, LeasedError> {
+    let plain = req.app_data::<LeaseConfig>();
+    let data = req
+        .app_data::<web::Data<LeaseConfig>>()
+        .map(|d| d.get_ref());
+    match (plain, data) {
+        (Some(plain), Some(data)) if plain != data => Err(LeasedError::ConflictingConfig {
+            plain: Box::new(plain.clone()),
+            data: Box::new(data.clone()),
+        }),
+        (Some(one), _) | (None, Some(one)) => Ok(one.clone()),
+        (None, None) => Ok(LeaseConfig::default()),
     }
 }
 

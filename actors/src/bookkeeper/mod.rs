@@ -33,9 +33,7 @@ use crate::threads::WorkerThreads;
 
 mod acquire;
 mod report;
-mod wait;
-
-pub use wait::WaitTicket;
+pub(crate) mod wait;
 
 /// What an acquirer asks for.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 //! Plain data and transitions, no actix, no channels, no timers: each transition takes an event
 //! (an acquire, a release, a pool that became ready or died, a new sizing target, a stop) and
 //! pushes the [`Effect`]s that must follow (create a pool, retire one, hand a lease to a waiter,
-//! refuse one, revoke a lease). The bookkeeper (`bookkeeper.rs`) is the one interpreter that
+//! refuse one, revoke a lease). The bookkeeper (`bookkeeper/`) is the one interpreter that
 //! carries them out. The books are generic over what the interpreter attaches to a pool (`P`, its
 //! job queue) and to a waiter (`W`, its reply channel), so their unit tests use plain values.
 //!

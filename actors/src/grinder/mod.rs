@@ -1,6 +1,6 @@
 //! The `WorkGrinder` engine: many small submissions, run in leased batches.
 //!
-//! Items wait in the grinder's books (`grinder_backlog.rs`; any thread can add to them). The
+//! Items wait in the grinder's books (`grinder/backlog.rs`; any thread can add to them). The
 //! `GrinderActor` on the host
 //! System starts a batch when pending items reach `batch_size_threshold` or the oldest has waited
 //! `max_wait`: the batch takes every pending item and acquires one lease; once it has the lease

@@ -13,11 +13,9 @@ use crate::config::Settings;
 use crate::job::{Job, PoolQueue};
 use crate::stats::{CounterCells, PoolId};
 use crate::threads::WorkerThreads;
-use crate::worker::{WorkerExit, WorkerExited, WorkerReady};
+use crate::worker::{Worker, WorkerExit, WorkerExited, WorkerReady};
 
 mod spawn;
-
-use spawn::ThreadGroup;
 
 /// Take this pool out of service: drop the workers' address so the `SyncArbiter` stops and its
 /// threads exit after the jobs already queued. Sent by the supervisor.
@@ -82,6 +80,16 @@ impl<S: 'static> Clone for PoolSpec<S> {
             supervisor: self.supervisor.clone(),
         }
     }
+}
+
+/// One group of worker threads started together: a `SyncArbiter`, or — when a spawn failed
+/// part-way — the threads that did start, whose arbiter address actix never returned. (Its
+/// worker threads are started in `spawn.rs`.)
+struct ThreadGroup<S: 'static> {
+    number: u64,
+    /// Dropping it stops the `SyncArbiter` (its threads exit once the job queue is closed).
+    _arbiter: Option<Addr<Worker<S>>>,
+    live: usize,
 }
 
 /// One pool of `workers_per_pool` threads.

@@ -6,9 +6,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::thread;
 
-use actix::{Addr, AsyncContext, Context, SyncArbiter};
+use actix::{AsyncContext, Context, SyncArbiter};
 
-use super::PoolActor;
+use super::{PoolActor, ThreadGroup};
 use crate::job::panic_message;
 use crate::stats::CounterCells;
 use crate::worker::{ExitNotice, Worker, WorkerExited, WorkerReady};
@@ -19,15 +19,6 @@ use crate::worker::{ExitNotice, Worker, WorkerExited, WorkerReady};
 const UNSPAWNABLE_STACK: usize = 1 << 46;
 #[cfg(not(target_pointer_width = "64"))]
 const UNSPAWNABLE_STACK: usize = usize::MAX / 2;
-
-/// One group of worker threads started together: a `SyncArbiter`, or — when a spawn failed
-/// part-way — the threads that did start, whose arbiter address actix never returned.
-pub(super) struct ThreadGroup<S: 'static> {
-    pub(super) number: u64,
-    /// Dropping it stops the `SyncArbiter` (its threads exit once the job queue is closed).
-    _arbiter: Option<Addr<Worker<S>>>,
-    pub(super) live: usize,
-}
 
 impl<S: 'static> PoolActor<S> {
     /// Spawns `n` worker threads as one `SyncArbiter`. actix's `SyncArbiter` panics when a

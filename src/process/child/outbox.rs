@@ -7,14 +7,16 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Sends a complete frame to the parent now.
+pub(crate) type Emit<'a> = dyn FnMut(&[u8]) -> Result<(), String> + Send + 'a;
+
 use super::super::protocol::{self, FromChild, OUTCOMES_PER_FRAME};
-use super::run::Emit;
 
 /// Longest an outcome waits in the child before it is sent.
 pub(crate) const MAX_AGE: Duration = Duration::from_millis(5);
 
 /// Room for a frame's header beside its outcomes.
-const ROOM: usize = super::super::FRAME_ROOM;
+const ROOM: usize = super::super::job::FRAME_ROOM;
 
 struct Pending<'e, 'a> {
     emit: &'e mut Emit<'a>,

@@ -3,8 +3,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::super::{drop_quietly, panic_text, protocol, step_panicked, ProcessJob, FRAME_ROOM};
-use super::{outbox, serve};
+use super::super::job::{drop_quietly, panic_text, step_panicked, ProcessJob, FRAME_ROOM};
+use super::super::protocol;
+use super::outbox::{self, Emit};
 
 /// What running an encoded job in a child gave.
 pub(crate) enum RunOutcome {
@@ -25,9 +26,6 @@ pub(crate) type Runner = fn(u64, &[u8], Vec<u8>, usize) -> RunOutcome;
 /// `emit` sends a finished frame of outcomes at once (so a crash later in the run does not cost
 /// the items already answered).
 pub(crate) type ManyRunner = fn(u64, u32, &[u8], Vec<u8>, usize, &mut Emit<'_>) -> RunOutcome;
-
-/// Sends a complete frame to the parent now.
-pub(crate) type Emit<'a> = dyn FnMut(&[u8]) -> Result<(), String> + Send + 'a;
 
 /// Decodes a `J`, runs it, encodes its output into the reply frame, and drops what is left.
 /// Every step that runs the user's code (`Deserialize`, `run`, `Serialize`, `Drop`) is caught:
@@ -55,7 +53,7 @@ pub(crate) fn run_encoded<J: ProcessJob>(
         Err(payload) => {
             let message = panic_text(payload.as_ref());
             // A payload whose destructor panics is leaked, not dropped twice.
-            leasepool_actors::drop_payload(payload);
+            leasepool_actors::plumbing::drop_payload(payload);
             return RunOutcome::Panicked(message);
         }
     };
@@ -127,7 +125,7 @@ pub(crate) fn run_many_encoded<J: ProcessJob>(
                         Err(payload) => {
                             let message = panic_text(payload.as_ref());
                             drop_quietly(payload);
-                            ItemOutcome::Panicked(serve::fit(message, max.saturating_sub(room)))
+                            ItemOutcome::Panicked(protocol::fit(message, max.saturating_sub(room)))
                         }
                     },
                     Ok(Err(e)) => ItemOutcome::Failed(format!(
@@ -153,7 +151,7 @@ pub(crate) fn run_many_encoded<J: ProcessJob>(
 
 /// An encoded `Failed` outcome (always small).
 fn failed_outcome<J: ProcessJob>(text: String, max: usize) -> Vec<u8> {
-    let text = serve::fit(text, max.saturating_sub(FRAME_ROOM));
+    let text = protocol::fit(text, max.saturating_sub(FRAME_ROOM));
     let outcome = protocol::ItemOutcome::<J::Output>::Failed(text);
     protocol::encode_item(&outcome, usize::MAX).unwrap_or_default()
 }

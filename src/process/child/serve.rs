@@ -11,12 +11,14 @@ use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
+use super::super::job::panic_text;
 use super::super::logs::ChildSubscriber;
+use super::super::protocol::DEFAULT_MAX_MESSAGE;
 use super::super::protocol::{
-    encode, split, trim, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
+    encode, fit, split, trim, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
     ENV_PARENT, ENV_TOKEN, JOB_MARKER, MAGIC, PROTOCOL_VERSION,
 };
-use super::super::{panic_text, Jobs, DEFAULT_MAX_MESSAGE};
+use super::jobs::Jobs;
 use super::run::RunOutcome;
 
 static IN_CHILD: AtomicBool = AtomicBool::new(false);
@@ -192,19 +194,6 @@ fn run(
         request.clear();
         trim(&mut request);
     }
-}
-
-/// Cuts a message to fit a frame (with room for its header).
-pub(crate) fn fit(mut message: String, max: usize) -> String {
-    let room = max.saturating_sub(64);
-    if message.len() > room {
-        let mut cut = room;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-    }
-    message
 }
 
 /// Sends one frame to the parent.

@@ -5,11 +5,14 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use leasepool_actors::JobTally;
+use leasepool_actors::plumbing::JobTally;
 
-use super::super::{counters, drop_quietly, panic_text, ProcessJob};
+use super::super::counters;
+use super::super::job::{drop_quietly, panic_text, ProcessJob};
 #[cfg(unix)]
-use super::super::{protocol, step_panicked, FRAME_ROOM};
+use super::super::job::{step_panicked, FRAME_ROOM};
+#[cfg(unix)]
+use super::super::protocol;
 #[cfg(unix)]
 use super::call::decode_outcome;
 #[cfg(unix)]
@@ -20,8 +23,8 @@ use crate::LeaseError;
 /// nobody waits any more.
 pub(crate) type BatchItem<J> = (
     J,
-    leasepool_actors::JobReply<<J as ProcessJob>::Output>,
-    leasepool_actors::IfAbandoned,
+    leasepool_actors::plumbing::JobReply<<J as ProcessJob>::Output>,
+    leasepool_actors::plumbing::IfAbandoned,
 );
 
 /// Runs a grinder batch's items of one job type where the lease's worker is: on the process
@@ -32,7 +35,7 @@ pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) -> JobTally
     // quietly: one destructor that panics must not take the others' answers with it.
     let mut kept = Vec::with_capacity(items.len());
     for item in items {
-        if item.2 == leasepool_actors::IfAbandoned::Skip && item.1.is_closed() {
+        if item.2 == leasepool_actors::plumbing::IfAbandoned::Skip && item.1.is_closed() {
             drop_quietly(item);
         } else {
             kept.push(item);
@@ -59,7 +62,7 @@ pub(crate) fn run_many_here<J: ProcessJob>(items: Vec<BatchItem<J>>) -> JobTally
 
 /// Answers one grinder item, counting it as its answer says.
 fn answer<T: Send + 'static>(
-    reply: leasepool_actors::JobReply<T>,
+    reply: leasepool_actors::plumbing::JobReply<T>,
     outcome: Result<T, LeaseError>,
     tally: &mut JobTally,
 ) {
@@ -96,7 +99,7 @@ fn run_many_in_child<J: ProcessJob>(items: Vec<BatchItem<J>>) -> JobTally {
     let room = FRAME_ROOM + J::NAME.len();
     // Each input encoded on its own, then packed into frames that fit `max_message_bytes`: an
     // item fails alone if it does not fit or does not encode, never because of its neighbours.
-    let mut ready: Vec<(Vec<u8>, leasepool_actors::JobReply<J::Output>)> = Vec::new();
+    let mut ready: Vec<(Vec<u8>, leasepool_actors::plumbing::JobReply<J::Output>)> = Vec::new();
     for (job, reply, _) in items {
         let limit = max.saturating_sub(room);
         match catch_unwind(AssertUnwindSafe(|| protocol::encode_item(&job, limit))) {
@@ -219,7 +222,7 @@ impl<J: ProcessJob> Default for Gathered<J> {
 /// job, with the lease's refusal if the part cannot be sent, or `NeverRan` if the part is
 /// dropped unrun (the lease was revoked).
 pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
-    batch: &leasepool_actors::Batch<'_, S>,
+    batch: &leasepool_actors::plumbing::Batch<'_, S>,
     gathered: Gathered<J>,
 ) {
     let Some(lease) = batch.lease() else {
@@ -250,7 +253,7 @@ pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
                 part.map(run_many_here).unwrap_or_default()
             },
             |tally: &JobTally| *tally,
-            leasepool_actors::IfAbandoned::Run,
+            leasepool_actors::plumbing::IfAbandoned::Run,
         );
         if let Err(e) = sent {
             let part = shared.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -6,7 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde::de::DeserializeOwned;
 
-use super::super::{drop_quietly, protocol, step_panicked, ProcessJob};
+use super::super::job::{drop_quietly, step_panicked, ProcessJob};
+use super::super::protocol;
 #[cfg(unix)]
 use super::slot;
 use crate::LeaseError;

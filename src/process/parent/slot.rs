@@ -18,7 +18,7 @@ use crate::LeaseError;
 
 thread_local! {
     static SLOT: RefCell<Option<Child>> = const { RefCell::new(None) };
-    static MAX_MESSAGE: std::cell::Cell<usize> = const { std::cell::Cell::new(super::super::DEFAULT_MAX_MESSAGE) };
+    static MAX_MESSAGE: std::cell::Cell<usize> = const { std::cell::Cell::new(super::super::protocol::DEFAULT_MAX_MESSAGE) };
     static IS_PROCESS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -51,7 +51,7 @@ pub(crate) fn wrap_factory<S: 'static>(
     Arc::new(move || {
         IS_PROCESS_WORKER.with(|w| w.set(true));
         MAX_MESSAGE.with(|m| m.set(spec.max_message));
-        if super::super::is_worker_child() {
+        if super::super::child::serve::in_child() {
             return Err(
                 "a process-backend worker child cannot start worker processes of its own"
                     .to_owned(),
@@ -60,7 +60,7 @@ pub(crate) fn wrap_factory<S: 'static>(
         // A rebuild replaces the child: the old one ends first.
         end_child();
         // A worker whose manager run has ended will get no job: no child for it.
-        if let Some(why) = leasepool_actors::job_stop_reason() {
+        if let Some(why) = leasepool_actors::plumbing::job_stop_reason() {
             return Err(format!("no worker child started: {why}"));
         }
         let child = Child::spawn(&spec)?;
@@ -101,7 +101,7 @@ pub(crate) fn call(
     SLOT.with(|slot| {
         let mut slot = slot.borrow_mut();
         let Some(child) = slot.as_mut() else {
-            leasepool_actors::request_state_rebuild("its worker child had ended");
+            leasepool_actors::plumbing::request_state_rebuild("its worker child had ended");
             // The job has not reached any child.
             return Err(LeaseError::NeverRan);
         };
@@ -109,7 +109,7 @@ pub(crate) fn call(
             if child.is_dead() {
                 child.reap_dead();
                 if !replace(child) {
-                    leasepool_actors::request_state_rebuild("its worker child had ended");
+                    leasepool_actors::plumbing::request_state_rebuild("its worker child had ended");
                     // The job has not reached any child.
                     return Err(LeaseError::NeverRan);
                 }
@@ -119,14 +119,16 @@ pub(crate) fn call(
             match child.exchange(name, count, encode, decode) {
                 Exchange::Answered { answer, rebuild } => {
                     if let Some(why) = rebuild {
-                        leasepool_actors::request_state_rebuild(why);
+                        leasepool_actors::plumbing::request_state_rebuild(why);
                     }
                     return answer;
                 }
                 Exchange::Undelivered => {}
             }
         }
-        leasepool_actors::request_state_rebuild("its worker children died before taking a job");
+        leasepool_actors::plumbing::request_state_rebuild(
+            "its worker children died before taking a job",
+        );
         Err(LeaseError::NeverRan)
     })
 }

@@ -1,6 +1,6 @@
 //! The seam between the queue's generic code and a store: one trait, [`Store`], that says what
 //! a store does for us, one module per store that implements it (`sqlite/`, `redis/`), and
-//! the apalis plumbing they share (`apalis.rs`: [`run_apalis`], the [`Raw`] backend wrapper).
+//! the apalis plumbing they share (`apalis.rs`: `run_apalis`, the `Raw` backend wrapper).
 //!
 //! The worker and the producer API call only this trait; nothing above this module knows
 //! which store it has.
@@ -19,11 +19,9 @@ use futures_util::future::BoxFuture;
 
 use super::{QueueCounts, QueueError, TaskInfo};
 
-mod apalis;
+pub(super) mod apalis;
 pub(crate) mod redis;
 pub(crate) mod sqlite;
-
-pub(crate) use self::apalis::{run_apalis, Raw};
 
 /// A task about to be pushed: its payload already encoded and checked.
 #[derive(Debug, Clone)]

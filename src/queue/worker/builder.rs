@@ -5,22 +5,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use super::{AtomicPhase, Counters, Phase, QueueWorker, Settings, Shared};
+use super::shared::{AtomicPhase, Counters, Phase, RunFn, Settings, Shared};
+use super::QueueWorker;
 use crate::queue::limits::{
     check_queue_name, DurationRange, LEASE_FOR, LEASE_WAIT, ORPHAN_TIMEOUT, POLL_INTERVAL,
     SHUTDOWN_TIMEOUT,
 };
 use crate::queue::{Queue, QueueError, RetryPolicy};
-use crate::{LeaseError, LeaseManager};
+use crate::LeaseManager;
 
-/// How a worker runs one decoded task on its lease: the job's own answer, or the lease's error.
-pub(crate) type RunFn<S, T> = dyn Fn(crate::Lease<S>, T) -> BoxFuture<'static, Result<Result<(), String>, LeaseError>>
-    + Send
-    + Sync;
+impl<S: 'static> QueueWorker<S, ()> {
+    /// Starts building a worker for the queue named `queue` of `store`, running its tasks on
+    /// leases of `manager`.
+    pub fn builder(manager: &LeaseManager<S>, store: &Queue, queue: &str) -> QueueWorkerBuilder<S> {
+        QueueWorkerBuilder::new(manager, store, queue)
+    }
+}
 
 /// Builds a [`QueueWorker`] ([`QueueWorker::builder`]).
 pub struct QueueWorkerBuilder<S: 'static> {

@@ -14,7 +14,8 @@ use apalis_core::task::Task;
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
-use super::{task, Phase, Shared};
+use super::shared::{Phase, Shared};
+use super::task;
 use crate::queue::store::{TaskFuture, TaskService};
 
 /// How long a full gate waits for one of our own releases before it looks again (another

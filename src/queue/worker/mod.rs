@@ -10,193 +10,24 @@
 //! - `stop.rs`: the stop, bounded by one deadline.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use apalis_core::worker::context::WorkerContext;
-use tokio::sync::Notify;
-
-use super::store::{Intent, Store};
-use super::{Queue, QueueError, RetryPolicy};
+use super::QueueError;
+#[cfg(doc)]
 use crate::LeaseManager;
 
-mod builder;
+pub(crate) mod builder;
 mod gate;
 mod outcome;
 mod settle;
-pub(crate) mod stop;
+mod shared;
+mod stop;
 mod supervise;
 mod task;
 
-pub use builder::QueueWorkerBuilder;
-pub(crate) use builder::RunFn;
+pub use shared::QueueStats;
+use shared::{Phase, Running, Shared};
 pub use stop::STOP_MARGIN;
-
-/// What a [`QueueWorker`] has done since it was built ([`QueueWorker::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct QueueStats {
-    /// Tasks taken from the queue.
-    pub claimed: u64,
-    /// Tasks done and acknowledged.
-    pub done: u64,
-    /// Attempts that failed through no fault of the job (`WorkerLost`, `Expired`): retried.
-    pub retried: u64,
-    /// Attempts that failed: the job returned an error, panicked, or cannot run here; tasks
-    /// that do not decode or that apalis cannot read.
-    pub failed: u64,
-    /// Tasks put back because no lease came (overload): not counted as attempts.
-    pub put_back: u64,
-    /// Tasks handed back by a stop (not started, or past the shutdown timeout).
-    pub handed_back: u64,
-    /// Tasks a stop could not hand back before its deadline (the store was locked, frozen or
-    /// gone): they run again after the orphan timeout.
-    pub not_handed_back: u64,
-    /// Tasks running on a lease now.
-    pub running: u64,
-    /// Tasks claimed and waiting for a lease now (the prefetch).
-    pub waiting: u64,
-    /// Times the queue worker failed (its store failed, its file was replaced) and was
-    /// replaced.
-    pub restarts: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    claimed: AtomicU64,
-    done: AtomicU64,
-    retried: AtomicU64,
-    failed: AtomicU64,
-    put_back: AtomicU64,
-    handed_back: AtomicU64,
-    not_handed_back: AtomicU64,
-    running: Arc<AtomicUsize>,
-    /// Claimed, no lease yet.
-    waiting: Arc<AtomicUsize>,
-    restarts: AtomicU64,
-    /// Tasks handed to the current apalis worker whose whole pipeline (ours, then apalis'
-    /// acknowledgement) has not finished: `call` adds one, apalis' result event takes it away.
-    outstanding: Arc<AtomicUsize>,
-}
-
-/// Where a worker is in its life: one value, not a set of flags whose combinations nobody
-/// enumerated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Phase {
-    /// Built or stopped: `start` may run.
-    Idle = 0,
-    /// Claiming and running tasks.
-    Running = 1,
-    /// A stop is under way: nothing more is claimed, tasks waiting for a lease are handed
-    /// back, running ones may finish; `start` is refused.
-    Stopping = 2,
-    /// The stop's timeout passed: running tasks are handed back too.
-    GivingUp = 3,
-}
-
-struct AtomicPhase(AtomicU8);
-
-impl AtomicPhase {
-    fn get(&self) -> Phase {
-        match self.0.load(Ordering::SeqCst) {
-            1 => Phase::Running,
-            2 => Phase::Stopping,
-            3 => Phase::GivingUp,
-            _ => Phase::Idle,
-        }
-    }
-
-    fn set(&self, phase: Phase) {
-        self.0.store(phase as u8, Ordering::SeqCst);
-    }
-}
-
-/// The settings a worker was built with (checked by the builder).
-#[derive(Debug, Clone)]
-struct Settings {
-    prefetch: usize,
-    poll_interval: Duration,
-    orphan_timeout: Duration,
-    lease_wait: Duration,
-    lease_for: Option<Duration>,
-    shutdown_timeout: Duration,
-    retry: RetryPolicy,
-    /// Testing only: deferrals are settled no sooner than this after they were made.
-    hold_deferrals: Duration,
-}
-
-/// An intent waiting for apalis' acknowledgement to reach the store (see `settle.rs`).
-#[derive(Debug, Clone)]
-struct Unsettled {
-    id: String,
-    intent: Intent,
-    since: Instant,
-}
-
-struct Shared<S: 'static, T> {
-    manager: LeaseManager<S>,
-    queue: Queue,
-    store: Arc<dyn Store>,
-    name: String,
-    /// The name given or made at build time; each start after the first adds `.N` (apalis
-    /// refuses a name whose last heartbeat is recent).
-    base: String,
-    instance: Mutex<Arc<str>>,
-    starts: AtomicU64,
-    /// The current apalis worker's context (to stop it).
-    context: Mutex<Option<WorkerContext>>,
-    last_error: Mutex<Option<String>>,
-    settings: Settings,
-    counters: Counters,
-    phase: AtomicPhase,
-    /// One of our leases was released: the capacity gate looks again.
-    freed: Notify,
-    run: Arc<RunFn<S, T>>,
-    unsettled: Mutex<Vec<Unsettled>>,
-    /// A new intent to settle (wakes the housekeeping task).
-    to_settle: Notify,
-    /// After a put-back (no lease came: overload, a stopped manager), claiming pauses until
-    /// then, the pause doubling from 50 ms up to 2 s while put-backs go on; a lease resets it.
-    claim_pause: Mutex<(Option<Instant>, Duration)>,
-    /// The phase moved on from `Running`: tasks waiting for a lease (and, once giving up,
-    /// running ones) hand back.
-    give_up: Notify,
-    /// Testing only: the next this-many apalis workers panic as they start.
-    #[cfg(feature = "testing")]
-    start_panics: AtomicUsize,
-}
-
-impl<S: 'static, T> Shared<S, T> {
-    fn instance(&self) -> Arc<str> {
-        Arc::clone(&self.instance.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Asks the current apalis worker to stop; false if it refused (not started yet).
-    fn stop_current(&self) -> bool {
-        match &*self.context.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(c) => c.stop().is_ok(),
-            None => false,
-        }
-    }
-
-    fn set_last_error(&self, why: String) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    }
-
-    fn take_unsettled(&self) -> Vec<(String, Intent)> {
-        std::mem::take(&mut *self.unsettled.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_iter()
-            .map(|u| (u.id, u.intent))
-            .collect()
-    }
-}
-
-struct Running {
-    join: tokio::task::JoinHandle<()>,
-    housekeeping: tokio::task::JoinHandle<()>,
-}
 
 /// Runs tasks of one queue on leases of a [`LeaseManager`]; see the [module](super) docs.
 pub struct QueueWorker<S: 'static, T> {
@@ -214,14 +45,6 @@ impl<S: 'static, T> fmt::Debug for QueueWorker<S, T> {
     }
 }
 
-impl<S: 'static> QueueWorker<S, ()> {
-    /// Starts building a worker for the queue named `queue` of `store`, running its tasks on
-    /// leases of `manager`.
-    pub fn builder(manager: &LeaseManager<S>, store: &Queue, queue: &str) -> QueueWorkerBuilder<S> {
-        QueueWorkerBuilder::new(manager, store, queue)
-    }
-}
-
 impl<S: 'static, T> QueueWorker<S, T> {
     /// This worker's unique name in the queue (it appears as `locked_by` on the tasks it
     /// holds). Each start after the first adds `.N` to the name it was built with.
@@ -231,19 +54,7 @@ impl<S: 'static, T> QueueWorker<S, T> {
 
     /// Counters since the worker was built.
     pub fn stats(&self) -> QueueStats {
-        let c = &self.shared.counters;
-        QueueStats {
-            claimed: c.claimed.load(Ordering::Relaxed),
-            done: c.done.load(Ordering::Relaxed),
-            retried: c.retried.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            put_back: c.put_back.load(Ordering::Relaxed),
-            handed_back: c.handed_back.load(Ordering::Relaxed),
-            not_handed_back: c.not_handed_back.load(Ordering::Relaxed),
-            running: c.running.load(Ordering::Relaxed) as u64,
-            waiting: c.waiting.load(Ordering::Relaxed) as u64,
-            restarts: c.restarts.load(Ordering::Relaxed),
-        }
+        self.shared.stats()
     }
 
     /// Why the queue worker last failed and was replaced, if it ever did.
@@ -317,7 +128,7 @@ where
     ///
     /// [`STOP_MARGIN`]: super::STOP_MARGIN
     pub async fn stop(&self) -> QueueStats {
-        stop::stop(self).await
+        stop::stop(&self.shared, &self.running).await
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Shared, Unsettled};
+use super::shared::{Shared, Unsettled};
 use crate::queue::store::Settled;
 
 /// How soon to look again for an acknowledgement that has not landed.

@@ -4,7 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Phase, QueueStats, QueueWorker, Running};
+use std::sync::Mutex;
+
+use super::shared::{AtomicPhase, Phase, QueueStats, Running, Shared};
+#[cfg(doc)]
+use super::QueueWorker;
 use crate::queue::store::Intent;
 
 /// How far past its `shutdown_timeout` a [`QueueWorker::stop`] may run, at most: handing
@@ -18,10 +22,13 @@ pub const STOP_MARGIN: Duration = Duration::from_secs(1);
 const HAND_BACK_RUNNING: Duration = Duration::from_millis(400);
 const STOP_APALIS: Duration = Duration::from_millis(300);
 
-pub(super) async fn stop<S: Send + 'static, T>(worker: &QueueWorker<S, T>) -> QueueStats {
-    let shared = &worker.shared;
+/// Stops the worker whose parts are `shared` and `running` (see [`QueueWorker::stop`]).
+pub(super) async fn stop<S: Send + 'static, T>(
+    shared: &Shared<S, T>,
+    running: &Mutex<Option<Running>>,
+) -> QueueStats {
     let running = {
-        let mut running = worker.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
         let taken = running.take();
         if taken.is_some() {
             // Under the same lock as `start`'s check: no start slips in between.
@@ -34,13 +41,13 @@ pub(super) async fn stop<S: Send + 'static, T>(worker: &QueueWorker<S, T>) -> Qu
         housekeeping,
     }) = running
     else {
-        return worker.stats();
+        return shared.stats();
     };
     // However this future ends (also if it is dropped midway): the worker is aborted (what it
     // held runs again after the orphan timeout; after a complete stop this does nothing) and
     // `start` may run again.
     struct Finally<'a> {
-        phase: &'a super::AtomicPhase,
+        phase: &'a AtomicPhase,
         abort: [tokio::task::AbortHandle; 2],
     }
     impl Drop for Finally<'_> {
@@ -132,7 +139,7 @@ pub(super) async fn stop<S: Send + 'static, T>(worker: &QueueWorker<S, T>) -> Qu
         tracing::warn!(queue = %shared.name, worker = %instance, tasks = held, reason = %why, "could not hand tasks back; they run again after the orphan timeout");
     }
     tracing::info!(queue = %shared.name, worker = %instance, "queue worker stopped");
-    worker.stats()
+    shared.stats()
 }
 
 /// Waits until `done()` (polled every 2 ms) or `deadline` (`None`: no deadline); whether it

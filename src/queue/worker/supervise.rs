@@ -13,7 +13,7 @@ use futures_util::FutureExt as _;
 use serde::de::DeserializeOwned;
 
 use super::gate::LeasedService;
-use super::{Phase, Shared};
+use super::shared::{Phase, Shared};
 use crate::queue::store::{DynService, RunSpec};
 
 /// How long handing back a failed worker's tasks may take.
@@ -51,7 +51,7 @@ where
             Ok(Err(e)) => e,
             Err(panic) => format!(
                 "the queue worker panicked: {}",
-                leasepool_actors::panic_message(panic.as_ref())
+                leasepool_actors::plumbing::panic_message(panic.as_ref())
             ),
         };
         shared.counters.restarts.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,7 @@ use apalis_core::task::Task;
 use serde::de::DeserializeOwned;
 
 use super::outcome::{self, Answer, Attempt, Counter, Log, Ran};
-use super::{Phase, Shared, Unsettled};
+use super::shared::{Phase, Shared, Unsettled};
 use crate::queue::limits::check_attempts;
 use crate::queue::store::{Settled, TaskFuture, RETRY_META};
 use crate::queue::{payload, retry, RetryPolicy};

@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionLike, ConnectionManager};
 use ::redis::{Arg, Cmd, Pipeline, RedisFuture, Script, Value};
 
-use super::{config, judge, promote_due, scripts};
+use super::keys::config;
+use super::{judge, scripts};
 use crate::queue::store::{unix_now, OnUnreadable};
+use crate::queue::QueueError;
 
 /// How often a fetching worker moves due tasks over (at most).
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
@@ -271,5 +273,30 @@ impl ConnectionLike for ScreenedConn {
 
     fn get_db(&self) -> i64 {
         self.inner.get_db()
+    }
+}
+
+/// Due tasks moved per script run before a fetch.
+const PROMOTE_DUE_CHUNK: usize = 1000;
+
+/// Moves due scheduled tasks (retries whose time came) where a fetch finds them, a chunk per
+/// script run.
+pub(crate) async fn promote_due(conn: &ConnectionManager, queue: &str) -> Result<(), QueueError> {
+    let cfg = config(queue);
+    let mut conn = conn.clone();
+    let script = Script::new(scripts::PROMOTE_DUE);
+    // Until a run moves less than a whole chunk.
+    loop {
+        let moved: usize = script
+            .key(cfg.scheduled_jobs_set())
+            .key(cfg.active_jobs_list())
+            .key(cfg.signal_list())
+            .arg(unix_now())
+            .arg(PROMOTE_DUE_CHUNK)
+            .invoke_async(&mut conn)
+            .await?;
+        if moved < PROMOTE_DUE_CHUNK {
+            return Ok(());
+        }
     }
 }

@@ -12,20 +12,21 @@ use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
 use apalis_core::backend::ext::BackendExt as _;
-use apalis_core::worker::context::WorkerContext;
-use apalis_redis::{Config, RedisStorage};
+use apalis_redis::RedisStorage;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 
-use super::{run_apalis, Intent, NewTask, Raw, RunSpec, Settled, Store};
+use super::apalis::{run_apalis, Raw};
+use super::{Intent, NewTask, RunSpec, Settled, Store};
 use crate::queue::{QueueCounts, QueueError, TaskInfo};
 
 mod conn;
 pub(crate) mod judge;
+mod keys;
 mod ops;
 mod scripts;
 
-use ops::promote_due;
+use keys::config;
 
 pub(crate) struct RedisStore {
     conn: ConnectionManager,
@@ -52,23 +53,6 @@ pub(crate) fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-fn config(queue: &str) -> Config {
-    Config::default().queue(queue)
-}
-
-fn inflight_set(queue: &str, worker: &str) -> String {
-    config(queue).inflight_set_for(&WorkerContext::new(worker))
-}
-
-fn meta_hash(queue: &str, id: &str) -> String {
-    format!("{}:{id}", config(queue).job_meta_hash())
-}
-
-/// Ours: the attempts whose acknowledgement a worker still has to set right (see `scripts`).
-fn settling_set(queue: &str) -> String {
-    format!("{queue}:leasepool_settling")
 }
 
 impl Store for RedisStore {

@@ -12,14 +12,13 @@ use apalis_core::task::task_id::TaskId;
 use apalis_redis::RedisStorage;
 use futures_util::SinkExt as _;
 
-use super::{config, inflight_set, judge, meta_hash, scripts, settling_set, RedisStore};
+use super::keys::{config, inflight_set, meta_hash, settling_set};
+use super::{judge, scripts, RedisStore};
 use crate::queue::store::{unix_now, Intent, NewTask, Settled};
 use crate::queue::{QueueCounts, QueueError, TaskInfo};
 
 /// Tasks pushed in one script.
 const PUSH_CHUNK: usize = 1000;
-/// Due tasks moved per script run before a fetch.
-const PROMOTE_DUE_CHUNK: usize = 1000;
 /// Settling members swept per run.
 const SWEEP_LIMIT: usize = 500;
 
@@ -49,26 +48,6 @@ pub(super) async fn promote(
     }
     let _: i64 = call.invoke_async(&mut conn).await?;
     Ok(())
-}
-
-pub(crate) async fn promote_due(conn: &ConnectionManager, queue: &str) -> Result<(), QueueError> {
-    let cfg = config(queue);
-    let mut conn = conn.clone();
-    let script = Script::new(scripts::PROMOTE_DUE);
-    // Until a run moves less than a whole chunk.
-    loop {
-        let moved: usize = script
-            .key(cfg.scheduled_jobs_set())
-            .key(cfg.active_jobs_list())
-            .key(cfg.signal_list())
-            .arg(unix_now())
-            .arg(PROMOTE_DUE_CHUNK)
-            .invoke_async(&mut conn)
-            .await?;
-        if moved < PROMOTE_DUE_CHUNK {
-            return Ok(());
-        }
-    }
 }
 
 impl RedisStore {

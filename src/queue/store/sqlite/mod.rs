@@ -19,7 +19,8 @@ use futures_util::{FutureExt as _, SinkExt as _};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-use super::{run_apalis, Intent, NewTask, RunSpec, Settled, Store};
+use super::apalis::run_apalis;
+use super::{Intent, NewTask, RunSpec, Settled, Store};
 use crate::queue::{QueueCounts, QueueError, TaskInfo};
 
 mod backend;
