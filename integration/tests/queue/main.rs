@@ -10,6 +10,7 @@
 mod common;
 
 mod claiming;
+mod contract;
 mod deferrals;
 mod failures;
 mod fixtures;
@@ -61,6 +62,7 @@ fn main() {
         )*};
     }
     each_store![
+        contract::the_storage_layout_we_rely_on_is_apalis_own,
         claiming::claims_stay_within_capacity_plus_prefetch,
         claiming::a_busy_manager_claims_nothing_and_leaves_tasks_for_others,
         claiming::overload_puts_the_task_back_without_counting_an_attempt,
