@@ -1,6 +1,6 @@
 //! Stats: every snapshot is consistent, and per-lease details are right.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;

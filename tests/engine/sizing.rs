@@ -1,7 +1,7 @@
 //! Adaptive sizing: desired = min(max_pools, max(min_pools, ceil(units / units_per_pool))),
 //! evaluated at start, every check_interval and on notify_scale_changed.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Typed message jobs on per-worker state, and fallible worker-state factories.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::collections::HashSet;

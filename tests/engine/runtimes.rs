@@ -1,6 +1,6 @@
 //! leasepool from a tokio multi-thread runtime, a plain thread, and inside an actix System.
 
-mod common;
+use crate::common;
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Acquire: FIFO waiters, timeouts, no_wait, max_waiters, abandoned acquires, the max_pools bound.
 
-mod common;
+use crate::common;
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

@@ -1,7 +1,7 @@
 //! Stop: waiters and leases are answered, every thread goes, a stuck job cannot hang stop,
 //! and the manager starts again.
 
-mod common;
+use crate::common;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Supervision: dead workers are replaced with backoff, unhealthy pools are never handed out,
 //! crashed pool and lease actors are replaced and nothing hangs.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;

@@ -2,9 +2,8 @@
 //! engine event names its manager under a `leasepool…` target, rejections are logged at DEBUG,
 //! and a failing size provider is logged once per streak of failures, not on every evaluation.
 
-#[path = "common/capture.rs"]
-mod capture;
-mod common;
+use crate::capture;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};

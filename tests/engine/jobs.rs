@@ -1,6 +1,6 @@
 //! Jobs: parallelism inside a lease, draining release, submit, cancel safety, panic isolation.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};

@@ -1,7 +1,7 @@
 //! WorkGrinder: batching triggers, concurrency, queue bounds, cancellation, stop modes,
 //! blocking submission, validation.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;

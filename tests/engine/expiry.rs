@@ -1,7 +1,7 @@
 //! Lease expiry: soft lifetime + grace, then hard revocation driven by each lease's own
 //! deadline (not by `check_interval`), with the revoked pool retired and capacity rebuilt.
 
-mod common;
+use crate::common;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

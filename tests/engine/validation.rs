@@ -1,6 +1,6 @@
 //! Every `build()` rule: bad settings are errors that name the setting, never panics.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
-//! Every test in this directory and in `integration/tests` is bounded in time: its first statement starts a
+//! Every test under `tests/` and `integration/tests` is bounded in time: its first statement starts a
 //! `common::deadline()` watchdog, so a broken engine fails the run with a message naming the
 //! test instead of hanging CI. This test reads the sources and names any test without one.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;
@@ -53,14 +53,23 @@ fn every_test_starts_with_a_deadline() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     let mut missing = Vec::new();
-    let entries = ["tests", "integration/tests"].into_iter().flat_map(|dir| {
-        fs::read_dir(root.join(dir)).unwrap_or_else(|e| panic!("{dir}/ is readable: {e}"))
-    });
-    for entry in entries {
-        let path = entry.expect("a directory entry").path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
+    // Every `.rs` file under the test directories, those of multi-module binaries included.
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("{dir:?} is readable: {e}"));
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
         }
+    }
+    let mut paths = Vec::new();
+    for dir in ["tests", "integration/tests"] {
+        sources(&root.join(dir), &mut paths);
+    }
+    for path in paths {
         let source = fs::read_to_string(&path).expect("a test source is readable");
         checked += 1;
         for name in unbounded_tests(&source) {
@@ -68,7 +77,7 @@ fn every_test_starts_with_a_deadline() {
         }
     }
     assert!(
-        checked >= 18,
+        checked >= 40,
         "found only {checked} test files under {root:?}"
     );
     assert!(

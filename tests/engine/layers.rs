@@ -2,7 +2,7 @@
 //! circle"). This test reads `actors/src` and checks every `crate::…` path against the table
 //! below — the same table as in `actors/src/lib.rs` and `docs/architecture.md`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

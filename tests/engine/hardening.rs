@@ -1,7 +1,7 @@
 //! Hardening: settings at their extremes, shutdown racing growth, payloads and results that
 //! panic when dropped, blocking calls on and off runtimes. Every await that could hang is bounded.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! restarts under the grinder, start and stop racing, cancelling a batch that waits for a lease,
 //! and a host thread that stays idle while a saturated grinder waits.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;

@@ -1,0 +1,26 @@
+//! The engine's tests, one module per subject: acquiring and waiting, jobs and messages,
+//! expiry, sizing, supervision, shutdown, stats, the `WorkGrinder`, runtimes, settings at their
+//! edges, logging, and the source's layers. One binary (they used to be sixteen, each linking
+//! actix and tokio); libtest runs them as before (`cargo test --test engine acquire::`).
+
+#[path = "../common/capture.rs"]
+mod capture;
+#[path = "../common/mod.rs"]
+mod common;
+
+mod acquire;
+mod bounded;
+mod expiry;
+mod grinder;
+mod grinder_lifecycle;
+mod hardening;
+mod jobs;
+mod layers;
+mod logging;
+mod messages;
+mod runtimes;
+mod shutdown;
+mod sizing;
+mod stats;
+mod supervision;
+mod validation;
