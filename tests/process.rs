@@ -876,15 +876,21 @@ fn main() {
         a_child_never_starts_children_of_its_own,
         build_refuses_bad_process_settings,
     ];
-    let logged_before = std::cell::Cell::new(0);
+    static LOGGED_BEFORE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    use std::sync::atomic::Ordering::SeqCst;
     let ran = common::run_named(
         all,
         Duration::from_secs(120),
         common::block_on_tokio,
-        |_| logged_before.set(events().lock().unwrap().len()),
+        |_| LOGGED_BEFORE.store(events().lock().unwrap().len(), SeqCst),
         |_| {
             println!("    what it logged:");
-            for e in events().lock().unwrap().iter().skip(logged_before.get()) {
+            for e in events()
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(LOGGED_BEFORE.load(SeqCst))
+            {
                 println!("    {} {:?}", e.target, e.fields);
             }
         },

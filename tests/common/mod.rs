@@ -229,77 +229,67 @@ pub type LocalTest = std::pin::Pin<Box<dyn Future<Output = ()>>>;
 /// A named test of such a binary: its name and how to make its future.
 pub type NamedTest = (String, Box<dyn FnOnce() -> LocalTest + Send>);
 
-/// What [`run_named`] ran.
-pub struct Ran {
-    pub ran: usize,
-    pub failed: Vec<String>,
-}
+/// What [`run_named`] ran: libtest-mimic's conclusion.
+pub struct Ran(libtest_mimic::Conclusion);
 
 impl Ran {
-    /// Prints libtest's summary line and exits with 101 if a test failed.
+    /// Whether a test failed.
+    pub fn has_failed(&self) -> bool {
+        self.0.has_failed()
+    }
+
+    /// Exits with libtest's code: 101 if a test failed (its summary is printed already).
     pub fn finish(self) {
-        println!(
-            "\ntest result: {}. {} passed; {} failed",
-            if self.failed.is_empty() {
-                "ok"
-            } else {
-                "FAILED"
-            },
-            self.ran - self.failed.len(),
-            self.failed.len()
-        );
-        if !self.failed.is_empty() {
-            println!("failures: {:?}", self.failed);
-            std::process::exit(101);
-        }
+        self.0.exit_if_failed();
     }
 }
 
 /// The runner of the test binaries that are also worker programs (`process::init` first in
-/// their `main`, so no libtest): runs each test whose name contains one of the command line's
-/// filters (all when none is given) on a thread named after it, under a [`Deadline`] of `limit`,
-/// its future driven by `drive`. `on_start` runs before each test, `on_failure` after each that
-/// failed (to print what it logged, say); a line per test tells how it went.
+/// their `main`, so no libtest `main`): libtest-mimic, so that `--list`, filters, `--exact`,
+/// `--skip` and `--test-threads` work as with libtest. Each test runs on a thread named after
+/// it, under a [`Deadline`] of `limit`, its future driven by `drive`; one test at a time unless
+/// `--test-threads` says otherwise (these tests count children, threads and CPU time of the
+/// whole process). `on_start` runs before each test, `on_failure` after each that failed (to
+/// print what it logged, say).
 pub fn run_named(
     tests: Vec<NamedTest>,
     limit: Duration,
     drive: fn(LocalTest),
-    mut on_start: impl FnMut(&str),
-    mut on_failure: impl FnMut(&str),
+    on_start: impl Fn(&str) + Send + Sync + 'static,
+    on_failure: impl Fn(&str) + Send + Sync + 'static,
 ) -> Ran {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut ran = Ran {
-        ran: 0,
-        failed: Vec::new(),
-    };
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran.ran += 1;
-        on_start(&name);
-        let begun = Instant::now();
-        let outcome = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                let _deadline = deadline_of(limit);
-                drive(test());
-            })
-            .expect("spawn a test thread")
-            .join();
-        let took = begun.elapsed();
-        if outcome.is_ok() {
-            println!("test {name} ... ok ({took:.1?})");
-        } else {
-            println!("test {name} ... FAILED ({took:.1?})");
-            on_failure(&name);
-            ran.failed.push(name);
-        }
+    let mut args = libtest_mimic::Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
     }
-    ran
+    let hooks = Arc::new((on_start, on_failure));
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let hooks = Arc::clone(&hooks);
+            libtest_mimic::Trial::test(name.clone(), move || {
+                (hooks.0)(&name);
+                let outcome = std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || {
+                        let _deadline = deadline_of(limit);
+                        drive(test());
+                    })
+                    .expect("spawn a test thread")
+                    .join();
+                outcome.map_err(|payload| {
+                    (hooks.1)(&name);
+                    let text = payload
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| payload.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    libtest_mimic::Failed::from(text)
+                })
+            })
+        })
+        .collect();
+    Ran(libtest_mimic::run(&args, trials))
 }
 
 /// `named_tests![a, b]`: the async fns `a` and `b` (no arguments) as [`NamedTest`]s.
