@@ -18,14 +18,10 @@ pub(crate) async fn claims_stay_within_capacity_plus_prefetch(kind: Kind) {
     queue.push_all("cap", 0..20_u64).await.unwrap();
     let m = manager("q-cap", 2).await;
     let gate = common::Gate::new();
-    let g = gate.clone();
     let worker = QueueWorker::builder(&m, &queue, "cap")
         .prefetch(1)
         .poll_interval(Duration::from_millis(5))
-        .build_blocking(move |_: u64| -> Result<(), String> {
-            g.wait();
-            Ok(())
-        })
+        .build_blocking(gated(&gate))
         .unwrap();
     worker.start().unwrap();
     eventually("two tasks running", || async {

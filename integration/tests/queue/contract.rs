@@ -139,13 +139,9 @@ pub(crate) async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
     // Claimed: locked by the worker that runs it.
     let m = manager("q-contract", 1).await;
     let gate = common::Gate::new();
-    let g = gate.clone();
     let worker = QueueWorker::builder(&m, &queue, name)
         .poll_interval(Duration::from_millis(5))
-        .build_blocking(move |_: u64| -> Result<(), String> {
-            g.wait();
-            Ok(())
-        })
+        .build_blocking(gated(&gate))
         .unwrap();
     worker.start().unwrap();
     eventually("the task running", || async { worker.stats().running == 1 }).await;

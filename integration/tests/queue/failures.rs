@@ -75,15 +75,11 @@ pub(crate) async fn stop_is_bounded_while_the_store_is_locked(kind: Kind) {
     let (queue, dir) = queue_for(kind, "locked").await;
     let m = manager("q-locked", 1).await;
     let gate = common::Gate::new();
-    let g = gate.clone();
     const TIMEOUT: Duration = Duration::from_secs(2);
     let worker = QueueWorker::builder(&m, &queue, "locked")
         .poll_interval(Duration::from_millis(5))
         .shutdown_timeout(TIMEOUT)
-        .build_blocking(move |_: u64| -> Result<(), String> {
-            g.wait();
-            Ok(())
-        })
+        .build_blocking(gated(&gate))
         .unwrap();
     let id = queue.push("locked", 1_u64).await.unwrap();
     worker.start().unwrap();

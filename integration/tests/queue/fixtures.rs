@@ -554,3 +554,15 @@ impl leasepool::process::ProcessJob for PanicOnEncode {
         Unencodable
     }
 }
+
+/// A blocking queue job that waits until `gate` opens, then succeeds: a task that stays
+/// running while a test looks at the store or the worker.
+pub(crate) fn gated(
+    gate: &crate::common::Gate,
+) -> impl Fn(u64) -> Result<(), String> + Send + Sync + 'static {
+    let g = gate.clone();
+    move |_| {
+        g.wait();
+        Ok(())
+    }
+}
