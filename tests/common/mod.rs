@@ -66,6 +66,17 @@ impl Drop for Deadline {
     }
 }
 
+/// A started manager with one pool of one worker thread (the builder's defaults otherwise).
+pub async fn one_worker(prefix: &str) -> LeaseManager {
+    let m = LeaseManager::builder()
+        .workers_per_pool(1)
+        .name_prefix(prefix)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
 /// A started manager with `max_pools` pools of `workers` threads each.
 pub async fn started(prefix: &str, max_pools: usize, workers: usize) -> LeaseManager {
     let manager = LeaseManager::builder()
