@@ -209,6 +209,28 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_finds_each_manager_by_its_name_and_refuses_a_second_of_one_name() {
+        let build = |name: &str| LeaseManager::builder().name_prefix(name).build().unwrap();
+        let (a, b) = (build("a"), build("b"));
+        let r = Managers::new()
+            .with(b.clone())
+            .unwrap()
+            .with(a.clone())
+            .unwrap();
+        assert_eq!(r.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(r.get("a").is_some_and(|m| m.same_as(&a)));
+        assert!(r.get("b").is_some_and(|m| m.same_as(&b)));
+        assert!(r.get("c").is_none());
+        let all: Vec<_> = r.all().collect();
+        assert!(all.len() == 2 && all[0].same_as(&a) && all[1].same_as(&b));
+        assert_eq!(
+            r.clone().with(build("a")).unwrap_err(),
+            DuplicateManager { name: "a".into() }
+        );
+        assert_eq!(Managers::<()>::new().names().count(), 0);
+    }
+
+    #[test]
     fn no_manager_at_all_is_missing_whatever_the_route_wants() {
         for wanted in [None, Some("a")] {
             assert_eq!(

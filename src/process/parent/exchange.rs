@@ -157,6 +157,11 @@ mod tests {
             message: "old".into(),
         };
         assert!(matches!(read_frame(stale, 3, false), Frame::Foreign(_)));
+        let stale = FromChild::Panicked {
+            seq: 4,
+            message: "later".into(),
+        };
+        assert!(matches!(read_frame(stale, 3, true), Frame::Foreign(_)));
         assert!(matches!(
             read_frame(FromChild::StartFailed("x".into()), 3, false),
             Frame::Foreign(_)
