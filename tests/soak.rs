@@ -22,14 +22,12 @@
 //! Checked: no outcome lost or doubled, no hung future, the count invariant in periodic
 //! snapshots, no worker thread left after `stop`, RSS growth.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_invariant, threads_named, wait_no_threads};
 use leasepool::{JobHandle, LeaseError, LeaseManager, StopMode, WorkGrinder};
+use testkit::{assert_invariant, threads_named, wait_no_threads};
 
 const PREFIX: &str = "lpsoak";
 const TASKS: u64 = 16;
@@ -946,15 +944,15 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 #[test]
 fn soak_short() {
-    let _deadline = common::deadline();
-    common::block_on_tokio(soak(20_000, 2_000));
+    let _deadline = testkit::deadline();
+    testkit::block_on_tokio(soak(20_000, 2_000));
 }
 
 #[test]
 #[ignore = "long: cargo test --release --test soak -- --ignored soak"]
 fn soak_full() {
-    let _deadline = common::deadline_of(Duration::from_secs(1800));
+    let _deadline = testkit::deadline_of(Duration::from_secs(1800));
     let jobs = env_or("LEASEPOOL_SOAK_JOBS", 1_000_000);
     let items = env_or("LEASEPOOL_SOAK_ITEMS", jobs / 10);
-    common::block_on_tokio(soak(jobs, items));
+    testkit::block_on_tokio(soak(jobs, items));
 }

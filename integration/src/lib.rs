@@ -5,7 +5,7 @@
 //! the first `cargo run --release --example quickstart` build them all.
 //!
 //! - tests: `integration/tests/` (`web`, `properties`, `grinder_properties`), sharing
-//!   `tests/common` with the main package's tests;
+//!   `testkit` (the workspace's test support crate) with the main package's tests;
 //! - examples: `examples/actix_web_service.rs` and `examples/16_sqlite_per_worker.rs` (the files
 //!   stay in the repository's `examples/`, next to the others).
 //!

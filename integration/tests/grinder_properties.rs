@@ -14,16 +14,13 @@
 //! 2 s; at the end nothing is pending, no batch is in flight, the batch counters agree with the
 //! answers, and no thread of the manager is left.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Gate;
 use leasepool::{GrinderStats, JobHandle, Lease, LeaseError, LeaseManager, StopMode, WorkGrinder};
 use proptest::prelude::*;
+use testkit::Gate;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -594,7 +591,7 @@ impl Case {
         // No batch or item left anywhere.
         let mut stats: Vec<GrinderStats> = Vec::new();
         for (g, grinder) in self.grinders.iter().enumerate() {
-            let deadline = Instant::now() + common::EVENTUALLY;
+            let deadline = Instant::now() + testkit::EVENTUALLY;
             loop {
                 let s = grinder.stats().await;
                 if s.in_flight_batches == 0 && s.pending == 0 {
@@ -608,7 +605,7 @@ impl Case {
                     self.fail(format!(
                         "grinder {g} still counts pending items or batches in flight {:?} \
                          after every item was answered and everything stopped: {s:?}",
-                        common::EVENTUALLY
+                        testkit::EVENTUALLY
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -620,7 +617,7 @@ impl Case {
                 "the stopped manager still has leases or waiters: {m:#?}"
             ));
         }
-        let left = common::wait_no_threads(&self.prefix, common::EVENTUALLY);
+        let left = testkit::wait_no_threads(&self.prefix, testkit::EVENTUALLY);
         if !left.is_empty() {
             self.fail(format!("threads left after the final stops: {left:?}"));
         }
@@ -694,7 +691,7 @@ proptest! {
 
     #[test]
     fn random_grinder_lifecycles_answer_every_item_exactly_once(ops in proptest::collection::vec(op(), 1..40)) {
-        let _deadline = common::deadline();
-        common::block_on_tokio(run_case(ops));
+        let _deadline = testkit::deadline();
+        testkit::block_on_tokio(run_case(ops));
     }
 }

@@ -4,17 +4,14 @@
 //! At the end: every job ran at most once and agrees with the outcome its caller saw, and every
 //! acquirer (including background waiters) was answered.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::assert_invariant;
 use leasepool::{Lease, LeaseError, LeaseManager};
 use proptest::prelude::*;
+use testkit::assert_invariant;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -263,7 +260,7 @@ proptest! {
 
     #[test]
     fn random_operation_sequences_keep_every_invariant(ops in proptest::collection::vec(op(), 1..40)) {
-        let _deadline = common::deadline();
-        common::block_on_tokio(run_case(ops));
+        let _deadline = testkit::deadline();
+        testkit::block_on_tokio(run_case(ops));
     }
 }

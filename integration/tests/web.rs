@@ -1,9 +1,6 @@
 //! actix-web integration: error mapping, the `Leased` extractor under overload, releases,
 //! and a real `HttpServer` on 127.0.0.1 with a real HTTP client, including graceful shutdown.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
 use actix_web::http::{header, StatusCode};
@@ -36,7 +33,7 @@ fn one_pool(prefix: &str) -> LeaseManager {
 
 #[actix_web::test]
 async fn errors_map_to_503_with_retry_after_or_500_with_a_small_json_body() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     leasepool::web::set_retry_after(Duration::from_secs(1));
     for (err, status) in [
         (LeaseError::Unavailable, 503),
@@ -76,7 +73,7 @@ async fn errors_map_to_503_with_retry_after_or_500_with_a_small_json_body() {
 
 #[actix_web::test]
 async fn overload_gives_503_at_once_for_no_wait_and_after_the_timeout_otherwise() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = one_pool("web-overload");
     manager.start().await.unwrap();
     let app = |config: LeaseConfig| {
@@ -124,7 +121,7 @@ async fn overload_gives_503_at_once_for_no_wait_and_after_the_timeout_otherwise(
 
 #[actix_web::test]
 async fn the_extractor_releases_its_lease_when_the_handler_ends_even_on_errors() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(2)
         .workers_per_pool(1)
@@ -148,7 +145,7 @@ async fn the_extractor_releases_its_lease_when_the_handler_ends_even_on_errors()
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!String::from_utf8_lossy(&test::read_body(resp).await).contains("secret"));
     }
-    let stats = common::stats_until(&manager, "every lease released", |s| s.leased == 0).await;
+    let stats = testkit::stats_until(&manager, "every lease released", |s| s.leased == 0).await;
     assert_eq!(stats.counters.acquired, 10);
     assert_eq!(stats.counters.jobs_panicked, 5);
     manager.stop().await;
@@ -162,7 +159,7 @@ async fn with_db(lease: Leased<Db>) -> HttpResponse {
 
 #[actix_web::test]
 async fn a_missing_manager_is_a_500_naming_the_manager_type_not_an_overload() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     // A LeaseManager<()> is registered, but the route wants a LeaseManager<Db>.
     let manager = one_pool("web-missing");
     let svc = test::init_service(
@@ -209,7 +206,7 @@ macro_rules! call {
 
 #[actix_web::test]
 async fn two_managers_of_one_type_serve_the_routes_that_name_them() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let threads = one_pool("web-threads");
     let sandbox = one_pool("web-sandbox");
     threads.start().await.unwrap();
@@ -271,7 +268,7 @@ async fn two_managers_of_one_type_serve_the_routes_that_name_them() {
 
 #[actix_web::test]
 async fn a_route_whose_manager_was_swapped_out_answers_500_naming_both() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     // The mistake the registry prevents: two managers of one type registered directly. actix
     // keeps the last; a route that names its manager notices instead of running elsewhere.
     let sandbox = one_pool("web-swap-sandbox");
@@ -321,7 +318,7 @@ async fn a_route_whose_manager_was_swapped_out_answers_500_naming_both() {
 /// when a `web::Data` one was there: a route could run on a manager other than the one meant.)
 #[actix_web::test]
 async fn every_manager_in_app_data_counts_and_one_seen_twice_counts_once() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let a = one_pool("web-all-a");
     let b = one_pool("web-all-b");
     let a_again = one_pool("web-all-a"); // another manager of the same name
@@ -377,7 +374,7 @@ async fn every_manager_in_app_data_counts_and_one_seen_twice_counts_once() {
 /// naming both (before, the plain one won silently).
 #[actix_web::test]
 async fn two_different_lease_configs_in_app_data_are_a_500() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = one_pool("web-conf");
     m.start().await.unwrap();
     let extract = |req: actix_web::HttpRequest| async move {
@@ -418,7 +415,7 @@ async fn two_different_lease_configs_in_app_data_are_a_500() {
 
 #[actix_web::test]
 async fn each_route_can_carry_its_own_retry_after_hint() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     leasepool::web::set_retry_after(Duration::from_secs(1));
     let manager = one_pool("web-hint");
     manager.start().await.unwrap();
@@ -498,7 +495,7 @@ fn slow_upload(
 
 #[actix_web::test]
 async fn leased_after_takes_no_pool_while_a_slow_client_uploads_its_body() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = one_pool("web-body");
     manager.start().await.unwrap();
     let data = web::Data::new(manager.clone());
@@ -532,7 +529,7 @@ async fn leased_after_takes_no_pool_while_a_slow_client_uploads_its_body() {
             .await
             .unwrap();
         assert!(status.contains("200"), "{path}: {status}");
-        common::stats_until(&manager, "the request's lease released", |s| s.leased == 0).await;
+        testkit::stats_until(&manager, "the request's lease released", |s| s.leased == 0).await;
     }
     handle.stop(true).await;
     running.await.unwrap().unwrap();
@@ -541,7 +538,7 @@ async fn leased_after_takes_no_pool_while_a_slow_client_uploads_its_body() {
 
 #[actix_web::test]
 async fn a_real_server_serves_sheds_load_and_shuts_down_gracefully() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = one_pool("web-real");
     manager.start().await.unwrap();
     let data = web::Data::new(manager.clone());
@@ -576,7 +573,7 @@ async fn a_real_server_serves_sheds_load_and_shuts_down_gracefully() {
         let u = url(1_500);
         async move { client.get(u).send().await.map(|r| r.status()) }
     });
-    common::stats_until(&manager, "long request leased", |s| s.leased == 1).await;
+    testkit::stats_until(&manager, "long request leased", |s| s.leased == 1).await;
     let shed = client.get(url(10)).send().await.unwrap();
     assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(shed.headers().get(header::RETRY_AFTER).unwrap(), "1");
@@ -594,7 +591,7 @@ async fn a_real_server_serves_sheds_load_and_shuts_down_gracefully() {
 
 #[actix_web::test]
 async fn requests_waiting_for_a_lease_get_503_when_the_manager_stops() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = one_pool("web-stop");
     manager.start().await.unwrap();
     let svc = test::init_service(
@@ -607,7 +604,7 @@ async fn requests_waiting_for_a_lease_get_503_when_the_manager_stops() {
     let held = manager.acquire().await.unwrap();
     let waiting = test::call_service(&svc, test::TestRequest::get().uri("/slow/1").to_request());
     let stopper = async {
-        common::stats_until(&manager, "a waiting request", |s| s.waiting == 1).await;
+        testkit::stats_until(&manager, "a waiting request", |s| s.waiting == 1).await;
         manager.stop().await;
     };
     let (resp, ()) = futures_util::join!(waiting, stopper);
@@ -625,7 +622,7 @@ async fn requests_waiting_for_a_lease_get_503_when_the_manager_stops() {
 /// aliases (`workers_restarted`, `pools_restarted`) left out.
 #[actix_web::test]
 async fn the_stats_json_has_every_counter_and_no_deprecated_alias() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = one_pool("web-stats-json");
     manager.start().await.unwrap();
     let lease = manager.acquire().await.unwrap();

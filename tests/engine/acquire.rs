@@ -1,19 +1,17 @@
 //! Acquire: FIFO waiters, timeouts, no_wait, max_waiters, abandoned acquires, the max_pools bound.
 
-use crate::common;
-
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_invariant, started, stats_until};
 use futures_util::FutureExt;
 use leasepool::{LeaseError, LeaseManager};
+use testkit::{assert_invariant, started, stats_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_waiters_are_served_in_arrival_order() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("fifo", 1, 1).await;
     let held = manager.acquire().owner("holder").await.unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -41,7 +39,7 @@ async fn sixteen_waiters_are_served_in_arrival_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_fails_after_the_bound_and_leaves_the_queue() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("tmo", 1, 1).await;
     let _held = manager.acquire().await.unwrap();
     let limit = Duration::from_millis(300);
@@ -62,7 +60,7 @@ async fn timeout_fails_after_the_bound_and_leaves_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_is_not_hit_when_a_pool_frees_up_in_time() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("tmo-ok", 1, 1).await;
     let held = manager.acquire().await.unwrap();
     let m = manager.clone();
@@ -82,7 +80,7 @@ async fn timeout_is_not_hit_when_a_pool_frees_up_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_wait_fails_at_once_when_everything_is_leased() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("nowait", 1, 1).await;
     let _held = manager.acquire().await.unwrap();
     let err = manager.acquire().no_wait().await.unwrap_err();
@@ -95,7 +93,7 @@ async fn no_wait_fails_at_once_when_everything_is_leased() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_wait_grows_a_pool_when_max_pools_allows() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(2)
         .min_pools(1)
@@ -122,7 +120,7 @@ async fn no_wait_grows_a_pool_when_max_pools_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_waiter_queue_refuses_at_once() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(1)
         .max_waiters(2)
@@ -154,7 +152,7 @@ async fn a_full_waiter_queue_refuses_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_waiters_zero_never_queues() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_waiters(0)
         .workers_per_pool(1)
@@ -174,7 +172,7 @@ async fn max_waiters_zero_never_queues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_acquire_leaves_the_queue_and_gets_no_pool() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("abandon", 1, 1).await;
     let held = manager.acquire().await.unwrap();
     let mut pending = Box::pin(manager.acquire().owner("abandoned").into_future());
@@ -193,7 +191,7 @@ async fn a_dropped_acquire_leaves_the_queue_and_gets_no_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquires_cancelled_at_random_moments_lose_no_pool() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("cancel-storm", 2, 1).await;
     let mut tasks = Vec::new();
     for i in 0..64u64 {
@@ -223,7 +221,7 @@ async fn acquires_cancelled_at_random_moments_lose_no_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_never_exceed_max_pools_under_24_competing_tasks() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(3)
         .min_pools(1)
@@ -268,7 +266,7 @@ async fn leases_never_exceed_max_pools_under_24_competing_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_lease_for_is_refused_with_a_clear_error() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("zero-lease", 1, 1).await;
     let err = manager
         .acquire()
@@ -283,7 +281,7 @@ async fn zero_lease_for_is_refused_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_before_start_and_after_stop_is_not_started() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder().name_prefix("ns").build().unwrap();
     assert_eq!(manager.acquire().await.unwrap_err(), LeaseError::NotStarted);
     manager.start().await.unwrap();
@@ -293,8 +291,8 @@ async fn acquire_before_start_and_after_stop_is_not_started() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_an_idle_lease_frees_its_pool_before_drop_returns() {
-    let _deadline = common::deadline();
-    let manager = common::started("acq-drop-now", 1, 1).await;
+    let _deadline = testkit::deadline();
+    let manager = testkit::started("acq-drop-now", 1, 1).await;
     for round in 0..50 {
         let lease = manager.acquire().await.unwrap();
         lease.run(|| ()).await.unwrap();

@@ -1,14 +1,12 @@
 //! Blocking calls on and off runtimes: a blocking wait on a runtime thread is an error, not a
 //! panic; `submit_blocking` works where blocking is allowed.
 
-use crate::common;
-
-use common::{one_worker, within};
 use leasepool::{LeaseError, StopMode, WorkGrinder};
+use testkit::{one_worker, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_wait_on_a_runtime_thread_is_an_error_not_a_panic() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = one_worker("hd-bwait").await;
     let lease = m.acquire().await.unwrap();
     let handle = lease.submit(|| 1).unwrap();
@@ -26,7 +24,7 @@ async fn blocking_wait_on_a_runtime_thread_is_an_error_not_a_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_blocking_works_where_blocking_is_allowed_and_refuses_on_runtime_workers() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = one_worker("hd-sblock").await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1)

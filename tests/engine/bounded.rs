@@ -1,8 +1,6 @@
 //! Every test under `tests/` and `integration/tests` is bounded in time: its first statement starts a
-//! `common::deadline()` watchdog, so a broken engine fails the run with a message naming the
+//! `testkit::deadline()` watchdog, so a broken engine fails the run with a message naming the
 //! test instead of hanging CI. This test reads the sources and names any test without one.
-
-use crate::common;
 
 use std::fs;
 use std::path::Path;
@@ -39,7 +37,7 @@ fn unbounded_tests(source: &str) -> Vec<String> {
             .to_owned();
         let guarded = lines
             .get(open + 1)
-            .is_some_and(|l| l.contains("common::deadline"));
+            .is_some_and(|l| l.contains("testkit::deadline"));
         if !guarded {
             missing.push(name);
         }
@@ -49,7 +47,7 @@ fn unbounded_tests(source: &str) -> Vec<String> {
 
 #[test]
 fn every_test_starts_with_a_deadline() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     let mut missing = Vec::new();
@@ -82,14 +80,14 @@ fn every_test_starts_with_a_deadline() {
     );
     assert!(
         missing.is_empty(),
-        "tests without `let _deadline = common::deadline();` as their first line:\n{}",
+        "tests without `let _deadline = testkit::deadline();` as their first line:\n{}",
         missing.join("\n")
     );
 }
 
 #[test]
 fn the_check_catches_a_test_without_a_deadline() {
-    let _deadline = common::deadline();
-    let source = "#[tokio::test]\nasync fn forgets() {\n    work().await;\n}\n\n#[test]\nfn remembers() {\n    let _deadline = common::deadline();\n}\n";
+    let _deadline = testkit::deadline();
+    let source = "#[tokio::test]\nasync fn forgets() {\n    work().await;\n}\n\n#[test]\nfn remembers() {\n    let _deadline = testkit::deadline();\n}\n";
     assert_eq!(unbounded_tests(source), vec!["forgets".to_owned()]);
 }

@@ -1,12 +1,10 @@
 //! User destructors that panic — a job's payload, a result nobody waits for, a skipped job's
 //! captures — never kill a worker thread.
 
-use crate::common;
-
 use std::time::Duration;
 
-use common::{one_worker, within, PROMPTLY};
 use leasepool::LeaseError;
+use testkit::{one_worker, within, PROMPTLY};
 
 /// A panic payload whose own destructor panics.
 struct PanickyPayload;
@@ -30,7 +28,7 @@ impl Drop for PanickyResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_that_panics_when_dropped_does_not_kill_the_worker() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = one_worker("hd-payload").await;
     let lease = m.acquire().await.unwrap();
     let bomb = lease
@@ -55,7 +53,7 @@ async fn a_payload_that_panics_when_dropped_does_not_kill_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_that_panics_when_dropped_after_its_caller_left_does_not_kill_the_worker() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = one_worker("hd-result").await;
     let lease = m.acquire().await.unwrap();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -78,7 +76,7 @@ async fn a_result_that_panics_when_dropped_after_its_caller_left_does_not_kill_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skipped_job_whose_captures_panic_when_dropped_does_not_kill_the_worker() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = one_worker("hd-skip").await;
     let lease = m.acquire().await.unwrap();
     let (started_tx, started_rx) = std::sync::mpsc::channel();

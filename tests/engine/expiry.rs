@@ -1,13 +1,11 @@
 //! Lease expiry: soft lifetime + grace, then hard revocation driven by each lease's own
 //! deadline (not by `check_interval`), with the revoked pool retired and capacity rebuilt.
 
-use crate::common;
-
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{assert_invariant, stats_until};
 use leasepool::{LeaseError, LeaseManager};
+use testkit::{assert_invariant, stats_until};
 
 fn manager(prefix: &str, workers: usize, grace: Duration) -> LeaseManager {
     LeaseManager::builder()
@@ -22,7 +20,7 @@ fn manager(prefix: &str, workers: usize, grace: Duration) -> LeaseManager {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_short_lease_frees_capacity_for_a_waiter_without_waiting_for_check_interval() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = manager("exp-free", 1, Duration::ZERO);
     manager.start().await.unwrap();
     let _idle = manager
@@ -59,7 +57,7 @@ async fn an_idle_short_lease_frees_capacity_for_a_waiter_without_waiting_for_che
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_normally_during_grace() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = manager("exp-grace", 1, Duration::from_secs(30));
     manager.start().await.unwrap();
     let lease = manager
@@ -80,7 +78,7 @@ async fn jobs_run_normally_during_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_hard_expiry_new_jobs_fail_queued_jobs_are_lost_and_running_jobs_finish() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = manager("exp-revoke", 1, Duration::ZERO);
     manager.start().await.unwrap();
     let lease = manager
@@ -119,7 +117,7 @@ async fn after_hard_expiry_new_jobs_fail_queued_jobs_are_lost_and_running_jobs_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_pool_is_retired_never_reused_and_capacity_is_rebuilt() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = manager("exp-retire", 2, Duration::ZERO);
     manager.start().await.unwrap();
     let first_pool = manager.stats().await.leases.len();
@@ -155,7 +153,7 @@ async fn a_revoked_pool_is_retired_never_reused_and_capacity_is_rebuilt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retiring_pool_is_counted_apart_until_its_running_job_ends() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = manager("exp-count", 1, Duration::ZERO);
     manager.start().await.unwrap();
     let lease = manager
@@ -192,7 +190,7 @@ async fn a_retiring_pool_is_counted_apart_until_its_running_job_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_lease_past_hard_expiry_is_revoked() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = manager("exp-drain", 1, Duration::ZERO);
     manager.start().await.unwrap();
     let lease = manager

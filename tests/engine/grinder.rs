@@ -1,22 +1,20 @@
 //! WorkGrinder: batching triggers, concurrency, queue bounds, cancellation, stop modes,
 //! blocking submission, validation.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{grinder_until, Gate};
 use leasepool::{BuildError, LeaseError, LeaseManager, StopMode, WorkGrinder};
+use testkit::{grinder_until, Gate};
 
 async fn manager(prefix: &str, pools: usize) -> LeaseManager {
-    common::started(prefix, pools, 2).await
+    testkit::started(prefix, pools, 2).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_starts_at_the_threshold_on_one_lease_named_after_the_batch() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gr-threshold", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(5)
@@ -71,7 +69,7 @@ async fn a_batch_starts_at_the_threshold_on_one_lease_named_after_the_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_starts_when_the_oldest_item_waited_max_wait() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gr-wait", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -96,7 +94,7 @@ async fn a_batch_starts_when_the_oldest_item_waited_max_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_to_max_concurrent_batches_run_at_once() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gr-conc", 3).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1)
@@ -137,7 +135,7 @@ async fn up_to_max_concurrent_batches_run_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_item_resolves_once_and_a_panicking_item_fails_alone() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gr-once", 2).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(16)
@@ -182,7 +180,7 @@ async fn every_item_resolves_once_and_a_panicking_item_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_is_refused_at_max_pending_and_submit_waits_for_room() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gr-full", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -212,7 +210,7 @@ async fn enqueue_is_refused_at_max_pending_and_submit_waits_for_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_submit_future_removes_its_item_at_once() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gr-drop", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -239,7 +237,7 @@ async fn dropping_a_submit_future_removes_its_item_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_drain_runs_what_is_queued_then_refuses() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gr-drain", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -262,7 +260,7 @@ async fn stop_drain_runs_what_is_queued_then_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_cancel_pending_answers_every_pending_item_with_stopped() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gr-cancel", 1).await;
     let g = WorkGrinder::builder(&m)
         .batch_size_threshold(1_000)
@@ -288,7 +286,7 @@ async fn stop_cancel_pending_answers_every_pending_item_with_stopped() {
 
 #[test]
 fn submit_blocking_serves_plain_threads_and_refuses_runtime_threads() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -334,7 +332,7 @@ fn submit_blocking_serves_plain_threads_and_refuses_runtime_threads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grinder_needs_a_started_manager_and_a_start() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .name_prefix("gr-ns")
         .build()
@@ -352,7 +350,7 @@ async fn a_grinder_needs_a_started_manager_and_a_start() {
 
 #[test]
 fn invalid_settings_are_refused_naming_the_setting() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder().build().unwrap();
     let b = || WorkGrinder::builder(&m);
     let text = |r: Result<WorkGrinder, BuildError>| r.unwrap_err().to_string();

@@ -2,14 +2,12 @@
 //! restarts under the grinder, start and stop racing, cancelling a batch that waits for a lease,
 //! and a host thread that stays idle while a saturated grinder waits.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{grinder_until, within, Gate, EVENTUALLY};
 use leasepool::{LeaseError, LeaseManager, StopMode, WorkGrinder};
+use testkit::{grinder_until, within, Gate, EVENTUALLY};
 
 fn manager(prefix: &str, pools: usize, workers: usize) -> LeaseManager {
     LeaseManager::builder()
@@ -24,7 +22,7 @@ fn manager(prefix: &str, pools: usize, workers: usize) -> LeaseManager {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_wait_of_duration_max_means_never_flush_by_age() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-maxwait", 1, 2);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
@@ -54,7 +52,7 @@ async fn max_wait_of_duration_max_means_never_flush_by_age() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_manager_stops_enqueue_is_refused_and_pending_items_are_answered() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-mstop", 1, 2);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
@@ -94,7 +92,7 @@ async fn after_the_manager_stops_enqueue_is_refused_and_pending_items_are_answer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grinder_starts_again_after_its_manager_restarts() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-restart", 1, 2);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
@@ -124,7 +122,7 @@ async fn a_grinder_starts_again_after_its_manager_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_pending_returns_when_the_manager_stopped_under_a_stuck_batch() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("gl-stuck")
@@ -155,14 +153,14 @@ async fn cancel_pending_returns_when_the_manager_stopped_under_a_stuck_batch() {
         .expect("it ran to the end");
     grinder_until(&g, "no batch left", |s| s.in_flight_batches == 0).await;
     assert!(
-        common::wait_no_threads("gl-stuck", EVENTUALLY).is_empty(),
+        testkit::wait_no_threads("gl-stuck", EVENTUALLY).is_empty(),
         "the detached thread exits once its job ends"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_while_a_stop_waits_loses_no_batch_and_both_return() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-startstop", 1, 1);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
@@ -207,7 +205,7 @@ async fn start_while_a_stop_waits_loses_no_batch_and_both_return() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_pending_cancels_a_batch_waiting_for_a_lease() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-waitlease", 1, 1);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
@@ -221,14 +219,14 @@ async fn cancel_pending_cancels_a_batch_waiting_for_a_lease() {
         let ran = Arc::clone(&ran);
         g.enqueue(move || ran.fetch_add(1, SeqCst)).unwrap()
     };
-    common::stats_until(&m, "the batch to wait for a lease", |s| s.waiting == 1).await;
+    testkit::stats_until(&m, "the batch to wait for a lease", |s| s.waiting == 1).await;
     within(
         "stop(CancelPending) while the batch waits",
         g.stop(StopMode::CancelPending),
     )
     .await;
     assert_eq!(within("the item", item).await, Err(LeaseError::Stopped));
-    common::stats_until(&m, "the lease wait to be cancelled", |s| s.waiting == 0).await;
+    testkit::stats_until(&m, "the lease wait to be cancelled", |s| s.waiting == 0).await;
     held.release().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(ran.load(SeqCst), 0, "a cancelled item never runs");
@@ -269,7 +267,7 @@ async fn host_cpu_share(prefix: &str, wall: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_grinder_leaves_the_host_thread_idle() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let prefix = "gl-busy";
     let m = manager(prefix, 1, 1);
     m.start().await.unwrap();
@@ -307,7 +305,7 @@ async fn a_saturated_grinder_leaves_the_host_thread_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_item_waiting_for_max_wait_leaves_the_host_thread_idle() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let prefix = "gl-onewait";
     let m = manager(prefix, 1, 1);
     m.start().await.unwrap();
@@ -336,7 +334,7 @@ async fn one_item_waiting_for_max_wait_leaves_the_host_thread_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_batches_get_distinct_owners() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-owners", 1, 1);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
@@ -352,12 +350,12 @@ async fn consecutive_batches_get_distinct_owners() {
             let gate = gate.clone();
             g.enqueue(move || gate.wait()).unwrap()
         };
-        let s = common::stats_until(&m, "the batch's lease", |s| s.leased == 1).await;
+        let s = testkit::stats_until(&m, "the batch's lease", |s| s.leased == 1).await;
         owners.push(s.leases[0].owner.clone().unwrap_or_default());
         gate.open();
         within("the item", item).await.unwrap();
         grinder_until(&g, "the batch done", |s| s.batches_run == batch).await;
-        common::stats_until(&m, "the lease released", |s| s.leased == 0).await;
+        testkit::stats_until(&m, "the lease released", |s| s.leased == 0).await;
     }
     assert_eq!(owners, ["own-batch-1", "own-batch-2", "own-batch-3"]);
     within("grinder stop", g.stop(StopMode::Drain)).await;
@@ -366,7 +364,7 @@ async fn consecutive_batches_get_distinct_owners() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_waiting_for_room_gets_in_when_a_batch_takes_the_pending_items() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-room", 1, 2);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
@@ -427,7 +425,7 @@ async fn a_submit_waiting_for_room_gets_in_when_a_batch_takes_the_pending_items(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_stops_each_return_within_their_own_stop_timeout() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-overlap", 1, 1);
     m.start().await.unwrap();
     let stop_timeout = Duration::from_millis(500);
@@ -476,7 +474,7 @@ async fn overlapping_stops_each_return_within_their_own_stop_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_dropped_midway_does_not_stop_the_next_one() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = manager("gl-cstart", 1, 1);
     m.start().await.unwrap();
     let g = WorkGrinder::builder(&m)
@@ -507,7 +505,7 @@ async fn a_start_dropped_midway_does_not_stop_the_next_one() {
 
 #[test]
 fn a_grinder_start_that_resumes_after_its_manager_stopped_is_not_left_half_started() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     // A current-thread runtime: the start's task resumes only after the stop has run.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,18 +1,16 @@
 //! Jobs: parallelism inside a lease, draining release, submit, cancel safety, panic isolation.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{started, stats_until};
 use futures_util::FutureExt;
 use leasepool::{Handle, LeaseError, LeaseManager};
+use testkit::{started, stats_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_jobs_run_in_parallel_in_one_four_worker_lease() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("par", 1, 4).await;
     let lease = manager.acquire().await.unwrap();
     let arrived = Arc::new(AtomicUsize::new(0));
@@ -57,7 +55,7 @@ async fn four_jobs_run_in_parallel_in_one_four_worker_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_with_a_running_job_drains_before_the_pool_returns() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("drain", 1, 1).await;
     let lease = manager.acquire().owner("drainer").await.unwrap();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -102,7 +100,7 @@ async fn release_with_a_running_job_drains_before_the_pool_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submitted_job_runs_even_if_its_handle_and_lease_are_dropped() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("submit-drop", 1, 1).await;
     let lease = manager.acquire().await.unwrap();
     let ran = Arc::new(AtomicBool::new(false));
@@ -129,7 +127,7 @@ async fn a_submitted_job_runs_even_if_its_handle_and_lease_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_future_dropped_before_a_worker_starts_it_skips_the_job() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("skip", 1, 1).await;
     let lease = manager.acquire().await.unwrap();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -161,7 +159,7 @@ async fn a_run_future_dropped_before_a_worker_starts_it_skips_the_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_job_fails_alone_and_the_worker_restarts_with_fresh_state() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("panic")
@@ -221,7 +219,7 @@ async fn a_panicking_job_fails_alone_and_the_worker_restarts_with_fresh_state() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_string_panic_payloads_are_reported() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("payload", 1, 1).await;
     let lease = manager.acquire().await.unwrap();
     let err = lease.run(|| std::panic::panic_any(42u8)).await.unwrap_err();
@@ -256,7 +254,7 @@ impl Handle<Balance> for Account {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_messages_run_on_the_worker_state() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("msg")
@@ -274,7 +272,7 @@ async fn typed_messages_run_on_the_worker_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_submitted_job_resolves_exactly_once() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("once", 2, 2).await;
     let lease = manager.acquire().await.unwrap();
     let runs = Arc::new(AtomicUsize::new(0));

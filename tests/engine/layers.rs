@@ -2,8 +2,6 @@
 //! circle"). This test reads `actors/src` and checks every `crate::…` path against the table
 //! below — the same table as in `actors/src/lib.rs` and `docs/architecture.md`.
 
-use crate::common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
@@ -103,7 +101,7 @@ fn violations(sources: &[(String, String)], layers: &BTreeMap<&str, u32>) -> Vec
 
 #[test]
 fn no_engine_file_imports_one_above_it() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let layers: BTreeMap<&str, u32> = LAYERS.into_iter().collect();
     let mut sources = Vec::new();
     files(
@@ -126,7 +124,7 @@ fn no_engine_file_imports_one_above_it() {
 
 #[test]
 fn the_check_catches_an_import_from_above() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let layers: BTreeMap<&str, u32> = LAYERS.into_iter().collect();
     let sources = vec![(
         "books".to_owned(),
@@ -480,7 +478,7 @@ fn circles(g: &Graph) -> Vec<String> {
 
 #[test]
 fn no_folder_of_either_crate_has_an_import_circle() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut all = Vec::new();
     for (krate, root) in [("leasepool-actors", "actors/src"), ("leasepool", "src")] {
@@ -497,7 +495,7 @@ fn no_folder_of_either_crate_has_an_import_circle() {
 
 #[test]
 fn the_circle_check_sees_use_trees_super_paths_and_folders() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     assert_eq!(
         expand("a::{b, c::{d, self}}"),
         ["a::b", "a::c::d", "a::c"].map(String::from)

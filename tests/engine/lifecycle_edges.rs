@@ -1,17 +1,15 @@
 //! Start and stop at their edges: `Duration::MAX` everywhere, stop racing growth, a start
 //! dropped midway or slow, a steady target with a short check interval, draining.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{one_worker, stats_until, within, EVENTUALLY, PROMPTLY};
 use leasepool::{LeaseError, LeaseManager};
+use testkit::{one_worker, stats_until, within, EVENTUALLY, PROMPTLY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duration_max_is_accepted_everywhere_and_stop_still_returns() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .name_prefix("hd-max")
         .shutdown_timeout(Duration::MAX)
@@ -32,7 +30,7 @@ async fn duration_max_is_accepted_everywhere_and_stop_still_returns() {
         lease.release().await;
         within("stop with shutdown_timeout = Duration::MAX", m.stop()).await;
         assert!(
-            common::wait_no_threads("hd-max", EVENTUALLY).is_empty(),
+            testkit::wait_no_threads("hd-max", EVENTUALLY).is_empty(),
             "round {round}: threads left after stop"
         );
     }
@@ -40,15 +38,15 @@ async fn duration_max_is_accepted_everywhere_and_stop_still_returns() {
     within("start", m.start()).await.unwrap();
     drop(m);
     assert!(
-        common::wait_no_threads("hd-max", EVENTUALLY).is_empty(),
+        testkit::wait_no_threads("hd-max", EVENTUALLY).is_empty(),
         "the host thread outlived its dropped manager"
     );
 }
 
 #[test]
 fn stop_racing_acquires_that_grow_capacity_is_not_held_up() {
-    let _deadline = common::deadline();
-    common::block_on_tokio(async {
+    let _deadline = testkit::deadline();
+    testkit::block_on_tokio(async {
         for round in 0..150 {
             let m = LeaseManager::builder()
                 .max_pools(8)
@@ -85,13 +83,13 @@ fn stop_racing_acquires_that_grow_capacity_is_not_held_up() {
                 "round {round}: stop took {took:?} (a pool created during shutdown was never stopped)"
             );
         }
-        assert!(common::wait_no_threads("hd-race", EVENTUALLY).is_empty());
+        assert!(testkit::wait_no_threads("hd-race", EVENTUALLY).is_empty());
     });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_target_with_a_short_check_interval_keeps_its_pool() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .max_pools(3)
         .min_pools(1)
@@ -122,7 +120,7 @@ async fn a_steady_target_with_a_short_check_interval_keeps_its_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_lease_with_a_running_job_is_not_draining() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = one_worker("hd-draining").await;
     let lease = m.acquire().await.unwrap();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -153,7 +151,7 @@ async fn an_active_lease_with_a_running_job_is_not_draining() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_dropped_midway_leaves_nothing_running_that_stop_cannot_end() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let prefix = "hd-cstart";
     let m = LeaseManager::builder()
         .workers_per_pool(2)
@@ -171,7 +169,7 @@ async fn a_start_dropped_midway_leaves_nothing_running_that_stop_cannot_end() {
             "round {round}: the start was still waiting"
         );
         within("stop after a dropped start", m.stop()).await;
-        let left = common::wait_no_threads(prefix, EVENTUALLY);
+        let left = testkit::wait_no_threads(prefix, EVENTUALLY);
         assert!(left.is_empty(), "round {round}: threads left: {left:?}");
         assert_eq!(
             m.acquire().no_wait().await.unwrap_err(),
@@ -186,12 +184,12 @@ async fn a_start_dropped_midway_leaves_nothing_running_that_stop_cannot_end() {
     assert_eq!(within("run", lease.run(|| 1)).await, Ok(1));
     drop(lease);
     within("stop", m.stop()).await;
-    assert!(common::wait_no_threads(prefix, EVENTUALLY).is_empty());
+    assert!(testkit::wait_no_threads(prefix, EVENTUALLY).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_does_not_wait_behind_a_slow_start() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("hd-slowstart")

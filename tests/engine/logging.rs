@@ -2,16 +2,13 @@
 //! engine event names its manager under a `leasepool…` target, rejections are logged at DEBUG,
 //! and a failing size provider is logged once per streak of failures, not on every evaluation.
 
-use crate::capture;
-use crate::common;
-
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use capture::{captured, Captured};
-use common::stats_until;
 use leasepool::LeaseManager;
+use testkit::capture::{captured, Captured};
+use testkit::stats_until;
 use tracing::Level;
 
 /// A manager the subscriber itself calls back into, from inside its own events (see
@@ -29,13 +26,13 @@ fn call_back_into_the_manager(event: &Captured) {
 
 /// The capture, with the call-back hook.
 fn events() {
-    capture::set_hook(call_back_into_the_manager);
-    capture::events();
+    testkit::capture::set_hook(call_back_into_the_manager);
+    testkit::capture::events();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     events();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
@@ -89,7 +86,7 @@ async fn lifecycle_events_carry_lease_owner_and_pool_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_size_provider_is_logged_once_per_streak() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     events();
     let failing = Arc::new(AtomicBool::new(true));
     let f = Arc::clone(&failing);
@@ -123,7 +120,7 @@ async fn a_failing_size_provider_is_logged_once_per_streak() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_factory_error_and_a_factory_panic_are_logged_as_what_they_are() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     events();
     let by_text =
         |text: &'static str| move |e: &Captured| e.fields.values().any(|v| v.contains(text));
@@ -163,7 +160,7 @@ async fn a_factory_error_and_a_factory_panic_are_logged_as_what_they_are() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_manager_with_held_leases_logs_no_lease_actor_death() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     events();
     let deaths = || captured(|e| e.message().contains("lease actor died")).len();
     let before = deaths();
@@ -189,7 +186,7 @@ async fn stopping_a_manager_with_held_leases_logs_no_lease_actor_death() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_managers_in_one_process_are_told_apart_in_every_event() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     events();
     let start = |name: &'static str| {
         LeaseManager::builder()
@@ -243,7 +240,7 @@ async fn two_managers_in_one_process_are_told_apart_in_every_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejections_are_logged_at_debug_with_owner_and_reason() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     events();
     let name = "log-reject";
     let m = LeaseManager::builder()
@@ -294,7 +291,7 @@ async fn rejections_are_logged_at_debug_with_owner_and_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_calls_back_into_the_manager_does_not_deadlock_it() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     events();
     let manager = LeaseManager::builder()
         .max_pools(1)

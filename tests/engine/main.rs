@@ -3,11 +3,6 @@
 //! edges, logging, and the source's layers. One binary (they used to be sixteen, each linking
 //! actix and tokio); libtest runs them as before (`cargo test --test engine acquire::`).
 
-#[path = "../common/capture.rs"]
-mod capture;
-#[path = "../common/mod.rs"]
-mod common;
-
 mod acquire;
 mod blocking_calls;
 mod bounded;

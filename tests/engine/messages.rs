@@ -1,7 +1,5 @@
 //! Typed message jobs on per-worker state, and fallible worker-state factories.
 
-use crate::common;
-
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -9,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::stats_until;
 use leasepool::{Handle, LeaseError, LeaseManager};
+use testkit::stats_until;
 
 /// Per-worker state: which worker this is and what it has seen.
 struct Ledger {
@@ -47,7 +45,7 @@ impl Handle<WhoAmI> for Ledger {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_from_many_callers_land_on_per_worker_state() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let next_worker = Arc::new(AtomicUsize::new(0));
     let n = Arc::clone(&next_worker);
     let manager = LeaseManager::builder()
@@ -93,7 +91,7 @@ async fn messages_from_many_callers_land_on_per_worker_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_keeps_its_state_across_message_types() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("msg-one")
@@ -123,7 +121,7 @@ async fn one_worker_keeps_its_state_across_message_types() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_state_need_not_be_send() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("msg-rc")
@@ -165,7 +163,7 @@ fn database_factory(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_fails_with_the_factory_error_when_no_worker_can_build_its_state() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let healthy_after = Arc::new(AtomicUsize::new(usize::MAX));
     let calls = Arc::new(AtomicUsize::new(0));
     let manager = LeaseManager::builder()
@@ -188,7 +186,7 @@ async fn start_fails_with_the_factory_error_when_no_worker_can_build_its_state()
         LeaseError::NotStarted,
         "a start that failed leaves the manager stopped"
     );
-    assert!(common::wait_no_threads("msg-nostart", common::EVENTUALLY).is_empty());
+    assert!(testkit::wait_no_threads("msg-nostart", testkit::EVENTUALLY).is_empty());
     // Once the database is back, start works.
     healthy_after.store(0, SeqCst);
     manager.start().await.unwrap();
@@ -200,7 +198,7 @@ async fn start_fails_with_the_factory_error_when_no_worker_can_build_its_state()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallible_factory_that_fails_makes_acquires_fail_with_its_error_until_it_succeeds() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let healthy_after = Arc::new(AtomicUsize::new(usize::MAX));
     let calls = Arc::new(AtomicUsize::new(0));
     let manager = LeaseManager::builder()
@@ -248,7 +246,7 @@ async fn a_fallible_factory_that_fails_makes_acquires_fail_with_its_error_until_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_worker_is_replaced_while_the_others_serve() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let manager = LeaseManager::builder()
@@ -279,7 +277,7 @@ async fn one_failing_worker_is_replaced_while_the_others_serve() {
     .await;
     assert_eq!(stats.counters.worker_state_failures, 1);
     assert_eq!(stats.unhealthy, 0, "a pool with live workers stays healthy");
-    let deadline = std::time::Instant::now() + common::EVENTUALLY;
+    let deadline = std::time::Instant::now() + testkit::EVENTUALLY;
     while manager.live_worker_threads() != 3 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -2,14 +2,12 @@
 //! unhealthy and retired pools in the books, a dead supervisor that fails closed, replacement
 //! workers, a size provider whose panic panics. A pool is handed out only once it can serve.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{stats_until, within, EVENTUALLY};
 use leasepool::{LeaseError, LeaseManager};
+use testkit::{stats_until, within, EVENTUALLY};
 
 /// A `try_worker_state` factory that fails while `failing` is set.
 fn switchable_factory(
@@ -30,7 +28,7 @@ fn switchable_factory(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_that_went_unhealthy_while_leased_leaves_the_unhealthy_count_when_retired() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let failing = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let m = LeaseManager::builder()
@@ -59,14 +57,14 @@ async fn a_pool_that_went_unhealthy_while_leased_leaves_the_unhealthy_count_when
         s.unhealthy == 0 && s.available == 1
     })
     .await;
-    common::assert_invariant(&s);
+    testkit::assert_invariant(&s);
     drop(lease);
     m.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_pools_leave_nothing_in_the_books_without_anyone_calling_stats() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .max_pools(2)
         .workers_per_pool(1)
@@ -88,7 +86,7 @@ async fn retired_pools_leave_nothing_in_the_books_without_anyone_calling_stats()
     }
     // At most 4 entries for max_pools 2 and no lease held, once the supervisor has swept the
     // leases that asked for an actor (it does so shortly after they ended).
-    common::until(
+    testkit::until(
         "the books to hold nothing per retired pool (<= 4 entries)",
         || async { m.book_entries() },
         |entries| *entries <= 2 * 2,
@@ -123,7 +121,7 @@ async fn run_until_served<S: 'static>(m: &LeaseManager<S>) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_thread_that_cannot_be_spawned_is_retried_and_the_supervisor_survives() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .max_pools(2)
         .workers_per_pool(3)
@@ -143,7 +141,7 @@ async fn a_worker_thread_that_cannot_be_spawned_is_retried_and_the_supervisor_su
         s.counters.thread_spawn_failures == 1 && s.counters.workers_replaced >= 1
     })
     .await;
-    common::assert_invariant(&s);
+    testkit::assert_invariant(&s);
     let begun = Instant::now();
     while m.live_worker_threads() != 6 {
         assert!(
@@ -169,12 +167,12 @@ async fn a_worker_thread_that_cannot_be_spawned_is_retried_and_the_supervisor_su
     assert_eq!(short.run(|| ()).await, Err(LeaseError::Expired));
     first.release().await;
     m.stop().await;
-    assert!(common::wait_no_threads("hd-spawn", EVENTUALLY).is_empty());
+    assert!(testkit::wait_no_threads("hd-spawn", EVENTUALLY).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_no_thread_of_the_first_pool_can_be_spawned_start_says_so_or_recovers() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("hd-spawn0")
@@ -185,7 +183,7 @@ async fn when_no_thread_of_the_first_pool_can_be_spawned_start_says_so_or_recove
         Err(LeaseError::NoHealthyPool(e)) => assert!(e.contains("spawn"), "{e}"),
         other => panic!("start must say no worker could start, got {other:?}"),
     }
-    assert!(common::wait_no_threads("hd-spawn0", EVENTUALLY).is_empty());
+    assert!(testkit::wait_no_threads("hd-spawn0", EVENTUALLY).is_empty());
     let degraded = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("hd-spawn1")
@@ -201,7 +199,7 @@ async fn when_no_thread_of_the_first_pool_can_be_spawned_start_says_so_or_recove
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_is_handed_out_only_once_a_worker_built_its_state() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let m = LeaseManager::builder()
@@ -228,7 +226,7 @@ async fn a_pool_is_handed_out_only_once_a_worker_built_its_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_supervisor_fails_closed_and_the_manager_starts_again() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("hd-sup")
@@ -267,12 +265,12 @@ async fn a_dead_supervisor_fails_closed_and_the_manager_starts_again() {
     within("start", m.start()).await.unwrap();
     within("stop", m.stop()).await;
     drop(held);
-    assert!(common::wait_no_threads("hd-sup", EVENTUALLY).is_empty());
+    assert!(testkit::wait_no_threads("hd-sup", EVENTUALLY).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_unhealthy_idle_pool_is_replaced_and_serves_once_the_factory_recovers() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let failing = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let m = LeaseManager::builder()
@@ -298,13 +296,13 @@ async fn a_killed_unhealthy_idle_pool_is_replaced_and_serves_once_the_factory_re
         s.unhealthy == 0 && s.available == 1
     })
     .await;
-    common::assert_invariant(&s);
+    testkit::assert_invariant(&s);
     m.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacement_worker_threads_get_new_names() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let prefix = "hd-names";
     let m = LeaseManager::builder()
         .workers_per_pool(2)
@@ -320,7 +318,7 @@ async fn replacement_worker_threads_get_new_names() {
     // A thread names itself once it runs: wait for both.
     let begun = Instant::now();
     let before = loop {
-        let before = workers(common::threads_named(prefix));
+        let before = workers(testkit::threads_named(prefix));
         if before.len() == 2 {
             break before;
         }
@@ -336,7 +334,7 @@ async fn replacement_worker_threads_get_new_names() {
         .await;
         let begun = Instant::now();
         let after = loop {
-            let after = workers(common::threads_named(prefix));
+            let after = workers(testkit::threads_named(prefix));
             if after.len() == 2 && !after.iter().all(|n| before.contains(n)) {
                 break after;
             }
@@ -350,7 +348,7 @@ async fn replacement_worker_threads_get_new_names() {
         unique.dedup();
         assert_eq!(unique, after, "round {round}: two threads share a name");
     }
-    let all = workers(common::threads_named(prefix));
+    let all = workers(testkit::threads_named(prefix));
     assert!(
         all.iter().any(|n| n.ends_with("-4")),
         "the third replacement is worker 4: {all:?}"
@@ -361,7 +359,7 @@ async fn replacement_worker_threads_get_new_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_wait_acquire_counting_on_a_pool_that_fails_is_refused_not_left_waiting() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     for (round, max_waiters, no_wait) in [(0, 100, true), (1, 0, false)] {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
@@ -412,7 +410,7 @@ impl Drop for PanickyProviderPayload {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_size_provider_whose_panic_payload_panics_cannot_take_the_host_down_at_start() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .name_prefix("hd-provider")
         .size_provider(|| std::panic::panic_any(PanickyProviderPayload))

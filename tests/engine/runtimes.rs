@@ -1,7 +1,5 @@
 //! leasepool from a tokio multi-thread runtime, a plain thread, and inside an actix System.
 
-use crate::common;
-
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ fn assert_send<T: Send>(_: &T) {}
 
 #[test]
 fn handles_are_send_and_sync_even_with_non_send_worker_state() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     assert_send_sync::<LeaseManager>();
     assert_send_sync::<Lease>();
     // Worker state never leaves its thread, so it need not be Send.
@@ -24,7 +22,7 @@ fn handles_are_send_and_sync_even_with_non_send_worker_state() {
 
 #[test]
 fn futures_are_send() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder().build().unwrap();
     assert_send(&manager.start());
     assert_send(&manager.stop());
@@ -34,8 +32,8 @@ fn futures_are_send() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_from_a_tokio_multi_thread_runtime() {
-    let _deadline = common::deadline();
-    let manager = common::started("rt-tokio", 2, 2).await;
+    let _deadline = testkit::deadline();
+    let manager = testkit::started("rt-tokio", 2, 2).await;
     let mut tasks = Vec::new();
     for i in 0..8u64 {
         let m = manager.clone();
@@ -56,7 +54,7 @@ async fn works_from_a_tokio_multi_thread_runtime() {
 
 #[test]
 fn works_from_a_plain_thread_with_block_on() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     use futures_executor::block_on;
     let handle = std::thread::spawn(|| {
         let manager = LeaseManager::builder()
@@ -83,7 +81,7 @@ fn works_from_a_plain_thread_with_block_on() {
 
 #[actix_rt::test]
 async fn works_inside_an_actix_system() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     use actix::prelude::*;
 
     struct Caller {

@@ -1,17 +1,15 @@
 //! Stop: waiters and leases are answered, every thread goes, a stuck job cannot hang stop,
 //! and the manager starts again.
 
-use crate::common;
-
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{started, stats_until, threads_named, wait_no_threads};
 use leasepool::{LeaseError, LeaseManager};
+use testkit::{started, stats_until, threads_named, wait_no_threads};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_leaves_no_thread_behind() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(3)
         .min_pools(2)
@@ -23,7 +21,7 @@ async fn stop_leaves_no_thread_behind() {
     let lease = manager.acquire().await.unwrap();
     lease.run(|| ()).await.unwrap();
     // 2 pools x 3 workers + the host thread.
-    let deadline = Instant::now() + common::EVENTUALLY;
+    let deadline = Instant::now() + testkit::EVENTUALLY;
     while threads_named("sd-threads").len() < 7 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -47,7 +45,7 @@ async fn stop_leaves_no_thread_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_returns_within_shutdown_timeout_when_a_job_never_ends() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
         .name_prefix("sd-stuck")
@@ -83,7 +81,7 @@ async fn stop_returns_within_shutdown_timeout_when_a_job_never_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_answers_waiters_and_queued_jobs() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("sd-answer", 1, 1).await;
     let lease = manager.acquire().await.unwrap();
     let m = manager.clone();
@@ -120,7 +118,7 @@ async fn stop_answers_waiters_and_queued_jobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_and_stop_are_idempotent_and_restartable() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = started("sd-restart", 1, 2).await;
     manager.start().await.unwrap();
     for round in 0..3 {
@@ -144,7 +142,7 @@ async fn start_and_stop_are_idempotent_and_restartable() {
 
 #[test]
 fn dropping_the_last_handle_shuts_down_without_blocking() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(2)
         .min_pools(2)
@@ -165,7 +163,7 @@ fn dropping_the_last_handle_shuts_down_without_blocking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_looks_is_told_to_stop_once_stop_is_overdue() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder()
         .workers_per_pool(1)
         .shutdown_timeout(Duration::from_millis(200))
@@ -207,7 +205,7 @@ async fn a_job_that_looks_is_told_to_stop_once_stop_is_overdue() {
         "the job ended when told, and stop with it: {took:?}"
     );
     assert!(
-        common::wait_no_threads("sd-overdue", Duration::from_secs(5)).is_empty(),
+        testkit::wait_no_threads("sd-overdue", Duration::from_secs(5)).is_empty(),
         "no thread left"
     );
     drop(lease);

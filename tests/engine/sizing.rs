@@ -1,14 +1,12 @@
 //! Adaptive sizing: desired = min(max_pools, max(min_pools, ceil(units / units_per_pool))),
 //! evaluated at start, every check_interval and on notify_scale_changed.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_invariant, stats_until};
 use leasepool::LeaseManager;
+use testkit::{assert_invariant, stats_until};
 
 fn sized(prefix: &str, units: &Arc<AtomicUsize>, check: Duration) -> LeaseManager {
     let units = Arc::clone(units);
@@ -26,7 +24,7 @@ fn sized(prefix: &str, units: &Arc<AtomicUsize>, check: Duration) -> LeaseManage
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grows_one_to_four_to_five_and_shrinks_back_without_revoking_leases() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let units = Arc::new(AtomicUsize::new(0));
     let manager = sized("sz-grow", &units, Duration::from_secs(120));
     manager.start().await.unwrap();
@@ -70,7 +68,7 @@ async fn grows_one_to_four_to_five_and_shrinks_back_without_revoking_leases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_is_re_evaluated_every_check_interval() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let units = Arc::new(AtomicUsize::new(0));
     let manager = sized("sz-tick", &units, Duration::from_millis(50));
     manager.start().await.unwrap();
@@ -86,7 +84,7 @@ async fn the_target_is_re_evaluated_every_check_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_creates_the_desired_number_of_pools() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let units = Arc::new(AtomicUsize::new(30));
     let manager = sized("sz-start", &units, Duration::from_secs(120));
     manager.start().await.unwrap();
@@ -97,7 +95,7 @@ async fn start_creates_the_desired_number_of_pools() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_size_provider_counts_as_zero_and_recovers() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let failing = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let (f, c) = (Arc::clone(&failing), Arc::clone(&calls));
@@ -132,7 +130,7 @@ async fn a_panicking_size_provider_counts_as_zero_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_grow_the_pool_count_up_to_max_pools_on_demand() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let units = Arc::new(AtomicUsize::new(0));
     let manager = sized("sz-demand", &units, Duration::from_secs(120));
     manager.start().await.unwrap();

@@ -1,17 +1,15 @@
 //! Stats: every snapshot is consistent, and per-lease details are right.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::assert_invariant;
 use leasepool::LeaseManager;
+use testkit::assert_invariant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_lease_details_are_reported() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(2)
         .workers_per_pool(2)
@@ -75,7 +73,7 @@ async fn per_lease_details_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_stay_consistent_under_churn() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(3)
         .min_pools(1)
@@ -127,7 +125,7 @@ async fn snapshots_stay_consistent_under_churn() {
     done.store(true, SeqCst);
     let samples = sampler.await.unwrap();
     assert!(samples > 10, "sampler barely ran ({samples})");
-    let end = common::stats_until(&manager, "all released", |s| s.leased == 0).await;
+    let end = testkit::stats_until(&manager, "all released", |s| s.leased == 0).await;
     assert_invariant(&end);
     let c = end.counters;
     assert_eq!(
@@ -141,7 +139,7 @@ async fn snapshots_stay_consistent_under_churn() {
 /// the same counts as `stats()`, and `free()` is what is left under `max_pools`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_agrees_with_stats() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let manager = LeaseManager::builder()
         .max_pools(3)
         .workers_per_pool(1)
@@ -171,11 +169,11 @@ async fn capacity_agrees_with_stats() {
         let m = manager.clone();
         tokio::spawn(async move { m.acquire().await.map(|l| l.id()) })
     };
-    common::stats_until(&manager, "a waiter", |s| s.waiting == 1).await;
+    testkit::stats_until(&manager, "a waiter", |s| s.waiting == 1).await;
     assert_eq!(manager.capacity().waiting, 1);
     drop((a, b, c));
     waiter.await.unwrap().unwrap();
-    common::stats_until(&manager, "all released", |s| s.leased == 0).await;
+    testkit::stats_until(&manager, "all released", |s| s.leased == 0).await;
     assert_eq!(manager.capacity().free(), 3);
     manager.stop().await;
 }

@@ -1,14 +1,12 @@
 //! Supervision: dead workers are replaced with backoff, unhealthy pools are never handed out,
 //! crashed pool and lease actors are replaced and nothing hangs.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_invariant, stats_until, EVENTUALLY};
 use leasepool::{Lease, LeaseError, LeaseManager};
+use testkit::{assert_invariant, stats_until, EVENTUALLY};
 
 /// A factory that succeeds on call 1, panics on calls 2..=1+failures, then succeeds again.
 fn flaky_factory(failures: usize) -> (Arc<AtomicUsize>, impl Fn() -> u32 + Send + Sync + 'static) {
@@ -41,7 +39,7 @@ async fn run_until_ok(lease: &Lease<u32>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_factory_that_panics_n_times_then_recovers_brings_the_pool_back() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let (calls, factory) = flaky_factory(3);
     let manager = LeaseManager::builder()
         .workers_per_pool(1)
@@ -81,7 +79,7 @@ async fn a_factory_that_panics_n_times_then_recovers_brings_the_pool_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_that_cannot_build_its_workers_is_never_handed_out() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let manager = LeaseManager::builder()
@@ -189,7 +187,7 @@ mod fault_injection {
     /// whole waiter queue failed at once, one after another.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pool_whose_worker_died_is_never_handed_to_a_waiter() {
-        let _deadline = common::deadline();
+        let _deadline = testkit::deadline();
         // The only worker dies (it takes a poison job); the lease goes back at once, racing
         // the pool's learning of the death.
         let failed = dead_pool_rounds(
@@ -215,7 +213,7 @@ mod fault_injection {
     /// and a release in between handed the dead pool to the next waiter: seen in the chaos run.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pool_whose_actor_crashed_is_never_handed_to_a_waiter() {
-        let _deadline = common::deadline();
+        let _deadline = testkit::deadline();
         let failed = dead_pool_rounds(
             "sup-crashed",
             |m, holder| {
@@ -241,8 +239,8 @@ mod fault_injection {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_workers_are_replaced_and_the_lease_keeps_working() {
-        let _deadline = common::deadline();
-        let manager = common::started("sup-killw", 1, 2).await;
+        let _deadline = testkit::deadline();
+        let manager = testkit::started("sup-killw", 1, 2).await;
         let lease = manager.acquire().await.unwrap();
         assert!(manager.kill_worker(lease.pool(), 1).await);
         stats_until(&manager, "replacement", |s| {
@@ -263,8 +261,8 @@ mod fault_injection {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crashed_pool_actor_revokes_its_lease_and_capacity_is_rebuilt() {
-        let _deadline = common::deadline();
-        let manager = common::started("sup-killp", 1, 1).await;
+        let _deadline = testkit::deadline();
+        let manager = testkit::started("sup-killp", 1, 1).await;
         let lease = manager.acquire().await.unwrap();
         let dead_pool = lease.pool();
         assert!(manager.kill_pool(dead_pool).await);
@@ -285,8 +283,8 @@ mod fault_injection {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crashed_idle_pool_actor_is_replaced() {
-        let _deadline = common::deadline();
-        let manager = common::started("sup-killi", 1, 1).await;
+        let _deadline = testkit::deadline();
+        let manager = testkit::started("sup-killi", 1, 1).await;
         let pool = {
             let lease = manager.acquire().await.unwrap();
             let pool = lease.pool();
@@ -307,8 +305,8 @@ mod fault_injection {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crashed_lease_actor_revokes_the_lease_and_retires_its_pool() {
-        let _deadline = common::deadline();
-        let manager = common::started("sup-killl", 1, 1).await;
+        let _deadline = testkit::deadline();
+        let manager = testkit::started("sup-killl", 1, 1).await;
         let lease = manager.acquire().await.unwrap();
         lease.run(|| ()).await.unwrap();
         assert!(manager.kill_lease_actor(lease.id()).await);

@@ -1,7 +1,5 @@
 //! Every `build()` rule: bad settings are errors that name the setting, never panics.
 
-use crate::common;
-
 use std::time::Duration;
 
 use leasepool::{Backend, BuildError, LeaseManager, MAX_TOTAL_WORKERS};
@@ -12,7 +10,7 @@ fn err_text(r: Result<LeaseManager, BuildError>) -> String {
 
 #[test]
 fn zero_counts_are_refused_naming_the_setting() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let b = LeaseManager::builder;
     assert_eq!(
         err_text(b().max_pools(0).min_pools(0).build()),
@@ -30,7 +28,7 @@ fn zero_counts_are_refused_naming_the_setting() {
 
 #[test]
 fn zero_durations_are_refused_where_they_must_be_positive() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let b = LeaseManager::builder;
     assert!(
         err_text(b().default_lease(Duration::ZERO).build()).starts_with("default_lease must be")
@@ -50,7 +48,7 @@ fn zero_durations_are_refused_where_they_must_be_positive() {
 
 #[test]
 fn min_pools_above_max_pools_is_refused() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let e = LeaseManager::builder()
         .max_pools(2)
         .min_pools(3)
@@ -68,7 +66,7 @@ fn min_pools_above_max_pools_is_refused() {
 
 #[test]
 fn absurd_thread_counts_are_refused() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let e = err_text(
         LeaseManager::builder()
             .max_pools(101)
@@ -97,14 +95,14 @@ fn absurd_thread_counts_are_refused() {
 
 #[test]
 fn bad_name_prefixes_are_refused() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     assert!(err_text(LeaseManager::builder().name_prefix("").build()).contains("name_prefix"));
     assert!(err_text(LeaseManager::builder().name_prefix("a\0b").build()).contains("name_prefix"));
 }
 
 #[test]
 fn the_process_backend_says_what_it_is_missing() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let e = err_text(LeaseManager::builder().backend(Backend::Process).build());
     // With the feature: the jobs its children run; without it: the feature.
     #[cfg(feature = "process")]
@@ -115,7 +113,7 @@ fn the_process_backend_says_what_it_is_missing() {
 
 #[test]
 fn defaults_match_the_contract() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let m = LeaseManager::builder().build().unwrap();
     let text = format!("{m:?}");
     for expected in [
@@ -137,7 +135,7 @@ fn defaults_match_the_contract() {
 
 #[test]
 fn a_check_interval_shorter_than_a_millisecond_is_refused() {
-    let _deadline = common::deadline();
+    let _deadline = testkit::deadline();
     let err = LeaseManager::builder()
         .check_interval(std::time::Duration::from_nanos(1))
         .build()

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use leasepool::queue::{Queue, QueueError, QueueWorker};
 use leasepool::LeaseManager;
 
-use crate::common;
 use crate::fixtures::*;
 
-pub(crate) async fn claims_stay_within_capacity_plus_prefetch(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn claims_stay_within_capacity_plus_prefetch(kind: Kind) {
     let (queue, dir) = queue_for(kind, "cap").await;
     queue.push_all("cap", 0..20_u64).await.unwrap();
     let m = manager("q-cap", 2).await;
-    let gate = common::Gate::new();
+    let gate = testkit::Gate::new();
     let worker = QueueWorker::builder(&m, &queue, "cap")
         .prefetch(1)
         .poll_interval(Duration::from_millis(5))
@@ -46,7 +46,8 @@ pub(crate) async fn claims_stay_within_capacity_plus_prefetch(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn a_busy_manager_claims_nothing_and_leaves_tasks_for_others(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_busy_manager_claims_nothing_and_leaves_tasks_for_others(kind: Kind) {
     let (queue, dir) = queue_for(kind, "busy").await;
     let m = manager("q-busy", 1).await;
     let held = m.acquire().owner("someone else").await.unwrap();
@@ -66,12 +67,13 @@ pub(crate) async fn a_busy_manager_claims_nothing_and_leaves_tasks_for_others(ki
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn overload_puts_the_task_back_without_counting_an_attempt(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn overload_puts_the_task_back_without_counting_an_attempt(kind: Kind) {
     // Prefetch 1 on a 1-pool manager whose pool someone else takes: the prefetched task waits
     // `lease_wait`, then goes back for anyone with its attempts unchanged.
     let (queue, dir) = queue_for(kind, "over").await;
     let m = manager("q-over", 1).await;
-    let gate = common::Gate::new();
+    let gate = testkit::Gate::new();
     let g = gate.clone();
     let worker = QueueWorker::builder(&m, &queue, "over")
         .prefetch(1)
@@ -89,7 +91,7 @@ pub(crate) async fn overload_puts_the_task_back_without_counting_an_attempt(kind
     eventually("task 0 running", || async { worker.stats().running == 1 }).await;
     let second = queue.push("over", 1_u64).await.unwrap();
     eventually("task 1 put back", || async { worker.stats().put_back >= 1 }).await;
-    common::until(
+    testkit::until(
         "task 1 unlocked",
         || async {
             (
@@ -120,7 +122,8 @@ pub(crate) async fn overload_puts_the_task_back_without_counting_an_attempt(kind
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn an_idle_worker_takes_tasks_pushed_later(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn an_idle_worker_takes_tasks_pushed_later(kind: Kind) {
     // Heartbeats every 20 s: nothing but the poll interval may wake an idle worker. A poll
     // interval as short as a fetch makes apalis' interval tick often fire while a fetch is
     // in flight (the case where its strategy armed no timer and the worker went deaf).

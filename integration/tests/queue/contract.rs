@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use leasepool::queue::QueueWorker;
 
-use crate::common;
 use crate::fixtures::*;
 
 /// SQLite: the `Jobs` and `Workers` columns our statements name (`store/sqlite/sql.rs`,
@@ -88,7 +87,8 @@ fn redis_holds(key: &str, id: &str) -> bool {
     }
 }
 
-pub(crate) async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
     let (queue, dir) = queue_for(kind, "contract").await;
     let name = "contract";
     let id = queue.push_with_attempts(name, 1_u64, 3).await.unwrap();
@@ -138,7 +138,7 @@ pub(crate) async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
     }
     // Claimed: locked by the worker that runs it.
     let m = manager("q-contract", 1).await;
-    let gate = common::Gate::new();
+    let gate = testkit::Gate::new();
     let worker = QueueWorker::builder(&m, &queue, name)
         .poll_interval(Duration::from_millis(5))
         .build_blocking(gated(&gate))
@@ -149,7 +149,7 @@ pub(crate) async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
     match kind {
         Kind::Sqlite => {
             let db = queue.path().unwrap();
-            common::until(
+            testkit::until(
                 "the row locked by the worker",
                 || async { sqlite_row(db, &id) },
                 |(status, _, _, by)| {
@@ -176,7 +176,7 @@ pub(crate) async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
     }
     // Done: acknowledged as apalis writes it, one attempt counted.
     gate.open();
-    common::until(
+    testkit::until(
         "the task done",
         || async { queue.task(name, &id).await.unwrap().unwrap() },
         |t| t.status == "Done",
@@ -188,7 +188,7 @@ pub(crate) async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
             assert_eq!((status.as_str(), attempts), ("Done", 1));
         }
         Kind::Redis => {
-            common::until(
+            testkit::until(
                 "the meta hash done",
                 || async { redis_meta(name, &id) },
                 |meta| meta.get("status").map(String::as_str) == Some("Done"),

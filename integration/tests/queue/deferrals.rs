@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use leasepool::queue::{Queue, QueueError, QueueWorker};
 use leasepool::LeaseManager;
 
-use crate::common;
 use crate::fixtures::*;
 
 /// Redis: the mark a deferral leaves before apalis acknowledges it (its attempt is owed back)
@@ -18,7 +17,8 @@ use crate::fixtures::*;
 /// worker failed or was aborted): a task allowed two attempts whose meta hash carries such a
 /// mark — at an attempt above the count stored — runs twice, not three times, and the mark is
 /// gone once it ran.
-pub(crate) async fn a_stale_owed_mark_gives_no_free_attempt() {
+#[testkit::test]
+async fn a_stale_owed_mark_gives_no_free_attempt() {
     let queue = open(&redis_url()).await;
     let id = queue
         .push_with_attempts("stale-mark", 1_u64, 2)
@@ -38,7 +38,7 @@ pub(crate) async fn a_stale_owed_mark_gives_no_free_attempt() {
         .unwrap();
     worker.start().unwrap();
     // apalis-redis retries after `attempt` seconds.
-    common::until(
+    testkit::until(
         "the task out of attempts",
         || async { queue.counts("stale-mark").await.unwrap() },
         |c| c.failed == 1,
@@ -56,7 +56,8 @@ pub(crate) async fn a_stale_owed_mark_gives_no_free_attempt() {
 /// worker's heartbeat looked stale, a pause, a partition) and that hands it back later marks no
 /// attempt as owed — the task may already have run elsewhere, and such a mark would give it a
 /// run beyond `max_attempts`. A task allowed two attempts runs twice.
-pub(crate) async fn a_hand_back_of_a_task_taken_from_its_worker_marks_nothing() {
+#[testkit::test]
+async fn a_hand_back_of_a_task_taken_from_its_worker_marks_nothing() {
     let queue = open(&redis_url()).await;
     let busy = manager("q-moved-w", 1).await;
     let held = busy.acquire().await.unwrap();
@@ -99,7 +100,7 @@ pub(crate) async fn a_hand_back_of_a_task_taken_from_its_worker_marks_nothing() 
     // W stops: it hands its waiting copy back (a deferral).
     let st = w.stop().await;
     assert_eq!(st.handed_back, 1, "{st:?}");
-    common::until(
+    testkit::until(
         "the task out of attempts",
         || async { queue.counts("moved").await.unwrap() },
         |c| c.failed == 1,
@@ -122,7 +123,8 @@ pub(crate) async fn a_hand_back_of_a_task_taken_from_its_worker_marks_nothing() 
 /// done. On Redis the deferred task is due again within a second and anyone may take it (the
 /// attempt is owed in the task); on SQLite the row stays locked until its worker gives it back.
 /// (Before the fix, Redis killed the task unrun: "out of attempts (1)".)
-pub(crate) async fn a_deferral_taken_first_by_another_worker_costs_no_attempt(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_deferral_taken_first_by_another_worker_costs_no_attempt(kind: Kind) {
     let (queue, dir) = queue_for(kind, "owed").await;
     // Worker A: its only pool is held here, so its prefetched task is put back after 100 ms,
     // and it gives deferrals back only after 3 s.
@@ -146,7 +148,7 @@ pub(crate) async fn a_deferral_taken_first_by_another_worker_costs_no_attempt(ki
         .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
         .unwrap();
     b.start().unwrap();
-    common::until(
+    testkit::until(
         "the task settled",
         || async { queue.counts("owed").await.unwrap() },
         |c| c.pending == 0 && c.claimed == 0,
@@ -184,7 +186,8 @@ pub(crate) async fn a_deferral_taken_first_by_another_worker_costs_no_attempt(ki
 /// rows and its orphan re-run only claimed or running ones, so the other workers give such rows
 /// back once the dead worker's heartbeat is older than the orphan timeout. (Before the fix the
 /// task was never run and counted as pending forever.)
-pub(crate) async fn a_dead_workers_deferred_task_runs_again() {
+#[testkit::test]
+async fn a_dead_workers_deferred_task_runs_again() {
     let dir = temp_dir("dead-deferral");
     let db = dir.join("q.db");
     let queue = open(db.to_str().unwrap()).await;

@@ -10,7 +10,6 @@ use leasepool::queue::{
     Queue, QueueError, QueueWorker, QueueWorkerBuilder, RetryPolicy, STOP_MARGIN,
 };
 
-use crate::common;
 use crate::fixtures::*;
 
 /// Holds the store's write path until dropped: SQLite, another connection's write
@@ -71,10 +70,11 @@ impl Drop for Locked {
 }
 
 /// (Before the fix a stop waited 2 + 5 + 10 s past its timeout: 15 s with a 3 s timeout.)
-pub(crate) async fn stop_is_bounded_while_the_store_is_locked(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn stop_is_bounded_while_the_store_is_locked(kind: Kind) {
     let (queue, dir) = queue_for(kind, "locked").await;
     let m = manager("q-locked", 1).await;
-    let gate = common::Gate::new();
+    let gate = testkit::Gate::new();
     const TIMEOUT: Duration = Duration::from_secs(2);
     let worker = QueueWorker::builder(&m, &queue, "locked")
         .poll_interval(Duration::from_millis(5))
@@ -104,7 +104,7 @@ pub(crate) async fn stop_is_bounded_while_the_store_is_locked(kind: Kind) {
         .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
         .unwrap();
     w2.start().unwrap();
-    common::until(
+    testkit::until(
         "the task done by another worker",
         || async { queue.task("locked", &id).await.unwrap().unwrap() },
         |t| t.status == "Done",
@@ -117,7 +117,8 @@ pub(crate) async fn stop_is_bounded_while_the_store_is_locked(kind: Kind) {
 
 /// (Before the fix the worker served the deleted file: the new tasks never ran; or its
 /// connections split between the two files: `FOREIGN KEY constraint failed` in a loop.)
-pub(crate) async fn a_replaced_queue_file_is_followed() {
+#[testkit::test]
+async fn a_replaced_queue_file_is_followed() {
     let dir = temp_dir("vanish");
     let db = dir.join("q.db");
     let queue = Queue::sqlite(&db).await.unwrap();
@@ -136,7 +137,7 @@ pub(crate) async fn a_replaced_queue_file_is_followed() {
     // A new producer at the same path: a new file.
     let fresh = Queue::sqlite(&db).await.unwrap();
     fresh.push_all("vanish", 1000..1050_u64).await.unwrap();
-    common::until(
+    testkit::until(
         "the 50 tasks of the new file done",
         || async { fresh.counts("vanish").await.unwrap() },
         |c| c.done == 50,
@@ -173,7 +174,8 @@ type Row = (&'static str, Setting, Vec<(Duration, bool)>);
 /// `build` naming the setting, or taken, and then a task runs and the worker stops in time.
 /// (Before the fix `orphan_timeout(Duration::MAX)` was taken and overflowed in apalis-redis:
 /// the worker died silently, `last_error` None.)
-pub(crate) async fn every_duration_setting_is_taken_or_refused_by_name(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn every_duration_setting_is_taken_or_refused_by_name(kind: Kind) {
     const MS: Duration = Duration::from_millis(1);
     const MAX: Duration = Duration::MAX;
     let table: Vec<Row> = vec![
@@ -241,7 +243,7 @@ pub(crate) async fn every_duration_setting_is_taken_or_refused_by_name(kind: Kin
                     n += 1;
                     queue.push("durations", n).await.unwrap();
                     worker.start().unwrap();
-                    let done = common::until(
+                    let done = testkit::until(
                         &format!("{name} = {value:?}: the task done"),
                         || async { worker.stats() },
                         |s| s.done == 1 || s.restarts > 0,
@@ -275,7 +277,8 @@ pub(crate) async fn every_duration_setting_is_taken_or_refused_by_name(kind: Kin
 
 /// A panic inside apalis' worker future is caught, reported in `last_error`, and followed by a
 /// new worker. (Before, the supervisor died with it: nothing ran, `last_error` None.)
-pub(crate) async fn a_panic_inside_apalis_replaces_the_worker(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_panic_inside_apalis_replaces_the_worker(kind: Kind) {
     let (queue, dir) = queue_for(kind, "panics").await;
     let m = manager("q-panics", 1).await;
     let worker = QueueWorker::builder(&m, &queue, "panics")
@@ -298,7 +301,8 @@ pub(crate) async fn a_panic_inside_apalis_replaces_the_worker(kind: Kind) {
 /// SQLite: the planner's statistics exist once the table has rows and are refreshed as it
 /// grows (without them SQLite walked an index for apalis' lock statement: 33 ms per task at
 /// 100 000 pending).
-pub(crate) async fn planner_statistics_follow_the_table() {
+#[testkit::test]
+async fn planner_statistics_follow_the_table() {
     let dir = temp_dir("stats");
     let db = dir.join("q.db");
     let queue = Queue::sqlite(&db).await.unwrap();

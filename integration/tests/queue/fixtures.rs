@@ -104,6 +104,10 @@ pub(crate) enum Kind {
     Redis,
 }
 
+/// The stores an in-process test runs against (`#[testkit::test(each = STORES)]`): the test
+/// `module::name` runs as `module::name::sqlite` and `module::name::redis`.
+pub(crate) const STORES: &[(&str, Kind)] = &[("sqlite", Kind::Sqlite), ("redis", Kind::Redis)];
+
 pub(crate) async fn queue_for(kind: Kind, tag: &str) -> (Queue, PathBuf) {
     let dir = temp_dir(tag);
     let q = match kind {
@@ -153,7 +157,7 @@ pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(
     what: &str,
     f: impl FnMut() -> F,
 ) {
-    crate::common::until(what, f, |b| *b).await;
+    testkit::until(what, f, |b| *b).await;
 }
 
 // ---- the worker process -----------------------------------------------------------------------
@@ -558,7 +562,7 @@ impl leasepool::process::ProcessJob for PanicOnEncode {
 /// A blocking queue job that waits until `gate` opens, then succeeds: a task that stays
 /// running while a test looks at the store or the worker.
 pub(crate) fn gated(
-    gate: &crate::common::Gate,
+    gate: &testkit::Gate,
 ) -> impl Fn(u64) -> Result<(), String> + Send + Sync + 'static {
     let g = gate.clone();
     move |_| {

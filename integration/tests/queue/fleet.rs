@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use leasepool::queue::{Queue, QueueError, QueueWorker};
 use leasepool::LeaseManager;
 
-use crate::common;
 use crate::fixtures::*;
 
 // ---- tests across processes -------------------------------------------------------------------
 
-pub(crate) async fn two_worker_processes_do_2000_tasks_exactly_once() {
+#[testkit::test]
+async fn two_worker_processes_do_2000_tasks_exactly_once() {
     let dir = temp_dir("2000");
     let db = dir.join("queue.db");
     let results = dir.join("results.db");
@@ -35,7 +35,8 @@ pub(crate) async fn two_worker_processes_do_2000_tasks_exactly_once() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn the_bigger_instance_takes_its_fair_share() {
+#[testkit::test]
+async fn the_bigger_instance_takes_its_fair_share() {
     // One instance with 1 pool, one with 4; slow tasks: the bigger takes >= 3x as many.
     let dir = temp_dir("fair");
     let db = dir.join("queue.db");
@@ -62,7 +63,8 @@ pub(crate) async fn the_bigger_instance_takes_its_fair_share() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout() {
+#[testkit::test]
+async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout() {
     let dir = temp_dir("orphan");
     let db = dir.join("queue.db");
     let results = dir.join("results.db");
@@ -104,7 +106,8 @@ pub(crate) async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_
 
 /// Also the regression test for pushing more than ~8 000 tasks at once to Redis (apalis-redis
 /// 1.0 then fails every fetch: see `redis::promote`).
-pub(crate) async fn redis_three_workers_share_10000_tasks_and_survive_a_sigkill() {
+#[testkit::test]
+async fn redis_three_workers_share_10000_tasks_and_survive_a_sigkill() {
     let url = redis_url();
     let dir = temp_dir("redis-fleet");
     let results = dir.join("results.db");
@@ -155,7 +158,8 @@ pub(crate) async fn redis_three_workers_share_10000_tasks_and_survive_a_sigkill(
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn a_large_due_backlog_on_redis_does_not_stop_fetching() {
+#[testkit::test]
+async fn a_large_due_backlog_on_redis_does_not_stop_fetching() {
     // apalis-redis' fetch moves every due scheduled task with one Lua `unpack`, which fails
     // beyond ~8 000: a producer's large apalis push (or a burst of retries) left every worker
     // failing each fetch. Put 9 000 due tasks in the schedule the way apalis' own push does.
@@ -205,7 +209,8 @@ pub(crate) async fn a_large_due_backlog_on_redis_does_not_stop_fetching() {
 /// A job that takes its process down runs at most `max_attempts` times across the fleet, then
 /// fails for good. (Before, on Redis, apalis' re-run of a dead worker's tasks counted no
 /// attempt: such a task killed every worker that took it, for ever.)
-pub(crate) async fn a_job_that_kills_its_process_runs_at_most_max_attempts(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_job_that_kills_its_process_runs_at_most_max_attempts(kind: Kind) {
     let dir = temp_dir(&format!("abort-{kind:?}"));
     let results = dir.join("results.db");
     let store = match kind {

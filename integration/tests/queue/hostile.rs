@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use leasepool::queue::{Queue, QueueError, QueueWorker, MAX_DEPTH};
 
-use crate::common;
 use crate::fixtures::*;
 
 /// JSON nested `levels` deep.
@@ -35,7 +34,8 @@ fn refused(r: Result<String, QueueError>, why: &str) {
     }
 }
 
-pub(crate) async fn payloads_a_worker_could_not_read_are_refused_at_push(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn payloads_a_worker_could_not_read_are_refused_at_push(kind: Kind) {
     let (queue, dir) = queue_for(kind, "refuse").await;
     // (Before the fix a payload nested deeper than serde_json reads was stored, and every
     // fetch failed on it: the queue stalled.)
@@ -366,7 +366,7 @@ async fn run_among_hostile(
     worker.start().unwrap();
     let total = ordinary + hostile.len() as u64;
     let runs = hostile.iter().filter(|h| h.reason.is_none()).count() as u64;
-    common::until(
+    testkit::until(
         "every task settled",
         || async { queue.counts(name).await.unwrap() },
         |c| c.done + c.failed >= total && c.pending == 0 && c.claimed == 0,
@@ -414,7 +414,8 @@ async fn run_among_hostile(
     }
 }
 
-pub(crate) async fn stored_tasks_apalis_cannot_read_fail_alone(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn stored_tasks_apalis_cannot_read_fail_alone(kind: Kind) {
     let (queue, dir) = queue_for(kind, "unreadable").await;
     let queue = queue.with_payload_limit(64 << 10).unwrap();
     let name = "unreadable";
@@ -446,7 +447,8 @@ impl Rng {
 /// Property: random hostile payloads among ordinary tasks — refused at push when a worker could
 /// not read them back, failed alone (with a reason) when pushed or written anyway — never cost
 /// an ordinary task, never restart a worker, never make it claim a task twice.
-pub(crate) async fn hostile_payloads_never_stall_a_queue(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn hostile_payloads_never_stall_a_queue(kind: Kind) {
     const LIMIT: usize = 256 << 10;
     for seed in [
         0x9e37_79b9_7f4a_7c15_u64,

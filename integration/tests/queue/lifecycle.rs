@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use leasepool::queue::{Queue, QueueError, QueueWorker};
 use leasepool::LeaseManager;
 
-use crate::common;
 use crate::fixtures::*;
 
-pub(crate) async fn stop_lets_running_tasks_finish_and_hands_back_the_rest(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn stop_lets_running_tasks_finish_and_hands_back_the_rest(kind: Kind) {
     let (queue, dir) = queue_for(kind, "stop").await;
     let m = manager("q-stop", 2).await;
     let started = Arc::new(AtomicUsize::new(0));
     let s2 = Arc::clone(&started);
-    let gate = common::Gate::new();
+    let gate = testkit::Gate::new();
     let g = gate.clone();
     let worker = QueueWorker::builder(&m, &queue, "stop")
         .prefetch(1)
@@ -72,7 +72,8 @@ pub(crate) async fn stop_lets_running_tasks_finish_and_hands_back_the_rest(kind:
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn start_then_stop_at_once_is_prompt_and_leaves_nothing_claimed(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn start_then_stop_at_once_is_prompt_and_leaves_nothing_claimed(kind: Kind) {
     // `stop` right after a restart once found the last run's stopped apalis worker, took it
     // for this run's, and waited out its timeouts while the new one claimed and handed back
     // hundreds of tasks.
@@ -113,7 +114,8 @@ pub(crate) async fn start_then_stop_at_once_is_prompt_and_leaves_nothing_claimed
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn a_stopped_manager_pauses_claiming_and_loses_nothing(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_stopped_manager_pauses_claiming_and_loses_nothing(kind: Kind) {
     // Its manager stopped under it, a worker once claimed and put back tasks in a busy loop,
     // and on SQLite a put-back acknowledged after the stop's hand-back stayed locked for good.
     let (queue, dir) = queue_for(kind, "mstop").await;
@@ -152,7 +154,7 @@ pub(crate) async fn a_stopped_manager_pauses_claiming_and_loses_nothing(kind: Ki
         .build_blocking(counting_job(&seen, 0))
         .unwrap();
     w2.start().unwrap();
-    common::until(
+    testkit::until(
         "every task done by the new worker",
         || async { queue.counts("mstop").await.unwrap() },
         |c| c.done >= N,
@@ -170,7 +172,8 @@ pub(crate) async fn a_stopped_manager_pauses_claiming_and_loses_nothing(kind: Ki
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn start_stop_churn_loses_and_repeats_nothing(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn start_stop_churn_loses_and_repeats_nothing(kind: Kind) {
     let (queue, dir) = queue_for(kind, "churn").await;
     const N: u64 = 300;
     queue.push_all("churn", 0..N).await.unwrap();
@@ -216,7 +219,8 @@ pub(crate) async fn start_stop_churn_loses_and_repeats_nothing(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn start_while_a_stop_is_under_way_is_refused(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn start_while_a_stop_is_under_way_is_refused(kind: Kind) {
     // A start that slipped in while a stop ran got a second supervisor beside the first:
     // tasks were stranded locked, others ran twice.
     let (queue, dir) = queue_for(kind, "race").await;
@@ -261,7 +265,7 @@ pub(crate) async fn start_while_a_stop_is_under_way_is_refused(kind: Kind) {
     );
     // Whatever is left runs on one more worker.
     worker.start().unwrap();
-    common::until(
+    testkit::until(
         "all done",
         || async { queue.counts("race").await.unwrap() },
         |c| c.done >= N,

@@ -11,10 +11,10 @@ use leasepool::process::ProcessJob as _;
 use leasepool::queue::{Queue, QueueError, QueueWorker};
 use leasepool::LeaseManager;
 
-use crate::common;
 use crate::fixtures::*;
 
-pub(crate) async fn outcomes_map_to_the_queue(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn outcomes_map_to_the_queue(kind: Kind) {
     let (queue, dir) = queue_for(kind, "outcomes").await;
     let m = manager("q-out", 2).await;
     let worker = QueueWorker::builder(&m, &queue, "outcomes")
@@ -38,7 +38,7 @@ pub(crate) async fn outcomes_map_to_the_queue(kind: Kind) {
     let fine = queue.push("outcomes", "fine".to_string()).await.unwrap();
     worker.start().unwrap();
     // Redis retries after `attempt` seconds: the "error" task's three attempts take 3 s.
-    common::until(
+    testkit::until(
         "everything settled",
         || async { queue.counts("outcomes").await.unwrap() },
         |c| c.pending == 0 && c.claimed == 0,
@@ -77,7 +77,8 @@ pub(crate) async fn outcomes_map_to_the_queue(kind: Kind) {
 /// `counts()` is one snapshot: while tasks are claimed, fail, wait for their retry and finish,
 /// every reading adds up to the tasks pushed. (Read key by key, Redis' counts missed a task
 /// acknowledged between two reads: a CI run saw a queue "settled" with a task still scheduled.)
-pub(crate) async fn counts_add_up_while_tasks_move(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn counts_add_up_while_tasks_move(kind: Kind) {
     const N: u64 = 60;
     let (queue, dir) = queue_for(kind, "snapshot").await;
     let m = manager("q-snap", 2).await;
@@ -105,7 +106,7 @@ pub(crate) async fn counts_add_up_while_tasks_move(kind: Kind) {
             break;
         }
         assert!(
-            begun.elapsed() < common::EVENTUALLY * 3,
+            begun.elapsed() < testkit::EVENTUALLY * 3,
             "not done after {:?}: {c:?}",
             begun.elapsed()
         );
@@ -116,7 +117,8 @@ pub(crate) async fn counts_add_up_while_tasks_move(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn a_task_killed_at_hard_expiry_is_retried(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_task_killed_at_hard_expiry_is_retried(kind: Kind) {
     // Process backend: a runaway attempt is killed when its lease is revoked (`Expired`); the
     // queue runs it again.
     let (queue, dir) = queue_for(kind, "expiry").await;
@@ -145,7 +147,7 @@ pub(crate) async fn a_task_killed_at_hard_expiry_is_retried(kind: Kind) {
         .await
         .unwrap();
     worker.start().unwrap();
-    common::until(
+    testkit::until(
         "the runaway task done on its second attempt",
         || async { queue.task(RunawayOnce::NAME, &id).await.unwrap().unwrap() },
         |t| t.status == "Done",
@@ -159,7 +161,8 @@ pub(crate) async fn a_task_killed_at_hard_expiry_is_retried(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn process_jobs_from_the_queue_retry_a_crash_in_a_child(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn process_jobs_from_the_queue_retry_a_crash_in_a_child(kind: Kind) {
     let (queue, dir) = queue_for(kind, "proc").await;
     let m = LeaseManager::builder()
         .backend(leasepool::Backend::Process)
@@ -217,7 +220,8 @@ pub(crate) async fn process_jobs_from_the_queue_retry_a_crash_in_a_child(kind: K
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn a_task_that_does_not_decode_fails_alone(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_task_that_does_not_decode_fails_alone(kind: Kind) {
     // apalis decoded payloads before our service: one bad task failed every fetch, and each
     // replacement worker met it first again — the whole queue stalled.
     let (queue, dir) = queue_for(kind, "decode").await;
@@ -234,7 +238,7 @@ pub(crate) async fn a_task_that_does_not_decode_fails_alone(kind: Kind) {
         .build_blocking(counting_job(&seen, 0))
         .unwrap();
     worker.start().unwrap();
-    common::until(
+    testkit::until(
         "the ten numbers done and the string failed",
         || async { queue.counts("decode").await.unwrap() },
         |c| c.done == 10 && c.failed == 1,
@@ -259,7 +263,8 @@ pub(crate) async fn a_task_that_does_not_decode_fails_alone(kind: Kind) {
 /// text that says so. (Before, the child crashed each time: all its attempts in as many
 /// children, each counted `retried`, and the stored error said "lost … before the job started"
 /// though it ran.)
-pub(crate) async fn a_process_job_whose_output_cannot_be_encoded_fails_for_good(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_process_job_whose_output_cannot_be_encoded_fails_for_good(kind: Kind) {
     let (queue, dir) = queue_for(kind, "encode").await;
     let m = LeaseManager::builder()
         .backend(leasepool::Backend::Process)
@@ -279,7 +284,7 @@ pub(crate) async fn a_process_job_whose_output_cannot_be_encoded_fails_for_good(
         .await
         .unwrap();
     worker.start().unwrap();
-    let t = common::until(
+    let t = testkit::until(
         "the task failed for good",
         || async { queue.task(PanicOnEncode::NAME, &id).await.unwrap().unwrap() },
         |t| t.status == "Killed",
@@ -298,7 +303,8 @@ pub(crate) async fn a_process_job_whose_output_cannot_be_encoded_fails_for_good(
 }
 
 /// `build_with` runs each task with its worker thread's state (a connection per worker, say).
-pub(crate) async fn jobs_run_with_their_workers_state(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn jobs_run_with_their_workers_state(kind: Kind) {
     let (queue, dir) = queue_for(kind, "state").await;
     let m = LeaseManager::builder()
         .name_prefix("q-state")

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use leasepool::queue::{PushOptions, QueueWorker, RetryPolicy};
 
-use crate::common;
 use crate::fixtures::*;
 
 fn secs(t: SystemTime) -> u64 {
@@ -26,7 +25,8 @@ fn failing_job(
 }
 
 /// (Before the fix SQLite retried at once: 25 attempts in 0.44 s; Redis waited `attempt` s.)
-pub(crate) async fn failed_attempts_wait_as_the_policy_says(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn failed_attempts_wait_as_the_policy_says(kind: Kind) {
     let (queue, dir) = queue_for(kind, "backoff").await;
     let m = manager("q-backoff", 1).await;
     let runs = Arc::new(Mutex::new(Vec::new()));
@@ -43,7 +43,7 @@ pub(crate) async fn failed_attempts_wait_as_the_policy_says(kind: Kind) {
     // After each failure, the store says when the next attempt is due.
     let mut due = Vec::new();
     for attempt in 1..=3_u64 {
-        let t = common::until(
+        let t = testkit::until(
             &format!("attempt {attempt} failed and its retry scheduled"),
             || async { queue.task("backoff", &id).await.unwrap().unwrap() },
             |t| t.attempts == attempt && t.next_attempt_at.is_some(),
@@ -51,7 +51,7 @@ pub(crate) async fn failed_attempts_wait_as_the_policy_says(kind: Kind) {
         .await;
         due.push(secs(t.next_attempt_at.unwrap()));
     }
-    common::until(
+    testkit::until(
         "the task failed for good",
         || async { queue.task("backoff", &id).await.unwrap().unwrap() },
         |t| t.status == "Killed",
@@ -83,7 +83,8 @@ pub(crate) async fn failed_attempts_wait_as_the_policy_says(kind: Kind) {
 }
 
 /// (Before the fix apalis-redis killed any task at 25 attempts, whatever it was given.)
-pub(crate) async fn a_task_gets_every_attempt_it_was_given(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_task_gets_every_attempt_it_was_given(kind: Kind) {
     let (queue, dir) = queue_for(kind, "many").await;
     let m = manager("q-many", 1).await;
     let runs = Arc::new(Mutex::new(Vec::new()));
@@ -94,7 +95,7 @@ pub(crate) async fn a_task_gets_every_attempt_it_was_given(kind: Kind) {
         .unwrap();
     let id = queue.push_with_attempts("many", 1_u64, 30).await.unwrap();
     worker.start().unwrap();
-    let t = common::until(
+    let t = testkit::until(
         "the task failed for good",
         || async { queue.task("many", &id).await.unwrap().unwrap() },
         |t| t.status == "Killed",
@@ -109,7 +110,8 @@ pub(crate) async fn a_task_gets_every_attempt_it_was_given(kind: Kind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub(crate) async fn a_pushed_policy_wins_over_the_workers(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn a_pushed_policy_wins_over_the_workers(kind: Kind) {
     let (queue, dir) = queue_for(kind, "own").await;
     let m = manager("q-own", 1).await;
     let runs = Arc::new(Mutex::new(Vec::new()));
@@ -124,7 +126,7 @@ pub(crate) async fn a_pushed_policy_wins_over_the_workers(kind: Kind) {
         .retry(RetryPolicy::immediate());
     let id = queue.push_with("own", 3_u64, options).await.unwrap();
     worker.start().unwrap();
-    common::until(
+    testkit::until(
         "three attempts, at once",
         || async { queue.task("own", &id).await.unwrap().unwrap() },
         |t| t.status == "Killed",
@@ -145,7 +147,8 @@ pub(crate) async fn a_pushed_policy_wins_over_the_workers(kind: Kind) {
 /// Redis: a worker that died after apalis killed its failed task at 25 attempts (apalis-redis'
 /// own cap) but before it moved the task to its retry time leaves it in the dead set; the next
 /// worker's sweep revives it.
-pub(crate) async fn a_retry_left_unsettled_by_a_dead_worker_is_revived() {
+#[testkit::test]
+async fn a_retry_left_unsettled_by_a_dead_worker_is_revived() {
     let queue = open(&redis_url()).await;
     let name = "revive";
     let id = queue.push_with_attempts(name, 5_u64, 30).await.unwrap();
@@ -189,7 +192,7 @@ pub(crate) async fn a_retry_left_unsettled_by_a_dead_worker_is_revived() {
         .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
         .unwrap();
     worker.start().unwrap();
-    let t = common::until(
+    let t = testkit::until(
         "the task revived and done",
         || async { queue.task(name, &id).await.unwrap().unwrap() },
         |t| t.status == "Done",
@@ -202,7 +205,8 @@ pub(crate) async fn a_retry_left_unsettled_by_a_dead_worker_is_revived() {
 
 /// Each failed attempt is logged at WARN with the task, queue, attempt/max, the error and the
 /// next run time; the final failure at ERROR. (Before, the error text was logged nowhere.)
-pub(crate) async fn failed_attempts_are_logged(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn failed_attempts_are_logged(kind: Kind) {
     let (queue, dir) = queue_for(kind, "logged").await;
     let m = manager("q-logged", 1).await;
     let runs = Arc::new(Mutex::new(Vec::new()));
@@ -213,7 +217,7 @@ pub(crate) async fn failed_attempts_are_logged(kind: Kind) {
         .unwrap();
     let id = queue.push_with_attempts("logged", 11_u64, 3).await.unwrap();
     worker.start().unwrap();
-    common::until(
+    testkit::until(
         "the task failed for good",
         || async { queue.task("logged", &id).await.unwrap().unwrap() },
         |t| t.status == "Killed",

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use leasepool::queue::{Queue, QueueError, QueueWorker};
 use leasepool::LeaseManager;
 
-use crate::common;
 use crate::fixtures::*;
 
-pub(crate) async fn bad_settings_are_refused_by_name(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn bad_settings_are_refused_by_name(kind: Kind) {
     let (queue, dir) = queue_for(kind, "bad").await;
     let m = manager("q-bad", 1).await;
     let refuse = |b: leasepool::queue::QueueWorkerBuilder<()>, what: &str| match b
@@ -60,7 +60,8 @@ pub(crate) async fn bad_settings_are_refused_by_name(kind: Kind) {
 /// Attempts are checked against the range every store holds, refused by name. (Before the fix
 /// Redis took `n ≥ 2³²` and then every fetch failed on it; SQLite stored `n ≥ 2⁶³` negative:
 /// "never retry".)
-pub(crate) async fn attempts_are_what_every_store_holds(kind: Kind) {
+#[testkit::test(each = crate::fixtures::STORES)]
+async fn attempts_are_what_every_store_holds(kind: Kind) {
     use leasepool::queue::MAX_ATTEMPTS;
     let (queue, dir) = queue_for(kind, "attempts").await;
     for bad in [0, MAX_ATTEMPTS + 1, 1 << 63, usize::MAX] {

@@ -1,5 +1,25 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code)]
+//! What leasepool's test binaries share: deadlines, polling helpers, a gate for worker threads,
+//! the capture of `tracing` events, and the runner of the binaries that have their own `main`
+//! (they are their managers' worker programs) with the [`test`] attribute that registers their
+//! tests where they are written.
+//!
+//! A workspace crate of its own (not published), so that every binary of both packages uses it
+//! as a dependency instead of including files by path.
+
+pub mod capture;
+mod runner;
+
+pub use runner::{LocalTest, MakeTest, Ran, Registered, Runner, TESTS};
+
+/// Registers an `async fn` as a test of a harness-less binary, where it is written; the
+/// binary's `main` runs them with a [`Runner`]. `#[test]` on `async fn name()` is the test
+/// `module::name`; `#[test(each = CASES)]` on `async fn name(case: T)` is one test per
+/// `(label, case)` of `CASES` (a `&'static [(&'static str, T)]`, `T: Copy + Send`), named
+/// `module::name::label`.
+pub use leasepool_testkit_macros::test;
+
+#[doc(hidden)]
+pub use linkme;
 
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};
@@ -233,86 +253,3 @@ impl Gate {
         cv.notify_all();
     }
 }
-
-/// A test future of a binary with its own `main` (`harness = false`).
-pub type LocalTest = std::pin::Pin<Box<dyn Future<Output = ()>>>;
-
-/// A named test of such a binary: its name and how to make its future.
-pub type NamedTest = (String, Box<dyn FnOnce() -> LocalTest + Send>);
-
-/// What [`run_named`] ran: libtest-mimic's conclusion.
-pub struct Ran(libtest_mimic::Conclusion);
-
-impl Ran {
-    /// Whether a test failed.
-    pub fn has_failed(&self) -> bool {
-        self.0.has_failed()
-    }
-
-    /// Exits with libtest's code: 101 if a test failed (its summary is printed already).
-    pub fn finish(self) {
-        self.0.exit_if_failed();
-    }
-}
-
-/// The runner of the test binaries that are also worker programs (`process::init` first in
-/// their `main`, so no libtest `main`): libtest-mimic, so that `--list`, filters, `--exact`,
-/// `--skip` and `--test-threads` work as with libtest. Each test runs on a thread named after
-/// it, under a [`Deadline`] of `limit`, its future driven by `drive`; one test at a time unless
-/// `--test-threads` says otherwise (these tests count children, threads and CPU time of the
-/// whole process). `on_start` runs before each test, `on_failure` after each that failed (to
-/// print what it logged, say).
-pub fn run_named(
-    tests: Vec<NamedTest>,
-    limit: Duration,
-    drive: fn(LocalTest),
-    on_start: impl Fn(&str) + Send + Sync + 'static,
-    on_failure: impl Fn(&str) + Send + Sync + 'static,
-) -> Ran {
-    let mut args = libtest_mimic::Arguments::from_args();
-    if args.test_threads.is_none() {
-        args.test_threads = Some(1);
-    }
-    let hooks = Arc::new((on_start, on_failure));
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let hooks = Arc::clone(&hooks);
-            libtest_mimic::Trial::test(name.clone(), move || {
-                (hooks.0)(&name);
-                let outcome = std::thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || {
-                        let _deadline = deadline_of(limit);
-                        drive(test());
-                    })
-                    .expect("spawn a test thread")
-                    .join();
-                outcome.map_err(|payload| {
-                    (hooks.1)(&name);
-                    let text = payload
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| payload.downcast_ref::<&str>().copied())
-                        .unwrap_or("a panic");
-                    libtest_mimic::Failed::from(text)
-                })
-            })
-        })
-        .collect();
-    Ran(libtest_mimic::run(&args, trials))
-}
-
-/// `named_tests![a, b]`: the async fns `a` and `b` (no arguments) as [`NamedTest`]s.
-#[allow(unused_macros)]
-macro_rules! named_tests {
-    ($($name:ident),* $(,)?) => {
-        vec![$((
-            stringify!($name).to_owned(),
-            Box::new(|| Box::pin($name()) as crate::common::LocalTest)
-                as Box<dyn FnOnce() -> crate::common::LocalTest + Send>,
-        )),*]
-    };
-}
-#[allow(unused_imports)]
-pub(crate) use named_tests;

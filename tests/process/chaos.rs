@@ -21,19 +21,15 @@
 //! `harness = false`: the binary is its process manager's worker program. `CHAOS_SECS` sets the
 //! chaos time per backend (default 10).
 
-mod common;
-#[path = "common/process.rs"]
-mod proc_common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leasepool::process::{self, Jobs, ProcessJob};
+use crate::support::{children_of, eventually, scratch};
+use leasepool::process::{Jobs, ProcessJob};
 use leasepool::{Backend, LeaseError, LeaseManager, PoolId};
-use proc_common::{children_of, eventually, scratch};
 use serde::{Deserialize, Serialize};
 
 // ---- jobs ------------------------------------------------------------------------------------
@@ -89,9 +85,9 @@ fn mark(dir: &Path, id: u64) {
     std::fs::write(dir.join(id.to_string()), b"").expect("write a start marker");
 }
 
-fn jobs() -> Jobs {
-    Jobs::new()
-        .register::<Work>()
+/// Registers the chaos run's jobs in the binary's one registry.
+pub(crate) fn register(jobs: Jobs) -> Jobs {
+    jobs.register::<Work>()
         .register::<Panics>()
         .register::<Abort>()
 }
@@ -373,7 +369,7 @@ async fn chaos(backend: Backend) {
     let workers = 2;
     let m = LeaseManager::builder()
         .backend(backend)
-        .process_jobs(jobs())
+        .process_jobs(crate::jobs())
         .name_prefix(prefix)
         .max_pools(3)
         .min_pools(2)
@@ -437,7 +433,7 @@ async fn chaos(backend: Backend) {
     );
 
     // Recovered: the pools come back, and every client's jobs succeed.
-    let s = common::stats_until(&m, "the pools back", |s| {
+    let s = testkit::stats_until(&m, "the pools back", |s| {
         s.unhealthy == 0 && s.starting == 0 && s.total >= 2 && s.leased == 0
     })
     .await;
@@ -478,7 +474,7 @@ async fn chaos(backend: Backend) {
         .expect("stop hung");
     println!("    {backend:?}: stop() in {:?}", stopped.elapsed());
     assert_eq!(m.live_worker_threads(), 0);
-    let left = common::wait_no_threads(prefix, Duration::from_secs(5));
+    let left = testkit::wait_no_threads(prefix, Duration::from_secs(5));
     assert!(left.is_empty(), "threads left: {left:?}");
     let me = std::process::id();
     assert!(
@@ -492,17 +488,15 @@ async fn chaos(backend: Backend) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-async fn chaos_on_the_thread_backend() {
-    chaos(Backend::Thread).await;
-}
-
-async fn chaos_on_the_process_backend() {
-    chaos(Backend::Process).await;
-}
-
-fn main() {
-    process::init(jobs());
-    // The faults' own panics (injected, or a job's on purpose) are expected: not printed.
+/// The faults' own panics (injected, or a job's on purpose) are expected: not printed while a
+/// chaos run is under way (the hook before it is back afterwards).
+fn quiet_expected_panics() -> impl Drop {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::panic::take_hook();
+        }
+    }
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let text = info
@@ -516,13 +510,17 @@ fn main() {
             default_hook(info);
         }
     }));
-    let all = common::named_tests![chaos_on_the_thread_backend, chaos_on_the_process_backend];
-    let ran = common::run_named(
-        all,
-        Duration::from_secs(180),
-        common::block_on_tokio,
-        |_| {},
-        |_| {},
-    );
-    ran.finish();
+    Restore
+}
+
+#[testkit::test]
+async fn on_the_thread_backend() {
+    let _quiet = quiet_expected_panics();
+    chaos(Backend::Thread).await;
+}
+
+#[testkit::test]
+async fn on_the_process_backend() {
+    let _quiet = quiet_expected_panics();
+    chaos(Backend::Process).await;
 }
