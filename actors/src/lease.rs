@@ -1,5 +1,5 @@
 //! `LeaseActor`: one per lease that lives long enough, on the host System. It owns the lease's
-//! hard-expiry timer; the supervisor starts it (in batches, see `HostTask::SpawnLeaseActors`),
+//! hard-expiry timer; the supervisor starts it (by a sweep, see `bookkeeper/sweep.rs`),
 //! holds its address, stops it when the lease ends, and learns when it dies.
 //!
 //! Release and draining do not go through it: the handle and the last in-flight job end the

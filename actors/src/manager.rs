@@ -188,6 +188,7 @@ impl<S: 'static> Handler<HostWork> for ManagerActor<S> {
 
     fn handle(&mut self, msg: HostWork, ctx: &mut Context<Self>) {
         let me = ctx.address();
+        let mut sweep_at = None;
         self.guarded("HostWork", |act| {
             for task in msg.0 {
                 match task {
@@ -197,7 +198,7 @@ impl<S: 'static> Handler<HostWork> for ManagerActor<S> {
                             pool.do_send(StopPool);
                         }
                     }
-                    HostTask::SpawnLeaseActors => act.spawn_lease_actors(&me),
+                    HostTask::SweepLeases { by } => sweep_at = Some(by),
                     HostTask::StopLeaseActor(id) => {
                         if let Some(lease) = act.leases.remove(&id) {
                             lease.do_send(StopLease);
@@ -206,6 +207,17 @@ impl<S: 'static> Handler<HostWork> for ManagerActor<S> {
                 }
             }
         });
+        if let Some(by) = sweep_at {
+            let wait = by.saturating_duration_since(std::time::Instant::now());
+            if wait.is_zero() {
+                self.guarded("sweep", |act| act.spawn_lease_actors(&me));
+            } else {
+                ctx.run_later(wait, |act, ctx| {
+                    let me = ctx.address();
+                    act.guarded("sweep", |act| act.spawn_lease_actors(&me));
+                });
+            }
+        }
     }
 }
 
@@ -258,7 +270,11 @@ impl<S: 'static> Handler<LeaseActorDied> for ManagerActor<S> {
 impl<S: 'static> Handler<InjectFault> for ManagerActor<S> {
     type Result = bool;
 
-    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) -> bool {
+        if let InjectFault::CrashLease(_) = msg {
+            // A lease not swept yet gets its actor now, as it would by its sweep.
+            self.spawn_lease_actors(&ctx.address());
+        }
         match msg {
             InjectFault::CrashPool(id) => {
                 self.pools.get(&id).map(|p| p.do_send(CrashPool)).is_some()

@@ -216,3 +216,44 @@ async fn a_draining_lease_past_hard_expiry_is_revoked() {
     assert_eq!(job.await.unwrap(), 7);
     manager.stop().await;
 }
+
+/// A lease actor starts at a sweep, up to 50 ms after its lease is made — but never after the
+/// lease's hard expiry: a lease that must be revoked sooner, made beside a long one whose sweep
+/// is already asked for, is revoked in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_shorter_than_the_sweep_delay_is_still_revoked() {
+    let _deadline = testkit::deadline();
+    let manager = LeaseManager::builder()
+        .max_pools(2)
+        .min_pools(2)
+        .lease_grace(Duration::ZERO)
+        .check_interval(Duration::from_secs(120))
+        .name_prefix("exp-sweep")
+        .build()
+        .unwrap();
+    manager.start().await.unwrap();
+    let long = manager
+        .acquire()
+        .lease_for(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let short = manager
+        .acquire()
+        .lease_for(Duration::from_millis(5))
+        .await
+        .unwrap();
+    let answer = short
+        .run(|| std::thread::sleep(Duration::from_millis(300)))
+        .await;
+    let stats = stats_until(&manager, "the short lease revoked", |s| {
+        s.counters.revoked == 1
+    })
+    .await;
+    assert_invariant(&stats);
+    assert_eq!(
+        long.run(|| 7).await,
+        Ok(7),
+        "the long lease lives on (short one answered {answer:?})"
+    );
+    manager.stop().await;
+}

@@ -9,7 +9,8 @@
 //!
 //! The fast paths keep their property: an acquire that finds an idle pool and a release with
 //! nothing in flight run here, on the caller's thread, and wake no one — new leases' actors are
-//! asked for once per batch (`HostWork::SpawnLeaseActors`), not once per acquire.
+//! started by a sweep at most once per [`sweep::ACTOR_DELAY`] (see `sweep.rs`), and a lease that
+//! ends before its sweep never has one.
 
 use std::sync::atomic::{
     AtomicU64, AtomicUsize,
@@ -33,6 +34,7 @@ use crate::threads::WorkerThreads;
 
 mod acquire;
 mod report;
+mod sweep;
 pub(crate) mod wait;
 
 /// What an acquirer asks for.
@@ -65,8 +67,8 @@ pub(crate) enum HostTask {
     CreatePool(PoolId),
     /// Stop this pool: it left service.
     RetirePool(PoolId),
-    /// Start the actors of the leases made since the last sweep.
-    SpawnLeaseActors,
+    /// Start the actors of the leases made since the last sweep, at `by` (see `sweep.rs`).
+    SweepLeases { by: Instant },
     /// This lease ended: stop its actor.
     StopLeaseActor(LeaseId),
 }
@@ -89,6 +91,10 @@ struct Ledger<S: 'static> {
     run: Option<Run>,
     /// The effects buffer, kept between transitions so that the fast paths do not allocate.
     fx: Fx<S>,
+    /// The earliest sweep asked of the supervisor and not done yet.
+    sweep_pending: Option<Instant>,
+    /// A sweep to ask for once the transition's effects are applied.
+    sweep_ask: Option<Instant>,
 }
 
 impl<S: 'static> Ledger<S> {
@@ -110,12 +116,8 @@ struct Deferred<S: 'static> {
 
 impl<S: 'static> Deferred<S> {
     fn run(self, keeper: &Bookkeeper<S>) {
-        // (Both are empty on the fast paths: look before iterating.)
-        if !self.tasks.is_empty() {
-            if let Some(host) = &self.host {
-                host.do_send(HostWork(self.tasks));
-            }
-        }
+        // (Both are empty on the fast paths: look before iterating.) Waiters first: a waiter's
+        // wake-up is on the path of a hand-off, the host's work is not.
         if !self.replies.is_empty() {
             for (waiter, answer) in self.replies {
                 if let Ok(core) = &answer {
@@ -124,6 +126,11 @@ impl<S: 'static> Deferred<S> {
                 // A waiter that vanished after being picked gets nothing; its lease, dropped
                 // here, releases itself and the pool goes to the next waiter.
                 let _ = waiter.reply.send(answer);
+            }
+        }
+        if !self.tasks.is_empty() {
+            if let Some(host) = &self.host {
+                host.do_send(HostWork(self.tasks));
             }
         }
     }
@@ -177,6 +184,8 @@ impl<S: 'static> Bookkeeper<S> {
                 leases: IdMap::default(),
                 run: None,
                 fx: Vec::new(),
+                sweep_pending: None,
+                sweep_ask: None,
             }),
             config,
             name,
@@ -223,7 +232,6 @@ impl<S: 'static> Bookkeeper<S> {
             match effect {
                 Effect::CreatePool(pool) => deferred.tasks.push(HostTask::CreatePool(pool)),
                 Effect::RetirePool(pool) => deferred.tasks.push(HostTask::RetirePool(pool)),
-                Effect::SpawnLeaseActors => deferred.tasks.push(HostTask::SpawnLeaseActors),
                 Effect::Grant {
                     waiter,
                     lease,
@@ -248,6 +256,9 @@ impl<S: 'static> Bookkeeper<S> {
             }
         }
         ledger.fx = fx;
+        if let Some(by) = ledger.sweep_ask.take() {
+            deferred.tasks.push(HostTask::SweepLeases { by });
+        }
         if !deferred.tasks.is_empty() {
             deferred.host = ledger.run.as_ref().map(|r| r.host.clone());
         }
@@ -275,6 +286,11 @@ impl<S: 'static> Bookkeeper<S> {
             backend: self.config.settings.backend,
         };
         let ends: Weak<dyn LeaseEnds> = self.me.clone();
+        let due = sweep::due(now, facts.hard_expires_at);
+        if sweep::must_ask(ledger.sweep_pending, due) {
+            ledger.sweep_pending = Some(due);
+            ledger.sweep_ask = Some(due);
+        }
         let generation = ledger.books.run().unwrap_or(0);
         let shared = Arc::new(LeaseShared::new(facts, generation, ends));
         ledger.leases.insert(lease, Arc::clone(&shared));
@@ -314,6 +330,7 @@ impl<S: 'static> Bookkeeper<S> {
     pub(crate) fn begin_run(&self, run: Run) {
         let mut ledger = self.lock();
         ledger.books.begin_run(run.generation);
+        ledger.sweep_pending = None;
         self.live_run.store(run.generation, SeqCst);
         ledger.run = Some(run);
     }
@@ -353,6 +370,7 @@ impl<S: 'static> Bookkeeper<S> {
     /// The shared state of the leases whose actors should start now.
     pub(crate) fn take_unswept(&self) -> Vec<Arc<LeaseShared>> {
         let mut ledger = self.lock();
+        ledger.sweep_pending = None;
         let swept = ledger.books.take_unswept();
         swept
             .into_iter()

@@ -8,12 +8,9 @@ use crate::error::LeaseError;
 use crate::stats::{LeaseId, PoolId};
 
 impl<P: Clone, W> Books<P, W> {
-    /// Makes a lease on `pool` (which must be spawned) and records it; its actor is asked for.
-    pub(super) fn lease_pool(
-        &mut self,
-        pool: PoolId,
-        fx: &mut Effects<P, W>,
-    ) -> Option<(LeaseId, P)> {
+    /// Makes a lease on `pool` (which must be spawned) and records it, unswept (its actor
+    /// starts at the next sweep, if it is still live then).
+    pub(super) fn lease_pool(&mut self, pool: PoolId) -> Option<(LeaseId, P)> {
         let handle = self.pools.get(&pool)?.handle.clone();
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
@@ -25,9 +22,6 @@ impl<P: Clone, W> Books<P, W> {
                 actor_started: false,
             },
         );
-        if self.unswept.is_empty() {
-            fx.push(Effect::SpawnLeaseActors);
-        }
         // Leases that ended before the supervisor swept need no actor: keep the list within
         // twice the live leases, so a busy host never lets it grow with the acquire rate.
         if self.unswept.len() >= 2 * self.leases.len() + 16 {
@@ -46,7 +40,7 @@ impl<P: Clone, W> Books<P, W> {
         }
         if let Some((id, waiter)) = self.waiters.pop_first() {
             self.growth_only.remove(&id);
-            let Some((lease, handle)) = self.lease_pool(pool, fx) else {
+            let Some((lease, handle)) = self.lease_pool(pool) else {
                 return;
             };
             self.counts.acquired += 1;

@@ -99,7 +99,8 @@ pub(crate) struct Books<P, W> {
     /// Pools that are `Parked` or broken under a lease.
     unhealthy: usize,
     last_failure: Option<String>,
-    /// Leases whose actor has not been asked for yet.
+    /// Leases whose actor has not been started yet (when the supervisor sweeps them is the
+    /// bookkeeper's choice: see `bookkeeper::sweep`).
     unswept: Vec<LeaseId>,
     counts: BookCounts,
 }
@@ -182,7 +183,7 @@ impl<P: Clone, W> Books<P, W> {
             if let Some((pool, (lease, handle))) = self
                 .idle
                 .pop_front()
-                .and_then(|pool| Some((pool, self.lease_pool(pool, fx)?)))
+                .and_then(|pool| Some((pool, self.lease_pool(pool)?)))
             {
                 self.counts.acquired += 1;
                 return Ok(Acquired::Now {
@@ -371,7 +372,7 @@ impl<P: Clone, W> Books<P, W> {
         self.replenish(fx);
     }
 
-    /// The leases whose actors should start now; clears the pending request.
+    /// The leases made since the last sweep that are still live: their actors start now.
     pub(crate) fn take_unswept(&mut self) -> Vec<LeaseId> {
         let mut swept = Vec::new();
         for lease in std::mem::take(&mut self.unswept) {

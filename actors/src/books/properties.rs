@@ -94,7 +94,6 @@ impl Model {
                 }
                 Effect::Refuse { waiter, .. } => self.queued.retain(|w| w != waiter),
                 Effect::LeaseEnded { lease, .. } => self.live.retain(|l| l != lease),
-                Effect::SpawnLeaseActors => {}
             }
         }
         Ok(())

@@ -256,16 +256,11 @@ fn a_dead_pool_revokes_its_lease_and_is_replaced() {
 }
 
 #[test]
-fn lease_actors_are_asked_for_once_per_batch() {
+fn a_sweep_starts_actors_only_for_leases_still_live() {
     let mut books = with_ready_pools(3, 3);
     let mut fx = Fx::new();
     let (a, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut fx));
     let (b, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut fx));
-    let asks = fx
-        .iter()
-        .filter(|e| **e == Effect::SpawnLeaseActors)
-        .count();
-    assert_eq!(asks, 1, "one request for both: {fx:?}");
     books.release(b, &mut Fx::new());
     assert_eq!(
         books.take_unswept(),
@@ -278,12 +273,13 @@ fn lease_actors_are_asked_for_once_per_batch() {
         lease: a,
         had_actor: true
     }));
-    let mut fx = Fx::new();
-    now_lease(queue(&mut books, WaitMode::Forever, &mut fx));
-    assert!(
-        fx.contains(&Effect::SpawnLeaseActors),
-        "a new batch asks again"
+    let (c, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut Fx::new()));
+    assert_eq!(
+        books.take_unswept(),
+        vec![c],
+        "a new batch: only the new lease"
     );
+    assert_eq!(books.take_unswept(), vec![], "each lease is swept once");
 }
 
 #[test]

@@ -46,9 +46,6 @@ pub(crate) enum Effect<P, W> {
     Revoke { lease: LeaseId, why: Revocation },
     /// This lease ended (released or revoked); `had_actor` if its lease actor was started.
     LeaseEnded { lease: LeaseId, had_actor: bool },
-    /// New leases wait for their lease actors: ask the supervisor to start them (coalesced:
-    /// pushed once until [`Books::take_unswept`] is called).
-    SpawnLeaseActors,
 }
 
 /// The outcome of an acquire that was not refused.

@@ -1,0 +1,49 @@
+//! When the supervisor starts lease actors. A lease actor holds one thing, its lease's
+//! hard-expiry timer, so a lease needs it only by its hard expiry. The bookkeeper asks the
+//! supervisor for a *sweep* — start the actors of the leases made since the last one — due
+//! [`ACTOR_DELAY`] after a lease is made, or at its hard expiry if that comes first, and asks
+//! again only for a lease due before the sweep already asked for. A lease that ends before its
+//! sweep (a request's lease usually lives milliseconds) never gets an actor, and costs the host
+//! thread nothing: no start, no stop, no wake-up.
+
+use std::time::{Duration, Instant};
+
+/// How long a new lease may go without its actor (never past its hard expiry).
+pub(crate) const ACTOR_DELAY: Duration = Duration::from_millis(50);
+
+/// When the sweep that starts the actor of a lease made at `now`, hard-expiring at `hard`,
+/// must happen at the latest.
+pub(crate) fn due(now: Instant, hard: Instant) -> Instant {
+    now.checked_add(ACTOR_DELAY).map_or(hard, |at| at.min(hard))
+}
+
+/// Whether a sweep due at `due` must be asked for, given the earliest one asked for and not
+/// yet done (`pending`): only if there is none, or it comes later.
+pub(crate) fn must_ask(pending: Option<Instant>, due: Instant) -> bool {
+    pending.is_none_or(|pending| due < pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_swept_after_the_delay_or_at_its_hard_expiry() {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        assert_eq!(due(now, far), now + ACTOR_DELAY);
+        let soon = now + ACTOR_DELAY / 2;
+        assert_eq!(due(now, soon), soon, "the hard expiry comes first");
+        assert_eq!(due(now, now), now, "already due");
+    }
+
+    #[test]
+    fn a_sweep_is_asked_for_once_unless_a_lease_is_due_sooner() {
+        let now = Instant::now();
+        let at = now + ACTOR_DELAY;
+        assert!(must_ask(None, at), "none pending");
+        assert!(!must_ask(Some(at), at), "the pending one sweeps it in time");
+        assert!(!must_ask(Some(now), at), "an earlier one sweeps it too");
+        assert!(must_ask(Some(at), now), "due before the pending one");
+    }
+}
