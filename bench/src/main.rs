@@ -7,6 +7,7 @@
 //! several rounds after a warm-up round. Figures from different runs or machines are not
 //! comparable — the ratios within one run are the result.
 
+mod handoff;
 mod measure;
 mod peers;
 mod process;
@@ -49,6 +50,7 @@ struct Params {
     s3_jobs: usize,
     s4_tasks: usize,
     s4_sleep: Duration,
+    s4_handoff_rounds: usize,
     s5_waiters: usize,
     s6_ops: usize,
     s6_tasks: usize,
@@ -78,6 +80,7 @@ impl Params {
                 s3_jobs: 20_000,
                 s4_tasks: 80,
                 s4_sleep: Duration::from_millis(10),
+                s4_handoff_rounds: 5,
                 s5_waiters: 2_000,
                 s6_ops: 5_000,
                 s6_tasks: 64,
@@ -100,6 +103,7 @@ impl Params {
                 s3_jobs: 20_000,
                 s4_tasks: 400,
                 s4_sleep: Duration::from_millis(10),
+                s4_handoff_rounds: 10,
                 s5_waiters: 10_000,
                 s6_ops: 50_000,
                 s6_tasks: 64,
@@ -333,6 +337,31 @@ fn run_all(p: &Params, py: &Result<Value, String>) -> (Vec<Scenario>, Vec<Curve>
         s1.add(WEB_BLOCK, median(r, || sc::s1_web_block(p.s1_ops)));
         add_python(&mut s1, py, "S1");
         all.push(s1);
+        // The tail, not only the mean: p50 and p99 of single round trips (median of rounds).
+        let mut p50 = Scenario::new(
+            "S1",
+            "tail: p50 of one run(noop) round trip",
+            "µs",
+            Better::Lower,
+        );
+        let mut p99 = Scenario::new(
+            "S1",
+            "tail: p99 of one run(noop) round trip",
+            "µs",
+            Better::Lower,
+        );
+        for (system, f) in [
+            (
+                LEASEPOOL,
+                handoff::s1_tail_leasepool as fn(usize) -> (f64, f64),
+            ),
+            (RAW_OFF, handoff::s1_tail_raw_off_thread),
+            (SPAWN_BLOCKING, handoff::s1_tail_spawn_blocking),
+        ] {
+            p50.add(system, median(r, || f(p.s1_ops).0));
+            p99.add(system, median(r, || f(p.s1_ops).1));
+        }
+        all.extend([p50, p99]);
     }
 
     if p.wants("S2") {
@@ -423,6 +452,30 @@ fn run_all(p: &Params, py: &Result<Value, String>) -> (Vec<Scenario>, Vec<Curve>
         );
         s4o.add(LEASEPOOL, over);
         all.extend([s4g, s4o]);
+        // The hand-off alone: the same contention with 0 ms jobs.
+        let mut s4h = Scenario::new(
+            "S4",
+            format!(
+                "hand-off alone: {} tasks x {} x (acquire, run(noop), release) over 8 pools x 1 worker",
+                p.s4_tasks, p.s4_handoff_rounds
+            ),
+            "hand-offs/s",
+            Better::Higher,
+        );
+        let (tasks, rounds) = (p.s4_tasks, p.s4_handoff_rounds);
+        s4h.add(
+            LEASEPOOL,
+            median(r, || handoff::s4_handoff_leasepool(tasks, rounds, 8)),
+        );
+        s4h.add(
+            SEMAPHORE,
+            median(r, || handoff::s4_handoff_semaphore(tasks, rounds, 8)),
+        );
+        s4h.add(
+            DEADPOOL_BLOCKING,
+            median(r, || handoff::s4_handoff_deadpool(tasks, rounds, 8)),
+        );
+        all.push(s4h);
     }
 
     if p.wants("S5") {

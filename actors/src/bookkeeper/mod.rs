@@ -107,19 +107,36 @@ impl<S: 'static> Ledger<S> {
 /// A waiter and its answer.
 type Reply<S> = (Waiter<S>, Result<LeaseCore<S>, LeaseError>);
 
+/// The replies of one transition: most have none or one (a release hands its pool to the next
+/// waiter), so the first is kept inline and only more allocate.
+struct Replies<S: 'static> {
+    first: Option<Reply<S>>,
+    more: Vec<Reply<S>>,
+}
+
+impl<S: 'static> Replies<S> {
+    fn push(&mut self, reply: Reply<S>) {
+        if self.first.is_none() {
+            self.first = Some(reply);
+        } else {
+            self.more.push(reply);
+        }
+    }
+}
+
 /// What must happen once the lock is released.
 struct Deferred<S: 'static> {
     host: Option<Recipient<HostWork>>,
     tasks: Vec<HostTask>,
-    replies: Vec<Reply<S>>,
+    replies: Replies<S>,
 }
 
 impl<S: 'static> Deferred<S> {
     fn run(self, keeper: &Bookkeeper<S>) {
         // (Both are empty on the fast paths: look before iterating.) Waiters first: a waiter's
         // wake-up is on the path of a hand-off, the host's work is not.
-        if !self.replies.is_empty() {
-            for (waiter, answer) in self.replies {
+        if let Some(first) = self.replies.first {
+            for (waiter, answer) in std::iter::once(first).chain(self.replies.more) {
                 if let Ok(core) = &answer {
                     keeper.granted(core);
                 }
@@ -226,7 +243,10 @@ impl<S: 'static> Bookkeeper<S> {
         let mut deferred = Deferred {
             host: None,
             tasks: Vec::new(),
-            replies: Vec::new(),
+            replies: Replies {
+                first: None,
+                more: Vec::new(),
+            },
         };
         for effect in fx.drain(..) {
             match effect {

@@ -60,7 +60,7 @@ impl<P: Clone, W> Books<P, W> {
         self.creating.len()
             + self.pools.len()
             + self.idle.len()
-            + self.waiters.len()
+            + self.waiters.storage()
             + self.leases.len()
             + self.unswept.len()
             + self.growth_only.len()
@@ -122,7 +122,7 @@ impl<P: Clone, W> Books<P, W> {
         if let Some(id) = self
             .growth_only
             .iter()
-            .find(|id| !self.waiters.contains_key(id))
+            .find(|id| !self.waiters.contains(**id))
         {
             return Err(format!("growth-only waiter {id} is not waiting"));
         }

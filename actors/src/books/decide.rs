@@ -85,14 +85,14 @@ impl<P: Clone, W> Books<P, W> {
         let growth = self.coming() + self.limits.max_pools.saturating_sub(self.total());
         let stranded: Vec<WaiterId> = self
             .waiters
-            .keys()
+            .ids()
             .enumerate()
-            .filter(|(place, id)| *place >= growth && self.growth_only.contains(*id))
-            .map(|(_, id)| *id)
+            .filter(|(place, id)| *place >= growth && self.growth_only.contains(id))
+            .map(|(_, id)| id)
             .collect();
         for id in stranded {
             self.growth_only.remove(&id);
-            if let Some(waiter) = self.waiters.remove(&id) {
+            if let Some(waiter) = self.waiters.remove(id) {
                 self.counts.rejected += 1;
                 fx.push(Effect::Refuse {
                     waiter,

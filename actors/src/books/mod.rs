@@ -13,7 +13,7 @@
 //! unhealthy — counted apart and within `max_pools` too), waiters are served first come first
 //! served, no waiter waits while a pool is idle, a retired pool is never handed out again.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::sync::IdMap;
 
@@ -21,6 +21,7 @@ mod check;
 mod decide;
 #[cfg(test)]
 mod properties;
+mod queue;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -28,6 +29,7 @@ mod types;
 use crate::error::LeaseError;
 use crate::lease_state::Revocation;
 use crate::stats::{LeaseId, PoolId};
+use queue::WaitQueue;
 
 pub use types::WaitMode;
 pub(crate) use types::{Acquired, BookCounts, BookStats, Effect, Limits, StartOutcome, WaiterId};
@@ -90,7 +92,7 @@ pub(crate) struct Books<P, W> {
     by_state: [usize; 4],
     /// Idle pools, first to be handed out first.
     idle: VecDeque<PoolId>,
-    waiters: BTreeMap<WaiterId, W>,
+    waiters: WaitQueue<W>,
     /// Waiters admitted only because a pool being created could serve them (`no_wait`, or
     /// beyond `max_waiters`): they may not wait for a release, so they are refused if that
     /// pool fails.
@@ -120,7 +122,7 @@ impl<P: Clone, W> Books<P, W> {
             pools: IdMap::default(),
             by_state: [0; 4],
             idle: VecDeque::new(),
-            waiters: BTreeMap::new(),
+            waiters: WaitQueue::default(),
             growth_only: BTreeSet::new(),
             leases: IdMap::default(),
             unhealthy: 0,
@@ -148,7 +150,7 @@ impl<P: Clone, W> Books<P, W> {
         if self.run.take().is_none() {
             return false;
         }
-        for (_, waiter) in std::mem::take(&mut self.waiters) {
+        for waiter in self.waiters.take_all() {
             fx.push(Effect::Refuse {
                 waiter,
                 error: LeaseError::Stopped,
@@ -214,14 +216,14 @@ impl<P: Clone, W> Books<P, W> {
         if mode == WaitMode::NoWait || self.waiters.len() >= self.limits.max_waiters {
             self.growth_only.insert(id);
         }
-        self.waiters.insert(id, waiter());
+        self.waiters.push(id, waiter());
         self.replenish(fx);
         Ok(Acquired::Queued(id))
     }
 
     /// A waiter gave up (dropped, or `timed_out`): its payload, if it was still queued.
     pub(crate) fn cancel_waiter(&mut self, id: WaiterId, timed_out: bool) -> Option<W> {
-        let waiter = self.waiters.remove(&id)?;
+        let waiter = self.waiters.remove(id)?;
         self.growth_only.remove(&id);
         if timed_out {
             self.counts.timed_out += 1;
@@ -330,7 +332,7 @@ impl<P: Clone, W> Books<P, W> {
         self.last_failure = Some(failure);
         if let Some(failure) = self.unservable() {
             self.growth_only.clear();
-            for (_, waiter) in std::mem::take(&mut self.waiters) {
+            for waiter in self.waiters.take_all() {
                 fx.push(Effect::Refuse {
                     waiter,
                     error: LeaseError::NoHealthyPool(failure.clone()),
