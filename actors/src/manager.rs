@@ -273,7 +273,8 @@ impl<S: 'static> Handler<InjectFault> for ManagerActor<S> {
     fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) -> bool {
         if let InjectFault::CrashLease(_) = msg {
             // A lease not swept yet gets its actor now, as it would by its sweep.
-            self.spawn_lease_actors(&ctx.address());
+            let me = ctx.address();
+            self.guarded("sweep", |act| act.spawn_lease_actors(&me));
         }
         match msg {
             InjectFault::CrashPool(id) => {

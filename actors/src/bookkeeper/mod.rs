@@ -134,7 +134,11 @@ struct Deferred<S: 'static> {
 impl<S: 'static> Deferred<S> {
     fn run(self, keeper: &Bookkeeper<S>) {
         // (Both are empty on the fast paths: look before iterating.) Waiters first: a waiter's
-        // wake-up is on the path of a hand-off, the host's work is not.
+        // wake-up is on the path of a hand-off, the host's work is not. The host's work is sent
+        // when `_host` drops — after the replies, or while unwinding if one of them panics (a
+        // tracing subscriber is user code): a lost `CreatePool` would leave the books waiting
+        // for a pool forever.
+        let _host = HostSend(self.host, self.tasks);
         if let Some(first) = self.replies.first {
             for (waiter, answer) in std::iter::once(first).chain(self.replies.more) {
                 if let Ok(core) = &answer {
@@ -145,9 +149,17 @@ impl<S: 'static> Deferred<S> {
                 let _ = waiter.reply.send(answer);
             }
         }
-        if !self.tasks.is_empty() {
-            if let Some(host) = &self.host {
-                host.do_send(HostWork(self.tasks));
+    }
+}
+
+/// Sends its tasks to the host when dropped.
+struct HostSend(Option<Recipient<HostWork>>, Vec<HostTask>);
+
+impl Drop for HostSend {
+    fn drop(&mut self) {
+        if !self.1.is_empty() {
+            if let Some(host) = &self.0 {
+                host.do_send(HostWork(std::mem::take(&mut self.1)));
             }
         }
     }
@@ -307,7 +319,7 @@ impl<S: 'static> Bookkeeper<S> {
         };
         let ends: Weak<dyn LeaseEnds> = self.me.clone();
         let due = sweep::due(now, facts.hard_expires_at);
-        if sweep::must_ask(ledger.sweep_pending, due) {
+        if sweep::must_ask(ledger.sweep_pending, due, now) {
             ledger.sweep_pending = Some(due);
             ledger.sweep_ask = Some(due);
         }

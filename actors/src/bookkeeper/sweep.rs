@@ -17,10 +17,17 @@ pub(crate) fn due(now: Instant, hard: Instant) -> Instant {
     now.checked_add(ACTOR_DELAY).map_or(hard, |at| at.min(hard))
 }
 
-/// Whether a sweep due at `due` must be asked for, given the earliest one asked for and not
-/// yet done (`pending`): only if there is none, or it comes later.
-pub(crate) fn must_ask(pending: Option<Instant>, due: Instant) -> bool {
-    pending.is_none_or(|pending| due < pending)
+/// Whether a sweep due at `due` must be asked for at `now`, given the earliest one asked for
+/// and not yet done (`pending`): if there is none, if it comes later, or if it is overdue by
+/// [`ACTOR_DELAY`] — a request lost on the way (a panic in the supervisor's handler) must not
+/// leave every later lease of the run without its actor, and so without hard expiry.
+pub(crate) fn must_ask(pending: Option<Instant>, due: Instant, now: Instant) -> bool {
+    pending.is_none_or(|pending| {
+        due < pending
+            || pending
+                .checked_add(ACTOR_DELAY)
+                .is_none_or(|late| late <= now)
+    })
 }
 
 #[cfg(test)]
@@ -41,9 +48,32 @@ mod tests {
     fn a_sweep_is_asked_for_once_unless_a_lease_is_due_sooner() {
         let now = Instant::now();
         let at = now + ACTOR_DELAY;
-        assert!(must_ask(None, at), "none pending");
-        assert!(!must_ask(Some(at), at), "the pending one sweeps it in time");
-        assert!(!must_ask(Some(now), at), "an earlier one sweeps it too");
-        assert!(must_ask(Some(at), now), "due before the pending one");
+        assert!(must_ask(None, at, now), "none pending");
+        assert!(
+            !must_ask(Some(at), at, now),
+            "the pending one sweeps it in time"
+        );
+        assert!(
+            !must_ask(Some(now), at, now),
+            "an earlier one sweeps it too"
+        );
+        assert!(must_ask(Some(at), now, now), "due before the pending one");
+    }
+
+    #[test]
+    fn a_sweep_overdue_by_the_delay_counts_as_lost() {
+        let asked = Instant::now();
+        let due = asked + ACTOR_DELAY;
+        let later_lease = due + ACTOR_DELAY;
+        let just_late = due + ACTOR_DELAY / 2;
+        assert!(
+            !must_ask(Some(due), later_lease, just_late),
+            "a little late: still coming"
+        );
+        let lost = due + ACTOR_DELAY;
+        assert!(
+            must_ask(Some(due), lost + ACTOR_DELAY, lost),
+            "overdue by the delay: ask again"
+        );
     }
 }
