@@ -1,6 +1,8 @@
 //! Pure decisions of the SQLite store: whether apalis can read a claimed row (the shield
-//! fails for good only rows it cannot), when the planner's statistics are stale, and what a
-//! give-back that found nothing to unlock means.
+//! fails for good only rows it cannot), when the planner's statistics are stale, what a
+//! give-back that found nothing to unlock means, and whether a failed setup is tried again.
+
+use std::time::Duration;
 
 use crate::queue::store::Settled;
 
@@ -89,6 +91,35 @@ pub(crate) fn unlock_missed(row: Option<(&str, Option<&str>)>, worker: &str) -> 
             Settled::NotYet
         }
         _ => Settled::Gone,
+    }
+}
+
+/// How long a setup may keep meeting a locked database: as long as a statement waits for a lock
+/// (the pool's `busy_timeout`).
+pub(crate) const SETUP_BUSY_LIMIT: Duration = Duration::from_secs(30);
+
+/// Whether a failed setup of the queue file (apalis' pragmas and migrations) is tried again, and
+/// after what pause. Processes that open one file together meet each other's locks — and some
+/// lock conflicts (a journal-mode switch, a snapshot gone stale) answer `SQLITE_BUSY` at once,
+/// without waiting out `busy_timeout` — so a locked database (`code` 5 or 6, extended codes
+/// included, or the message says so) is tried again until [`SETUP_BUSY_LIMIT`] has passed;
+/// anything else (two processes running the same migration) a few times. `tries` counts the
+/// failures so far, `waited` the time since the first.
+pub(crate) fn setup_again(
+    code: Option<&str>,
+    message: &str,
+    tries: u32,
+    waited: Duration,
+) -> Option<Duration> {
+    let primary = code.and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff);
+    let locked = matches!(primary, Some(5 | 6))
+        || message.contains("database is locked")
+        || message.contains("database table is locked");
+    let pause = Duration::from_millis(50 * u64::from(tries.clamp(1, 10)));
+    if locked {
+        (waited < SETUP_BUSY_LIMIT).then_some(pause)
+    } else {
+        (tries < 5).then_some(pause)
     }
 }
 
@@ -220,5 +251,37 @@ mod tests {
         assert!(statistics_stale(Some(1000), 2101));
         assert!(!statistics_stale(Some(i64::MAX), i64::MAX));
         assert!(statistics_stale(Some(0), 101));
+    }
+
+    #[test]
+    fn a_locked_database_is_waited_out_anything_else_tried_a_few_times() {
+        let early = Duration::from_millis(10);
+        assert!(setup_again(Some("5"), "database is locked", 9, early).is_some());
+        assert!(
+            setup_again(Some("517"), "", 9, early).is_some(),
+            "BUSY_SNAPSHOT"
+        );
+        assert!(setup_again(Some("6"), "", 9, early).is_some(), "LOCKED");
+        assert!(setup_again(None, "(code: 5) database is locked", 9, early).is_some());
+        assert_eq!(
+            setup_again(Some("5"), "", 9, SETUP_BUSY_LIMIT),
+            None,
+            "not past the limit"
+        );
+        assert!(setup_again(Some("1"), "table already exists", 4, early).is_some());
+        assert_eq!(
+            setup_again(Some("1"), "table already exists", 5, early),
+            None,
+            "five tries for anything else"
+        );
+        assert_eq!(
+            setup_again(Some("5"), "", 1, early),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            setup_again(Some("5"), "", 100, early),
+            Some(Duration::from_millis(500)),
+            "the pause is capped"
+        );
     }
 }

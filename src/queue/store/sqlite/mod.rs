@@ -81,9 +81,10 @@ async fn connect(path: &Path) -> Result<(SqlitePool, FileId), QueueError> {
         .busy_timeout(Duration::from_secs(30));
     let opening = |e: sqlx::Error| QueueError::Store(format!("opening {}: {e}", path.display()));
     // apalis' setup runs the migrations (and sets `synchronous = OFF` on its connection): on a
-    // pool of its own, closed before ours is used. Processes starting together may race on the
-    // migrations: a few tries settle it.
+    // pool of its own, closed before ours is used. Processes starting together meet each other's
+    // locks and may race on the migrations: `judge::setup_again` says whether to try again.
     let mut tries = 0;
+    let began = std::time::Instant::now();
     loop {
         let setup = SqlitePoolOptions::new()
             .max_connections(1)
@@ -92,20 +93,21 @@ async fn connect(path: &Path) -> Result<(SqlitePool, FileId), QueueError> {
             .map_err(opening)?;
         let result = SqliteStorage::setup(&setup).await;
         setup.close().await;
-        match result {
-            Ok(()) => break,
-            Err(e) if tries < 5 => {
-                tries += 1;
-                tracing::debug!(error = %e, tries, "queue setup raced another process; again");
-                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-            }
-            Err(e) => {
-                return Err(QueueError::Store(format!(
-                    "setting up {}: {e}",
-                    path.display()
-                )))
-            }
-        }
+        let Err(e) = result else { break };
+        tries += 1;
+        let code = match &e {
+            apalis_sqlite::Error::Database(e) => e.as_database_error().and_then(|d| d.code()),
+            _ => None,
+        };
+        let again = judge::setup_again(code.as_deref(), &e.to_string(), tries, began.elapsed());
+        let Some(pause) = again else {
+            return Err(QueueError::Store(format!(
+                "setting up {}: {e}",
+                path.display()
+            )));
+        };
+        tracing::debug!(error = %e, tries, "queue setup raced another process; again");
+        tokio::time::sleep(pause).await;
     }
     let file = FileId::of(path).map_err(QueueError::Store)?;
     let guarded = path.to_path_buf();
