@@ -199,7 +199,7 @@ async fn children_that_fail_their_start_are_not_counted_as_crashes() {
             _ => refuse_starts_flag(),
         };
         std::fs::write(&flag, b"").unwrap();
-        rustix_kill(pid);
+        kill_now(pid);
         assert_eq!(
             lease.call(Pid).await,
             Err(LeaseError::NeverRan),

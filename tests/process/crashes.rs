@@ -99,7 +99,7 @@ async fn a_child_killed_while_idle_is_reaped_at_once() {
         == 2));
     let victim = children_of(me).0[0];
     let killed = Instant::now();
-    rustix_kill(victim);
+    kill_now(victim);
     let reaped = eventually(Duration::from_secs(3), || stat(victim).is_none());
     let took = killed.elapsed();
     assert!(
@@ -136,7 +136,7 @@ async fn a_job_sent_to_a_child_that_was_just_killed_goes_to_a_new_one() {
     let lease = m.acquire().await.unwrap();
     for round in 0..8 {
         let pid = lease.call(Keep { mb: 200 }).await.unwrap();
-        rustix_kill(pid);
+        kill_now(pid);
         let next = lease.call(Pid).await;
         assert!(
             matches!(next, Ok(p) if p != pid),

@@ -113,14 +113,6 @@ pub(crate) async fn counted(
     .counters
 }
 
-pub(crate) fn rustix_kill(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
 /// CPU time this process has used (every thread, from `/proc/self/task/*/schedstat`, in ns).
 pub(crate) fn cpu_used() -> Duration {
     let mut total = 0_u64;
@@ -239,6 +231,15 @@ pub(crate) async fn timed<F: std::future::Future>(
 
 pub(crate) fn kill(sig: &str, pid: u32) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// `SIGKILL` to `pid`, which must exist: the test fails if `kill` does.
+pub(crate) fn kill_now(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -KILL {pid}: {status}");
 }
 
 /// Cleanup: kill leftover processes whose pgid or ppid relate to `pids`.
