@@ -32,7 +32,7 @@ if ! command -v wrk >/dev/null 2>&1; then
   (apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; })
 fi
 
-cargo build --release --quiet --example actix_web_service --features web,serde
+cargo build --release --quiet --example actix_web_service --features web,serde,metrics
 binary=$target_dir/release/examples/actix_web_service
 [ -x "$binary" ] || { echo "FAIL: the service was not built at $binary" >&2; exit 1; }
 LEASEPOOL_ADDR="127.0.0.1:$port" LEASEPOOL_SERVE_SECS=$((duration + 15)) \

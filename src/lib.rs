@@ -6,6 +6,7 @@ mod grinder;
 mod lease;
 mod manager;
 mod message;
+pub mod metrics;
 #[cfg(feature = "process")]
 #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
 pub mod process;
@@ -314,7 +315,10 @@ pub mod guide {
     page!(work_grinder, "work-grinder");
     page!(messages, "messages");
     page!(error_handling, "error-handling");
+    #[cfg(feature = "metrics")]
     page!(observability, "observability");
+    #[cfg(not(feature = "metrics"))]
+    page!(observability, "observability.shown");
     page!(architecture, "architecture");
     page!(performance, "performance");
     page!(faq, "faq");

@@ -401,6 +401,8 @@ impl<S: 'static> Future for Acquire<'_, S> {
             let lease_for = this.lease_for.unwrap_or(engine.config().default_lease());
             if lease_for.is_zero() {
                 this.progress = Progress::Done;
+                let invalid = leasepool_actors::metrics::AcquireEnd::Invalid;
+                engine.metrics().acquire(invalid, Duration::ZERO);
                 return Poll::Ready(Err(LeaseError::InvalidArgument(
                     "lease_for must be greater than zero (got 0s)".to_owned(),
                 )));

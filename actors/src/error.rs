@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::metrics::{AcquireEnd, JobEnd};
 use crate::stats::Backend;
 
 /// Most worker threads one manager may run (`max_pools * workers_per_pool`).
@@ -253,3 +254,88 @@ mod web {
 
 #[cfg(feature = "web")]
 pub use web::{retry_after_secs, set_retry_after};
+
+/// Which acquire outcome (metrics' `outcome` label) each answer is.
+impl AcquireEnd {
+    /// The outcome of an acquire that was answered `answer`.
+    pub fn of<T>(answer: &Result<T, LeaseError>) -> Self {
+        match answer {
+            Ok(_) => Self::Acquired,
+            Err(LeaseError::Timeout(_)) => Self::Timeout,
+            Err(LeaseError::Unavailable) => Self::Unavailable,
+            Err(LeaseError::Stopped) => Self::Stopped,
+            Err(LeaseError::NotStarted) => Self::NotStarted,
+            Err(LeaseError::NoHealthyPool(_)) => Self::NoHealthyPool,
+            Err(_) => Self::Invalid,
+        }
+    }
+}
+
+/// Which job outcome (metrics' `outcome` label) each answer is.
+impl JobEnd {
+    /// How a job that answered `answer` counts; `None` for a job that never ran (`NeverRan`:
+    /// counted nowhere, like in [`Counters`](crate::Counters)).
+    pub fn of<T>(answer: &Result<T, LeaseError>) -> Option<Self> {
+        Some(match answer {
+            Ok(_) => Self::Ok,
+            Err(LeaseError::Panicked(_)) => Self::Panicked,
+            Err(LeaseError::NeverRan) => return None,
+            Err(LeaseError::WorkerLost) => Self::WorkerLost,
+            Err(LeaseError::Expired) => Self::Expired,
+            Err(LeaseError::Stopped) => Self::Stopped,
+            Err(_) => Self::Invalid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_acquire_answer_has_its_outcome() {
+        let cases = [
+            (Ok(()), AcquireEnd::Acquired),
+            (
+                Err(LeaseError::Timeout(Duration::from_secs(1))),
+                AcquireEnd::Timeout,
+            ),
+            (Err(LeaseError::Unavailable), AcquireEnd::Unavailable),
+            (Err(LeaseError::Stopped), AcquireEnd::Stopped),
+            (Err(LeaseError::NotStarted), AcquireEnd::NotStarted),
+            (
+                Err(LeaseError::NoHealthyPool("f".into())),
+                AcquireEnd::NoHealthyPool,
+            ),
+            (
+                Err(LeaseError::InvalidArgument("x".into())),
+                AcquireEnd::Invalid,
+            ),
+        ];
+        for (answer, end) in cases {
+            assert_eq!(AcquireEnd::of(&answer), end, "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn every_job_answer_has_its_outcome() {
+        let cases = [
+            (Ok(()), Some(JobEnd::Ok)),
+            (
+                Err(LeaseError::Panicked("p".into())),
+                Some(JobEnd::Panicked),
+            ),
+            (Err(LeaseError::NeverRan), None),
+            (Err(LeaseError::WorkerLost), Some(JobEnd::WorkerLost)),
+            (Err(LeaseError::Expired), Some(JobEnd::Expired)),
+            (Err(LeaseError::Stopped), Some(JobEnd::Stopped)),
+            (
+                Err(LeaseError::ProcessJob("x".into())),
+                Some(JobEnd::Invalid),
+            ),
+        ];
+        for (answer, end) in cases {
+            assert_eq!(JobEnd::of(&answer), end, "{answer:?}");
+        }
+    }
+}

@@ -233,6 +233,11 @@ impl<S: 'static> Engine<S> {
         self.keeper.acquire(params, mode)
     }
 
+    /// The manager's metric handles (no-ops without the `metrics` feature or a recorder).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.keeper.counters.metrics
+    }
+
     /// How much can be handed out now: cheap (no allocation, no message).
     pub fn capacity(&self) -> Capacity {
         self.keeper.capacity()

@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
@@ -27,6 +28,7 @@ use tokio::sync::oneshot;
 use crate::current::JobScope;
 use crate::error::LeaseError;
 use crate::lease_state::LeaseShared;
+use crate::metrics::{InFlightGauge, JobEnd};
 use crate::stats::CounterCells;
 
 /// One message on a pool's job queue.
@@ -92,12 +94,16 @@ pub(crate) trait ErasedJob<S>: Send {
 ///
 /// The count is raised *before* the lease state is checked and lowered when the job is gone, so
 /// a lease actor that sees zero after a release knows no job can still reach its pool.
-pub(crate) struct InFlight(Arc<LeaseShared>);
+pub(crate) struct InFlight(
+    Arc<LeaseShared>,
+    // Held for its `Drop`: `leasepool_jobs_in_flight` counts the job while it exists.
+    #[allow(dead_code)] InFlightGauge,
+);
 
 impl InFlight {
     pub(crate) fn enter(lease: &Arc<LeaseShared>) -> Result<Self, LeaseError> {
         lease.raise_in_flight();
-        let guard = InFlight(Arc::clone(lease));
+        let guard = InFlight(Arc::clone(lease), lease.jobs_gauge.enter());
         match lease.refusal() {
             None => Ok(guard),
             Some(err) => Err(err),
@@ -115,71 +121,70 @@ impl Drop for InFlight {
     }
 }
 
-/// How a job that returned counts in [`Counters`](crate::Counters), judged from its value: a
-/// closure's value is its success; a process job's value is the child's answer, which may say
-/// the job panicked, failed or was lost with its child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobCount {
-    /// Ran to completion and delivered a value (`jobs_completed`).
-    Completed,
-    /// Panicked (`jobs_panicked`).
-    Panicked,
-    /// Ran and failed without a panic: a process job whose output could not be encoded or
-    /// decoded, say (`jobs_failed`).
-    Failed,
-    /// Lost with its worker while it ran: a crashed child, a child killed at hard expiry or at
-    /// stop (`jobs_lost`).
-    Lost,
-    /// Never started (not counted).
-    NotRun,
-}
-
-/// How many jobs one dispatched job's value stands for, by how each counts: one for a closure
-/// or a process job, one per item for a grinder part sent to a child in one frame.
+/// How many jobs one dispatched job's value stands for, by how each ended: one for a closure
+/// or a process job, one per item for a grinder part sent to a child in one frame. A job that
+/// never ran (`None` from [`JobEnd::of`]) is counted nowhere.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobTally {
-    /// `jobs_completed`.
-    pub completed: u64,
-    /// `jobs_panicked`.
-    pub panicked: u64,
-    /// `jobs_failed`.
-    pub failed: u64,
-    /// `jobs_lost`.
-    pub lost: u64,
+    by_end: [u64; JobEnd::ALL.len()],
 }
 
 impl JobTally {
-    /// Adds the jobs this tally stands for to the engine's counters.
-    pub(crate) fn add_to(self, counters: &crate::stats::CounterCells) {
+    /// Adds the jobs this tally stands for to the engine's counters (and metrics: `took` is
+    /// the time the dispatched job ran, shared evenly by its jobs).
+    pub(crate) fn add_to(self, counters: &crate::stats::CounterCells, took: Option<Duration>) {
         use std::sync::atomic::Ordering::Relaxed;
-        counters.jobs_completed.fetch_add(self.completed, Relaxed);
-        counters.jobs_panicked.fetch_add(self.panicked, Relaxed);
-        counters.jobs_failed.fetch_add(self.failed, Relaxed);
-        counters.jobs_lost.fetch_add(self.lost, Relaxed);
+        counters
+            .jobs_completed
+            .fetch_add(self.of(JobEnd::Ok), Relaxed);
+        counters
+            .jobs_panicked
+            .fetch_add(self.of(JobEnd::Panicked), Relaxed);
+        counters
+            .jobs_failed
+            .fetch_add(self.of(JobEnd::Invalid), Relaxed);
+        counters.jobs_lost.fetch_add(self.lost(), Relaxed);
+        if let Some(took) = took {
+            let each = took / u32::try_from(self.total().max(1)).unwrap_or(u32::MAX);
+            for end in JobEnd::ALL {
+                counters.metrics.jobs(end, self.of(end), each);
+            }
+        }
     }
 
     /// A tally of one job.
-    pub fn one(count: JobCount) -> Self {
+    pub fn one(end: Option<JobEnd>) -> Self {
         let mut tally = Self::default();
-        tally.add(count);
+        tally.add(end);
         tally
     }
 
     /// Adds one job.
-    pub fn add(&mut self, count: JobCount) {
-        match count {
-            JobCount::Completed => self.completed += 1,
-            JobCount::Panicked => self.panicked += 1,
-            JobCount::Failed => self.failed += 1,
-            JobCount::Lost => self.lost += 1,
-            JobCount::NotRun => {}
+    pub fn add(&mut self, end: Option<JobEnd>) {
+        if let Some(end) = end {
+            self.by_end[end as usize] += 1;
         }
+    }
+
+    /// Jobs that ended `end`.
+    pub fn of(&self, end: JobEnd) -> u64 {
+        self.by_end[end as usize]
+    }
+
+    /// Jobs lost with their worker (`jobs_lost`): crashed, killed at expiry or at stop.
+    pub fn lost(&self) -> u64 {
+        self.of(JobEnd::WorkerLost) + self.of(JobEnd::Expired) + self.of(JobEnd::Stopped)
+    }
+
+    /// Every job counted.
+    pub fn total(&self) -> u64 {
+        self.by_end.iter().sum()
     }
 }
 
 /// Counts every value as one completed job (closures).
 pub(crate) fn completed<R>(_: &R) -> JobTally {
-    JobTally::one(JobCount::Completed)
+    JobTally::one(Some(JobEnd::Ok))
 }
 
 pub(crate) struct TypedJob<F, R> {
@@ -238,13 +243,17 @@ where
             return JobOutcome::Ran;
         };
         let scope = self.in_flight.as_ref().map(|g| JobScope::enter(&g.0));
-        let (result, outcome) = match catch_unwind(AssertUnwindSafe(move || f(state))) {
+        // The clock is read only for a recorder.
+        let started = counters.metrics.enabled().then(Instant::now);
+        let ran = catch_unwind(AssertUnwindSafe(move || f(state)));
+        let took = started.map(|t| t.elapsed());
+        let (result, outcome) = match ran {
             Ok(value) => {
-                (self.count)(&value).add_to(counters);
+                (self.count)(&value).add_to(counters, took);
                 (Ok(value), JobOutcome::Ran)
             }
             Err(payload) => {
-                CounterCells::bump(&counters.jobs_panicked);
+                JobTally::one(Some(JobEnd::Panicked)).add_to(counters, took);
                 let msg = panic_message(payload.as_ref());
                 drop_quietly(payload, manager);
                 (Err(LeaseError::Panicked(msg)), JobOutcome::Panicked)

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::error::LeaseError;
+use crate::metrics::JobsGauge;
 use crate::stats::{Backend, LeaseId, PoolId};
 
 const ACTIVE: u8 = 0;
@@ -46,6 +47,8 @@ pub(crate) struct LeaseShared {
     in_flight: AtomicUsize,
     draining: AtomicBool,
     ends: Weak<dyn LeaseEnds>,
+    /// `leasepool_jobs_in_flight` (empty without the `metrics` feature).
+    pub(crate) jobs_gauge: JobsGauge,
 }
 
 /// What a lease is, for its whole life: everything but its changing state.
@@ -59,6 +62,8 @@ pub struct LeaseFacts {
     pub pool: PoolId,
     /// The label given at acquire.
     pub owner: Option<String>,
+    /// When it was granted.
+    pub granted_at: Instant,
     /// When `lease_for` runs out.
     pub soft_expires_at: Instant,
     /// When the lease is revoked.
@@ -68,7 +73,12 @@ pub struct LeaseFacts {
 }
 
 impl LeaseShared {
-    pub(crate) fn new(facts: LeaseFacts, generation: u64, ends: Weak<dyn LeaseEnds>) -> Self {
+    pub(crate) fn new(
+        facts: LeaseFacts,
+        generation: u64,
+        ends: Weak<dyn LeaseEnds>,
+        jobs_gauge: JobsGauge,
+    ) -> Self {
         Self {
             facts,
             generation,
@@ -76,6 +86,7 @@ impl LeaseShared {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             ends,
+            jobs_gauge,
         }
     }
 

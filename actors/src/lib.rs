@@ -5,8 +5,9 @@
 //! The files form layers, and no file imports one above it (`docs/architecture.md` has the
 //! picture):
 //!
-//! 1. values: `stats` (ids, `Stats`, `Counters`), `error` (`LeaseError`, `BuildError`),
-//!    `config` (settings, checked once), `sync` (the one way to take a lock);
+//! 1. values: `metrics` (metric names and handles, importing nothing of the engine), `stats`
+//!    (ids, `Stats`, `Counters`), `error` (`LeaseError`, `BuildError`), `config` (settings,
+//!    checked once), `sync` (the one way to take a lock);
 //! 2. job and lease state: `current` (what a running job may ask about itself), `job` (a job, its pool's queue, its `JobHandle`), `lease_state` (a
 //!    lease's atomics), `threads` (worker-thread tracking), `blocking` (waits outside async
 //!    code), and `handle` (`LeaseCore`: the job path and release, built from those two);
@@ -34,6 +35,7 @@ mod job;
 mod lease;
 mod lease_state;
 mod manager;
+pub mod metrics;
 mod pool;
 mod stats;
 mod sync;
@@ -64,7 +66,7 @@ pub mod plumbing {
     pub use crate::current::{job_stop_reason, request_state_rebuild};
     pub use crate::grinder::{Batch, BatchHold, RawLaunch};
     pub use crate::job::{
-        drop_contained, drop_payload, panic_message, IfAbandoned, JobCount, JobReply, JobTally,
+        drop_contained, drop_payload, panic_message, IfAbandoned, JobReply, JobTally,
     };
     pub use crate::lease_state::LeaseFacts;
 }

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use crate::bookkeeper::{Bookkeeper, HostTask, HostWork};
 use crate::job::{drop_quietly, panic_message};
 use crate::lease::{CrashLease, LeaseActor, LeaseActorDied, StopLease};
+use crate::metrics::Replacement;
 use crate::pool::{CrashPool, KillWorkers, PoolActor, PoolDied, PoolSpec, StopPool};
 use crate::stats::{CounterCells, LeaseId, PoolId};
 
@@ -113,6 +114,7 @@ impl<S: 'static> ManagerActor<S> {
     pub(crate) fn reconcile(&mut self) {
         let desired = self.desired();
         self.keeper().set_desired(desired);
+        self.keeper().refresh_gauges();
     }
 
     fn create_pool(&mut self, id: PoolId) {
@@ -248,6 +250,7 @@ impl<S: 'static> Handler<PoolDied> for ManagerActor<S> {
         self.guarded("PoolDied", |act| {
             act.pools.remove(&msg.0);
             CounterCells::bump(&act.spec.counters().pools_replaced);
+            act.spec.counters().metrics.replaced(Replacement::PoolDied);
             act.keeper().pool_died(msg.0);
         });
     }

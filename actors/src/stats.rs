@@ -236,10 +236,13 @@ pub struct Counters {
 /// Declares the live atomic counters once: their struct and how they fill a [`Counters`].
 macro_rules! counter_cells {
     ($($name:ident),* $(,)?) => {
-        /// The live counters; cheap relaxed atomics shared by the engine.
+        /// The live counters; cheap relaxed atomics shared by the engine, and the manager's
+        /// metric handles beside them (feature `metrics`), so that every place that counts an
+        /// event can also record it.
         #[derive(Debug, Default)]
         pub(crate) struct CounterCells {
             $(pub(crate) $name: AtomicU64,)*
+            pub(crate) metrics: crate::metrics::Metrics,
         }
 
         impl CounterCells {
@@ -264,6 +267,14 @@ counter_cells!(
 );
 
 impl CounterCells {
+    /// Counters that record into `metrics` too.
+    pub(crate) fn with_metrics(metrics: crate::metrics::Metrics) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn bump(cell: &AtomicU64) {
         cell.fetch_add(1, Relaxed);
     }

@@ -9,6 +9,7 @@ use crossbeam_channel::Receiver;
 use crate::config::{StateFactory, WorkerHook};
 use crate::current::take_rebuild_request;
 use crate::job::{drop_quietly, panic_message, Job, JobOutcome};
+use crate::metrics::Replacement;
 use crate::stats::{CounterCells, PoolId};
 
 /// A worker thread of a pool ended before the pool retired it. Sent by the worker's exit
@@ -143,6 +144,7 @@ impl<S> Worker<S> {
             if outcome == JobOutcome::Panicked {
                 tracing::warn!(manager = %self.manager, pool = %self.pool, "job panicked; rebuilding the worker's state");
                 CounterCells::bump(&self.counters.worker_states_rebuilt);
+                self.counters.metrics.replaced(Replacement::StateRebuilt);
             } else if let Some(why) = asked {
                 // (A worker child replaced: counted by the process backend's own counters.)
                 tracing::debug!(manager = %self.manager, pool = %self.pool, why, "rebuilding the worker's state, as its job asked");

@@ -178,6 +178,19 @@ fn main() {
         }
         return;
     }
+    if argv.len() == 4 && argv[1] == "--s6-child" {
+        // For instruction counts (callgrind): one S6 run of one system, nothing else.
+        let ops: usize = argv[3].parse().unwrap_or(10_000);
+        let run = match argv[2].as_str() {
+            "leasepool" => sc::s6_leasepool,
+            "deadpool" => sc::s6_deadpool,
+            "semaphore" => sc::s6_semaphore,
+            _ => std::process::exit(2),
+        };
+        let (single, contended) = run(ops, 64, ops / 64, 4);
+        println!("{{\"uncontended_us\": {single}, \"contended_per_s\": {contended}}}");
+        return;
+    }
     let mut quick = false;
     let mut python = true;
     let mut out = PathBuf::from("target/bench");

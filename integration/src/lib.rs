@@ -1,5 +1,5 @@
 //! Tests and examples of `leasepool` whose dependencies are heavy — an HTTP client (`awc`),
-//! bundled SQLite (`rusqlite`), `proptest`, `prometheus-client` — kept in a workspace member of
+//! bundled SQLite (`rusqlite`), `proptest`, `metrics-exporter-prometheus` — kept in a workspace member of
 //! their own, the way tokio keeps its examples and integration tests apart: every
 //! dev-dependency of a package is built for any of its examples, so these would otherwise make
 //! the first `cargo run --release --example quickstart` build them all.

@@ -99,7 +99,11 @@ pub(crate) fn configure<S: 'static>(
                 program.display()
             )));
         }
-        let counters = Arc::new(counters::ChildCounters::default());
+        let metrics = leasepool_actors::metrics::Metrics::register(
+            &settings.name_prefix,
+            &crate::Backend::Process.to_string(),
+        );
+        let counters = Arc::new(counters::ChildCounters::with_metrics(metrics));
         let spec = Arc::new(conn::ChildSpec {
             manager: settings.name_prefix.clone(),
             program,

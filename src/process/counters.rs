@@ -4,7 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use leasepool_actors::plumbing::{JobCount, JobTally};
+use leasepool_actors::metrics::{JobEnd, Metrics, Replacement};
+use leasepool_actors::plumbing::JobTally;
 
 use crate::{Counters, LeaseError};
 
@@ -16,6 +17,8 @@ pub(crate) struct ChildCounters {
     killed: AtomicU64,
     over_memory: AtomicU64,
     recycled: AtomicU64,
+    /// `leasepool_workers_replaced_total` (feature `metrics`).
+    metrics: Metrics,
 }
 
 /// How a child ended (other than at its pool's or manager's end).
@@ -32,6 +35,14 @@ pub(crate) enum ChildEnd {
 }
 
 impl ChildCounters {
+    /// Counters that record replacements into `metrics` too.
+    pub(crate) fn with_metrics(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn started(&self) {
         self.started.fetch_add(1, Relaxed);
     }
@@ -44,6 +55,12 @@ impl ChildCounters {
             ChildEnd::Recycled => &self.recycled,
         }
         .fetch_add(1, Relaxed);
+        self.metrics.replaced(match how {
+            ChildEnd::Crashed => Replacement::Crashed,
+            ChildEnd::Killed => Replacement::Killed,
+            ChildEnd::OverMemory => Replacement::OverMemory,
+            ChildEnd::Recycled => Replacement::Recycled,
+        });
     }
 
     /// Copies the counts into `counters`.
@@ -61,15 +78,10 @@ pub(crate) fn job_tally<T>(answer: &Result<T, LeaseError>) -> JobTally {
     JobTally::one(job_count(answer))
 }
 
-/// How a process job's answer counts: completed only if it delivered a value.
-pub(crate) fn job_count<T>(answer: &Result<T, LeaseError>) -> JobCount {
-    match answer {
-        Ok(_) => JobCount::Completed,
-        Err(LeaseError::Panicked(_)) => JobCount::Panicked,
-        Err(LeaseError::NeverRan) => JobCount::NotRun,
-        Err(LeaseError::WorkerLost | LeaseError::Expired | LeaseError::Stopped) => JobCount::Lost,
-        Err(_) => JobCount::Failed,
-    }
+/// How a process job's answer counts: completed only if it delivered a value; `None` if it
+/// never ran.
+pub(crate) fn job_count<T>(answer: &Result<T, LeaseError>) -> Option<JobEnd> {
+    JobEnd::of(answer)
 }
 
 #[cfg(test)]
@@ -78,26 +90,27 @@ mod tests {
 
     #[test]
     fn an_answer_counts_as_what_happened() {
-        assert_eq!(job_count::<()>(&Ok(())), JobCount::Completed);
-        assert_eq!(
-            job_count::<()>(&Err(LeaseError::Panicked("p".into()))),
-            JobCount::Panicked
-        );
-        assert_eq!(
-            job_count::<()>(&Err(LeaseError::NeverRan)),
-            JobCount::NotRun
-        );
-        for lost in [
-            LeaseError::WorkerLost,
-            LeaseError::Expired,
-            LeaseError::Stopped,
-        ] {
-            assert_eq!(job_count::<()>(&Err(lost)), JobCount::Lost);
+        let cases = [
+            (Ok(()), Some(JobEnd::Ok)),
+            (
+                Err(LeaseError::Panicked("p".into())),
+                Some(JobEnd::Panicked),
+            ),
+            (Err(LeaseError::NeverRan), None),
+            (Err(LeaseError::WorkerLost), Some(JobEnd::WorkerLost)),
+            (Err(LeaseError::Expired), Some(JobEnd::Expired)),
+            (Err(LeaseError::Stopped), Some(JobEnd::Stopped)),
+            (
+                Err(LeaseError::ProcessJob("x".into())),
+                Some(JobEnd::Invalid),
+            ),
+        ];
+        let mut tally = JobTally::default();
+        for (answer, end) in cases {
+            assert_eq!(job_count(&answer), end, "{answer:?}");
+            tally.add(job_count(&answer));
         }
-        assert_eq!(
-            job_count::<()>(&Err(LeaseError::ProcessJob("x".into()))),
-            JobCount::Failed
-        );
+        assert_eq!((tally.total(), tally.lost()), (6, 3));
     }
 
     #[test]

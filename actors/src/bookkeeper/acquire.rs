@@ -11,6 +11,7 @@ use super::{Bookkeeper, LeaseParams, Waiter};
 use crate::books::{Acquired, WaitMode, WaiterId};
 use crate::error::LeaseError;
 use crate::handle::LeaseCore;
+use crate::metrics::AcquireEnd;
 
 impl<S: 'static> Bookkeeper<S> {
     /// The synchronous part of an acquire: a lease at once, a place in the queue, or a refusal.
@@ -70,6 +71,11 @@ impl<S: 'static> Bookkeeper<S> {
             (outcome, self.apply(&mut ledger, fx), refused)
         };
         deferred.run(self);
+        if !matches!(outcome, Ok(Err(_))) {
+            // Answered without queueing: no wait worth a clock read.
+            let end = AcquireEnd::of(&outcome);
+            self.counters.metrics.acquire(end, Duration::ZERO);
+        }
         match (&outcome, refused) {
             (Ok(Ok(core)), _) => self.granted(core),
             (Err(error), Some(owner)) => {

@@ -28,6 +28,7 @@ use crate::error::LeaseError;
 use crate::handle::LeaseCore;
 use crate::job::PoolQueue;
 use crate::lease_state::{LeaseEnds, LeaseFacts, LeaseShared, Revocation};
+use crate::metrics::Metrics;
 use crate::stats::{CounterCells, LeaseId, PoolId};
 use crate::sync::{lock, IdMap};
 use crate::threads::WorkerThreads;
@@ -216,9 +217,12 @@ impl<S: 'static> Bookkeeper<S> {
                 sweep_pending: None,
                 sweep_ask: None,
             }),
+            counters: Arc::new(CounterCells::with_metrics(Metrics::register(
+                &name,
+                &config.settings.backend.to_string(),
+            ))),
             config,
             name,
-            counters: Arc::default(),
             settled: tokio::sync::Notify::new(),
             injected_spawn_failures: AtomicUsize::new(0),
             overdue_run: AtomicU64::new(0),
@@ -280,7 +284,11 @@ impl<S: 'static> Bookkeeper<S> {
                     }
                 }
                 Effect::LeaseEnded { lease, had_actor } => {
-                    ledger.leases.remove(&lease);
+                    let ended = ledger.leases.remove(&lease);
+                    if let Some(shared) = ended.filter(|_| self.counters.metrics.enabled()) {
+                        let held = shared.facts.granted_at.elapsed();
+                        self.counters.metrics.lease_held(held);
+                    }
                     if had_actor {
                         deferred.tasks.push(HostTask::StopLeaseActor(lease));
                     }
@@ -288,6 +296,11 @@ impl<S: 'static> Bookkeeper<S> {
             }
         }
         ledger.fx = fx;
+        if self.counters.metrics.enabled() {
+            let now = self.capacity_of(ledger);
+            let by_state = [now.available, now.leased, now.unhealthy, now.starting];
+            self.counters.metrics.pools(by_state, None, now.waiting);
+        }
         if let Some(by) = ledger.sweep_ask.take() {
             deferred.tasks.push(HostTask::SweepLeases { by });
         }
@@ -309,6 +322,7 @@ impl<S: 'static> Bookkeeper<S> {
         let now = Instant::now();
         let soft_expires_at = later(now, params.lease_for);
         let facts = LeaseFacts {
+            granted_at: now,
             manager: Arc::clone(&self.name),
             id: lease,
             pool,
@@ -324,7 +338,8 @@ impl<S: 'static> Bookkeeper<S> {
             ledger.sweep_ask = Some(due);
         }
         let generation = ledger.books.run().unwrap_or(0);
-        let shared = Arc::new(LeaseShared::new(facts, generation, ends));
+        let gauge = self.counters.metrics.jobs_gauge();
+        let shared = Arc::new(LeaseShared::new(facts, generation, ends, gauge));
         ledger.leases.insert(lease, Arc::clone(&shared));
         LeaseCore::new(shared, queue)
     }

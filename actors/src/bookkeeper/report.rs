@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::Bookkeeper;
+use super::{Bookkeeper, Ledger};
 use crate::books::{BookCounts, BookStats, StartOutcome};
 use crate::stats::{Backend, Capacity, Counters, LeaseInfo, PoolId, Stats};
 
@@ -14,7 +14,11 @@ impl<S: 'static> Bookkeeper<S> {
 
     /// How much can be handed out now (see [`Capacity`]).
     pub(crate) fn capacity(&self) -> Capacity {
-        let (available, leased, unhealthy, starting, waiting) = self.lock().books.capacity();
+        self.capacity_of(&self.lock())
+    }
+
+    pub(super) fn capacity_of(&self, ledger: &Ledger<S>) -> Capacity {
+        let (available, leased, unhealthy, starting, waiting) = ledger.books.capacity();
         Capacity {
             max_pools: self.config.settings.max_pools,
             available,
@@ -39,15 +43,7 @@ impl<S: 'static> Bookkeeper<S> {
             pools,
             counts,
         } = ledger.books.stats();
-        // Retiring = pools out of the books whose threads still run (derived, not listed).
-        let retiring = ledger.run.as_ref().map_or(0, |run| {
-            let known: HashSet<PoolId> = pools.into_iter().collect();
-            run.threads
-                .pools_with_threads()
-                .into_iter()
-                .filter(|p| !known.contains(p))
-                .count()
-        });
+        let retiring = retiring(&ledger, pools);
         let now = Instant::now();
         let leases = leases
             .into_iter()
@@ -79,6 +75,21 @@ impl<S: 'static> Bookkeeper<S> {
             leases,
             counters: self.counters(counts),
         }
+    }
+
+    /// Sets the pool gauges, `retiring` included (it changes as threads exit, which is no
+    /// transition of the books: the supervisor calls this on its tick).
+    pub(crate) fn refresh_gauges(&self) {
+        if !self.counters.metrics.enabled() {
+            return;
+        }
+        let ledger = self.lock();
+        let retiring = retiring(&ledger, ledger.books.stats().pools);
+        let now = self.capacity_of(&ledger);
+        let by_state = [now.available, now.leased, now.unhealthy, now.starting];
+        self.counters
+            .metrics
+            .pools(by_state, Some(retiring), now.waiting);
     }
 
     #[allow(deprecated)] // fills the deprecated aliases too
@@ -122,4 +133,16 @@ impl<S: 'static> Bookkeeper<S> {
         }
         Ok(())
     }
+}
+
+/// Retiring = pools out of the books (`known`) whose threads still run (derived, not listed).
+fn retiring<S>(ledger: &Ledger<S>, known: Vec<PoolId>) -> usize {
+    ledger.run.as_ref().map_or(0, |run| {
+        let known: HashSet<PoolId> = known.into_iter().collect();
+        run.threads
+            .pools_with_threads()
+            .into_iter()
+            .filter(|p| !known.contains(p))
+            .count()
+    })
 }

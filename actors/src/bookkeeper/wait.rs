@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -12,6 +12,7 @@ use super::Bookkeeper;
 use crate::books::{WaitMode, WaiterId};
 use crate::error::LeaseError;
 use crate::handle::LeaseCore;
+use crate::metrics::AcquireEnd;
 
 /// A queued acquirer's place in line: poll it until it yields a lease or an error. Dropping it
 /// leaves the queue. It is polled in place (no boxed future), so a waiter costs little memory.
@@ -27,6 +28,8 @@ pub struct WaitTicket<S: 'static> {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The timer fired but a pool was handed to us at that moment: only the answer is awaited.
     expired: bool,
+    /// When the wait began, if a metrics recorder wants to know how long it lasted.
+    since: Option<Instant>,
 }
 
 impl<S: 'static> WaitTicket<S> {
@@ -45,12 +48,24 @@ impl<S: 'static> WaitTicket<S> {
             id,
             answered: false,
             answer,
-            keeper,
             timers,
             limit,
             sleep: None,
             expired: false,
+            since: keeper.counters.metrics.enabled().then(Instant::now),
+            keeper,
         }
+    }
+
+    /// The wait is over: records how it ended (and how long it took) for metrics.
+    fn ended<T>(&mut self, answer: &Result<T, LeaseError>) {
+        self.answered = true;
+        self.record(AcquireEnd::of(answer));
+    }
+
+    fn record(&self, end: AcquireEnd) {
+        let waited = self.since.map_or(Duration::ZERO, |t| t.elapsed());
+        self.keeper.counters.metrics.acquire(end, waited);
     }
 
     /// Polls for the answer, enforcing the wait limit.
@@ -60,8 +75,9 @@ impl<S: 'static> WaitTicket<S> {
         }
         // The receiver is polled first: an answer that raced with the timer wins.
         if let Poll::Ready(answer) = Pin::new(&mut self.answer).poll(cx) {
-            self.answered = true;
-            return Poll::Ready(answer.unwrap_or(Err(LeaseError::Stopped)));
+            let answer = answer.unwrap_or(Err(LeaseError::Stopped));
+            self.ended(&answer);
+            return Poll::Ready(answer);
         }
         let Some(limit) = self.limit else {
             return Poll::Pending;
@@ -79,8 +95,9 @@ impl<S: 'static> WaitTicket<S> {
             return Poll::Pending;
         }
         if self.keeper.cancel_waiter(self.id, Some(limit)) {
-            self.answered = true;
-            return Poll::Ready(Err(LeaseError::Timeout(limit)));
+            let answer = Err(LeaseError::Timeout(limit));
+            self.ended(&answer);
+            return Poll::Ready(answer);
         }
         // Picked at the last moment: the answer is on its way; the receiver is registered.
         self.expired = true;
@@ -93,7 +110,17 @@ impl<S: 'static> Drop for WaitTicket<S> {
         // Leave the queue before the receiver goes, so no pool is handed to a dead waiter; a
         // lease already sent to us is dropped with the receiver and so released.
         if !self.answered {
-            self.keeper.cancel_waiter(self.id, None);
+            if self.keeper.cancel_waiter(self.id, None) {
+                self.record(AcquireEnd::Cancelled);
+            } else {
+                // Answered as we left: counted as the books count it (a lease handed to us
+                // is acquired, and released as its handle drops here).
+                let end = match self.answer.try_recv() {
+                    Ok(answer) => AcquireEnd::of(&answer),
+                    Err(_) => AcquireEnd::Acquired,
+                };
+                self.record(end);
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use crossbeam_channel::Receiver;
 use crate::bookkeeper::Bookkeeper;
 use crate::config::Settings;
 use crate::job::{Job, PoolQueue};
+use crate::metrics::Replacement;
 use crate::stats::{CounterCells, PoolId};
 use crate::threads::WorkerThreads;
 use crate::worker::{Worker, WorkerExit, WorkerExited, WorkerReady};
@@ -311,6 +312,10 @@ impl<S: 'static> Handler<ReplaceWorkers> for PoolActor<S> {
             return;
         }
         CounterCells::bump(&self.spec.counters().workers_replaced);
+        self.spec
+            .counters()
+            .metrics
+            .replaced(Replacement::ThreadDied);
         tracing::info!(manager = %self.spec.settings().name_prefix, pool = %self.id, starting = missing, "starting replacement workers");
         self.start_workers(missing, ctx);
     }

@@ -193,6 +193,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
             )
         });
         let store = std::sync::Arc::clone(self.queue.store());
+        let metrics = super::metrics::TaskMetrics::register(&self.name);
         Ok(QueueWorker {
             shared: Arc::new(Shared {
                 manager: self.manager,
@@ -205,7 +206,10 @@ impl<S: 'static> QueueWorkerBuilder<S> {
                 context: Mutex::new(None),
                 last_error: Mutex::new(None),
                 settings: self.settings,
-                counters: Counters::default(),
+                counters: Counters {
+                    metrics,
+                    ..Counters::default()
+                },
                 phase: AtomicPhase(std::sync::atomic::AtomicU8::new(Phase::Idle as u8)),
                 freed: Notify::new(),
                 run,

@@ -18,6 +18,7 @@ use crate::LeaseManager;
 
 pub(crate) mod builder;
 mod gate;
+mod metrics;
 mod outcome;
 mod settle;
 mod shared;

@@ -64,6 +64,8 @@ pub(super) struct Counters {
     /// Tasks handed to the current apalis worker whose whole pipeline (ours, then apalis'
     /// acknowledgement) has not finished: `call` adds one, apalis' result event takes it away.
     pub(super) outstanding: Arc<AtomicUsize>,
+    /// The same events through the `metrics` facade (feature `metrics`).
+    pub(super) metrics: super::metrics::TaskMetrics,
 }
 
 /// Where a worker is in its life: one value, not a set of flags whose combinations nobody

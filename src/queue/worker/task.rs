@@ -70,7 +70,10 @@ where
             (Ok(counted), Ok(max)) if counted > *max as usize => Ran::OutOfAttempts(*max),
             (Ok(_), Ok(_)) => match payload::decode::<T>(&bytes, shared.queue.payload_limit()) {
                 Err(why) => Ran::Unrunnable(why),
-                Ok(args) => run(&shared, (&instance, &id, apalis), args, waiting).await,
+                Ok(args) => {
+                    let run_at = ctx.run_at();
+                    run(&shared, (&instance, &id, apalis, run_at), args, waiting).await
+                }
             },
         };
         let policy = metadata
@@ -145,6 +148,7 @@ fn count<S, T>(shared: &Shared<S, T>, counter: Counter) {
         Counter::HandedBack => &c.handed_back,
     }
     .fetch_add(1, Ordering::Relaxed);
+    c.metrics.task(counter);
 }
 
 fn log(queue: &str, id: &str, attempt: Attempt, answer: &Answer, log: Log) {
@@ -179,7 +183,7 @@ fn log(queue: &str, id: &str, attempt: Attempt, answer: &Answer, log: Log) {
 /// first (or, once the stop gives up, while it runs).
 async fn run<S: Send + 'static, T: Send + 'static>(
     shared: &Arc<Shared<S, T>>,
-    (instance, id, attempt): (&str, &str, usize),
+    (instance, id, attempt, run_at): (&str, &str, usize, Option<u64>),
     args: T,
     waiting: Count,
 ) -> Ran {
@@ -215,6 +219,11 @@ async fn run<S: Send + 'static, T: Send + 'static>(
         Some(Ok(lease)) => {
             *shared.claim_pause.lock().unwrap_or_else(|e| e.into_inner()) = (None, Duration::ZERO);
             drop(waiting);
+            let metrics = &shared.counters.metrics;
+            if metrics.enabled() {
+                let now = std::time::SystemTime::now();
+                metrics.started(super::metrics::task_wait(id, run_at, now));
+            }
             lease
         }
     };

@@ -1,0 +1,26 @@
+//! Observability (features `metrics`, `queue`): what the `metrics` facade records agrees with
+//! `Counters` and `QueueStats` on both backends and the queue.
+//!
+//! No libtest harness: this binary is also the process backend's worker program.
+
+mod jobs;
+mod metrics_process;
+mod metrics_queue;
+mod metrics_thread;
+mod recorded;
+
+fn main() {
+    leasepool::process::init(jobs::jobs());
+    // The jobs that panic on purpose would print a report each: keep the output readable.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload().downcast_ref::<&str>().copied();
+        if message != Some("on purpose") {
+            report(info);
+        }
+    }));
+    let ran = testkit::Runner::new(|test| actix_rt::System::new().block_on(test))
+        .limit(std::time::Duration::from_secs(120))
+        .run();
+    ran.finish();
+}
