@@ -201,6 +201,8 @@ impl<S: 'static> WorkGrinder<S> {
     ) {
         let (reply, handle) = JobHandle::channel();
         let workers = self.inner.manager.engine().config().workers_per_pool();
+        // The submitter's span, for its part's (see `batch::part_span`).
+        let span = tracing::Span::current();
         let launch: leasepool_actors::plumbing::RawLaunch<S> = Box::new(move |batch| match batch {
             Err(e) => {
                 reply.fail(e);
@@ -210,6 +212,7 @@ impl<S: 'static> WorkGrinder<S> {
                 move |g: &mut crate::process::Gathered<J>| {
                     g.workers = workers;
                     g.items.push((job, reply, if_abandoned));
+                    g.spans.push(span);
                 },
                 crate::process::send_gathered::<S, J>,
             ),

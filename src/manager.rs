@@ -165,6 +165,21 @@ impl<S: 'static> LeaseManager<S> {
         self.inner.engine.capacity()
     }
 
+    /// How long an acquirer arriving now would wait for a pool, as estimated from what the
+    /// manager observes: the mean of recent lease hold times (recent leases weigh most), how
+    /// long each live lease has been held, the acquirers queued ahead and the pools in service
+    /// — zero when a pool is free. The basis of a computed `Retry-After`
+    /// ([`LeaseConfig::retry_after_estimated`](crate::web::LeaseConfig::retry_after_estimated)
+    /// with feature `web`).
+    ///
+    /// `None` while there is no basis: hold times are measured from the first call on (until
+    /// then a release reads no clock), so the first calls answer `None` until a lease has
+    /// ended; also `None` with no pool in service. An estimate, not a promise: a job that
+    /// runs longer than its pool's recent ones delays it.
+    pub fn estimated_wait(&self) -> Option<Duration> {
+        self.inner.engine.until_free()
+    }
+
     /// A consistent snapshot: pool counts, waiters, every lease, counters.
     pub async fn stats(&self) -> Stats {
         #[cfg_attr(not(feature = "process"), allow(unused_mut))]

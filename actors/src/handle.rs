@@ -11,8 +11,8 @@ use std::sync::{Arc, Weak};
 
 use crate::error::LeaseError;
 use crate::job::{
-    completed, drop_quietly, IfAbandoned, InFlight, Job, JobHandle, JobReply, JobTally, PoolQueue,
-    TypedJob,
+    completed, drop_quietly, job_span, IfAbandoned, InFlight, Job, JobHandle, JobReply, JobTally,
+    PoolQueue, TypedJob,
 };
 use crate::lease_state::{LeaseFacts, LeaseShared};
 
@@ -88,9 +88,10 @@ impl<S: 'static> LeaseCore<S> {
     {
         let (in_flight, queue) = self.admit()?;
         let (reply, handle) = JobHandle::channel();
+        let span = self.job_span();
         Self::send_job(
             &queue,
-            TypedJob::new(f, reply.0, in_flight, if_abandoned, count),
+            TypedJob::new(f, reply.0, in_flight, if_abandoned, count, span),
         );
         Ok(handle)
     }
@@ -98,14 +99,23 @@ impl<S: 'static> LeaseCore<S> {
     /// Like [`dispatch`](Self::dispatch), answering on a reply channel made beforehand (so a
     /// caller can hold its `JobHandle` before the job has a lease, as the `WorkGrinder` does).
     /// If the lease refuses the job, `reply` is answered with the refusal.
-    pub fn dispatch_reply<F, R>(&self, f: F, reply: JobReply<R>, if_abandoned: IfAbandoned)
-    where
+    /// `span` is the job's span, made where it was submitted ([`LeaseCore::job_span`] there).
+    pub fn dispatch_reply<F, R>(
+        &self,
+        f: F,
+        reply: JobReply<R>,
+        if_abandoned: IfAbandoned,
+        span: tracing::Span,
+    ) where
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
         match self.admit() {
             Ok((in_flight, queue)) => {
-                let job = TypedJob::new(f, reply.0, in_flight, if_abandoned, completed);
+                let facts = &self.shared.facts;
+                span.record("lease_id", tracing::field::display(facts.id));
+                span.record("pool", tracing::field::display(facts.pool));
+                let job = TypedJob::new(f, reply.0, in_flight, if_abandoned, completed, span);
                 Self::send_job(&queue, job);
             }
             Err(e) => {
@@ -114,6 +124,13 @@ impl<S: 'static> LeaseCore<S> {
                 drop_quietly(f, &self.shared.facts.manager);
             }
         }
+    }
+
+    /// The span a job sent on this lease now runs in: a child of the current span (see
+    /// `docs/observability.md`).
+    pub fn job_span(&self) -> tracing::Span {
+        let facts = &self.shared.facts;
+        job_span(&facts.manager, Some((facts.id, facts.pool)))
     }
 
     /// Releases the lease: when it returns, the pool is free again (to the next waiter, idle,

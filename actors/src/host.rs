@@ -238,6 +238,12 @@ impl<S: 'static> Engine<S> {
         &self.keeper.counters.metrics
     }
 
+    /// How long a new acquirer would wait for a pool now, estimated from what the manager
+    /// observes (see `bookkeeper/estimate.rs`); `None` while there is no basis yet.
+    pub fn until_free(&self) -> Option<Duration> {
+        self.keeper.until_free()
+    }
+
     /// How much can be handed out now: cheap (no allocation, no message).
     pub fn capacity(&self) -> Capacity {
         self.keeper.capacity()

@@ -29,7 +29,7 @@ use crate::current::JobScope;
 use crate::error::LeaseError;
 use crate::lease_state::LeaseShared;
 use crate::metrics::{InFlightGauge, JobEnd};
-use crate::stats::CounterCells;
+use crate::stats::{CounterCells, LeaseId, PoolId};
 
 /// One message on a pool's job queue.
 pub(crate) enum Job<S> {
@@ -187,7 +187,31 @@ pub(crate) fn completed<R>(_: &R) -> JobTally {
     JobTally::one(Some(JobEnd::Ok))
 }
 
+/// The span a job runs in on its worker: `job` (target `leasepool::job`, level DEBUG, fields
+/// `manager`, `lease_id`, `pool`), made where the job is submitted, so its parent is the span
+/// current there — the request's, say. If DEBUG is off for that target, the job runs in the
+/// submitter's span itself: its events still join the submitter's trace.
+pub(crate) fn job_span(manager: &str, lease: Option<(LeaseId, PoolId)>) -> tracing::Span {
+    let span = tracing::debug_span!(
+        target: "leasepool::job",
+        "job",
+        manager,
+        lease_id = tracing::field::Empty,
+        pool = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return tracing::Span::current();
+    }
+    if let Some((lease, pool)) = lease {
+        span.record("lease_id", tracing::field::display(lease));
+        span.record("pool", tracing::field::display(pool));
+    }
+    span
+}
+
 pub(crate) struct TypedJob<F, R> {
+    /// Entered around the job on its worker (see [`job_span`]).
+    span: tracing::Span,
     f: Option<F>,
     reply: Option<oneshot::Sender<Result<R, LeaseError>>>,
     in_flight: Option<InFlight>,
@@ -202,8 +226,10 @@ impl<F, R> TypedJob<F, R> {
         in_flight: InFlight,
         if_abandoned: IfAbandoned,
         count: fn(&R) -> JobTally,
+        span: tracing::Span,
     ) -> Self {
         Self {
+            span,
             f: Some(f),
             reply: Some(reply),
             in_flight: Some(in_flight),
@@ -245,7 +271,8 @@ where
         let scope = self.in_flight.as_ref().map(|g| JobScope::enter(&g.0));
         // The clock is read only for a recorder.
         let started = counters.metrics.enabled().then(Instant::now);
-        let ran = catch_unwind(AssertUnwindSafe(move || f(state)));
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        let ran = span.in_scope(|| catch_unwind(AssertUnwindSafe(move || f(state))));
         let took = started.map(|t| t.elapsed());
         let (result, outcome) = match ran {
             Ok(value) => {

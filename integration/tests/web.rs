@@ -451,6 +451,54 @@ async fn each_route_can_carry_its_own_retry_after_hint() {
     manager.stop().await;
 }
 
+#[actix_web::test]
+async fn a_route_can_send_a_retry_after_computed_from_the_pools() {
+    let _deadline = testkit::deadline();
+    let manager = one_pool("web-estimate");
+    manager.start().await.unwrap();
+    let config = LeaseConfig::no_wait()
+        .retry_after(Duration::from_secs(7))
+        .retry_after_estimated(Duration::from_secs(1), Duration::from_secs(30));
+    let svc = test::init_service(
+        App::new()
+            .app_data(web::Data::new(manager.clone()))
+            .service(
+                web::scope("/est")
+                    .app_data(config)
+                    .route("/{ms}", web::get().to(slow)),
+            ),
+    )
+    .await;
+    let hint = |resp: &actix_web::dev::ServiceResponse| {
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        resp.headers()
+            .get(header::RETRY_AFTER)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Hold times are measured from the first estimate on.
+    assert_eq!(manager.estimated_wait(), None);
+    let held = manager.acquire().await.unwrap();
+    // No lease has ended yet: no basis, the fixed hint.
+    let resp = test::call_service(&svc, test::TestRequest::get().uri("/est/1").to_request()).await;
+    assert_eq!(hint(&resp), "7");
+    // Leases here are held 2.2 s: a request shed just after one began is told to come back
+    // when it should end (2.2 s, rounded up; 2 if this machine took over 200 ms between).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    held.release().await;
+    let held = manager.acquire().await.unwrap();
+    let resp = test::call_service(&svc, test::TestRequest::get().uri("/est/1").to_request()).await;
+    let computed = hint(&resp);
+    assert!(computed == "3" || computed == "2", "{computed}");
+    let body = test::read_body(resp).await;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["retry_after"].to_string(), computed);
+    held.release().await;
+    manager.stop().await;
+}
+
 async fn import_after(
     LeasedAfter(body, lease): LeasedAfter<web::Bytes>,
 ) -> actix_web::Result<HttpResponse> {

@@ -24,6 +24,11 @@ pub(crate) struct ChildSubscriber {
 }
 
 impl ChildSubscriber {
+    /// Whether events are forwarded at `level` (the parent's maximum).
+    pub(crate) fn forwards(level: &str) -> bool {
+        level.parse().unwrap_or(LevelFilter::INFO) != LevelFilter::OFF
+    }
+
     /// Installs itself as the global subscriber, forwarding events up to `level` (the parent's
     /// own maximum: `"trace"` … `"error"`, `"off"`). Does nothing if one is set already.
     pub(crate) fn install(level: &str) {
@@ -132,10 +137,41 @@ pub(crate) struct ChildLabels {
 /// Longest line forwarded as one event; a longer one is split.
 const MAX_LINE: usize = 16 * 1024;
 
-/// A child's stderr cut into lines: one event per line, a line over [`MAX_LINE`] split.
+/// The spans of the jobs sent to one child, by number: the worker thread adds each job's as
+/// it sends the job (the span current there: the job's own, a child of its submitter's); the
+/// log reader takes the one a job-start marker names, and records the lines that follow under
+/// it. A few are kept: the reader may lag a job or two behind.
+#[derive(Default)]
+pub(crate) struct JobSpans(std::sync::Mutex<std::collections::VecDeque<(u64, tracing::Span)>>);
+
+impl JobSpans {
+    const KEEP: usize = 8;
+
+    /// Job `seq` was sent from within `span`.
+    pub(crate) fn sent(&self, seq: u64, span: tracing::Span) {
+        let mut spans = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        spans.push_back((seq, span));
+        while spans.len() > Self::KEEP {
+            spans.pop_front();
+        }
+    }
+
+    fn of(&self, seq: u64) -> Option<tracing::Span> {
+        let spans = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        spans
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, span)| span.clone())
+    }
+}
+
+/// A child's stderr cut into lines: one event per line, a line over [`MAX_LINE`] split; each
+/// recorded under the span of the job that ran when the child wrote it (see [`JobSpans`]).
 #[derive(Default)]
 pub(crate) struct Lines {
     pending: Vec<u8>,
+    /// The span of the job whose start was marked last (none before the first).
+    span: Option<tracing::Span>,
 }
 
 impl Lines {
@@ -144,24 +180,34 @@ impl Lines {
     /// failed allocation (the child is about to abort on its memory limit), `Some(false)`
     /// after a [`JOB_MARKER`] (a new job started: an earlier report is not its death's
     /// cause), `None` if no line tells.
-    pub(crate) fn feed(&mut self, chunk: &[u8], labels: &ChildLabels) -> Option<bool> {
+    pub(crate) fn feed(
+        &mut self,
+        chunk: &[u8],
+        labels: &ChildLabels,
+        spans: &JobSpans,
+    ) -> Option<bool> {
         self.pending.extend_from_slice(chunk);
         let mut out_of_memory = None;
         let mut from = 0;
         while let Some(at) = self.pending[from..].iter().position(|&b| b == b'\n') {
             let line = &self.pending[from..from + at];
-            if line.trim_ascii_end() == JOB_MARKER.as_bytes() {
+            if let Some(seq) = job_marker(line) {
                 out_of_memory = Some(false);
+                self.span = seq.and_then(|seq| spans.of(seq));
             } else {
                 if is_allocation_failure(line) {
                     out_of_memory = Some(true);
                 }
-                emit_bytes(line, labels);
+                emit_bytes(line, labels, self.span.as_ref());
             }
             from += at + 1;
         }
         while self.pending.len() - from >= MAX_LINE {
-            emit_bytes(&self.pending[from..from + MAX_LINE], labels);
+            emit_bytes(
+                &self.pending[from..from + MAX_LINE],
+                labels,
+                self.span.as_ref(),
+            );
             from += MAX_LINE;
         }
         self.pending.drain(..from);
@@ -171,10 +217,16 @@ impl Lines {
     /// Forwards what is left (a last line without its newline).
     pub(crate) fn flush(&mut self, labels: &ChildLabels) {
         if !self.pending.is_empty() {
-            emit_bytes(&self.pending, labels);
+            emit_bytes(&self.pending, labels, self.span.as_ref());
             self.pending.clear();
         }
     }
+}
+
+/// `Some(job number)` if `line` is a job-start marker (`Some(None)`: one without a number).
+fn job_marker(line: &[u8]) -> Option<Option<u64>> {
+    let rest = line.trim_ascii_end().strip_prefix(JOB_MARKER.as_bytes())?;
+    Some(std::str::from_utf8(rest).ok().and_then(|s| s.parse().ok()))
 }
 
 /// Rust's default allocation-error handler prints "memory allocation of N bytes failed".
@@ -185,9 +237,13 @@ fn is_allocation_failure(line: &[u8]) -> bool {
 /// Most bytes forwarded once the child has ended (see [`forward`]).
 pub(crate) const DRAIN_AFTER_STOP: usize = 1 << 20;
 
-fn emit_bytes(raw: &[u8], labels: &ChildLabels) {
+fn emit_bytes(raw: &[u8], labels: &ChildLabels, span: Option<&tracing::Span>) {
     let text = String::from_utf8_lossy(raw);
-    emit(text.trim_end_matches('\r'), labels);
+    let line = text.trim_end_matches('\r');
+    match span {
+        Some(span) => span.in_scope(|| emit(line, labels)),
+        None => emit(line, labels),
+    }
 }
 
 fn emit(line: &str, l: &ChildLabels) {
@@ -244,24 +300,60 @@ mod tests {
             pid: 1,
         };
         let mut lines = Lines::default();
-        assert_eq!(lines.feed(b"memory allocation of 8 bytes ", &labels), None);
+        let spans = JobSpans::default();
+        assert_eq!(
+            lines.feed(b"memory allocation of 8 bytes ", &labels, &spans),
+            None
+        );
         // Completed by the next chunk, and followed by std's backtrace hint.
         assert_eq!(
             lines.feed(
                 b"failed\nnote: run with `RUST_BACKTRACE=1` environment variable\n",
-                &labels
+                &labels,
+                &spans
             ),
             Some(true)
         );
-        assert_eq!(lines.feed(b"an ordinary line\n", &labels), None);
+        assert_eq!(lines.feed(b"an ordinary line\n", &labels, &spans), None);
         // A job started after it: the report is no longer the news.
         let marker = format!("{JOB_MARKER}\n");
-        assert_eq!(lines.feed(marker.as_bytes(), &labels), Some(false));
+        assert_eq!(lines.feed(marker.as_bytes(), &labels, &spans), Some(false));
         // The last line that tells wins, within one chunk too.
         let both = format!("memory allocation of 8 bytes failed\n{JOB_MARKER}\n");
-        assert_eq!(lines.feed(both.as_bytes(), &labels), Some(false));
+        assert_eq!(lines.feed(both.as_bytes(), &labels, &spans), Some(false));
         let both = format!("{JOB_MARKER}\nmemory allocation of 8 bytes failed\n");
-        assert_eq!(lines.feed(both.as_bytes(), &labels), Some(true));
+        assert_eq!(lines.feed(both.as_bytes(), &labels, &spans), Some(true));
+    }
+
+    #[test]
+    fn a_marker_names_the_job_whose_span_the_next_lines_take() {
+        assert_eq!(
+            job_marker(format!("{JOB_MARKER}17").as_bytes()),
+            Some(Some(17))
+        );
+        assert_eq!(job_marker(format!("{JOB_MARKER}\r").as_bytes()), Some(None));
+        assert_eq!(job_marker(b"an ordinary line"), None);
+        let spans = JobSpans::default();
+        for seq in 1..=10 {
+            spans.sent(seq, tracing::Span::none());
+        }
+        // The last few are kept: a reader lagging a job or two finds them.
+        assert!(spans.of(10).is_some() && spans.of(3).is_some());
+        assert!(spans.of(2).is_none() && spans.of(11).is_none());
+        let labels = ChildLabels {
+            manager: "m".into(),
+            pool: "p".into(),
+            worker: "w".into(),
+            pid: 1,
+        };
+        let mut lines = Lines::default();
+        lines.feed(format!("{JOB_MARKER}9\n").as_bytes(), &labels, &spans);
+        assert!(lines.span.is_some());
+        lines.feed(format!("{JOB_MARKER}1\n").as_bytes(), &labels, &spans);
+        assert!(
+            lines.span.is_none(),
+            "a job no longer known: no span rather than a wrong one"
+        );
     }
 
     #[test]

@@ -52,6 +52,15 @@ pub(crate) enum ToChild {
     RunMany { seq: u64, name: String, count: u32 },
 }
 
+impl ToChild {
+    /// The job's number.
+    pub(crate) fn seq(&self) -> u64 {
+        match self {
+            Self::Run { seq, .. } | Self::RunMany { seq, .. } => *seq,
+        }
+    }
+}
+
 /// Child → parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromChild {

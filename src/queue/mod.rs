@@ -75,6 +75,7 @@ mod payload;
 mod producer;
 mod retry;
 mod store;
+mod trace;
 mod worker;
 
 pub use error::QueueError;
@@ -82,5 +83,6 @@ pub use info::{QueueCounts, TaskInfo};
 pub use limits::{DEFAULT_PAYLOAD_LIMIT, MAX_ATTEMPTS, MAX_DEPTH, MAX_PAYLOAD_LIMIT};
 pub use producer::{PushOptions, Queue, DEFAULT_ATTEMPTS};
 pub use retry::RetryPolicy;
+pub use trace::TRACE_META;
 pub use worker::builder::QueueWorkerBuilder;
 pub use worker::{QueueStats, QueueWorker, STOP_MARGIN};

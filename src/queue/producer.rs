@@ -11,6 +11,7 @@ use super::limits::{check_attempts, check_payload_limit, check_queue_name, DEFAU
 use super::store::redis::RedisStore;
 use super::store::sqlite::SqliteStore;
 use super::store::{NewTask, Store, RETRY_META};
+use super::trace::{BadTraceParent, TraceParent};
 use super::{payload, QueueCounts, QueueError, RetryPolicy, TaskInfo};
 
 /// Attempts a task gets unless its push says otherwise.
@@ -49,6 +50,7 @@ impl fmt::Debug for Queue {
 pub struct PushOptions {
     max_attempts: usize,
     retry: Option<RetryPolicy>,
+    traceparent: Option<Result<TraceParent, BadTraceParent>>,
 }
 
 impl Default for PushOptions {
@@ -56,6 +58,7 @@ impl Default for PushOptions {
         PushOptions {
             max_attempts: DEFAULT_ATTEMPTS,
             retry: None,
+            traceparent: None,
         }
     }
 }
@@ -80,18 +83,33 @@ impl PushOptions {
         self
     }
 
+    /// The producer's trace context, a W3C `traceparent` value
+    /// (`00-<trace id>-<parent id>-<flags>`, checked at push), stored with the task under
+    /// [`TRACE_META`](super::TRACE_META): the worker that runs it, on any machine, runs it in
+    /// a `queue_task` span that carries it (see
+    /// [`QueueWorkerBuilder::on_task_span`](super::QueueWorkerBuilder::on_task_span)).
+    pub fn trace_parent(mut self, traceparent: &str) -> Self {
+        self.traceparent = Some(TraceParent::parse(traceparent));
+        self
+    }
+
     fn check(&self) -> Result<u32, QueueError> {
         if let Some(policy) = &self.retry {
             policy.check()?;
+        }
+        if let Some(Err(why)) = self.traceparent {
+            return Err(QueueError::InvalidArgument(format!("trace_parent: {why}")));
         }
         check_attempts(self.max_attempts)
     }
 
     fn metadata(&self) -> Vec<(String, String)> {
-        self.retry
-            .map(|p| (RETRY_META.to_owned(), p.to_meta()))
-            .into_iter()
-            .collect()
+        let retry = self.retry.map(|p| (RETRY_META.to_owned(), p.to_meta()));
+        let trace = match self.traceparent {
+            Some(Ok(t)) => Some((super::TRACE_META.to_owned(), t.render())),
+            _ => None,
+        };
+        retry.into_iter().chain(trace).collect()
     }
 }
 

@@ -27,6 +27,8 @@ pub struct LeaseConfig {
     pub(super) wait: Wait,
     pub(super) lease_for: Option<Duration>,
     pub(super) retry_after: Option<u64>,
+    /// Estimate the hint, within these whole seconds (see [`LeaseConfig::retry_after_estimated`]).
+    pub(super) estimate: Option<(u64, u64)>,
     pub(super) manager: Option<String>,
 }
 
@@ -42,6 +44,7 @@ impl Default for LeaseConfig {
             wait: Wait::Timeout(Duration::from_secs(5)),
             lease_for: None,
             retry_after: None,
+            estimate: None,
             manager: None,
         }
     }
@@ -80,6 +83,30 @@ impl LeaseConfig {
         self
     }
 
+    /// The `Retry-After` of this route's 503s is computed from what the manager observes
+    /// ([`LeaseManager::estimated_wait`](crate::LeaseManager::estimated_wait): recent hold
+    /// times, the live leases' ages, the acquirers ahead, the pools in service), rounded up to
+    /// whole seconds and clamped to `min ..= max` (whole seconds; `min` at least 1, `max` at
+    /// least `min`). While the manager has no basis yet (no lease ended since the first
+    /// estimate) the fixed hint is sent ([`retry_after`](Self::retry_after) or
+    /// [`set_retry_after`]). A `LeaseError` a handler returns itself (a job that `NeverRan`)
+    /// does not know its manager: it carries the fixed hint.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leasepool::web::LeaseConfig;
+    ///
+    /// // Shed clients come back when a pool should be free: between 1 s and 30 s from now.
+    /// let config = LeaseConfig::no_wait()
+    ///     .retry_after_estimated(Duration::from_secs(1), Duration::from_secs(30));
+    /// # let _ = config;
+    /// ```
+    pub fn retry_after_estimated(mut self, min: Duration, max: Duration) -> Self {
+        let min = min.as_secs().max(1);
+        self.estimate = Some((min, max.as_secs().max(min)));
+        self
+    }
+
     /// The route leases from the manager named `name` (its `name_prefix`), found in a
     /// [`Managers`](super::Managers) registry in `app_data` or as the app's only manager. A
     /// route whose manager is not there answers 500 naming what it wanted and what it found —
@@ -96,5 +123,50 @@ impl LeaseConfig {
     pub fn manager(mut self, name: impl Into<String>) -> Self {
         self.manager = Some(name.into());
         self
+    }
+}
+
+/// The `Retry-After` of a 503, in whole seconds: the estimate rounded up and clamped to
+/// `min ..= max` when there is one, else `fixed`.
+pub(super) fn retry_after_secs(
+    estimate: Option<Duration>,
+    (min, max): (u64, u64),
+    fixed: u64,
+) -> u64 {
+    match estimate {
+        Some(wait) => {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            secs.clamp(min, max)
+        }
+        None => fixed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_estimate_is_rounded_up_and_clamped_and_none_falls_back() {
+        let ms = Duration::from_millis;
+        assert_eq!(retry_after_secs(Some(ms(1)), (1, 30), 5), 1);
+        assert_eq!(retry_after_secs(Some(ms(2001)), (1, 30), 5), 3);
+        assert_eq!(retry_after_secs(Some(ms(3000)), (1, 30), 5), 3);
+        assert_eq!(retry_after_secs(Some(Duration::ZERO), (2, 30), 5), 2);
+        assert_eq!(
+            retry_after_secs(Some(Duration::from_secs(600)), (1, 30), 5),
+            30
+        );
+        assert_eq!(retry_after_secs(None, (1, 30), 5), 5);
+    }
+
+    #[test]
+    fn the_range_is_whole_seconds_at_least_one_and_ordered() {
+        let c = LeaseConfig::no_wait()
+            .retry_after_estimated(Duration::from_millis(200), Duration::from_millis(500));
+        assert_eq!(c.estimate, Some((1, 1)));
+        let c = LeaseConfig::no_wait()
+            .retry_after_estimated(Duration::from_secs(10), Duration::from_secs(2));
+        assert_eq!(c.estimate, Some((10, 10)));
     }
 }

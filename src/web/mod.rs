@@ -177,9 +177,17 @@ impl<S: 'static> RequestAcquire<S> {
         if let Some(d) = self.config.lease_for {
             acquire = acquire.lease_for(d);
         }
-        acquire.await.map_err(|error| LeasedError::Acquire {
-            error,
-            retry_after: self.config.retry_after,
+        let config = self.config;
+        acquire.await.map_err(|error| {
+            let retry_after = match config.estimate {
+                Some(range) if error.is_overload() => {
+                    let fixed = config.retry_after.unwrap_or_else(retry_after_secs);
+                    let estimate = manager.estimated_wait();
+                    Some(config::retry_after_secs(estimate, range, fixed))
+                }
+                _ => config.retry_after,
+            };
+            LeasedError::Acquire { error, retry_after }
         })
     }
 }

@@ -7,6 +7,7 @@ mod acquire;
 mod blocking_calls;
 mod bounded;
 mod destructors;
+mod estimate;
 mod expiry;
 mod grinder;
 mod grinder_lifecycle;

@@ -13,7 +13,7 @@
 //! ends before its sweep never has one.
 
 use std::sync::atomic::{
-    AtomicU64, AtomicUsize,
+    AtomicBool, AtomicU64, AtomicUsize,
     Ordering::{Relaxed, SeqCst},
 };
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -34,6 +34,7 @@ use crate::sync::{lock, IdMap};
 use crate::threads::WorkerThreads;
 
 mod acquire;
+mod estimate;
 mod report;
 mod sweep;
 pub(crate) mod wait;
@@ -96,6 +97,8 @@ struct Ledger<S: 'static> {
     sweep_pending: Option<Instant>,
     /// A sweep to ask for once the transition's effects are applied.
     sweep_ask: Option<Instant>,
+    /// The running mean of hold times, kept once an estimate was asked for (see `estimate.rs`).
+    hold_mean: Option<Duration>,
 }
 
 impl<S: 'static> Ledger<S> {
@@ -180,6 +183,9 @@ pub(crate) struct Bookkeeper<S: 'static> {
     overdue_run: AtomicU64,
     /// The run in progress (0: none), readable without the lock.
     live_run: AtomicU64,
+    /// Hold times are measured (a clock read per lease end) once someone asked for an
+    /// estimate of the wait (`until_free`): until then the release path reads no clock.
+    track_holds: AtomicBool,
     me: Weak<Bookkeeper<S>>,
 }
 
@@ -216,6 +222,7 @@ impl<S: 'static> Bookkeeper<S> {
                 fx: Vec::new(),
                 sweep_pending: None,
                 sweep_ask: None,
+                hold_mean: None,
             }),
             counters: Arc::new(CounterCells::with_metrics(Metrics::register(
                 &name,
@@ -227,6 +234,7 @@ impl<S: 'static> Bookkeeper<S> {
             injected_spawn_failures: AtomicUsize::new(0),
             overdue_run: AtomicU64::new(0),
             live_run: AtomicU64::new(0),
+            track_holds: AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -285,9 +293,14 @@ impl<S: 'static> Bookkeeper<S> {
                 }
                 Effect::LeaseEnded { lease, had_actor } => {
                     let ended = ledger.leases.remove(&lease);
-                    if let Some(shared) = ended.filter(|_| self.counters.metrics.enabled()) {
+                    let metrics = self.counters.metrics.enabled();
+                    let track = self.track_holds.load(Relaxed);
+                    if let Some(shared) = ended.filter(|_| metrics || track) {
                         let held = shared.facts.granted_at.elapsed();
                         self.counters.metrics.lease_held(held);
+                        if track {
+                            ledger.hold_mean = Some(estimate::mean_hold(ledger.hold_mean, held));
+                        }
                     }
                     if had_actor {
                         deferred.tasks.push(HostTask::StopLeaseActor(lease));

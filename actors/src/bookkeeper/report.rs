@@ -1,7 +1,7 @@
 //! What the bookkeeper reports: consistent snapshots, counters, and its own checks.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Bookkeeper, Ledger};
 use crate::books::{BookCounts, BookStats, StartOutcome};
@@ -75,6 +75,29 @@ impl<S: 'static> Bookkeeper<S> {
             leases,
             counters: self.counters(counts),
         }
+    }
+
+    /// How long a new acquirer would wait for a pool now, estimated from recent hold times,
+    /// the live leases' ages, the waiters ahead and the pools in service (see `estimate.rs`);
+    /// `None` until a few leases have ended since the first call (hold times are measured from
+    /// then on) or with no pool in service.
+    pub(crate) fn until_free(&self) -> Option<Duration> {
+        self.track_holds
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let ledger = self.lock();
+        let hold = ledger.hold_mean?;
+        let (available, _, _, _, waiting) = ledger.books.capacity();
+        let ages: Vec<Duration> = ledger
+            .leases
+            .values()
+            .map(|l| l.facts.granted_at.elapsed())
+            .collect();
+        super::estimate::until_free(super::estimate::Observed {
+            hold,
+            ages: &ages,
+            available,
+            waiting,
+        })
     }
 
     /// Sets the pool gauges, `retiring` included (it changes as threads exit, which is no

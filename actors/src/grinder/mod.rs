@@ -39,6 +39,7 @@ mod backlog;
 mod stop;
 use crate::handle::LeaseCore;
 use crate::host::Engine;
+use crate::job::job_span;
 use crate::job::{drop_quietly, IfAbandoned, JobHandle};
 use crate::sync::lock;
 
@@ -106,6 +107,8 @@ impl<S: 'static> Grinder<S> {
     {
         let (reply, handle) = JobHandle::channel();
         let manager = Arc::clone(self.engine.name());
+        // Made here, where the item is submitted: its parent is the submitter's span.
+        let span = job_span(&manager, None);
         let launch: Launch<Token<S>> = Box::new(move |batch| match batch {
             Ok(token) => {
                 let Some(lease) = token.lease.as_ref() else {
@@ -119,7 +122,7 @@ impl<S: 'static> Grinder<S> {
                         f()
                     }
                 };
-                lease.dispatch_reply(job, reply, if_abandoned);
+                lease.dispatch_reply(job, reply, if_abandoned, span);
             }
             Err(e) => {
                 reply.fail(e);

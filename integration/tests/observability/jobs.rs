@@ -10,6 +10,20 @@ pub fn jobs() -> Jobs {
         .register::<Abort>()
         .register::<Unsendable>()
         .register::<Spin>()
+        .register::<Say>()
+}
+
+/// Logs a line in the child (forwarded to the parent); answers the child's pid.
+#[derive(Serialize, Deserialize)]
+pub struct Say(pub String);
+
+impl ProcessJob for Say {
+    const NAME: &'static str = "obs.say.v1";
+    type Output = u32;
+    fn run(self) -> u32 {
+        tracing::info!(said = %self.0, "the child says");
+        std::process::id()
+    }
 }
 
 /// Doubles its input.

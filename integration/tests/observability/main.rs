@@ -1,5 +1,6 @@
 //! Observability (features `metrics`, `queue`): what the `metrics` facade records agrees with
-//! `Counters` and `QueueStats` on both backends and the queue.
+//! `Counters` and `QueueStats` on both backends and the queue; a job's span is a child of its
+//! submitter's, on a worker thread and across the process boundary.
 //!
 //! No libtest harness: this binary is also the process backend's worker program.
 
@@ -8,9 +9,12 @@ mod metrics_process;
 mod metrics_queue;
 mod metrics_thread;
 mod recorded;
+mod spans;
+mod trace;
 
 fn main() {
     leasepool::process::init(jobs::jobs());
+    spans::install();
     // The jobs that panic on purpose would print a report each: keep the output readable.
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

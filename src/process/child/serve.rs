@@ -126,6 +126,10 @@ fn run(
         },
         max_message,
     )?;
+    // Each job's start is marked on stderr when it tells the parent something: which job's
+    // span the lines that follow belong to (when events are forwarded), and that an earlier
+    // report of a failed allocation is not this job's (under a memory limit).
+    let marks_jobs = memory_limit.is_some() || ChildSubscriber::forwards(log_level);
     // Both buffers are reused from job to job.
     let mut request = Vec::new();
     let mut reply = Vec::new();
@@ -139,9 +143,10 @@ fn run(
                 "job {name:?} is not registered in this worker program's process::init"
             ))
         };
-        if memory_limit.is_some() {
-            // Best effort: a lost marker only makes a later death count as a crash.
-            let _ = writeln!(std::io::stderr(), "{JOB_MARKER}");
+        if marks_jobs {
+            // Best effort: a lost marker only makes a later death count as a crash, or this
+            // job's log lines land in the previous job's span.
+            let _ = writeln!(std::io::stderr(), "{JOB_MARKER}{}", header.seq());
         }
         let buf = std::mem::take(&mut reply);
         let (seq, outcome) = match header {

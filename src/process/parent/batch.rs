@@ -204,6 +204,8 @@ fn unanswered_that_may_have_run(error: &LeaseError) -> usize {
 /// A grinder batch's items of job type `J`, gathered while the batch launches.
 pub(crate) struct Gathered<J: ProcessJob> {
     pub(crate) items: Vec<BatchItem<J>>,
+    /// Each item's submitter's span, in the items' order.
+    pub(crate) spans: Vec<tracing::Span>,
     /// How many parts to send them in: the pool's workers, one part each.
     pub(crate) workers: usize,
 }
@@ -212,6 +214,7 @@ impl<J: ProcessJob> Default for Gathered<J> {
     fn default() -> Self {
         Self {
             items: Vec::new(),
+            spans: Vec::new(),
             workers: 1,
         }
     }
@@ -238,23 +241,27 @@ pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
     }
     let per = n.div_ceil(gathered.workers.clamp(1, n));
     let mut items = gathered.items.into_iter();
+    let mut spans = gathered.spans.into_iter();
     loop {
         let part: Vec<BatchItem<J>> = items.by_ref().take(per).collect();
         if part.is_empty() {
             return;
         }
+        let span = part_span(spans.by_ref().take(per));
         let shared = Arc::new(std::sync::Mutex::new(Part(Some(part))));
         let for_job = Arc::clone(&shared);
         let hold = batch.hold();
-        let sent = lease.dispatch_counted(
-            move |_: &mut S| {
-                let _hold = hold;
-                let part = for_job.lock().unwrap_or_else(|e| e.into_inner()).take();
-                part.map(run_many_here).unwrap_or_default()
-            },
-            |tally: &JobTally| *tally,
-            leasepool_actors::plumbing::IfAbandoned::Run,
-        );
+        let sent = span.in_scope(|| {
+            lease.dispatch_counted(
+                move |_: &mut S| {
+                    let _hold = hold;
+                    let part = for_job.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    part.map(run_many_here).unwrap_or_default()
+                },
+                |tally: &JobTally| *tally,
+                leasepool_actors::plumbing::IfAbandoned::Run,
+            )
+        });
         if let Err(e) = sent {
             let part = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
             for (job, reply, _) in part.into_iter().flatten() {
@@ -263,4 +270,21 @@ pub(crate) fn send_gathered<S: 'static, J: ProcessJob>(
             }
         }
     }
+}
+
+/// The span a part (one frame of items from many submitters) is sent in: `grinder_part`
+/// (target `leasepool::grinder`, DEBUG) linked to each item's submitter's span (`follows_from`),
+/// so the part's `job` span and its child's log lines are reachable from every request; if
+/// DEBUG is off there, the first item's submitter's span.
+fn part_span(items: impl Iterator<Item = tracing::Span>) -> tracing::Span {
+    let items: Vec<tracing::Span> = items.collect();
+    let part =
+        tracing::debug_span!(target: "leasepool::grinder", "grinder_part", items = items.len());
+    if part.is_disabled() {
+        return items.into_iter().next().unwrap_or_else(tracing::Span::none);
+    }
+    for item in &items {
+        part.follows_from(item);
+    }
+    part
 }

@@ -21,7 +21,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::process::{kill_process_group, Pid, Signal, WaitId, WaitIdOptions};
 
 use super::super::counters::{ChildCounters, ChildEnd};
-use super::super::logs::{ChildLabels, Lines, DRAIN_AFTER_STOP};
+use super::super::logs::{ChildLabels, JobSpans, Lines, DRAIN_AFTER_STOP};
 
 /// What the worker thread and the watcher share about the child.
 #[derive(Debug, Default)]
@@ -51,6 +51,8 @@ pub(crate) struct Watch {
     /// The child runs under `child_memory_limit`: only then does a report of a failed
     /// allocation (in the job it died in: see `JOB_MARKER`) make its death `OverMemory`.
     limited: bool,
+    /// The spans of the jobs sent to it, for its log lines.
+    pub(crate) spans: JobSpans,
 }
 
 impl Watch {
@@ -72,6 +74,7 @@ impl Watch {
             labels,
             counters,
             limited,
+            spans: JobSpans::default(),
         })
     }
 
@@ -240,7 +243,7 @@ fn run(mut stderr: ChildStderr, hangup: OwnedFd, stop: OwnedFd, watch: &Watch) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     after += n;
-                    lines.feed(&chunk[..n], &watch.labels);
+                    lines.feed(&chunk[..n], &watch.labels, &watch.spans);
                 }
             }
         }
@@ -266,7 +269,7 @@ fn read_available(
         match stderr.read(chunk) {
             Ok(0) => return false,
             Ok(n) => {
-                if let Some(out_of_memory) = lines.feed(&chunk[..n], &watch.labels) {
+                if let Some(out_of_memory) = lines.feed(&chunk[..n], &watch.labels, &watch.spans) {
                     if watch.limited {
                         watch.life().out_of_memory = out_of_memory;
                     }

@@ -14,6 +14,7 @@ use crate::queue::limits::{
     check_queue_name, DurationRange, LEASE_FOR, LEASE_WAIT, ORPHAN_TIMEOUT, POLL_INTERVAL,
     SHUTDOWN_TIMEOUT,
 };
+use crate::queue::trace::SpanHook;
 use crate::queue::{Queue, QueueError, RetryPolicy};
 use crate::LeaseManager;
 
@@ -32,6 +33,7 @@ pub struct QueueWorkerBuilder<S: 'static> {
     name: String,
     instance: Option<String>,
     settings: Settings,
+    span_hook: Option<Arc<SpanHook>>,
     #[cfg(feature = "testing")]
     start_panics: usize,
 }
@@ -64,6 +66,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
                 retry: RetryPolicy::default(),
                 hold_deferrals: Duration::ZERO,
             },
+            span_hook: None,
             #[cfg(feature = "testing")]
             start_panics: 0,
         }
@@ -125,6 +128,20 @@ impl<S: 'static> QueueWorkerBuilder<S> {
     /// with its own policy ([`PushOptions::retry`](crate::queue::PushOptions::retry)) keeps it.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.settings.retry = policy;
+        self
+    }
+
+    /// Called with each task's span (`queue_task`, target `leasepool::queue`, level INFO:
+    /// fields `queue`, `task_id`, `traceparent`) and the `traceparent` its producer attached
+    /// ([`PushOptions::trace_parent`](crate::queue::PushOptions::trace_parent)), before the
+    /// task runs in it: the place to make the span a child of the producer's remote span — with
+    /// `tracing-opentelemetry`, extract the context from the value and `span.set_parent(it)`.
+    /// The task's job then runs in a `job` span under it, on a worker thread or in a child.
+    pub fn on_task_span(
+        mut self,
+        hook: impl Fn(&tracing::Span, Option<&str>) + Send + Sync + 'static,
+    ) -> Self {
+        self.span_hook = Some(Arc::new(hook));
         self
     }
 
@@ -217,6 +234,7 @@ impl<S: 'static> QueueWorkerBuilder<S> {
                 to_settle: Notify::new(),
                 claim_pause: Mutex::new((None, Duration::ZERO)),
                 give_up: Notify::new(),
+                span_hook: self.span_hook,
                 #[cfg(feature = "testing")]
                 start_panics: std::sync::atomic::AtomicUsize::new(self.start_panics),
             }),

@@ -124,6 +124,8 @@ pub(super) struct Unsettled {
 }
 
 pub(super) struct Shared<S: 'static, T> {
+    /// Given each task's span (`QueueWorkerBuilder::on_task_span`).
+    pub(super) span_hook: Option<Arc<crate::queue::trace::SpanHook>>,
     pub(super) manager: LeaseManager<S>,
     pub(super) queue: Queue,
     pub(super) store: Arc<dyn Store>,

@@ -22,7 +22,9 @@ use super::outcome::{self, Answer, Attempt, Counter, Log, Ran};
 use super::shared::{Phase, Shared, Unsettled};
 use crate::queue::limits::check_attempts;
 use crate::queue::store::{Settled, TaskFuture, RETRY_META};
+use crate::queue::trace::{self, TRACE_META};
 use crate::queue::{payload, retry, RetryPolicy};
+use tracing::Instrument;
 
 /// apalis' default when a task has no stored `max_attempts`.
 const APALIS_DEFAULT_ATTEMPTS: usize = 25;
@@ -44,7 +46,13 @@ where
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    Box::pin(async move {
+    let traceparent = metadata.get(TRACE_META).map(String::as_str);
+    let span = trace::task_span(&shared.name, &id, traceparent);
+    if let Some(hook) = &shared.span_hook {
+        hook(&span, traceparent);
+    }
+    Box::pin(
+        async move {
         let store = &shared.store;
         // apalis counted this run before our future first ran.
         let apalis = ctx.attempt();
@@ -121,7 +129,9 @@ where
             Answer::Kill(why) => Err(AbortError::new(StrError(why)).into()),
             Answer::Defer(why) => Err(DeferredError::new(StrError(why)).into()),
         }
-    })
+    }
+        .instrument(span),
+    )
 }
 
 /// When a retry `delay` from now is due, in whole seconds since 1970 (the stores' clock),

@@ -160,6 +160,8 @@ impl Child {
         }
         self.seq += 1;
         let seq = self.seq;
+        // The child's log lines for this job are recorded under the span current here.
+        self.watch.spans.sent(seq, tracing::Span::current());
         let header = match count {
             None => ToChild::Run {
                 seq,
