@@ -417,7 +417,7 @@ impl<S: 'static> Future for Acquire<'_, S> {
             if lease_for.is_zero() {
                 this.progress = Progress::Done;
                 let invalid = leasepool_actors::metrics::AcquireEnd::Invalid;
-                engine.metrics().acquire(invalid, Duration::ZERO);
+                engine.metrics().acquire_at_once(invalid);
                 return Poll::Ready(Err(LeaseError::InvalidArgument(
                     "lease_for must be greater than zero (got 0s)".to_owned(),
                 )));

@@ -112,9 +112,15 @@ impl<S: 'static> LeaseCore<S> {
     {
         match self.admit() {
             Ok((in_flight, queue)) => {
-                let facts = &self.shared.facts;
-                span.record("lease_id", tracing::field::display(facts.id));
-                span.record("pool", tracing::field::display(facts.pool));
+                // Only on the job's own span: a disabled one stands in with the submitter's.
+                let ours = span
+                    .metadata()
+                    .is_some_and(|m| m.target() == "leasepool::job");
+                if ours {
+                    let facts = &self.shared.facts;
+                    span.record("lease_id", tracing::field::display(facts.id));
+                    span.record("pool", tracing::field::display(facts.pool));
+                }
                 let job = TypedJob::new(f, reply.0, in_flight, if_abandoned, completed, span);
                 Self::send_job(&queue, job);
             }

@@ -251,7 +251,10 @@ impl<S: 'static> Engine<S> {
 
     /// A consistent snapshot of pools, leases, waiters and counters.
     pub fn stats(&self) -> Stats {
-        self.keeper.stats(self.keeper.config.backend())
+        let stats = self.keeper.stats(self.keeper.config.backend());
+        // Metrics (feature `metrics`) at least as fresh as the snapshot just taken.
+        self.keeper.flush_metrics();
+        stats
     }
 
     /// The current run's number, while started.

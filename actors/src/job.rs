@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use crate::current::JobScope;
 use crate::error::LeaseError;
 use crate::lease_state::LeaseShared;
-use crate::metrics::{InFlightGauge, JobEnd};
+use crate::metrics::JobEnd;
 use crate::stats::{CounterCells, LeaseId, PoolId};
 
 /// One message on a pool's job queue.
@@ -94,16 +94,12 @@ pub(crate) trait ErasedJob<S>: Send {
 ///
 /// The count is raised *before* the lease state is checked and lowered when the job is gone, so
 /// a lease actor that sees zero after a release knows no job can still reach its pool.
-pub(crate) struct InFlight(
-    Arc<LeaseShared>,
-    // Held for its `Drop`: `leasepool_jobs_in_flight` counts the job while it exists.
-    #[allow(dead_code)] InFlightGauge,
-);
+pub(crate) struct InFlight(Arc<LeaseShared>);
 
 impl InFlight {
     pub(crate) fn enter(lease: &Arc<LeaseShared>) -> Result<Self, LeaseError> {
         lease.raise_in_flight();
-        let guard = InFlight(Arc::clone(lease), lease.jobs_gauge.enter());
+        let guard = InFlight(Arc::clone(lease));
         match lease.refusal() {
             None => Ok(guard),
             Some(err) => Err(err),

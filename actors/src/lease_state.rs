@@ -6,7 +6,6 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::error::LeaseError;
-use crate::metrics::JobsGauge;
 use crate::stats::{Backend, LeaseId, PoolId};
 
 const ACTIVE: u8 = 0;
@@ -47,8 +46,6 @@ pub(crate) struct LeaseShared {
     in_flight: AtomicUsize,
     draining: AtomicBool,
     ends: Weak<dyn LeaseEnds>,
-    /// `leasepool_jobs_in_flight` (empty without the `metrics` feature).
-    pub(crate) jobs_gauge: JobsGauge,
 }
 
 /// What a lease is, for its whole life: everything but its changing state.
@@ -73,12 +70,7 @@ pub struct LeaseFacts {
 }
 
 impl LeaseShared {
-    pub(crate) fn new(
-        facts: LeaseFacts,
-        generation: u64,
-        ends: Weak<dyn LeaseEnds>,
-        jobs_gauge: JobsGauge,
-    ) -> Self {
+    pub(crate) fn new(facts: LeaseFacts, generation: u64, ends: Weak<dyn LeaseEnds>) -> Self {
         Self {
             facts,
             generation,
@@ -86,7 +78,6 @@ impl LeaseShared {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             ends,
-            jobs_gauge,
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::bookkeeper::{Bookkeeper, HostTask, HostWork};
 use crate::job::{drop_quietly, panic_message};
 use crate::lease::{CrashLease, LeaseActor, LeaseActorDied, StopLease};
-use crate::metrics::Replacement;
+use crate::metrics::{Replacement, FLUSH_EVERY};
 use crate::pool::{CrashPool, KillWorkers, PoolActor, PoolDied, PoolSpec, StopPool};
 use crate::stats::{CounterCells, LeaseId, PoolId};
 
@@ -114,7 +114,6 @@ impl<S: 'static> ManagerActor<S> {
     pub(crate) fn reconcile(&mut self) {
         let desired = self.desired();
         self.keeper().set_desired(desired);
-        self.keeper().refresh_gauges();
     }
 
     fn create_pool(&mut self, id: PoolId) {
@@ -164,6 +163,13 @@ impl<S: 'static> Actor for ManagerActor<S> {
         // good as never.
         if std::time::Instant::now().checked_add(every).is_some() {
             ctx.run_interval(every, |act, _| act.guarded("tick", Self::reconcile));
+        }
+        // Metrics: counters the books keep and gauges, brought up to date (one wake-up per
+        // second, only with the `metrics` feature).
+        if self.keeper().counters.metrics.enabled() {
+            ctx.run_interval(FLUSH_EVERY, |act, _| {
+                act.guarded("metrics", |act| act.keeper().flush_metrics());
+            });
         }
     }
 }

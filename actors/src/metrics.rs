@@ -173,7 +173,48 @@ impl Replacement {
 /// The `state` label of `leasepool_pools`, in the order [`Metrics::pools`] sets them.
 pub const POOL_STATES: [&str; 5] = ["available", "leased", "unhealthy", "starting", "retiring"];
 
+/// What a flush brings up to date: the books' counts and the pools now (see
+/// [`Metrics::flush`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flush {
+    /// Leases handed out (the books' `acquired`).
+    pub acquired: u64,
+    /// Of those, to an acquirer that had queued.
+    pub acquired_after_wait: u64,
+    /// Acquires that timed out.
+    pub timed_out: u64,
+    /// Acquires refused `Unavailable`.
+    pub rejected: u64,
+    /// Pools `available`, `leased`, `unhealthy`, `starting`, as in [`POOL_STATES`].
+    pub by_state: [usize; 4],
+    /// Pools retiring.
+    pub retiring: usize,
+    /// Acquirers queued.
+    pub waiting: usize,
+    /// Jobs sent and not finished.
+    pub in_flight: usize,
+}
+
+/// How often a manager brings its counters and gauges up to date (see [`Metrics::flush`]).
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+#[cfg(feature = "metrics")]
+/// Whether the books count acquires that ended `end` (then the counter is brought up to date
+/// by [`Metrics::flush`], not per event).
+fn counted_by_books(end: AcquireEnd) -> bool {
+    matches!(
+        end,
+        AcquireEnd::Acquired | AcquireEnd::Timeout | AcquireEnd::Unavailable
+    )
+}
+
 /// One manager's metric handles (empty without the feature, or before registration).
+///
+/// The hot path records nothing it can count later: the acquire counters the books keep, the
+/// zero waits of acquires answered at once, the gauges are brought up to date by
+/// [`flush`](Self::flush) — every [`FLUSH_EVERY`] and at each `stats()` — so an uncontended
+/// acquire and release touch no handle. Waits in the queue, jobs, replacements and lease hold
+/// times are recorded as they happen.
 #[derive(Default)]
 pub struct Metrics {
     #[cfg(feature = "metrics")]
@@ -198,12 +239,23 @@ impl Metrics {
         }
     }
 
-    /// An acquire ended after `waited` (zero for one answered without queueing).
+    /// An acquire was answered without queueing (its wait: zero). Outcomes the books count
+    /// (`acquired`, `unavailable`) are left to [`flush`](Self::flush).
     #[inline]
-    pub fn acquire(&self, end: AcquireEnd, waited: Duration) {
+    pub fn acquire_at_once(&self, end: AcquireEnd) {
+        #[cfg(feature = "metrics")]
+        if let Some(h) = self.on.as_ref().filter(|_| !counted_by_books(end)) {
+            contain(|| h.acquire(end, Duration::ZERO, true));
+        }
+    }
+
+    /// A queued acquire ended after `waited` (its counter is left to [`flush`](Self::flush)
+    /// if the books count it).
+    #[inline]
+    pub fn acquire_waited(&self, end: AcquireEnd, waited: Duration) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.on {
-            h.acquire(end, waited);
+            contain(|| h.acquire(end, waited, !counted_by_books(end)));
         }
     }
 
@@ -212,7 +264,7 @@ impl Metrics {
     pub fn jobs(&self, end: JobEnd, jobs: u64, each: Duration) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.on {
-            h.jobs(end, jobs, each);
+            contain(|| h.jobs(end, jobs, each));
         }
     }
 
@@ -221,18 +273,7 @@ impl Metrics {
     pub fn replaced(&self, why: Replacement) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.on {
-            h.replaced[why as usize].increment(1);
-        }
-    }
-
-    /// The pools by state now — `available`, `leased`, `unhealthy`, `starting`, as in
-    /// [`POOL_STATES`] — and `retiring` when known (it is derived from the worker threads), and
-    /// the acquirers `waiting`.
-    #[inline]
-    pub fn pools(&self, by_state: [usize; 4], retiring: Option<usize>, waiting: usize) {
-        #[cfg(feature = "metrics")]
-        if let Some(h) = &self.on {
-            h.pools(by_state, retiring, waiting);
+            contain(|| h.replaced[why as usize].increment(1));
         }
     }
 
@@ -241,7 +282,17 @@ impl Metrics {
     pub fn lease_held(&self, held: Duration) {
         #[cfg(feature = "metrics")]
         if let Some(h) = &self.on {
-            h.lease_held.record(held.as_secs_f64());
+            contain(|| h.lease_held.record(held.as_secs_f64()));
+        }
+    }
+
+    /// Brings the counters the books keep and the gauges up to date, from `now()` (called
+    /// once, if no other flush is under way: a flush never waits, and counters never go
+    /// back).
+    pub fn flush(&self, now: impl FnOnce() -> Flush) {
+        #[cfg(feature = "metrics")]
+        if let Some(h) = &self.on {
+            contain(|| h.flush(now));
         }
     }
 
@@ -254,48 +305,22 @@ impl Metrics {
         #[cfg(not(feature = "metrics"))]
         false
     }
-
-    /// The gauge of jobs in flight, for a lease to raise per job (see [`JobsGauge`]).
-    pub fn jobs_gauge(&self) -> JobsGauge {
-        JobsGauge(
-            #[cfg(feature = "metrics")]
-            self.on.as_ref().map(|h| h.in_flight.clone()),
-        )
-    }
 }
 
-/// `leasepool_jobs_in_flight`, as a lease holds it (empty without the feature).
-#[derive(Clone, Default)]
-pub struct JobsGauge(#[cfg(feature = "metrics")] Option<::metrics::Gauge>);
-
-impl JobsGauge {
-    /// Counts one job until the returned guard drops.
-    #[inline]
-    pub fn enter(&self) -> InFlightGauge {
-        #[cfg(feature = "metrics")]
-        if let Some(gauge) = &self.0 {
-            gauge.increment(1.0);
-            return InFlightGauge(Some(gauge.clone()));
-        }
-        InFlightGauge::default()
-    }
-}
-
-/// Lowers `leasepool_jobs_in_flight` when dropped (empty without the feature).
-#[derive(Default)]
-pub struct InFlightGauge(#[cfg(feature = "metrics")] Option<::metrics::Gauge>);
-
-impl Drop for InFlightGauge {
-    fn drop(&mut self) {
-        #[cfg(feature = "metrics")]
-        if let Some(gauge) = &self.0 {
-            gauge.decrement(1.0);
-        }
+/// Runs a recorder call: a recorder is user code, and its panic must not cut short what the
+/// engine does next (answer a waiter, deliver a job's result). The panic is swallowed (its
+/// payload dropped under the same guard).
+#[cfg(feature = "metrics")]
+fn contain(record: impl FnOnce()) {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(record)) {
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
     }
 }
 
 #[cfg(feature = "metrics")]
 mod on {
+    use std::sync::Mutex;
     use std::time::Duration;
 
     use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Unit};
@@ -311,8 +336,11 @@ mod on {
         pub(super) replaced: Vec<Counter>,
         pools: Vec<Gauge>,
         waiters: Gauge,
-        pub(super) in_flight: Gauge,
+        in_flight: Gauge,
         pub(super) lease_held: Histogram,
+        /// What the last flush applied: the books' counts, so counters never go back and
+        /// only new zero waits are recorded.
+        flushed: Mutex<Flush>,
     }
 
     impl Handles {
@@ -356,11 +384,14 @@ mod on {
                 waiters: gauge!(WAITERS, "manager" => m.clone()),
                 in_flight: gauge!(JOBS_IN_FLIGHT, "manager" => m.clone()),
                 lease_held: histogram!(LEASE_HELD, "manager" => m),
+                flushed: Mutex::new(Flush::default()),
             }
         }
 
-        pub(super) fn acquire(&self, end: AcquireEnd, waited: Duration) {
-            self.acquires[end as usize].increment(1);
+        pub(super) fn acquire(&self, end: AcquireEnd, waited: Duration, count: bool) {
+            if count {
+                self.acquires[end as usize].increment(1);
+            }
             self.acquire_wait[end as usize].record(waited.as_secs_f64());
         }
 
@@ -374,14 +405,43 @@ mod on {
             self.job_seconds[end as usize].record_many(each.as_secs_f64(), n);
         }
 
-        pub(super) fn pools(&self, by_state: [usize; 4], retiring: Option<usize>, waiting: usize) {
-            for (gauge, n) in self.pools.iter().zip(by_state) {
+        pub(super) fn flush(&self, now: impl FnOnce() -> Flush) {
+            let Ok(mut last) = self.flushed.try_lock() else {
+                return; // another flush is under way: it brings everything up to date
+            };
+            let now = now();
+            let at_once = |f: &Flush| f.acquired.saturating_sub(f.acquired_after_wait);
+            let new_at_once = at_once(&now).saturating_sub(at_once(&last));
+            let new_rejected = now.rejected.saturating_sub(last.rejected);
+            let zero = |end: AcquireEnd, n: u64| {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                if n > 0 {
+                    self.acquire_wait[end as usize].record_many(0.0, n);
+                }
+            };
+            zero(AcquireEnd::Acquired, new_at_once);
+            zero(AcquireEnd::Unavailable, new_rejected);
+            let counts = [
+                (AcquireEnd::Acquired, now.acquired.max(last.acquired)),
+                (AcquireEnd::Timeout, now.timed_out.max(last.timed_out)),
+                (AcquireEnd::Unavailable, now.rejected.max(last.rejected)),
+            ];
+            for (end, n) in counts {
+                self.acquires[end as usize].absolute(n);
+            }
+            for (gauge, n) in self.pools.iter().zip(now.by_state) {
                 gauge.set(n as f64);
             }
-            if let Some(n) = retiring {
-                self.pools[4].set(n as f64);
-            }
-            self.waiters.set(waiting as f64);
+            self.pools[4].set(now.retiring as f64);
+            self.waiters.set(now.waiting as f64);
+            self.in_flight.set(now.in_flight as f64);
+            *last = Flush {
+                acquired: counts[0].1,
+                timed_out: counts[1].1,
+                rejected: counts[2].1,
+                acquired_after_wait: now.acquired_after_wait.max(last.acquired_after_wait),
+                ..now
+            };
         }
     }
 

@@ -14,6 +14,8 @@ mod process;
 mod python;
 mod queue;
 mod queue_backlog;
+#[cfg(feature = "metrics")]
+mod recording;
 mod rejection;
 mod report;
 mod scenarios;
@@ -375,6 +377,13 @@ fn run_all(p: &Params, py: &Result<Value, String>) -> (Vec<Scenario>, Vec<Curve>
             p99.add(system, median(r, || f(p.s1_ops).1));
         }
         all.extend([p50, p99]);
+    }
+
+    #[cfg(feature = "metrics")]
+    if p.wants("M") {
+        eprintln!("M (the cost of recording metrics) ...");
+        let s6 = (p.s6_ops, p.s6_tasks, p.s6_per_task);
+        all.extend(recording::rows(r, p.s1_ops, p.s2_ops, s6));
     }
 
     if p.wants("S2") {
@@ -801,7 +810,7 @@ fn check(what: &str, measured: Option<f64>, limit: &str, ok: impl Fn(f64) -> boo
 fn targets(all: &[Scenario]) -> Vec<Target> {
     let ratio = |id, unit, peer| find(all, id, unit).and_then(|s| s.ratio(peer));
     let value = |id, unit, sys| find(all, id, unit).and_then(|s| s.value(sys));
-    vec![
+    let mut targets = vec![
         check(
             "S1 leasepool ÷ SyncArbiter (caller on another thread)",
             ratio("S1", "µs", RAW_OFF),
@@ -906,7 +915,15 @@ fn targets(all: &[Scenario]) -> Vec<Target> {
             "<= 0.10",
             |v| v <= 0.10,
         ),
-    ]
+    ];
+    // Rows M (feature `metrics`): recording costs at most 10 %.
+    for id in ["M1", "M2", "M3", "M4"] {
+        if let Some(s) = all.iter().find(|s| s.id == id) {
+            let what = format!("{id} {}", s.title);
+            targets.push(check(&what, s.value(LEASEPOOL), "<= 1.10", |r| r <= 1.10));
+        }
+    }
+    targets
 }
 
 fn command_line(cmd: &str, args: &[&str]) -> String {

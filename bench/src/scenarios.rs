@@ -13,14 +13,21 @@ use crate::measure::{current_thread, multi_thread, per_sec, rss_kib, trim_heap, 
 use crate::peers::{Noop, OffThreadArbiter, RawWorker, Sleep};
 
 async fn started(pools: usize, workers: usize) -> LeaseManager {
-    let m = LeaseManager::builder()
+    let builder = LeaseManager::builder()
         .max_pools(pools)
         .min_pools(pools)
         .workers_per_pool(workers)
         .max_waiters(1_000_000)
-        .name_prefix("bench")
-        .build()
-        .expect("bench settings");
+        .name_prefix("bench");
+    // Rows M: built while a recorder is active, the manager records into it.
+    #[cfg(feature = "metrics")]
+    let built = match crate::recording::active() {
+        Some(recorder) => metrics::with_local_recorder(recorder, || builder.build()),
+        None => builder.build(),
+    };
+    #[cfg(not(feature = "metrics"))]
+    let built = builder.build();
+    let m = built.expect("bench settings");
     m.start().await.expect("start");
     m
 }

@@ -15,7 +15,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use super::protocol::{JOB_MARKER, LOG_MARKER};
+use super::protocol::{JOB_END_MARKER, JOB_MARKER, LOG_MARKER};
 
 /// The child's subscriber: writes each event as one marked stderr line.
 pub(crate) struct ChildSubscriber {
@@ -137,10 +137,12 @@ pub(crate) struct ChildLabels {
 /// Longest line forwarded as one event; a longer one is split.
 const MAX_LINE: usize = 16 * 1024;
 
-/// The spans of the jobs sent to one child, by number: the worker thread adds each job's as
-/// it sends the job (the span current there: the job's own, a child of its submitter's); the
-/// log reader takes the one a job-start marker names, and records the lines that follow under
-/// it. A few are kept: the reader may lag a job or two behind.
+/// The spans of the jobs sent to one child and not yet started in its log, by number: the
+/// worker thread adds each job's as it sends the job (the span current there: the job's own, a
+/// child of its submitter's); the log reader takes the one a job-start marker names, records
+/// the lines that follow under it, and lets go of it at the job's end marker — so no span (and
+/// no request span above it) is kept open past its job. A few at most: a child that never
+/// marks its jobs (its stderr taken over by a job) cannot make the list grow.
 #[derive(Default)]
 pub(crate) struct JobSpans(std::sync::Mutex<std::collections::VecDeque<(u64, tracing::Span)>>);
 
@@ -156,12 +158,20 @@ impl JobSpans {
         }
     }
 
-    fn of(&self, seq: u64) -> Option<tracing::Span> {
-        let spans = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        spans
-            .iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, span)| span.clone())
+    /// Takes job `seq`'s span (its start was marked), and lets go of every older one (those
+    /// jobs are over).
+    fn take(&self, seq: u64) -> Option<tracing::Span> {
+        let mut spans = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((s, _)) = spans.front() {
+            if *s > seq {
+                return None;
+            }
+            let (s, span) = spans.pop_front()?;
+            if s == seq {
+                return Some(span);
+            }
+        }
+        None
     }
 }
 
@@ -170,8 +180,8 @@ impl JobSpans {
 #[derive(Default)]
 pub(crate) struct Lines {
     pending: Vec<u8>,
-    /// The span of the job whose start was marked last (none before the first).
-    span: Option<tracing::Span>,
+    /// The job whose start was marked and whose end was not, and its span.
+    span: Option<(u64, tracing::Span)>,
 }
 
 impl Lines {
@@ -191,23 +201,23 @@ impl Lines {
         let mut from = 0;
         while let Some(at) = self.pending[from..].iter().position(|&b| b == b'\n') {
             let line = &self.pending[from..from + at];
-            if let Some(seq) = job_marker(line) {
+            if let Some(seq) = marker(line, JOB_MARKER) {
                 out_of_memory = Some(false);
-                self.span = seq.and_then(|seq| spans.of(seq));
+                self.span = seq.and_then(|seq| spans.take(seq).map(|span| (seq, span)));
+            } else if let Some(seq) = marker(line, JOB_END_MARKER) {
+                if self.span.as_ref().map(|(s, _)| *s) == seq {
+                    self.span = None;
+                }
             } else {
                 if is_allocation_failure(line) {
                     out_of_memory = Some(true);
                 }
-                emit_bytes(line, labels, self.span.as_ref());
+                emit_bytes(line, labels, self.span());
             }
             from += at + 1;
         }
         while self.pending.len() - from >= MAX_LINE {
-            emit_bytes(
-                &self.pending[from..from + MAX_LINE],
-                labels,
-                self.span.as_ref(),
-            );
+            emit_bytes(&self.pending[from..from + MAX_LINE], labels, self.span());
             from += MAX_LINE;
         }
         self.pending.drain(..from);
@@ -217,15 +227,21 @@ impl Lines {
     /// Forwards what is left (a last line without its newline).
     pub(crate) fn flush(&mut self, labels: &ChildLabels) {
         if !self.pending.is_empty() {
-            emit_bytes(&self.pending, labels, self.span.as_ref());
+            emit_bytes(&self.pending, labels, self.span());
             self.pending.clear();
         }
     }
 }
 
-/// `Some(job number)` if `line` is a job-start marker (`Some(None)`: one without a number).
-fn job_marker(line: &[u8]) -> Option<Option<u64>> {
-    let rest = line.trim_ascii_end().strip_prefix(JOB_MARKER.as_bytes())?;
+impl Lines {
+    fn span(&self) -> Option<&tracing::Span> {
+        self.span.as_ref().map(|(_, span)| span)
+    }
+}
+
+/// `Some(job number)` if `line` is the marker `which` (`Some(None)`: one without a number).
+fn marker(line: &[u8], which: &str) -> Option<Option<u64>> {
+    let rest = line.trim_ascii_end().strip_prefix(which.as_bytes())?;
     Some(std::str::from_utf8(rest).ok().and_then(|s| s.parse().ok()))
 }
 
@@ -326,20 +342,22 @@ mod tests {
     }
 
     #[test]
-    fn a_marker_names_the_job_whose_span_the_next_lines_take() {
-        assert_eq!(
-            job_marker(format!("{JOB_MARKER}17").as_bytes()),
-            Some(Some(17))
-        );
-        assert_eq!(job_marker(format!("{JOB_MARKER}\r").as_bytes()), Some(None));
-        assert_eq!(job_marker(b"an ordinary line"), None);
+    fn a_marker_names_the_job_whose_span_the_next_lines_take_until_its_end() {
+        let start = |n: &str| format!("{JOB_MARKER}{n}");
+        assert_eq!(marker(start("17").as_bytes(), JOB_MARKER), Some(Some(17)));
+        assert_eq!(marker(start("\r").as_bytes(), JOB_MARKER), Some(None));
+        assert_eq!(marker(b"an ordinary line", JOB_MARKER), None);
+        // The end marker is no start marker, nor the other way round.
+        let end = format!("{JOB_END_MARKER}3");
+        assert_eq!(marker(end.as_bytes(), JOB_MARKER), None);
+        assert_eq!(marker(end.as_bytes(), JOB_END_MARKER), Some(Some(3)));
+        assert_eq!(marker(start("3").as_bytes(), JOB_END_MARKER), None);
         let spans = JobSpans::default();
         for seq in 1..=10 {
             spans.sent(seq, tracing::Span::none());
         }
-        // The last few are kept: a reader lagging a job or two finds them.
-        assert!(spans.of(10).is_some() && spans.of(3).is_some());
-        assert!(spans.of(2).is_none() && spans.of(11).is_none());
+        // At most a few are kept: a child that never marks cannot grow the list.
+        assert_eq!(spans.0.lock().unwrap().len(), JobSpans::KEEP);
         let labels = ChildLabels {
             manager: "m".into(),
             pool: "p".into(),
@@ -347,13 +365,24 @@ mod tests {
             pid: 1,
         };
         let mut lines = Lines::default();
-        lines.feed(format!("{JOB_MARKER}9\n").as_bytes(), &labels, &spans);
+        let feed = |lines: &mut Lines, line: String| {
+            lines.feed(format!("{line}\n").as_bytes(), &labels, &spans);
+        };
+        feed(&mut lines, start("9"));
+        assert_eq!(lines.span.as_ref().map(|(s, _)| *s), Some(9));
+        // Taking 9 let go of the older ones (their jobs are over); 10 is still there.
+        assert_eq!(spans.0.lock().unwrap().len(), 1);
+        // Another job's end does not end this one; its own does.
+        feed(&mut lines, format!("{JOB_END_MARKER}8"));
         assert!(lines.span.is_some());
-        lines.feed(format!("{JOB_MARKER}1\n").as_bytes(), &labels, &spans);
-        assert!(
-            lines.span.is_none(),
-            "a job no longer known: no span rather than a wrong one"
-        );
+        feed(&mut lines, format!("{JOB_END_MARKER}9"));
+        assert!(lines.span.is_none(), "no span held between jobs");
+        // A job no longer known: no span rather than a wrong one.
+        feed(&mut lines, start("1"));
+        assert!(lines.span.is_none());
+        feed(&mut lines, start("10"));
+        assert_eq!(lines.span.as_ref().map(|(s, _)| *s), Some(10));
+        assert!(spans.0.lock().unwrap().is_empty());
     }
 
     #[test]

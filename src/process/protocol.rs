@@ -36,10 +36,15 @@ pub(crate) const ENV_LOG_LEVEL: &str = "LEASEPOOL_PROCESS_LOG_LEVEL";
 /// `\x1f`); every other line is the child's own output.
 pub(crate) const LOG_MARKER: &str = "\u{1e}leasepool-event\u{1f}";
 
-/// The line a child under a memory limit writes to stderr before each job: a report of a
-/// failed allocation counts for the child's death only if no job started after it (stderr is
-/// read apart from the answers, so only its own order tells).
+/// The line a child writes to stderr before each job (under a memory limit, or when it
+/// forwards events), followed by the job's number: a report of a failed allocation counts for
+/// the child's death only if no job started after it (stderr is read apart from the answers,
+/// so only its own order tells), and the lines that follow belong to that job's span.
 pub(crate) const JOB_MARKER: &str = "\u{1e}leasepool-job\u{1f}";
+
+/// The line a child that marks its jobs writes to stderr after each, before its answer, with
+/// the job's number: the lines of that job are over (the parent lets go of its span).
+pub(crate) const JOB_END_MARKER: &str = "\u{1e}leasepool-job-end\u{1f}";
 
 /// Parent → child.
 #[derive(Debug, Serialize, Deserialize)]

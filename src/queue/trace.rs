@@ -100,6 +100,29 @@ impl TraceParent {
     }
 }
 
+/// Calls the user's `on_task_span` hook: a panic in it is logged and the task runs on (it is
+/// no reason to fail the task, and must not take the worker down).
+pub(crate) fn call_hook(
+    hook: &SpanHook,
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    queue: &str,
+    task: &str,
+) {
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(span, traceparent)));
+    if let Err(payload) = called {
+        let panic = leasepool_actors::plumbing::panic_message(payload.as_ref());
+        // The payload is dropped here; its own destructor is user code too.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+        tracing::error!(
+            queue,
+            task,
+            panic,
+            "the on_task_span hook panicked; the task runs without it"
+        );
+    }
+}
+
 /// The span a task runs in: `queue_task` (target `leasepool::queue`, level INFO) with its
 /// queue, task id and `traceparent`.
 pub(crate) fn task_span(queue: &str, id: &str, traceparent: Option<&str>) -> tracing::Span {

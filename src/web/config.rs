@@ -135,7 +135,9 @@ pub(super) fn retry_after_secs(
 ) -> u64 {
     match estimate {
         Some(wait) => {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let secs = wait
+                .as_secs()
+                .saturating_add(u64::from(wait.subsec_nanos() > 0));
             secs.clamp(min, max)
         }
         None => fixed,

@@ -73,8 +73,9 @@ impl<S: 'static> Bookkeeper<S> {
         deferred.run(self);
         if !matches!(outcome, Ok(Err(_))) {
             // Answered without queueing: no wait worth a clock read.
-            let end = AcquireEnd::of(&outcome);
-            self.counters.metrics.acquire(end, Duration::ZERO);
+            self.counters
+                .metrics
+                .acquire_at_once(AcquireEnd::of(&outcome));
         }
         match (&outcome, refused) {
             (Ok(Ok(core)), _) => self.granted(core),

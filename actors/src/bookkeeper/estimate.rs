@@ -91,9 +91,11 @@ mod tests {
             available: 0,
             waiting: 5,
         };
-        // Releases at 400, 600, then every pool again after a whole hold: the 6th release is
-        // at 400 + 2 * 1000.
-        assert_eq!(until_free(o), Some(ms(2400)));
+        // Releases at 400, 600, then every pool again after a whole hold: 1 400, 1 600,
+        // 2 400, 2 600. Five ahead: the newcomer is served by the sixth, at 600 + 2 * 1 000.
+        assert_eq!(until_free(o), Some(ms(2600)));
+        // Four ahead: the fifth, at 400 + 2 * 1 000.
+        assert_eq!(until_free(Observed { waiting: 4, ..o }), Some(ms(2400)));
     }
 
     #[test]

@@ -133,6 +133,9 @@ struct Deferred<S: 'static> {
     host: Option<Recipient<HostWork>>,
     tasks: Vec<HostTask>,
     replies: Replies<S>,
+    /// How long the leases that ended were held (for metrics): most transitions end at most
+    /// one, kept inline; more allocate.
+    held: (Option<Duration>, Vec<Duration>),
 }
 
 impl<S: 'static> Deferred<S> {
@@ -152,6 +155,10 @@ impl<S: 'static> Deferred<S> {
                 // here, releases itself and the pool goes to the next waiter.
                 let _ = waiter.reply.send(answer);
             }
+        }
+        // Last: a recorder is user code, and a waiter's answer must not wait on it.
+        for held in self.held.0.into_iter().chain(self.held.1) {
+            keeper.counters.metrics.lease_held(held);
         }
     }
 }
@@ -271,6 +278,7 @@ impl<S: 'static> Bookkeeper<S> {
                 first: None,
                 more: Vec::new(),
             },
+            held: (None, Vec::new()),
         };
         for effect in fx.drain(..) {
             match effect {
@@ -297,7 +305,13 @@ impl<S: 'static> Bookkeeper<S> {
                     let track = self.track_holds.load(Relaxed);
                     if let Some(shared) = ended.filter(|_| metrics || track) {
                         let held = shared.facts.granted_at.elapsed();
-                        self.counters.metrics.lease_held(held);
+                        if metrics {
+                            // Recorded after the lock: a recorder is user code.
+                            match deferred.held.0 {
+                                None => deferred.held.0 = Some(held),
+                                Some(_) => deferred.held.1.push(held),
+                            }
+                        }
                         if track {
                             ledger.hold_mean = Some(estimate::mean_hold(ledger.hold_mean, held));
                         }
@@ -309,11 +323,6 @@ impl<S: 'static> Bookkeeper<S> {
             }
         }
         ledger.fx = fx;
-        if self.counters.metrics.enabled() {
-            let now = self.capacity_of(ledger);
-            let by_state = [now.available, now.leased, now.unhealthy, now.starting];
-            self.counters.metrics.pools(by_state, None, now.waiting);
-        }
         if let Some(by) = ledger.sweep_ask.take() {
             deferred.tasks.push(HostTask::SweepLeases { by });
         }
@@ -351,8 +360,7 @@ impl<S: 'static> Bookkeeper<S> {
             ledger.sweep_ask = Some(due);
         }
         let generation = ledger.books.run().unwrap_or(0);
-        let gauge = self.counters.metrics.jobs_gauge();
-        let shared = Arc::new(LeaseShared::new(facts, generation, ends, gauge));
+        let shared = Arc::new(LeaseShared::new(facts, generation, ends));
         ledger.leases.insert(lease, Arc::clone(&shared));
         LeaseCore::new(shared, queue)
     }
@@ -417,6 +425,7 @@ impl<S: 'static> Bookkeeper<S> {
         };
         deferred.run(self);
         self.settled.notify_waiters();
+        self.flush_metrics();
         run
     }
 

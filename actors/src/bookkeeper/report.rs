@@ -87,10 +87,11 @@ impl<S: 'static> Bookkeeper<S> {
         let ledger = self.lock();
         let hold = ledger.hold_mean?;
         let (available, _, _, _, waiting) = ledger.books.capacity();
+        let now = Instant::now();
         let ages: Vec<Duration> = ledger
             .leases
             .values()
-            .map(|l| l.facts.granted_at.elapsed())
+            .map(|l| now.saturating_duration_since(l.facts.granted_at))
             .collect();
         super::estimate::until_free(super::estimate::Observed {
             hold,
@@ -100,19 +101,32 @@ impl<S: 'static> Bookkeeper<S> {
         })
     }
 
-    /// Sets the pool gauges, `retiring` included (it changes as threads exit, which is no
-    /// transition of the books: the supervisor calls this on its tick).
-    pub(crate) fn refresh_gauges(&self) {
-        if !self.counters.metrics.enabled() {
-            return;
-        }
-        let ledger = self.lock();
-        let retiring = retiring(&ledger, ledger.books.stats().pools);
-        let now = self.capacity_of(&ledger);
-        let by_state = [now.available, now.leased, now.unhealthy, now.starting];
-        self.counters
-            .metrics
-            .pools(by_state, Some(retiring), now.waiting);
+    /// Brings the metrics the books count and the gauges up to date (see `Metrics::flush`):
+    /// every `FLUSH_EVERY` on the supervisor, at each `stats()`, and at the end of a run.
+    pub(crate) fn flush_metrics(&self) {
+        self.counters.metrics.flush(|| {
+            let ledger = self.lock();
+            let BookStats {
+                available,
+                leased,
+                waiting,
+                starting,
+                unhealthy,
+                pools,
+                counts,
+                ..
+            } = ledger.books.stats();
+            crate::metrics::Flush {
+                acquired: counts.acquired,
+                acquired_after_wait: counts.acquired_after_wait,
+                timed_out: counts.timed_out,
+                rejected: counts.rejected,
+                by_state: [available, leased, unhealthy, starting],
+                retiring: retiring(&ledger, pools),
+                waiting,
+                in_flight: ledger.leases.values().map(|l| l.in_flight()).sum(),
+            }
+        });
     }
 
     #[allow(deprecated)] // fills the deprecated aliases too

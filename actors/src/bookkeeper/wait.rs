@@ -65,7 +65,7 @@ impl<S: 'static> WaitTicket<S> {
 
     fn record(&self, end: AcquireEnd) {
         let waited = self.since.map_or(Duration::ZERO, |t| t.elapsed());
-        self.keeper.counters.metrics.acquire(end, waited);
+        self.keeper.counters.metrics.acquire_waited(end, waited);
     }
 
     /// Polls for the answer, enforcing the wait limit.
@@ -117,7 +117,10 @@ impl<S: 'static> Drop for WaitTicket<S> {
                 // is acquired, and released as its handle drops here).
                 let end = match self.answer.try_recv() {
                     Ok(answer) => AcquireEnd::of(&answer),
-                    Err(_) => AcquireEnd::Acquired,
+                    // As `poll_wait` answers a closed channel.
+                    Err(oneshot::error::TryRecvError::Closed) => AcquireEnd::Stopped,
+                    // Picked and not answered yet: most likely a lease (as the books count).
+                    Err(oneshot::error::TryRecvError::Empty) => AcquireEnd::Acquired,
                 };
                 self.record(end);
             }

@@ -9,6 +9,7 @@ mod metrics_process;
 mod metrics_queue;
 mod metrics_thread;
 mod recorded;
+mod recorder_faults;
 mod spans;
 mod trace;
 

@@ -161,17 +161,28 @@ async fn the_gauges_follow_the_pools_and_the_waiters() {
         let gate = gate.clone();
         a.submit(move || gate.wait()).unwrap()
     };
+    // The supervisor brings the gauges up to date every second (FLUSH_EVERY) ...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = recorded.snapshot();
-    let stats = m.stats().await;
     assert_eq!(
         s.gauge(POOLS, &[("manager", name), ("state", "leased")]),
         2.0
+    );
+    assert_eq!(s.gauge(JOBS_IN_FLIGHT, &[("manager", name)]), 1.0);
+    // ... and `stats()` at once. (A snapshot of this recorder zeroes its gauges.)
+    let c = m.acquire().await.unwrap();
+    let stats = m.stats().await;
+    let s = recorded.snapshot();
+    assert_eq!(
+        s.gauge(POOLS, &[("manager", name), ("state", "leased")]),
+        3.0
     );
     assert_eq!(
         s.gauge(POOLS, &[("manager", name), ("state", "available")]),
         stats.available as f64
     );
     assert_eq!(s.gauge(JOBS_IN_FLIGHT, &[("manager", name)]), 1.0);
+    drop(c);
     gate.open();
     job.await.unwrap();
     drop((a, b));

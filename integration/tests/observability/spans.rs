@@ -80,6 +80,17 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
         }
     }
 
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(&id) {
+            let ext = span.extensions();
+            let fields = ext.get::<Fields>().map(|f| f.0.clone()).unwrap_or_default();
+            closed()
+                .lock()
+                .unwrap()
+                .push((span.name().to_owned(), fields));
+        }
+    }
+
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
@@ -121,4 +132,22 @@ pub fn seen(pred: impl Fn(&Seen) -> bool) -> Vec<Seen> {
         .filter(|e| pred(e))
         .cloned()
         .collect()
+}
+
+/// A closed span: its name and fields.
+type Closed = (String, HashMap<String, String>);
+
+/// Spans closed so far.
+fn closed() -> &'static Mutex<Vec<Closed>> {
+    static CLOSED: OnceLock<Mutex<Vec<Closed>>> = OnceLock::new();
+    CLOSED.get_or_init(Mutex::default)
+}
+
+/// Whether a span named `name` whose field `id` is `id` has closed.
+pub fn has_closed(name: &str, id: &str) -> bool {
+    closed()
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(n, f)| n == name && f.get("id").map(String::as_str) == Some(id))
 }

@@ -244,3 +244,75 @@ async fn a_process_grinder_part_is_linked_to_every_items_submitter() {
         assert_eq!(links, ["100", "101", "102"], "{event:#?}");
     }
 }
+
+#[testkit::test]
+async fn a_process_jobs_spans_close_when_the_job_ends() {
+    let m = LeaseManager::builder()
+        .name_prefix("obs-trace-close")
+        .backend(Backend::Process)
+        .process_jobs(jobs::jobs())
+        .max_pools(1)
+        .workers_per_pool(1)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let lease = m.acquire().await.unwrap();
+    lease
+        .call(Say("closing".to_owned()))
+        .instrument(tracing::info_span!("request", id = 900))
+        .await
+        .unwrap();
+    // No other job runs on that child: its log reader must let go of the job's span (and so
+    // of the request's) by itself, once the job's lines are read.
+    testkit::until(
+        "the request span closed",
+        || std::future::ready(crate::spans::has_closed("request", "900")),
+        |closed| *closed,
+    )
+    .await;
+    lease.release().await;
+    m.stop().await;
+}
+
+#[testkit::test]
+async fn a_panicking_on_task_span_hook_costs_the_task_nothing() {
+    use leasepool::queue::{PushOptions, Queue, QueueWorker};
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(format!("lp-obs-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let m = LeaseManager::builder()
+        .name_prefix("obs-hook")
+        .max_pools(1)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let worker = QueueWorker::builder(&m, &queue, "hooked")
+        .poll_interval(Duration::from_millis(5))
+        .on_task_span(|_span, traceparent| {
+            if traceparent.is_some() {
+                panic!("on purpose");
+            }
+        })
+        .build_blocking(|_: String| -> Result<(), String> { Ok(()) })
+        .unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = PushOptions::new().trace_parent(traceparent);
+    queue
+        .push_with("hooked", "x".to_string(), traced)
+        .await
+        .unwrap();
+    queue.push("hooked", "y".to_string()).await.unwrap();
+    worker.start().unwrap();
+    let stats = testkit::until(
+        "both tasks done",
+        || std::future::ready(worker.stats()),
+        |s| s.done == 2,
+    )
+    .await;
+    assert_eq!(stats.restarts, 0, "{stats:?}");
+    worker.stop().await;
+    m.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

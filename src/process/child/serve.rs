@@ -16,7 +16,7 @@ use super::super::logs::ChildSubscriber;
 use super::super::protocol::DEFAULT_MAX_MESSAGE;
 use super::super::protocol::{
     encode, fit, split, trim, FromChild, ToChild, ENV_LOG_LEVEL, ENV_MAX_MESSAGE, ENV_MEMORY_LIMIT,
-    ENV_PARENT, ENV_TOKEN, JOB_MARKER, MAGIC, PROTOCOL_VERSION,
+    ENV_PARENT, ENV_TOKEN, JOB_END_MARKER, JOB_MARKER, MAGIC, PROTOCOL_VERSION,
 };
 use super::jobs::Jobs;
 use super::run::RunOutcome;
@@ -166,6 +166,10 @@ fn run(
                 None => (seq, unknown(&name)),
             },
         };
+        if marks_jobs {
+            // Before the answer: once the parent has it, no more lines of this job follow.
+            let _ = writeln!(std::io::stderr(), "{JOB_END_MARKER}{seq}");
+        }
         #[cfg(feature = "testing")]
         if CORRUPT_REPLY.swap(false, SeqCst) {
             // A length prefix far over any cap, then garbage.

@@ -106,6 +106,10 @@ where
     let counted = Arc::clone(shared);
     let on_unreadable = Arc::new(move |id: &str, why: &str| {
         counted.counters.failed.fetch_add(1, Ordering::Relaxed);
+        counted
+            .counters
+            .metrics
+            .task(super::outcome::Counter::Failed);
         tracing::error!(queue = %counted.name, task = id, error = why, "queue task failed for good: apalis cannot read it");
     });
     RunSpec {

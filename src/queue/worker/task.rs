@@ -46,10 +46,14 @@ where
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let traceparent = metadata.get(TRACE_META).map(String::as_str);
+    // Checked again here: the metadata may have been written by anyone.
+    let traceparent = metadata
+        .get(TRACE_META)
+        .map(String::as_str)
+        .filter(|t| trace::TraceParent::parse(t).is_ok());
     let span = trace::task_span(&shared.name, &id, traceparent);
     if let Some(hook) = &shared.span_hook {
-        hook(&span, traceparent);
+        trace::call_hook(hook.as_ref(), &span, traceparent, &shared.name, &id);
     }
     Box::pin(
         async move {

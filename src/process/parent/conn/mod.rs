@@ -59,6 +59,8 @@ pub(crate) struct Child {
     out: Vec<u8>,
     jobs: HashSet<String>,
     seq: u64,
+    /// The child marks each job's start and end on its stderr (see `JOB_MARKER`).
+    pub(super) marks_jobs: bool,
     served: usize,
     /// Set once the child is reaped (here, or by its watcher: see [`Watch`]).
     reaped: bool,
@@ -160,8 +162,11 @@ impl Child {
         }
         self.seq += 1;
         let seq = self.seq;
-        // The child's log lines for this job are recorded under the span current here.
-        self.watch.spans.sent(seq, tracing::Span::current());
+        // The child's log lines for this job are recorded under the span current here (only
+        // a child that marks its jobs tells which lines are whose).
+        if self.marks_jobs {
+            self.watch.spans.sent(seq, tracing::Span::current());
+        }
         let header = match count {
             None => ToChild::Run {
                 seq,

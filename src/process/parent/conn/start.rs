@@ -61,14 +61,16 @@ impl Child {
     /// `NoHealthyPool`).
     pub(crate) fn spawn(spec: &Arc<ChildSpec>) -> Result<Child, String> {
         let token = token();
+        let level = tracing::level_filters::LevelFilter::current();
+        // The child marks its jobs on stderr when it forwards events or has a memory limit
+        // (the same rule as the child's, in `child/serve.rs`).
+        let marks_jobs =
+            spec.memory_limit.is_some() || level != tracing::level_filters::LevelFilter::OFF;
         let mut cmd = Command::new(&spec.program);
         cmd.env(ENV_TOKEN, &token)
             .env(ENV_PARENT, std::process::id().to_string())
             .env(ENV_MAX_MESSAGE, spec.max_message.to_string())
-            .env(
-                ENV_LOG_LEVEL,
-                tracing::level_filters::LevelFilter::current().to_string(),
-            )
+            .env(ENV_LOG_LEVEL, level.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -106,6 +108,7 @@ impl Child {
             out: Vec::new(),
             jobs: HashSet::new(),
             seq: 0,
+            marks_jobs,
             served: 0,
             reaped: false,
             watch: Watch::new(
