@@ -86,7 +86,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         App::new()
             .app_data(data.clone())
             .app_data(metrics_data.clone())
-            .app_data(LeaseConfig::timeout(Duration::from_millis(500)))
+            // Shed requests are told when a pool should be free (computed from recent hold
+            // times, the waiters ahead and the pools; 1 s while there is no basis yet).
+            .app_data(
+                LeaseConfig::timeout(Duration::from_millis(500))
+                    .retry_after_estimated(Duration::from_secs(1), Duration::from_secs(30)),
+            )
             .route("/devices/{id}/status", web::get().to(device_status))
             .route("/stats", web::get().to(stats))
             .route("/metrics", web::get().to(metrics))

@@ -170,7 +170,7 @@ impl Replacement {
     }
 }
 
-/// The `state` label of `leasepool_pools`, in the order [`Metrics::pools`] sets them.
+/// The `state` label of `leasepool_pools`, in the order of [`Flush::by_state`] (then `retiring`).
 pub const POOL_STATES: [&str; 5] = ["available", "leased", "unhealthy", "starting", "retiring"];
 
 /// What a flush brings up to date: the books' counts and the pools now (see

@@ -18,6 +18,7 @@ mod queue_backlog;
 mod recording;
 mod rejection;
 mod report;
+mod retry_after;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -204,6 +205,18 @@ fn main() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--queue" => q1 = true,
+            "--retry-after" => {
+                // Fixed vs computed Retry-After under ~10x overload (see retry_after.rs).
+                let secs = if quick { 5 } else { 20 };
+                match retry_after::run(secs) {
+                    Ok(md) => println!("{md}"),
+                    Err(e) => {
+                        eprintln!("the Retry-After rows could not run: {e}");
+                        std::process::exit(1);
+                    }
+                }
+                return;
+            }
             "--q2-pending" => match args.next().and_then(|n| n.parse().ok()) {
                 Some(n) => q2_large = Some(n),
                 None => usage("--q2-pending needs a number of tasks"),
@@ -293,7 +306,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: leasepool-bench [--quick] [--out DIR] [--no-python] [--only S1,S8,...] | --queue [--quick] [--q2-pending N] [--out DIR]"
+        "usage: leasepool-bench [--quick] [--out DIR] [--no-python] [--only S1,S8,...] | --queue [--quick] [--q2-pending N] [--out DIR] | [--quick] --retry-after"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 });
 }
