@@ -291,6 +291,15 @@ fn emit(line: &str, l: &ChildLabels) {
 mod tests {
     use super::*;
 
+    fn labels() -> ChildLabels {
+        ChildLabels {
+            manager: "m".into(),
+            pool: "p".into(),
+            worker: "w".into(),
+            pid: 1,
+        }
+    }
+
     #[test]
     fn an_allocation_failure_is_recognised() {
         assert!(is_allocation_failure(
@@ -309,12 +318,7 @@ mod tests {
 
     #[test]
     fn a_line_that_reports_a_failed_allocation_is_noticed_among_others() {
-        let labels = ChildLabels {
-            manager: "m".into(),
-            pool: "p".into(),
-            worker: "w".into(),
-            pid: 1,
-        };
+        let labels = labels();
         let mut lines = Lines::default();
         let spans = JobSpans::default();
         assert_eq!(
@@ -358,12 +362,7 @@ mod tests {
         }
         // At most a few are kept: a child that never marks cannot grow the list.
         assert_eq!(spans.0.lock().unwrap().len(), JobSpans::KEEP);
-        let labels = ChildLabels {
-            manager: "m".into(),
-            pool: "p".into(),
-            worker: "w".into(),
-            pid: 1,
-        };
+        let labels = labels();
         let mut lines = Lines::default();
         let feed = |lines: &mut Lines, line: String| {
             lines.feed(format!("{line}\n").as_bytes(), &labels, &spans);

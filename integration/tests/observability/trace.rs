@@ -14,6 +14,20 @@ fn names(event: &Seen) -> Vec<&str> {
     event.scope.iter().map(|(name, _)| name.as_str()).collect()
 }
 
+/// A started process-backend manager: one pool of one worker, this binary's jobs.
+async fn process_manager(name: &str) -> LeaseManager {
+    let m = LeaseManager::builder()
+        .name_prefix(name)
+        .backend(Backend::Process)
+        .process_jobs(jobs::jobs())
+        .max_pools(1)
+        .workers_per_pool(1)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
 fn one(message: &str) -> Seen {
     let found = seen(|e| e.message == message);
     assert_eq!(found.len(), 1, "{message:?}: {found:#?}");
@@ -76,14 +90,7 @@ async fn a_job_on_a_worker_thread_runs_under_the_submitters_span() {
 
 #[testkit::test]
 async fn a_childs_log_line_is_recorded_under_the_job_that_wrote_it_with_its_pid() {
-    let m = LeaseManager::builder()
-        .name_prefix("obs-trace-p")
-        .backend(Backend::Process)
-        .process_jobs(jobs::jobs())
-        .max_pools(1)
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
+    let m = process_manager("obs-trace-p").await;
     let lease = m.acquire().await.unwrap();
     let mut pids = Vec::new();
     for (n, said) in ["first", "second", "third"].iter().enumerate() {
@@ -194,15 +201,7 @@ async fn a_queue_task_runs_under_a_span_that_carries_its_producers_traceparent()
 
 #[testkit::test]
 async fn a_process_grinder_part_is_linked_to_every_items_submitter() {
-    let m = LeaseManager::builder()
-        .name_prefix("obs-trace-g")
-        .backend(Backend::Process)
-        .process_jobs(jobs::jobs())
-        .max_pools(1)
-        .workers_per_pool(1)
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
+    let m = process_manager("obs-trace-g").await;
     let grinder = WorkGrinder::builder(&m)
         .max_wait(std::time::Duration::from_millis(50))
         .build()
@@ -247,15 +246,7 @@ async fn a_process_grinder_part_is_linked_to_every_items_submitter() {
 
 #[testkit::test]
 async fn a_process_jobs_spans_close_when_the_job_ends() {
-    let m = LeaseManager::builder()
-        .name_prefix("obs-trace-close")
-        .backend(Backend::Process)
-        .process_jobs(jobs::jobs())
-        .max_pools(1)
-        .workers_per_pool(1)
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
+    let m = process_manager("obs-trace-close").await;
     let lease = m.acquire().await.unwrap();
     lease
         .call(Say("closing".to_owned()))

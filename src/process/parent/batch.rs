@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use leasepool_actors::plumbing::JobTally;
 
-use super::super::counters;
 use super::super::job::{drop_quietly, panic_text, ProcessJob};
 #[cfg(unix)]
 use super::super::job::{step_panicked, FRAME_ROOM};
@@ -66,7 +65,7 @@ fn answer<T: Send + 'static>(
     outcome: Result<T, LeaseError>,
     tally: &mut JobTally,
 ) {
-    tally.add(counters::job_count(&outcome));
+    tally.add(leasepool_actors::metrics::JobEnd::of(&outcome));
     if let Err(unsent) = reply.answer(outcome) {
         drop_quietly(unsent);
     }
