@@ -342,7 +342,7 @@ impl<S: 'static> Bookkeeper<S> {
         params: LeaseParams,
     ) -> LeaseCore<S> {
         let now = Instant::now();
-        let soft_expires_at = later(now, params.lease_for);
+        let soft_expires_at = sweep::later(now, params.lease_for);
         let facts = LeaseFacts {
             granted_at: now,
             manager: Arc::clone(&self.name),
@@ -350,7 +350,7 @@ impl<S: 'static> Bookkeeper<S> {
             pool,
             owner: params.owner,
             soft_expires_at,
-            hard_expires_at: later(soft_expires_at, self.config.settings.lease_grace),
+            hard_expires_at: sweep::later(soft_expires_at, self.config.settings.lease_grace),
             backend: self.config.settings.backend,
         };
         let ends: Weak<dyn LeaseEnds> = self.me.clone();
@@ -490,13 +490,4 @@ impl<S: 'static> Bookkeeper<S> {
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
             .is_ok()
     }
-}
-
-/// `from + by`; a lifetime too long to represent is as good as forever (a century). Never
-/// panics on user input.
-fn later(from: Instant, by: Duration) -> Instant {
-    const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    from.checked_add(by)
-        .or_else(|| from.checked_add(FOREVER))
-        .unwrap_or(from)
 }

@@ -30,6 +30,15 @@ pub(crate) fn must_ask(pending: Option<Instant>, due: Instant, now: Instant) -> 
     })
 }
 
+/// `from + by`; a lifetime too long to represent is as good as forever (a century). Never
+/// panics on user input.
+pub(super) fn later(from: Instant, by: Duration) -> Instant {
+    const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    from.checked_add(by)
+        .or_else(|| from.checked_add(FOREVER))
+        .unwrap_or(from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
