@@ -29,3 +29,23 @@ fn main() {
         .run();
     ran.finish();
 }
+
+/// Removes its directory when dropped (also when the test fails).
+pub struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh SQLite queue in a directory of its own, named for the test.
+pub async fn sqlite_queue(name: &str) -> (leasepool::queue::Queue, TempDir) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let queue = leasepool::queue::Queue::sqlite(dir.join("q.db"))
+        .await
+        .unwrap();
+    (queue, TempDir(dir))
+}

@@ -4,16 +4,14 @@
 use std::time::Duration;
 
 use leasepool::metrics::*;
-use leasepool::queue::{Queue, QueueWorker};
+use leasepool::queue::QueueWorker;
 use leasepool::LeaseManager;
 
 use crate::recorded::Recorded;
 
 #[testkit::test]
 async fn queue_metrics_agree_with_the_worker_stats() {
-    let dir = std::env::temp_dir().join(format!("lp-obs-queue-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let (queue, dir) = crate::sqlite_queue("lp-obs-queue").await;
     let recorded = Recorded::new();
     let m = LeaseManager::builder()
         .name_prefix("obs-queue")
@@ -62,5 +60,5 @@ async fn queue_metrics_agree_with_the_worker_stats() {
     assert_eq!(waits.len(), 7, "{waits:?}");
     // Pushed before the worker started, on this machine: waits are real and bounded.
     assert!(waits.iter().all(|w| (0.0..60.0).contains(w)), "{waits:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }

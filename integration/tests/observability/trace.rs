@@ -28,6 +28,22 @@ async fn process_manager(name: &str) -> LeaseManager {
     m
 }
 
+/// The child's forwarded "the child says" line that said `said`, once it has been read.
+async fn child_said(said: &str) -> Seen {
+    let found = testkit::until(
+        "the child's line, forwarded",
+        || {
+            std::future::ready(seen(|e| {
+                e.message == "the child says"
+                    && e.fields.get("fields").is_some_and(|f| f.contains(said))
+            }))
+        },
+        |found| !found.is_empty(),
+    )
+    .await;
+    found.into_iter().next().unwrap()
+}
+
 fn one(message: &str) -> Seen {
     let found = seen(|e| e.message == message);
     assert_eq!(found.len(), 1, "{message:?}: {found:#?}");
@@ -105,18 +121,7 @@ async fn a_childs_log_line_is_recorded_under_the_job_that_wrote_it_with_its_pid(
     m.stop().await;
 
     for (n, said) in ["first", "second", "third"].iter().enumerate() {
-        let found = testkit::until(
-            "the child's line, forwarded",
-            || {
-                std::future::ready(seen(|e| {
-                    e.message == "the child says"
-                        && e.fields.get("fields").is_some_and(|f| f.contains(said))
-                }))
-            },
-            |found| !found.is_empty(),
-        )
-        .await;
-        let event = &found[0];
+        let event = &child_said(said).await;
         assert_eq!(event.target, "leasepool::process::child");
         assert_eq!(names(event), ["job", "request"], "{event:#?}");
         assert_eq!(
@@ -130,13 +135,11 @@ async fn a_childs_log_line_is_recorded_under_the_job_that_wrote_it_with_its_pid(
 
 #[testkit::test]
 async fn a_queue_task_runs_under_a_span_that_carries_its_producers_traceparent() {
-    use leasepool::queue::{PushOptions, Queue, QueueError, QueueWorker};
+    use leasepool::queue::{PushOptions, QueueError, QueueWorker};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    let dir = std::env::temp_dir().join(format!("lp-obs-trace-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let (queue, dir) = crate::sqlite_queue("lp-obs-trace").await;
     let m = LeaseManager::builder()
         .name_prefix("obs-trace-q")
         .max_pools(1)
@@ -196,7 +199,7 @@ async fn a_queue_task_runs_under_a_span_that_carries_its_producers_traceparent()
         assert_eq!(task.get("traceparent").map(String::as_str), Some(expected));
         assert_eq!(task.get("queue").map(String::as_str), Some("traced"));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 #[testkit::test]
@@ -220,18 +223,7 @@ async fn a_process_grinder_part_is_linked_to_every_items_submitter() {
 
     for n in 0..3 {
         let said = format!("item {n}");
-        let found = testkit::until(
-            "the item's line, forwarded",
-            || {
-                std::future::ready(seen(|e| {
-                    e.message == "the child says"
-                        && e.fields.get("fields").is_some_and(|f| f.contains(&said))
-                }))
-            },
-            |found| !found.is_empty(),
-        )
-        .await;
-        let event = &found[0];
+        let event = &child_said(&said).await;
         assert_eq!(names(event), ["job", "grinder_part"], "{event:#?}");
         let links = event.scope[1]
             .1
@@ -267,12 +259,10 @@ async fn a_process_jobs_spans_close_when_the_job_ends() {
 
 #[testkit::test]
 async fn a_panicking_on_task_span_hook_costs_the_task_nothing() {
-    use leasepool::queue::{PushOptions, Queue, QueueWorker};
+    use leasepool::queue::{PushOptions, QueueWorker};
     use std::time::Duration;
 
-    let dir = std::env::temp_dir().join(format!("lp-obs-hook-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let queue = Queue::sqlite(dir.join("q.db")).await.unwrap();
+    let (queue, dir) = crate::sqlite_queue("lp-obs-hook").await;
     let m = LeaseManager::builder()
         .name_prefix("obs-hook")
         .max_pools(1)
@@ -305,5 +295,5 @@ async fn a_panicking_on_task_span_hook_costs_the_task_nothing() {
     assert_eq!(stats.restarts, 0, "{stats:?}");
     worker.stop().await;
     m.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
