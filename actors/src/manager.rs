@@ -212,6 +212,7 @@ impl<S: 'static> Handler<HostWork> for ManagerActor<S> {
                             lease.do_send(StopLease);
                         }
                     }
+                    HostTask::RecordHolds(held) => act.keeper().counters.metrics.lease_held(&held),
                 }
             }
         });

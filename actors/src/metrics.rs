@@ -277,12 +277,13 @@ impl Metrics {
         }
     }
 
-    /// A lease ended after being held `held`.
-    #[inline]
-    pub fn lease_held(&self, held: Duration) {
+    /// Leases ended after being held so long (recorded in batches: see the bookkeeper).
+    pub fn lease_held(&self, held: &[Duration]) {
         #[cfg(feature = "metrics")]
-        if let Some(h) = &self.on {
-            contain(|| h.lease_held.record(held.as_secs_f64()));
+        if let Some(h) = self.on.as_ref().filter(|_| !held.is_empty()) {
+            for t in held {
+                contain(|| h.lease_held.record(t.as_secs_f64()));
+            }
         }
     }
 

@@ -63,7 +63,7 @@ type PoolHandle<S> = Weak<PoolQueue<S>>;
 pub(crate) struct HostWork(pub(crate) Vec<HostTask>);
 
 /// One piece of [`HostWork`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HostTask {
     /// Spawn this pool.
     CreatePool(PoolId),
@@ -73,6 +73,8 @@ pub(crate) enum HostTask {
     SweepLeases { by: Instant },
     /// This lease ended: stop its actor.
     StopLeaseActor(LeaseId),
+    /// Record these hold times (a full batch: see `Ledger::holds`).
+    RecordHolds(Vec<Duration>),
 }
 
 /// The host of one manager run, as the bookkeeper sees it.
@@ -99,6 +101,10 @@ struct Ledger<S: 'static> {
     sweep_ask: Option<Instant>,
     /// The running mean of hold times, kept once an estimate was asked for (see `estimate.rs`).
     hold_mean: Option<Duration>,
+    /// Hold times not recorded yet (with metrics on): recorded in batches by the host thread,
+    /// at each flush, or by the caller after the lock if there is no host — so a lease's end
+    /// costs its caller a clock read and a push, and never waits on a recorder.
+    holds: Vec<Duration>,
 }
 
 impl<S: 'static> Ledger<S> {
@@ -133,9 +139,8 @@ struct Deferred<S: 'static> {
     host: Option<Recipient<HostWork>>,
     tasks: Vec<HostTask>,
     replies: Replies<S>,
-    /// How long the leases that ended were held (for metrics): most transitions end at most
-    /// one, kept inline; more allocate.
-    held: (Option<Duration>, Vec<Duration>),
+    /// Hold times to record after the lock (a full batch when there is no host).
+    held: Vec<Duration>,
 }
 
 impl<S: 'static> Deferred<S> {
@@ -157,9 +162,7 @@ impl<S: 'static> Deferred<S> {
             }
         }
         // Last: a recorder is user code, and a waiter's answer must not wait on it.
-        for held in self.held.0.into_iter().chain(self.held.1) {
-            keeper.counters.metrics.lease_held(held);
-        }
+        keeper.counters.metrics.lease_held(&self.held);
     }
 }
 
@@ -230,6 +233,7 @@ impl<S: 'static> Bookkeeper<S> {
                 sweep_pending: None,
                 sweep_ask: None,
                 hold_mean: None,
+                holds: Vec::new(),
             }),
             counters: Arc::new(CounterCells::with_metrics(Metrics::register(
                 &name,
@@ -278,7 +282,7 @@ impl<S: 'static> Bookkeeper<S> {
                 first: None,
                 more: Vec::new(),
             },
-            held: (None, Vec::new()),
+            held: Vec::new(),
         };
         for effect in fx.drain(..) {
             match effect {
@@ -301,19 +305,11 @@ impl<S: 'static> Bookkeeper<S> {
                 }
                 Effect::LeaseEnded { lease, had_actor } => {
                     let ended = ledger.leases.remove(&lease);
-                    let metrics = self.counters.metrics.enabled();
-                    let track = self.track_holds.load(Relaxed);
-                    if let Some(shared) = ended.filter(|_| metrics || track) {
-                        let held = shared.facts.granted_at.elapsed();
-                        if metrics {
-                            // Recorded after the lock: a recorder is user code.
-                            match deferred.held.0 {
-                                None => deferred.held.0 = Some(held),
-                                Some(_) => deferred.held.1.push(held),
-                            }
-                        }
-                        if track {
-                            ledger.hold_mean = Some(estimate::mean_hold(ledger.hold_mean, held));
+                    let full = ended.and_then(|l| self.hold_ended(ledger, l.facts.granted_at));
+                    if let Some(batch) = full {
+                        match ledger.run {
+                            Some(_) => deferred.tasks.push(HostTask::RecordHolds(batch)),
+                            None => deferred.held = batch,
                         }
                     }
                     if had_actor {

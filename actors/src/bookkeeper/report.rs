@@ -1,11 +1,15 @@
 //! What the bookkeeper reports: consistent snapshots, counters, and its own checks.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use super::{Bookkeeper, Ledger};
+use super::{estimate, Bookkeeper, Ledger};
 use crate::books::{BookCounts, BookStats, StartOutcome};
 use crate::stats::{Backend, Capacity, Counters, LeaseInfo, PoolId, Stats};
+
+/// How many hold times wait in the books before they are handed to the host to record.
+const HOLDS_BATCH: usize = 1024;
 
 impl<S: 'static> Bookkeeper<S> {
     pub(crate) fn start_outcome(&self) -> StartOutcome {
@@ -101,10 +105,37 @@ impl<S: 'static> Bookkeeper<S> {
         })
     }
 
+    /// A lease granted at `granted_at` ended: its hold time, kept for metrics and the estimate
+    /// (if either is on). Returns a full batch of hold times to record.
+    pub(super) fn hold_ended(
+        &self,
+        ledger: &mut Ledger<S>,
+        granted_at: Instant,
+    ) -> Option<Vec<Duration>> {
+        let metrics = self.counters.metrics.enabled();
+        let track = self.track_holds.load(Relaxed);
+        if !(metrics || track) {
+            return None; // no clock read
+        }
+        let held = granted_at.elapsed();
+        if track {
+            ledger.hold_mean = Some(estimate::mean_hold(ledger.hold_mean, held));
+        }
+        if metrics {
+            ledger.holds.push(held);
+        }
+        (ledger.holds.len() >= HOLDS_BATCH).then(|| std::mem::take(&mut ledger.holds))
+    }
+
     /// Brings the metrics the books count and the gauges up to date (see `Metrics::flush`):
     /// every `FLUSH_EVERY` on the supervisor, at each `stats()`, and at the end of a run.
     pub(crate) fn flush_metrics(&self) {
-        self.counters.metrics.flush(|| {
+        let metrics = &self.counters.metrics;
+        if metrics.enabled() {
+            let held = std::mem::take(&mut self.lock().holds);
+            metrics.lease_held(&held);
+        }
+        metrics.flush(|| {
             let ledger = self.lock();
             let BookStats {
                 available,

@@ -188,3 +188,38 @@ async fn the_gauges_follow_the_pools_and_the_waiters() {
     drop((a, b));
     m.stop().await;
 }
+
+/// Hold times are recorded in batches off the lease's path (by the supervisor's thread, and at
+/// each flush): every one of them reaches the recorder within a flush interval, with no
+/// `stats()` call to push them.
+#[testkit::test]
+async fn every_hold_time_reaches_the_recorder_without_a_stats_call() {
+    const LEASES: usize = 2_500; // two full batches and a remainder
+    let recorded = Recorded::new();
+    let name = "obs-holds";
+    let m = recorded
+        .build(|| {
+            LeaseManager::builder()
+                .name_prefix(name)
+                .max_pools(1)
+                .min_pools(1)
+                .build()
+        })
+        .unwrap();
+    m.start().await.unwrap();
+    for _ in 0..LEASES {
+        m.acquire().await.unwrap().release().await;
+    }
+    // Snapshots drain histograms: add them up.
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen < LEASES && std::time::Instant::now() < deadline {
+        seen += recorded
+            .snapshot()
+            .histogram(LEASE_HELD, &[("manager", name)])
+            .len();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, LEASES, "hold times recorded without a stats() call");
+    m.stop().await;
+}
