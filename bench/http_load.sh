@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Load test of examples/actix_web_service.rs on loopback: about 10x its capacity for 10 s.
+# Load test of examples/actix_web_service.rs (or, with SERVICE=axum, examples/axum_service.rs:
+# the same service on axum with leasepool's tower layer) on loopback: about 10x its capacity
+# for 10 s.
 #
 # Capacity: 4 pools x one 200 ms blocking call per request = 20 requests/s. wrk runs
 # $CONNECTIONS connections (default 200), each pausing $PAUSE_MS (default 500 ms) between
@@ -8,7 +10,8 @@
 # Retry-After. Reports status counts, p50/p99 latency, throughput and the service's peak RSS,
 # and fails unless every non-200 answer was a 503 carrying Retry-After.
 #
-# Usage: bench/http_load.sh [--out DIR]   (default DIR: bench/ under cargo's target directory)
+# Usage: [SERVICE=actix|axum] bench/http_load.sh [--out DIR]
+#   (default SERVICE actix; default DIR: bench/ under cargo's target directory)
 #
 # The unpaced (closed-loop) case: no pause between a connection's requests, which offers as much
 # as the loopback and the service can take (thousands of times capacity):
@@ -32,8 +35,13 @@ if ! command -v wrk >/dev/null 2>&1; then
   (apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; })
 fi
 
-cargo build --release --quiet --example actix_web_service --features web,serde,metrics
-binary=$target_dir/release/examples/actix_web_service
+case ${SERVICE:-actix} in
+  actix) example=actix_web_service features=web,serde,metrics ;;
+  axum) example=axum_service features=tower,serde,metrics ;;
+  *) echo "FAIL: SERVICE is actix or axum, not ${SERVICE}" >&2; exit 1 ;;
+esac
+cargo build --release --quiet --example "$example" --features "$features"
+binary=$target_dir/release/examples/$example
 [ -x "$binary" ] || { echo "FAIL: the service was not built at $binary" >&2; exit 1; }
 LEASEPOOL_ADDR="127.0.0.1:$port" LEASEPOOL_SERVE_SECS=$((duration + 15)) \
   "$binary" >"$out/http_service.log" 2>&1 &
@@ -92,6 +100,7 @@ function done(summary, latency, requests)
 end
 LUA
 
+echo "service: $example"
 PAUSE_MS=${PAUSE_MS:-500} wrk -t2 -c"$connections" -d"${duration}s" --timeout 10s -s "$lua" "http://127.0.0.1:$port" | tee "$out/http-load.txt"
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$service/status")
 echo "service peak RSS: ${peak} KiB" | tee -a "$out/http-load.txt"

@@ -7,12 +7,17 @@ mod lease;
 mod manager;
 mod message;
 pub mod metrics;
+#[cfg(any(feature = "web", feature = "tower"))]
+mod per_request;
 #[cfg(feature = "process")]
 #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
 pub mod process;
 #[cfg(feature = "queue")]
 #[cfg_attr(docsrs, doc(cfg(feature = "queue")))]
 pub mod queue;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 #[cfg(feature = "web")]
 #[cfg_attr(docsrs, doc(cfg(feature = "web")))]
 pub mod web;
@@ -327,6 +332,10 @@ pub mod guide {
     // Without the features its examples need, the page is shown with its examples not compiled.
     #[cfg(not(all(feature = "web", feature = "serde")))]
     page!(actix_web, "actix-web.shown");
+    #[cfg(feature = "axum")]
+    page!(tower, "tower");
+    #[cfg(not(feature = "axum"))]
+    page!(tower, "tower.shown");
     #[cfg(feature = "process")]
     page!(process_backend, "process-backend");
     #[cfg(not(feature = "process"))]

@@ -197,63 +197,117 @@ impl LeaseError {
     }
 }
 
-#[cfg(feature = "web")]
-mod web {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    use std::time::Duration;
+static RETRY_AFTER_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-    use actix_web::http::{header, StatusCode};
-    use actix_web::{HttpResponse, ResponseError};
+/// Sets the `Retry-After` hint sent with every 503 (whole seconds, at least 1; default 1): the
+/// process-wide default of the actix-web and tower integrations.
+pub fn set_retry_after(hint: std::time::Duration) {
+    RETRY_AFTER_SECS.store(hint.as_secs().max(1), std::sync::atomic::Ordering::Relaxed);
+}
 
-    use super::LeaseError;
+/// The current `Retry-After` hint in seconds (see [`set_retry_after`]).
+pub fn retry_after_secs() -> u64 {
+    RETRY_AFTER_SECS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
-    static RETRY_AFTER_SECS: AtomicU64 = AtomicU64::new(1);
+/// What an HTTP server answers for an error: status, `Retry-After` and a small JSON body. Pure,
+/// so that every server integration (actix-web, tower, axum) answers alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status: 503 for overload, 500 otherwise.
+    pub status: u16,
+    /// The `Retry-After` header's seconds (503s only).
+    pub retry_after: Option<u64>,
+    /// The machine-readable code (`"unavailable"`, …), as in the body.
+    pub code: &'static str,
+    /// The JSON body, such as `{"error":"unavailable","retry_after":1}`: never internals such
+    /// as panic messages (those are for the logs).
+    pub body: String,
+}
 
-    /// Sets the `Retry-After` hint sent with every 503 (whole seconds, at least 1; default 1).
-    pub fn set_retry_after(hint: Duration) {
-        RETRY_AFTER_SECS.store(hint.as_secs().max(1), Relaxed);
-    }
-
-    /// The current `Retry-After` hint in seconds.
-    pub fn retry_after_secs() -> u64 {
-        RETRY_AFTER_SECS.load(Relaxed)
-    }
-
-    /// Overload (`Unavailable`, `Timeout`, `NotStarted`, `Stopped`, a job that `NeverRan`)
-    /// becomes **503** with a `Retry-After` header; failures of the work (`Expired`,
-    /// `Released`, `WorkerLost`, `Panicked`, …) become **500**. The body is a small JSON object naming the error
-    /// (`{"error":"unavailable","retry_after":1}`); panic messages and other internals go to
-    /// the logs, never to the client.
-    impl ResponseError for LeaseError {
-        fn status_code(&self) -> StatusCode {
-            if self.is_overload() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
+impl LeaseError {
+    /// The answer for this error: overload ([`is_overload`](Self::is_overload)) is a **503**
+    /// with `Retry-After` — `retry_after` seconds if given, else the process-wide hint
+    /// ([`set_retry_after`]) — and failures of the work a **500**.
+    pub fn answer(&self, retry_after: Option<u64>) -> Answer {
+        let code = self.code();
+        if self.is_overload() {
+            let secs = retry_after.unwrap_or_else(retry_after_secs);
+            Answer {
+                status: 503,
+                retry_after: Some(secs),
+                code,
+                body: format!(r#"{{"error":"{code}","retry_after":{secs}}}"#),
             }
-        }
-
-        fn error_response(&self) -> HttpResponse {
-            let status = self.status_code();
-            let mut response = HttpResponse::build(status);
-            response.insert_header((header::CONTENT_TYPE, "application/json"));
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                let secs = retry_after_secs();
-                response.insert_header((header::RETRY_AFTER, secs.to_string()));
-                response.body(format!(
-                    r#"{{"error":"{}","retry_after":{secs}}}"#,
-                    self.code()
-                ))
-            } else {
-                tracing::error!(error = %self, "blocking work failed; answering 500");
-                response.body(format!(r#"{{"error":"{}"}}"#, self.code()))
+        } else {
+            Answer {
+                status: 500,
+                retry_after: None,
+                code,
+                body: format!(r#"{{"error":"{code}"}}"#),
             }
         }
     }
 }
 
+/// Overload (`Unavailable`, `Timeout`, `NotStarted`, `Stopped`, a job that `NeverRan`) becomes
+/// **503** with a `Retry-After` header; failures of the work (`Expired`, `Released`,
+/// `WorkerLost`, `Panicked`, …) become **500** (see [`LeaseError::answer`]).
 #[cfg(feature = "web")]
-pub use web::{retry_after_secs, set_retry_after};
+impl actix_web::ResponseError for LeaseError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::from_u16(self.answer(None).status)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        use actix_web::http::header;
+        let answer = self.answer(None);
+        let mut response = actix_web::HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, "application/json"));
+        match answer.retry_after {
+            Some(secs) => {
+                response.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            None => tracing::error!(error = %self, "blocking work failed; answering 500"),
+        }
+        response.body(answer.body)
+    }
+}
+
+/// The same answer as an axum response, so that a handler can return `Result<_, LeaseError>`.
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for LeaseError {
+    fn into_response(self) -> axum_core::response::Response {
+        let answer = self.answer(None);
+        if answer.retry_after.is_none() {
+            tracing::error!(error = %self, "blocking work failed; answering 500");
+        }
+        answer.into_response()
+    }
+}
+
+/// An answer as an axum response: its status, `Content-Type: application/json`, its
+/// `Retry-After`, its body.
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Answer {
+    fn into_response(self) -> axum_core::response::Response {
+        use axum_core::body::Body;
+        use http::{header, HeaderValue, StatusCode};
+        let mut response = axum_core::response::Response::new(Body::from(self.body));
+        *response.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
 
 /// Which acquire outcome (metrics' `outcome` label) each answer is.
 impl AcquireEnd {

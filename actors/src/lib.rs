@@ -47,9 +47,9 @@ pub use bookkeeper::wait::WaitTicket;
 pub use bookkeeper::LeaseParams;
 pub use books::WaitMode;
 pub use config::{EngineConfig, Settings, SizeProvider, StateFactory, WorkerHook};
-#[cfg(feature = "web")]
-pub use error::{retry_after_secs, set_retry_after};
-pub use error::{BuildError, LeaseError, MAX_TOTAL_WORKERS};
+pub use error::{
+    retry_after_secs, set_retry_after, Answer, BuildError, LeaseError, MAX_TOTAL_WORKERS,
+};
 pub use grinder::{Grinder, GrinderConfig, GrinderStats, StopMode};
 pub use handle::LeaseCore;
 pub use host::Engine;

@@ -63,15 +63,10 @@ use std::pin::Pin;
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 
-pub use leasepool_actors::{retry_after_secs, set_retry_after};
-
-mod config;
 mod error;
 mod managers;
 
-pub use config::LeaseConfig;
-use config::Wait;
-pub use error::LeasedError;
+pub use crate::per_request::{retry_after_secs, set_retry_after, Answer, LeaseConfig, LeasedError};
 pub use managers::{DuplicateManager, Managers};
 
 use crate::{Lease, LeaseManager};
@@ -169,26 +164,7 @@ impl<S: 'static> RequestAcquire<S> {
                 return Err(e);
             }
         };
-        let mut acquire = manager.acquire().owner(self.owner);
-        acquire = match self.config.wait {
-            Wait::Timeout(d) => acquire.timeout(d),
-            Wait::NoWait => acquire.no_wait(),
-        };
-        if let Some(d) = self.config.lease_for {
-            acquire = acquire.lease_for(d);
-        }
-        let config = self.config;
-        acquire.await.map_err(|error| {
-            let retry_after = match config.estimate {
-                Some(range) if error.is_overload() => {
-                    let fixed = config.retry_after.unwrap_or_else(retry_after_secs);
-                    let estimate = manager.estimated_wait();
-                    Some(config::retry_after_secs(estimate, range, fixed))
-                }
-                _ => config.retry_after,
-            };
-            LeasedError::Acquire { error, retry_after }
-        })
+        crate::per_request::acquire(&manager, &self.config, self.owner).await
     }
 }
 

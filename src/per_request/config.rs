@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
-#[cfg(doc)]
-use super::{set_retry_after, Leased, LeasedAfter};
+use crate::{Acquire, LeaseError, LeaseManager};
 
-/// How [`Leased`] and [`LeasedAfter`] acquire: put one in `app_data`
-/// (`App::new().app_data(LeaseConfig::…)`, plain or in a `web::Data`). Without one, requests wait
-/// at most 5 s for a lease, hold it for the manager's `default_lease`, and 503s carry the
-/// process-wide `Retry-After` hint ([`set_retry_after`], default 1 s).
+/// How a request's lease is acquired. With actix-web, `Leased` and `LeasedAfter` find it in
+/// `app_data` (`App::new().app_data(LeaseConfig::…)`, plain or in a `web::Data`); with tower, a
+/// `LeaseLayer` or `ManagerLayer` is given one (`.config(…)`). Without one, requests wait at
+/// most 5 s for a lease, hold it for the manager's `default_lease`, and 503s carry the
+/// process-wide `Retry-After` hint (`set_retry_after`, default 1 s).
 ///
-/// *Available with the cargo feature `web`.*
+/// *Available with the cargo feature `web` or `tower`.*
 ///
 /// ```
 /// use std::time::Duration;
@@ -24,16 +24,16 @@ use super::{set_retry_after, Leased, LeasedAfter};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseConfig {
-    pub(super) wait: Wait,
-    pub(super) lease_for: Option<Duration>,
-    pub(super) retry_after: Option<u64>,
+    pub(crate) wait: Wait,
+    pub(crate) lease_for: Option<Duration>,
+    pub(crate) retry_after: Option<u64>,
     /// Estimate the hint, within these whole seconds (see [`LeaseConfig::retry_after_estimated`]).
-    pub(super) estimate: Option<(u64, u64)>,
-    pub(super) manager: Option<String>,
+    pub(crate) estimate: Option<(u64, u64)>,
+    pub(crate) manager: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Wait {
+pub(crate) enum Wait {
     Timeout(Duration),
     NoWait,
 }
@@ -76,7 +76,7 @@ impl LeaseConfig {
     }
 
     /// The `Retry-After` hint of this route's 503s (whole seconds, at least 1), instead of the
-    /// process-wide [`set_retry_after`] — for two services in one process, or routes of
+    /// process-wide `set_retry_after` — for two services in one process, or routes of
     /// different capacity.
     pub fn retry_after(mut self, hint: Duration) -> Self {
         self.retry_after = Some(hint.as_secs().max(1));
@@ -89,7 +89,7 @@ impl LeaseConfig {
     /// whole seconds and clamped to `min ..= max` (whole seconds; `min` at least 1, `max` at
     /// least `min`). While the manager has no basis yet (no lease ended since the first
     /// estimate) the fixed hint is sent ([`retry_after`](Self::retry_after) or
-    /// [`set_retry_after`]). A `LeaseError` a handler returns itself (a job that `NeverRan`)
+    /// `set_retry_after`). A `LeaseError` a handler returns itself (a job that `NeverRan`)
     /// does not know its manager: it carries the fixed hint.
     ///
     /// ```
@@ -107,10 +107,11 @@ impl LeaseConfig {
         self
     }
 
-    /// The route leases from the manager named `name` (its `name_prefix`), found in a
-    /// [`Managers`](super::Managers) registry in `app_data` or as the app's only manager. A
-    /// route whose manager is not there answers 500 naming what it wanted and what it found —
-    /// never another manager. Name the manager of every route in an app with more than one.
+    /// The route leases from the manager named `name` (its `name_prefix`) — with actix-web
+    /// found in a `Managers` registry in `app_data` or as the app's only manager; with tower,
+    /// checked against the layer's manager. A route whose manager is not there answers 500
+    /// naming what it wanted and what it found — never another manager. Name the manager of
+    /// every route in an app with more than one.
     ///
     /// ```
     /// use std::time::Duration;
@@ -126,13 +127,47 @@ impl LeaseConfig {
     }
 }
 
+impl LeaseConfig {
+    /// The acquire this config asks of `manager` for a request of owner label `owner`.
+    pub(crate) fn acquire<S: 'static>(
+        &self,
+        manager: &LeaseManager<S>,
+        owner: String,
+    ) -> Acquire<'static, S> {
+        let acquire = manager.acquire_owned().owner(owner);
+        let acquire = match self.wait {
+            Wait::Timeout(d) => acquire.timeout(d),
+            Wait::NoWait => acquire.no_wait(),
+        };
+        match self.lease_for {
+            Some(d) => acquire.lease_for(d),
+            None => acquire,
+        }
+    }
+
+    /// The `Retry-After` seconds a failed acquire's answer carries: estimated from `manager`
+    /// for overload when the route asks for it, else the route's fixed hint (`None`: the
+    /// process-wide one).
+    pub(crate) fn hint<S: 'static>(
+        &self,
+        error: &LeaseError,
+        manager: &LeaseManager<S>,
+    ) -> Option<u64> {
+        match self.estimate {
+            Some(range) if error.is_overload() => {
+                let fixed = self
+                    .retry_after
+                    .unwrap_or_else(leasepool_actors::retry_after_secs);
+                Some(hint_secs(manager.estimated_wait(), range, fixed))
+            }
+            _ => self.retry_after,
+        }
+    }
+}
+
 /// The `Retry-After` of a 503, in whole seconds: the estimate rounded up and clamped to
 /// `min ..= max` when there is one, else `fixed`.
-pub(super) fn retry_after_secs(
-    estimate: Option<Duration>,
-    (min, max): (u64, u64),
-    fixed: u64,
-) -> u64 {
+pub(crate) fn hint_secs(estimate: Option<Duration>, (min, max): (u64, u64), fixed: u64) -> u64 {
     match estimate {
         Some(wait) => {
             let secs = wait
@@ -151,15 +186,12 @@ mod tests {
     #[test]
     fn an_estimate_is_rounded_up_and_clamped_and_none_falls_back() {
         let ms = Duration::from_millis;
-        assert_eq!(retry_after_secs(Some(ms(1)), (1, 30), 5), 1);
-        assert_eq!(retry_after_secs(Some(ms(2001)), (1, 30), 5), 3);
-        assert_eq!(retry_after_secs(Some(ms(3000)), (1, 30), 5), 3);
-        assert_eq!(retry_after_secs(Some(Duration::ZERO), (2, 30), 5), 2);
-        assert_eq!(
-            retry_after_secs(Some(Duration::from_secs(600)), (1, 30), 5),
-            30
-        );
-        assert_eq!(retry_after_secs(None, (1, 30), 5), 5);
+        assert_eq!(hint_secs(Some(ms(1)), (1, 30), 5), 1);
+        assert_eq!(hint_secs(Some(ms(2001)), (1, 30), 5), 3);
+        assert_eq!(hint_secs(Some(ms(3000)), (1, 30), 5), 3);
+        assert_eq!(hint_secs(Some(Duration::ZERO), (2, 30), 5), 2);
+        assert_eq!(hint_secs(Some(Duration::from_secs(600)), (1, 30), 5), 30);
+        assert_eq!(hint_secs(None, (1, 30), 5), 5);
     }
 
     #[test]
