@@ -65,6 +65,11 @@ impl<S: 'static> Lease<S> {
         self.core.facts().pool
     }
 
+    /// The name of the manager this lease is from (its `name_prefix`).
+    pub fn manager_name(&self) -> &str {
+        &self.core.facts().manager
+    }
+
     /// The owner label given at acquire.
     pub fn owner(&self) -> Option<&str> {
         self.core.facts().owner.as_deref()

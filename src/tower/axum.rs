@@ -6,7 +6,7 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use super::leased::Leased;
-use super::settings::Bound;
+use super::settings::{lease_to_use, Bound};
 use crate::per_request::{self, LeasedError};
 use crate::LeaseManager;
 
@@ -33,14 +33,15 @@ where
     type Rejection = LeasedError;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
-        if let Some(lease) = parts.extensions.get::<Leased<S>>() {
-            return Ok(lease.clone());
-        }
+        let present = parts.extensions.get::<Leased<S>>();
         let Some(bound) = parts.extensions.get::<Bound<S>>().cloned() else {
-            return Err(LeasedError::MissingManager {
+            return present.cloned().ok_or(LeasedError::MissingManager {
                 manager: std::any::type_name::<LeaseManager<S>>(),
             });
         };
+        if let Some(lease) = lease_to_use(present, &bound.manager, &bound.config)? {
+            return Ok(lease);
+        }
         let owner = format!("{} {}", parts.method, parts.uri.path());
         let lease = Leased::new(per_request::acquire(&bound.manager, &bound.config, owner).await?);
         parts.extensions.insert(lease.clone());
@@ -82,11 +83,18 @@ where
             .await
             .map_err(IntoResponse::into_response)?;
         let lease = match (layer_lease, bound) {
-            (Some(lease), _) => lease,
-            (None, Some(bound)) => per_request::acquire(&bound.manager, &bound.config, owner)
-                .await
-                .map(Leased::new)
-                .map_err(IntoResponse::into_response)?,
+            (lease, Some(bound)) => {
+                match lease_to_use(lease.as_ref(), &bound.manager, &bound.config)
+                    .map_err(IntoResponse::into_response)?
+                {
+                    Some(lease) => lease,
+                    None => per_request::acquire(&bound.manager, &bound.config, owner)
+                        .await
+                        .map(Leased::new)
+                        .map_err(IntoResponse::into_response)?,
+                }
+            }
+            (Some(lease), None) => lease,
             (None, None) => {
                 return Err(LeasedError::MissingManager {
                     manager: std::any::type_name::<LeaseManager<S>>(),

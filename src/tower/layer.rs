@@ -131,8 +131,16 @@ impl<S: 'static> LeaseLayer<S> {
     /// `grpc-status` 14 (`UNAVAILABLE`) and `grpc-retry-pushback-ms` for overload, 13
     /// (`INTERNAL`) for a failure or wiring mistake, 8 (`RESOURCE_EXHAUSTED`) for a body over
     /// the limit, 3 (`INVALID_ARGUMENT`) for a body that failed.
+    ///
+    /// It also acquires before the body and streams it through (as
+    /// [`lease_during_body`](Self::lease_during_body)): a gRPC request stream may stay open
+    /// until the server answers (bidirectional streaming), so reading it first could wait for
+    /// ever. Call [`body_limit`](Self::body_limit) after it to read unary requests first.
     pub fn grpc(self) -> Self {
-        self.with(|s| s.dialect = Dialect::Grpc)
+        self.with(|s| {
+            s.dialect = Dialect::Grpc;
+            s.body_first = None;
+        })
     }
 }
 

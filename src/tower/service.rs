@@ -15,8 +15,8 @@ use tower_service::Service;
 use super::answer;
 use super::body::{read_whole, RequestBody, ResponseBody, Unread};
 use super::leased::Leased;
-use super::settings::{Bound, RequestHead, Settings};
-use crate::per_request::{self, Answer, LeasedError};
+use super::settings::{lease_to_use, Bound, RequestHead, Settings};
+use crate::per_request::{self, Answer};
 use crate::LeaseManager;
 
 /// The future of a [`LeaseService`] call.
@@ -111,17 +111,14 @@ where
         extensions: &parts.extensions,
     });
     let refuse = |answer: Answer| Ok(answer::response(answer, settings.dialect));
-    if let Some(wanted) = settings.config.manager.as_deref() {
-        if wanted != manager.name() {
-            let e = LeasedError::WrongManager {
-                manager: std::any::type_name::<LeaseManager<S>>(),
-                wanted: wanted.to_owned(),
-                available: vec![manager.name().to_owned()],
-            };
+    let present = parts.extensions.get::<Leased<S>>();
+    let reuse = match lease_to_use(present, &manager, &settings.config) {
+        Ok(reuse) => reuse,
+        Err(e) => {
             tracing::error!(%owner, error = %e, "LeaseLayer: answering 500");
             return refuse(e.answer());
         }
-    }
+    };
     let body = match settings.body_first {
         Some(limit) if !body.is_end_stream() => match read_whole(body, limit).await {
             Ok((data, trailers)) => RequestBody::whole(data, trailers),
@@ -133,8 +130,14 @@ where
         },
         _ => RequestBody::streaming(body),
     };
-    let lease = match per_request::acquire(&manager, &settings.config, owner).await {
-        Ok(lease) => Leased::new(lease),
+    let acquired = match reuse {
+        Some(lease) => Ok(lease), // an outer LeaseLayer of this manager leased already
+        None => per_request::acquire(&manager, &settings.config, owner)
+            .await
+            .map(Leased::new),
+    };
+    let lease = match acquired {
+        Ok(lease) => lease,
         Err(e) => {
             if let Some(error) = e.lease_error().filter(|e| !e.is_overload()) {
                 tracing::error!(%error, "LeaseLayer: no lease; answering 500");

@@ -60,3 +60,27 @@ impl<S: 'static> Clone for Bound<S> {
         }
     }
 }
+
+/// The lease a request may use, given the `Leased` already in its extensions (from a
+/// `LeaseLayer`) and the manager it is bound to (or the layer's): reuse the lease if it is from
+/// that manager; a lease from another manager, or a config naming another, is a wiring mistake
+/// — never a job on the wrong pool. `Ok(None)`: acquire from `manager`.
+pub(super) fn lease_to_use<S: 'static>(
+    present: Option<&super::leased::Leased<S>>,
+    manager: &LeaseManager<S>,
+    config: &LeaseConfig,
+) -> Result<Option<super::leased::Leased<S>>, crate::per_request::LeasedError> {
+    let wrong = |wanted: &str| crate::per_request::LeasedError::WrongManager {
+        manager: std::any::type_name::<LeaseManager<S>>(),
+        wanted: wanted.to_owned(),
+        available: vec![manager.name().to_owned()],
+    };
+    if let Some(wanted) = config.manager.as_deref().filter(|w| *w != manager.name()) {
+        return Err(wrong(wanted));
+    }
+    match present {
+        Some(lease) if lease.manager_name() != manager.name() => Err(wrong(lease.manager_name())),
+        Some(lease) => Ok(Some(lease.clone())),
+        None => Ok(None),
+    }
+}

@@ -159,3 +159,48 @@ async fn two_leased_extractors_in_one_request_share_one_lease() {
     assert_eq!(m.stats().await.counters.acquired, 1);
     m.stop().await;
 }
+
+#[tokio::test]
+async fn a_layers_lease_from_another_manager_than_the_routes_binding_is_a_500() {
+    let _deadline = testkit::deadline();
+    let threads = manager("axum-mix-threads", 1).await;
+    let sandbox = manager("axum-mix-sandbox", 1).await;
+    let app = Router::new()
+        .route(
+            "/convert",
+            get(pool_of).layer(ManagerLayer::new(sandbox.clone())),
+        )
+        .layer(LeaseLayer::new(threads.clone()));
+    let (status, body) = call(&app, get_req("/convert")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(sandbox.stats().await.counters.acquired, 0);
+    threads.stop().await;
+    sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn a_manager_layers_config_naming_another_manager_is_a_500() {
+    let _deadline = testkit::deadline();
+    let m = manager("axum-named", 1).await;
+    let app = Router::new()
+        .route("/", get(pool_of))
+        .layer(ManagerLayer::new(m.clone()).config(LeaseConfig::no_wait().manager("other")));
+    assert_eq!(
+        call(&app, get_req("/")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(m.stats().await.counters.acquired, 0);
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn two_lease_layers_of_one_manager_take_one_lease() {
+    let _deadline = testkit::deadline();
+    let m = manager("axum-nested", 2).await;
+    let app = Router::new()
+        .route("/", get(pool_of).layer(LeaseLayer::new(m.clone())))
+        .layer(LeaseLayer::new(m.clone()));
+    assert_eq!(call(&app, get_req("/")).await.0, StatusCode::OK);
+    assert_eq!(m.stats().await.counters.acquired, 1);
+    m.stop().await;
+}
