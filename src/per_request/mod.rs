@@ -6,6 +6,8 @@ mod config;
 mod error;
 
 pub use config::LeaseConfig;
+#[cfg(feature = "tower")]
+pub(crate) use config::Wait;
 pub use error::{Answer, LeasedError};
 pub use leasepool_actors::{retry_after_secs, set_retry_after};
 

@@ -8,6 +8,7 @@ use crate::per_request::Answer;
 
 /// gRPC status codes the layer answers with.
 const GRPC_INVALID_ARGUMENT: u32 = 3;
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
 const GRPC_INTERNAL: u32 = 13;
 const GRPC_UNAVAILABLE: u32 = 14;
@@ -29,6 +30,16 @@ pub(super) fn too_large(limit: usize) -> Answer {
         retry_after: None,
         code: "body_too_large",
         body: format!(r#"{{"error":"body_too_large","limit":{limit}}}"#),
+    }
+}
+
+/// The answer for a request body that took longer than the layer's `body_timeout`: 408.
+pub(super) fn body_timed_out() -> Answer {
+    Answer {
+        status: 408,
+        retry_after: None,
+        code: "body_timeout",
+        body: r#"{"error":"body_timeout"}"#.to_owned(),
     }
 }
 
@@ -64,6 +75,7 @@ pub(super) fn parts(
                 503 => GRPC_UNAVAILABLE,
                 413 => GRPC_RESOURCE_EXHAUSTED,
                 400 => GRPC_INVALID_ARGUMENT,
+                408 => GRPC_DEADLINE_EXCEEDED,
                 _ => GRPC_INTERNAL,
             };
             let mut headers = vec![
@@ -142,5 +154,8 @@ mod tests {
         assert_eq!(header(&h, "grpc-status"), Some("8"));
         let (_, h, _) = parts(unreadable(), Dialect::Grpc);
         assert_eq!(header(&h, "grpc-status"), Some("3"));
+        let (_, h, _) = parts(body_timed_out(), Dialect::Grpc);
+        assert_eq!(header(&h, "grpc-status"), Some("4"));
+        assert_eq!(parts(body_timed_out(), Dialect::Json).0.as_u16(), 408);
     }
 }

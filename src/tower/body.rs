@@ -5,9 +5,12 @@ use std::any::Any;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::read::Whole;
 
 pin_project_lite::pin_project! {
     /// The request body the inner service of a [`LeaseLayer`](super::LeaseLayer) gets: the
@@ -23,18 +26,28 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = RequestKindProj]
     enum RequestKind<B> {
-        // Read in full before the lease: its bytes and trailers, taken as they are sent on.
-        Whole { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // Read in full before the lease: its bytes and trailers, taken as they are sent on, and
+        // its share of the layer's buffer budget, given back when the body is dropped.
+        Whole { data: Option<Bytes>, trailers: Option<HeaderMap>, budget: Option<OwnedSemaphorePermit> },
         // The client's body, passed through.
         Streaming { #[pin] body: B },
     }
 }
 
 impl<B> RequestBody<B> {
-    pub(super) fn whole(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+    pub(super) fn whole(whole: Whole) -> Self {
+        let Whole {
+            data,
+            trailers,
+            budget,
+        } = whole;
         let data = (!data.is_empty()).then_some(data);
         Self {
-            kind: RequestKind::Whole { data, trailers },
+            kind: RequestKind::Whole {
+                data,
+                trailers,
+                budget,
+            },
         }
     }
 
@@ -59,7 +72,7 @@ impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
-            RequestKindProj::Whole { data, trailers } => Poll::Ready(
+            RequestKindProj::Whole { data, trailers, .. } => Poll::Ready(
                 data.take()
                     .map(Frame::data)
                     .or_else(|| trailers.take().map(Frame::trailers))
@@ -71,7 +84,7 @@ impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            RequestKind::Whole { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestKind::Whole { data, trailers, .. } => data.is_none() && trailers.is_none(),
             RequestKind::Streaming { body } => body.is_end_stream(),
         }
     }
@@ -84,42 +97,6 @@ impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
             RequestKind::Streaming { body } => body.size_hint(),
         }
     }
-}
-
-/// Why a request body could not be read in full before the lease.
-#[derive(Debug)]
-pub(super) enum Unread<E> {
-    /// Longer than the layer's limit.
-    TooLarge,
-    /// The body failed (the client went away, a protocol error).
-    Failed(E),
-}
-
-/// Reads `body` to its end, at most `limit` bytes.
-pub(super) async fn read_whole<B: Body<Data = Bytes>>(
-    body: B,
-    limit: usize,
-) -> Result<(Bytes, Option<HeaderMap>), Unread<B::Error>> {
-    let mut body = std::pin::pin!(body);
-    let mut data = BytesMut::new();
-    let mut trailers = None;
-    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        let frame = frame.map_err(Unread::Failed)?;
-        match frame.into_data() {
-            Ok(chunk) => {
-                if data.len().saturating_add(chunk.len()) > limit {
-                    return Err(Unread::TooLarge);
-                }
-                data.extend_from_slice(&chunk);
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
-                }
-            }
-        }
-    }
-    Ok((data.freeze(), trailers))
 }
 
 pin_project_lite::pin_project! {

@@ -16,6 +16,10 @@ use crate::LeaseManager;
 /// limit).
 pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
+/// The default budget of bytes of request bodies a [`LeaseLayer`] holds before their leases, at
+/// once across its requests: 64 MiB.
+pub const DEFAULT_BODY_BUDGET: usize = 64 * 1024 * 1024;
+
 /// A tower [`Layer`] that acquires a lease from its manager for every request before the inner
 /// service runs, and answers overload itself: **503 with `Retry-After`** (or gRPC
 /// `UNAVAILABLE` with a retry pushback, see [`grpc`](Self::grpc)). The lease is in the
@@ -26,7 +30,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 ///
 /// The request body is read in full **before** the lease is acquired (at most
 /// [`body_limit`](Self::body_limit) bytes, 2 MiB by default; longer is a 413, a body that fails
-/// a 400), so a slow upload never holds a pool; [`lease_during_body`](Self::lease_during_body)
+/// a 400; all bodies held at once within [`body_budget`](Self::body_budget), beyond it a 503;
+/// a `no_wait` request while no pool is free is a 503 before its body is read), so a slow
+/// upload never holds a pool; [`lease_during_body`](Self::lease_during_body)
 /// acquires first and passes the body through, for handlers that stream it into the blocking
 /// work.
 ///
@@ -84,6 +90,8 @@ impl<S: 'static> LeaseLayer<S> {
                 config: LeaseConfig::default(),
                 owner: None,
                 body_first: Some(DEFAULT_BODY_LIMIT),
+                budget: Arc::new(tokio::sync::Semaphore::new(DEFAULT_BODY_BUDGET)),
+                body_timeout: None,
                 hold_through_body: false,
                 dialect: Dialect::Json,
             }),
@@ -112,6 +120,20 @@ impl<S: 'static> LeaseLayer<S> {
     /// [`DEFAULT_BODY_LIMIT`]); a longer body is answered 413 and never leased for.
     pub fn body_limit(self, bytes: usize) -> Self {
         self.with(|s| s.body_first = Some(bytes))
+    }
+
+    /// The most bytes of request bodies held before their leases at once, across this layer's
+    /// requests (default [`DEFAULT_BODY_BUDGET`]): a body that would go over it is answered
+    /// 503 with `Retry-After` at once — overload shows as 503s, not as memory.
+    pub fn body_budget(self, bytes: usize) -> Self {
+        let permits = bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
+        self.with(|s| s.budget = Arc::new(tokio::sync::Semaphore::new(permits)))
+    }
+
+    /// The longest a request body may take to arrive before the lease (default: no limit, as
+    /// hyper and axum); slower is answered 408 and takes no lease.
+    pub fn body_timeout(self, limit: std::time::Duration) -> Self {
+        self.with(|s| s.body_timeout = Some(limit))
     }
 
     /// Acquire before the body is read and pass the body through as it arrives: for a handler

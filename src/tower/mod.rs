@@ -22,6 +22,7 @@ mod answer;
 mod body;
 mod layer;
 mod leased;
+mod read;
 mod service;
 mod settings;
 
@@ -32,7 +33,7 @@ pub use self::axum::LeasedAfter;
 
 pub use crate::per_request::{retry_after_secs, set_retry_after, Answer, LeaseConfig, LeasedError};
 pub use body::{RequestBody, ResponseBody};
-pub use layer::{LeaseLayer, ManagerLayer, DEFAULT_BODY_LIMIT};
+pub use layer::{LeaseLayer, ManagerLayer, DEFAULT_BODY_BUDGET, DEFAULT_BODY_LIMIT};
 pub use leased::Leased;
 pub use service::{LeaseService, ManagerService, ResponseFuture};
 pub use settings::RequestHead;

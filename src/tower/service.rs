@@ -13,8 +13,9 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::answer;
-use super::body::{read_whole, RequestBody, ResponseBody, Unread};
+use super::body::{RequestBody, ResponseBody};
 use super::leased::Leased;
+use super::read::{read_whole, refuse_unread, Unread};
 use super::settings::{lease_to_use, Bound, RequestHead, Settings};
 use crate::per_request::{self, Answer};
 use crate::LeaseManager;
@@ -120,14 +121,28 @@ where
         }
     };
     let body = match settings.body_first {
-        Some(limit) if !body.is_end_stream() => match read_whole(body, limit).await {
-            Ok((data, trailers)) => RequestBody::whole(data, trailers),
-            Err(Unread::TooLarge) => return refuse(answer::too_large(limit)),
-            Err(Unread::Failed(e)) => {
-                tracing::debug!(%owner, error = %e, "LeaseLayer: the request body failed; answering 400");
-                return refuse(answer::unreadable());
+        Some(limit) if !body.is_end_stream() => {
+            if reuse.is_none() && refuse_unread(settings.config.wait, manager.capacity().free()) {
+                return refuse(overload(&manager, &settings));
             }
-        },
+            let read = read_whole(body, limit, &settings.budget);
+            let read = match settings.body_timeout {
+                Some(limit) => match tokio::time::timeout(limit, read).await {
+                    Ok(read) => read,
+                    Err(_) => return refuse(answer::body_timed_out()),
+                },
+                None => read.await,
+            };
+            match read {
+                Ok(whole) => RequestBody::whole(whole),
+                Err(Unread::TooLarge) => return refuse(answer::too_large(limit)),
+                Err(Unread::OverBudget) => return refuse(overload(&manager, &settings)),
+                Err(Unread::Failed(e)) => {
+                    tracing::debug!(%owner, error = %e, "LeaseLayer: the request body failed; answering 400");
+                    return refuse(answer::unreadable());
+                }
+            }
+        }
         _ => RequestBody::streaming(body),
     };
     let acquired = match reuse {
@@ -151,6 +166,13 @@ where
         .hold_through_body
         .then(|| Box::new(lease) as Box<dyn std::any::Any + Send + Sync>);
     Ok(response.map(|body| ResponseBody::inner(body, held)))
+}
+
+/// The answer for a request shed before its lease (no pool free for a `no_wait` request, or the
+/// body budget spent): 503 with the route's `Retry-After`.
+fn overload<S: 'static>(manager: &LeaseManager<S>, settings: &Settings) -> Answer {
+    let busy = crate::LeaseError::Unavailable;
+    busy.answer(settings.config.hint(&busy, manager))
 }
 
 /// The service of a [`ManagerLayer`](super::ManagerLayer): puts the bound manager in each

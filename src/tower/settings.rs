@@ -32,6 +32,10 @@ pub(super) struct Settings {
     pub(super) owner: Option<OwnerFn>,
     /// `Some(limit)`: read the body (at most `limit` bytes) before the lease.
     pub(super) body_first: Option<usize>,
+    /// Bytes of bodies read before their lease, across the layer's requests.
+    pub(super) budget: Arc<tokio::sync::Semaphore>,
+    /// The longest a body may take to arrive before the lease (`None`: no limit).
+    pub(super) body_timeout: Option<std::time::Duration>,
     pub(super) hold_through_body: bool,
     pub(super) dialect: Dialect,
 }

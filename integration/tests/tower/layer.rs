@@ -337,3 +337,188 @@ async fn poll_ready_reserves_no_lease() {
     assert_eq!((s.leased, s.counters.acquired), (0, 0));
     m.stop().await;
 }
+
+/// Waits (bounded) for the answer of a call.
+async fn answered<F: std::future::Future>(call: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("answered in time")
+}
+
+#[tokio::test]
+async fn a_no_wait_request_is_shed_before_its_body_is_read_when_no_pool_is_free() {
+    let _deadline = testkit::deadline();
+    let m = manager("tower-shed-unread", 1).await;
+    let held = m.acquire().await.unwrap();
+    let svc = LeaseLayer::new(m.clone())
+        .config(LeaseConfig::no_wait())
+        .layer(service_fn(owner_of_any));
+    // A body that never ends: only a refusal before reading can answer it.
+    let (body, _more) = gated_body();
+    let r = answered(svc.oneshot(Request::post("/").body(body).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    drop(held);
+    m.stop().await;
+}
+
+async fn owner_of_any<B>(req: Request<RequestBody<B>>) -> Result<Response<Body>, Infallible> {
+    let lease = req
+        .extensions()
+        .get::<Leased>()
+        .expect("the layer's lease")
+        .clone();
+    Ok(Response::new(Body::from(
+        lease.owner().unwrap_or_default().to_owned(),
+    )))
+}
+
+#[tokio::test]
+async fn bodies_held_before_their_leases_stay_within_the_budget() {
+    let _deadline = testkit::deadline();
+    let m = manager("tower-budget", 2).await;
+    let svc = LeaseLayer::new(m.clone())
+        .body_budget(10)
+        .layer(service_fn(owner_of_any));
+    // The first body holds 6 of the 10 bytes while it is still arriving.
+    let (slow, more) = gated_body();
+    let first = tokio::spawn(svc.clone().oneshot(Request::post("/").body(slow).unwrap()));
+    tokio::time::sleep(SETTLE).await;
+    let (second, second_more) = gated_body();
+    drop(second_more); // "first," (6 bytes) and the end: over what is left
+    let r = answered(
+        svc.clone()
+            .oneshot(Request::post("/").body(second).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    drop(more);
+    assert_eq!(
+        answered(first).await.unwrap().unwrap().status(),
+        StatusCode::OK
+    );
+    // Its bytes were given back: the same body fits again.
+    let (third, third_more) = gated_body();
+    drop(third_more);
+    let r = answered(svc.oneshot(Request::post("/").body(third).unwrap())).await;
+    assert_eq!(r.unwrap().status(), StatusCode::OK);
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_timeout_is_a_408_and_takes_no_lease() {
+    let _deadline = testkit::deadline();
+    let m = manager("tower-body-timeout", 1).await;
+    let svc = LeaseLayer::new(m.clone())
+        .body_timeout(Duration::from_millis(200))
+        .layer(service_fn(owner_of_any));
+    let (body, _more) = gated_body();
+    let r = answered(svc.oneshot(Request::post("/").body(body).unwrap())).await;
+    assert_eq!(r.unwrap().status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(m.stats().await.counters.acquired, 0);
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_fails_is_a_400_and_takes_no_lease() {
+    let _deadline = testkit::deadline();
+    let m = manager("tower-body-fails", 1).await;
+    let svc = LeaseLayer::new(m.clone()).layer(service_fn(owner_of_any));
+    let frames = futures_util::stream::iter([
+        Ok(http_body::Frame::data(Bytes::from_static(b"part"))),
+        Err(std::io::Error::other("the client went away")),
+    ]);
+    let req = Request::post("/").body(StreamBody::new(frames)).unwrap();
+    let r = answered(svc.oneshot(req)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(m.stats().await.counters.acquired, 0);
+    m.stop().await;
+}
+
+/// An inner service whose clones start not ready: calling one that was not driven ready fails.
+#[derive(Default)]
+struct ReadyOnce {
+    ready: bool,
+}
+
+impl Clone for ReadyOnce {
+    fn clone(&self) -> Self {
+        Self { ready: false }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for ReadyOnce {
+    type Response = Response<Body>;
+    type Error = &'static str;
+    type Future = std::future::Ready<Result<Response<Body>, &'static str>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        std::future::ready(if std::mem::take(&mut self.ready) {
+            Ok(Response::new(Body::from("ok")))
+        } else {
+            Err("called without being ready")
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_call_uses_the_inner_instance_that_was_driven_ready() {
+    let _deadline = testkit::deadline();
+    let m = manager("tower-ready-once", 1).await;
+    let svc = LeaseLayer::new(m.clone()).layer(ReadyOnce::default());
+    for _ in 0..3 {
+        let r = answered(svc.clone().oneshot(get("/"))).await;
+        assert_eq!(
+            r.expect("the ready instance was called").status(),
+            StatusCode::OK
+        );
+    }
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_cancelled_while_it_waits_for_a_lease_leaves_the_queue() {
+    let _deadline = testkit::deadline();
+    let m = manager("tower-cancel-wait", 1).await;
+    let held = m.acquire().await.unwrap();
+    let svc = LeaseLayer::new(m.clone())
+        .config(LeaseConfig::timeout(Duration::from_secs(60)))
+        .layer(service_fn(owner_of));
+    let call = tokio::spawn(svc.oneshot(get("/")));
+    testkit::stats_until(&m, "one waiter", |s| s.waiting == 1).await;
+    call.abort();
+    testkit::stats_until(&m, "no waiter", |s| s.waiting == 0).await;
+    drop(held);
+    leased(&m, 0).await;
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn hold_through_body_releases_when_the_response_body_is_dropped_unread() {
+    let _deadline = testkit::deadline();
+    let m = manager("tower-through-drop", 1).await;
+    let svc = LeaseLayer::new(m.clone())
+        .hold_through_body()
+        .layer(service_fn(|_: Request<RequestBody<Body>>| async {
+            let (body, more) = gated_body();
+            std::mem::forget(more); // never ends by itself
+            Ok::<_, Infallible>(Response::new(body))
+        }));
+    let r = svc.oneshot(get("/")).await.unwrap();
+    assert_eq!(m.stats().await.leased, 1);
+    drop(r); // the client went away mid-body
+    leased(&m, 0).await;
+    m.stop().await;
+}
