@@ -204,3 +204,48 @@ async fn two_lease_layers_of_one_manager_take_one_lease() {
     assert_eq!(m.stats().await.counters.acquired, 1);
     m.stop().await;
 }
+
+#[tokio::test]
+async fn leased_after_takes_no_lease_while_the_body_is_still_arriving() {
+    let _deadline = testkit::deadline();
+    let m = manager("axum-after-slow", 1).await;
+    let app = Router::new()
+        .route(
+            "/import",
+            post(|LeasedAfter(body, lease): LeasedAfter<String>| async move {
+                let n = lease.run(move || body.len()).await.unwrap();
+                format!("{n} bytes")
+            }),
+        )
+        .layer(ManagerLayer::new(m.clone()));
+    let (more, rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| {
+            (
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(c.as_bytes())),
+                rx,
+            )
+        })
+    });
+    more.send("first,").unwrap();
+    let req = Request::post("/import")
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    let call = tokio::spawn(call_owned(app, req));
+    tokio::time::sleep(crate::SETTLE).await;
+    let s = m.stats().await;
+    assert_eq!(
+        (s.leased, s.waiting, s.counters.acquired),
+        (0, 0, 0),
+        "no lease during the upload"
+    );
+    more.send("second").unwrap();
+    drop(more);
+    let (status, body) = call.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "12 bytes"));
+    m.stop().await;
+}
+
+async fn call_owned(app: Router, req: Request<Body>) -> (StatusCode, String) {
+    call(&app, req).await
+}

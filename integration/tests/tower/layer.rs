@@ -284,6 +284,10 @@ async fn grpc_answers_overload_as_unavailable_with_a_pushback() {
     assert_eq!(r.headers()["content-type"], "application/grpc");
     assert_eq!(r.headers()["grpc-status"], "14");
     assert_eq!(r.headers()["grpc-retry-pushback-ms"], "2000");
+    // What a tonic client makes of it.
+    let status = tonic::Status::from_header_map(r.headers()).expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "unavailable");
     assert_eq!(text(r.into_body()).await, "");
     drop(held);
     m.stop().await;
