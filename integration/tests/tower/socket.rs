@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use leasepool::tower::{LeaseConfig, LeaseLayer, Leased};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use leasepool::tower::{LeaseConfig, LeaseLayer, Leased, RequestBody};
 use leasepool::LeaseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tower::Layer;
 
 use crate::manager;
 
@@ -63,11 +66,6 @@ async fn an_axum_server_on_a_loopback_port_serves_and_sheds() {
 /// hyper-util's `TowerToHyperService`.
 #[tokio::test]
 async fn a_plain_hyper_server_serves_through_the_layer() {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Incoming;
-    use leasepool::tower::RequestBody;
-    use tower::Layer;
-
     let _deadline = testkit::deadline();
     let m = manager("hyper-plain", 1).await;
     let echo = tower::service_fn(|req: http::Request<RequestBody<Incoming>>| async move {
