@@ -15,6 +15,7 @@ mod fleet;
 mod hostile;
 mod lifecycle;
 mod outcomes;
+mod postgres_server;
 mod retries;
 mod settings;
 
@@ -39,5 +40,6 @@ fn main() {
     // run against both stores: `module::test::sqlite`, `module::test::redis`.
     let ran = testkit::Runner::new(|test| actix_rt::System::new().block_on(test)).run();
     stop_redis();
+    postgres_server::stop_postgres();
     ran.finish();
 }
