@@ -65,21 +65,10 @@ pub(crate) fn redis_url() -> String {
         dir.display(),
         me = std::process::id()
     );
-    let child = Command::new("sh")
-        .args(["-c", &watchdog])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start sh for redis-server");
+    let child = start_watched(&watchdog, "redis-server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     let url = format!("redis://127.0.0.1:{port}/");
-    let begun = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            begun.elapsed() < Duration::from_secs(20),
-            "redis-server did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     *slot = Some(RedisServer {
         child,
         url: url.clone(),
@@ -90,11 +79,35 @@ pub(crate) fn redis_url() -> String {
 
 pub(crate) fn stop_redis() {
     if let Some(mut r) = REDIS.lock().unwrap().take() {
-        // SIGTERM to the shell: its trap stops the server.
-        let _ = Command::new("kill").arg(r.child.id().to_string()).status();
-        let _ = r.child.wait();
+        stop_watched(&mut r.child);
         let _ = std::fs::remove_dir_all(&r.dir);
     }
+}
+
+/// Starts `script` — a server and the watchdog that ends it if this binary dies — in a shell,
+/// and waits (at most 30 s) until `ready`.
+pub(crate) fn start_watched(script: &str, what: &str, ready: impl Fn() -> bool) -> Child {
+    let child = Command::new("sh")
+        .args(["-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start sh for {what}: {e}"));
+    let begun = Instant::now();
+    while !ready() {
+        assert!(
+            begun.elapsed() < Duration::from_secs(30),
+            "{what} was not ready in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Stops a server started by [`start_watched`]: SIGTERM to its shell, whose trap stops it.
+pub(crate) fn stop_watched(shell: &mut Child) {
+    let _ = Command::new("kill").arg(shell.id().to_string()).status();
+    let _ = shell.wait();
 }
 
 /// Where an in-process test keeps its queue.

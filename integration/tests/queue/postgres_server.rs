@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use crate::fixtures::{start_watched, stop_watched};
 
 /// The running cluster.
 pub(crate) struct PostgresServer {
@@ -120,7 +121,7 @@ pub(crate) fn postgres_url() -> String {
     };
     let watchdog = format!(
         "{runner} '{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
-         -c fsync=off & r=$!; \
+         -c fsync=off >'{dir}/server.log' 2>&1 & r=$!; \
          trap 'p=$(head -n 1 \"{data}/postmaster.pid\" 2>/dev/null); \
                if [ -n \"$p\" ]; then kill -INT $p 2>/dev/null; \
                  for i in $(seq 1 100); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; \
@@ -132,21 +133,8 @@ pub(crate) fn postgres_url() -> String {
         dir = dir.display(),
         me = std::process::id()
     );
-    let child = Command::new("sh")
-        .args(["-c", &watchdog])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sh for postgres");
+    let child = start_watched(&watchdog, "postgres", || ready(&bin, port));
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let begun = Instant::now();
-    while !ready(&bin, port) {
-        assert!(
-            begun.elapsed() < Duration::from_secs(30),
-            "postgres did not accept connections on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     *slot = Some(PostgresServer {
         child,
         url: url.clone(),
@@ -199,8 +187,7 @@ pub(crate) fn psql(sql: &str) -> String {
 pub(crate) fn stop_postgres() {
     let taken = POSTGRES.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(mut pg) = taken {
-        let _ = Command::new("kill").arg(pg.child.id().to_string()).status();
-        let _ = pg.child.wait();
+        stop_watched(&mut pg.child);
     }
 }
 
