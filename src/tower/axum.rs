@@ -15,10 +15,18 @@ use super::{LeaseLayer, ManagerLayer};
 
 impl IntoResponse for LeasedError {
     fn into_response(self) -> Response {
-        if self.answer().status == 500 {
+        let answer = self.answer();
+        if answer.status == 500 {
             tracing::error!(error = %self, "no lease for the request; answering 500");
         }
-        self.answer().into_response()
+        answer.into_response()
+    }
+}
+
+/// Neither a layer's lease nor a bound manager of type `S`: a wiring mistake.
+fn missing<S: 'static>() -> LeasedError {
+    LeasedError::MissingManager {
+        manager: std::any::type_name::<LeaseManager<S>>(),
     }
 }
 
@@ -35,9 +43,7 @@ where
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
         let present = parts.extensions.get::<Leased<S>>();
         let Some(bound) = parts.extensions.get::<Bound<S>>().cloned() else {
-            return present.cloned().ok_or(LeasedError::MissingManager {
-                manager: std::any::type_name::<LeaseManager<S>>(),
-            });
+            return present.cloned().ok_or_else(missing::<S>);
         };
         if let Some(lease) = lease_to_use(present, &bound.manager, &bound.config)? {
             return Ok(lease);
@@ -95,12 +101,7 @@ where
                 }
             }
             (Some(lease), None) => lease,
-            (None, None) => {
-                return Err(LeasedError::MissingManager {
-                    manager: std::any::type_name::<LeaseManager<S>>(),
-                }
-                .into_response())
-            }
+            (None, None) => return Err(missing::<S>().into_response()),
         };
         Ok(LeasedAfter(value, lease))
     }
