@@ -7,10 +7,11 @@ use std::time::Duration;
 use super::QueueError;
 
 /// The most attempts a task may be given ([`Queue::push_with`](super::Queue::push_with)):
-/// `u32::MAX`, the largest count every store holds (apalis-redis reads counts as `u32`; SQLite
-/// stores `i64`). With the default retry policy (delays doubling up to 10 minutes) it means
-/// "retry for as long as the queue exists": pass it for a task that must never fail for good.
-pub const MAX_ATTEMPTS: usize = u32::MAX as usize;
+/// `i32::MAX` (2 147 483 647), the largest count every store holds (apalis-postgres stores
+/// counts as `integer`; apalis-redis reads them as `u32`; SQLite stores `i64`). With the
+/// default retry policy (delays doubling up to 10 minutes) it means "retry for as long as the
+/// queue exists": pass it for a task that must never fail for good.
+pub const MAX_ATTEMPTS: usize = i32::MAX as usize;
 
 /// How deeply a payload's JSON may nest: what serde_json reads back (its recursion limit), so
 /// a deeper payload could be stored but never decoded by a worker.
@@ -103,12 +104,24 @@ impl DurationRange {
 /// Checks an attempt count given at push.
 pub(crate) fn check_attempts(max_attempts: usize) -> Result<u32, QueueError> {
     match u32::try_from(max_attempts) {
-        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) if n >= 1 && max_attempts <= MAX_ATTEMPTS => Ok(n),
         _ => Err(QueueError::InvalidArgument(format!(
             "max_attempts ({max_attempts}) must be between 1 and {MAX_ATTEMPTS} (queue::MAX_ATTEMPTS, \
              the largest count every store holds; pass MAX_ATTEMPTS to retry for as long as the \
              queue exists)"
         ))),
+    }
+}
+
+/// Checks a task's stored `max_attempts` (written by anyone, or by a version whose
+/// [`MAX_ATTEMPTS`] was `u32::MAX`): 1 to `u32::MAX`, what the worker counts in.
+pub(crate) fn check_stored_attempts(max_attempts: usize) -> Result<u32, String> {
+    match u32::try_from(max_attempts) {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "its stored max_attempts ({max_attempts}) is out of the range 1..={}",
+            u32::MAX
+        )),
     }
 }
 
@@ -180,13 +193,28 @@ mod tests {
     }
 
     #[test]
-    fn attempts_are_between_one_and_u32_max() {
+    fn attempts_pushed_are_between_one_and_i32_max() {
         assert_eq!(check_attempts(1).unwrap(), 1);
-        assert_eq!(check_attempts(MAX_ATTEMPTS).unwrap(), u32::MAX);
-        for bad in [0, MAX_ATTEMPTS + 1, usize::MAX] {
+        assert_eq!(check_attempts(MAX_ATTEMPTS).unwrap(), i32::MAX as u32);
+        for bad in [0, MAX_ATTEMPTS + 1, u32::MAX as usize, usize::MAX] {
             let text = refused(check_attempts(bad).map(|_| ()));
             assert!(text.contains(&format!("max_attempts ({bad})")), "{text}");
             assert!(text.contains("MAX_ATTEMPTS"), "{text}");
+        }
+    }
+
+    #[test]
+    fn attempts_stored_are_read_up_to_u32_max() {
+        assert_eq!(check_stored_attempts(1), Ok(1));
+        assert_eq!(check_stored_attempts(u32::MAX as usize), Ok(u32::MAX));
+        for bad in [0, u32::MAX as usize + 1, usize::MAX] {
+            let text = check_stored_attempts(bad).unwrap_err();
+            assert!(
+                text.contains(&format!(
+                    "max_attempts ({bad}) is out of the range 1..=4294967295"
+                )),
+                "{text}"
+            );
         }
     }
 

@@ -86,3 +86,7 @@ pub use retry::RetryPolicy;
 pub use trace::TRACE_META;
 pub use worker::builder::QueueWorkerBuilder;
 pub use worker::{QueueStats, QueueWorker, STOP_MARGIN};
+
+/// The connection pool [`Queue::postgres_pool`] takes (`sqlx` 0.9's, re-exported so that the
+/// versions match).
+pub use sqlx::PgPool;

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::limits::{check_attempts, check_payload_limit, check_queue_name, DEFAULT_PAYLOAD_LIMIT};
+use super::store::postgres::PostgresStore;
 use super::store::redis::RedisStore;
 use super::store::sqlite::SqliteStore;
 use super::store::{NewTask, Store, RETRY_META};
@@ -133,6 +134,33 @@ impl Queue {
         Ok(Queue::on(Arc::new(store)))
     }
 
+    /// Connects to the PostgreSQL server at `url` (`postgres://user:password@host:port/db`),
+    /// for a fleet of machines, with a pool of its own (8 connections), and brings apalis'
+    /// tables (schema `apalis`) up to date. Processes starting together wait for each other's
+    /// set-up. The set-up creates the extensions `hstore` and `pgcrypto`: the user needs the
+    /// right to (the database's owner has it), or an administrator creates them first.
+    ///
+    /// Each running worker also holds one listening connection of its own, woken by
+    /// PostgreSQL's `NOTIFY` when a task is pushed.
+    pub async fn postgres(url: &str) -> Result<Queue, QueueError> {
+        let store = PostgresStore::connect(url).await?;
+        Ok(Queue::on(Arc::new(store)))
+    }
+
+    /// The same on the application's own pool (`sqlx` 0.9, re-exported as
+    /// [`PgPool`](super::PgPool)): the queue shares its connections.
+    pub async fn postgres_pool(pool: super::PgPool) -> Result<Queue, QueueError> {
+        let options = pool.connect_options();
+        let shown = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        );
+        let store = PostgresStore::on_pool(pool, shown).await?;
+        Ok(Queue::on(Arc::new(store)))
+    }
+
     fn on(store: Arc<dyn Store>) -> Queue {
         Queue {
             store,
@@ -155,7 +183,7 @@ impl Queue {
         self.payload_limit
     }
 
-    /// The SQLite file this queue lives in (`None` for Redis).
+    /// The SQLite file this queue lives in (`None` for Redis and PostgreSQL).
     pub fn path(&self) -> Option<&Path> {
         self.store.path()
     }

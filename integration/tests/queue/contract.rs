@@ -3,8 +3,8 @@
 //! wrong. Cargo.toml pins apalis to the minor version these tests pass on (`~1.0`); a new
 //! minor version is taken only once this file passes on it.
 //!
-//! Each store is read raw (rusqlite, a plain Redis connection) at the three moments the queue
-//! depends on: a task pushed, a task claimed by a worker, a task done.
+//! Each store is read raw (rusqlite, a plain Redis connection, `psql`) at the three moments the
+//! queue depends on: a task pushed, a task claimed by a worker, a task done.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use leasepool::queue::QueueWorker;
 
 use crate::fixtures::*;
+use crate::postgres_server::psql;
 
 /// SQLite: the `Jobs` and `Workers` columns our statements name (`store/sqlite/sql.rs`,
 /// `judge.rs`), and the values apalis writes in them.
@@ -31,6 +32,37 @@ const JOBS_COLUMNS: [&str; 13] = [
     "metadata",
 ];
 const WORKERS_COLUMNS: [&str; 2] = ["id", "last_seen"];
+
+/// PostgreSQL: the `apalis.jobs` and `apalis.workers` columns our statements name
+/// (`store/postgres/sql.rs`), and the values apalis writes in them.
+const PG_WORKERS_COLUMNS: [&str; 3] = ["id", "last_seen", "worker_type"];
+
+fn pg_columns(table: &str) -> BTreeSet<String> {
+    psql(&format!(
+        "SELECT column_name FROM information_schema.columns \
+         WHERE table_schema = 'apalis' AND table_name = '{table}'"
+    ))
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// (status, attempts, max_attempts, lock_by) of task `id`, as `psql` prints them.
+fn pg_row(id: &str) -> (String, i64, i64, Option<String>) {
+    let line = psql(&format!(
+        "SELECT status, attempts, max_attempts, coalesce(lock_by, '') FROM apalis.jobs \
+         WHERE id = '{id}'"
+    ));
+    let f: Vec<&str> = line.split('|').collect();
+    assert_eq!(f.len(), 4, "no row {id}: {line:?}");
+    let by = Some(f[3].to_owned()).filter(|b| !b.is_empty());
+    (
+        f[0].into(),
+        f[1].parse().unwrap(),
+        f[2].parse().unwrap(),
+        by,
+    )
+}
 
 fn sqlite_columns(db: &std::path::Path, table: &str) -> BTreeSet<String> {
     let c = raw_sqlite(db);
@@ -135,6 +167,21 @@ async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
                 .unwrap();
             assert!(data.is_some(), "no payload in {name}:data");
         }
+        Kind::Postgres => {
+            for (table, want) in [
+                ("jobs", &JOBS_COLUMNS[..]),
+                ("workers", &PG_WORKERS_COLUMNS),
+            ] {
+                let have = pg_columns(table);
+                for column in want {
+                    assert!(
+                        have.contains(*column),
+                        "apalis.{table} has no column {column}: {have:?}"
+                    );
+                }
+            }
+            assert_eq!(pg_row(&id), ("Pending".into(), 0, 3, None));
+        }
     }
     // Claimed: locked by the worker that runs it.
     let m = manager("q-contract", 1).await;
@@ -173,6 +220,21 @@ async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
                 "still in {name}:active"
             );
         }
+        Kind::Postgres => {
+            testkit::until(
+                "the row locked by the worker",
+                || async { pg_row(&id) },
+                |(status, _, _, by)| {
+                    ["Queued", "Running"].contains(&status.as_str())
+                        && by.as_deref() == Some(me.as_str())
+                },
+            )
+            .await;
+            let alive = psql(&format!(
+                "SELECT count(*) FROM apalis.workers WHERE id = '{me}' AND worker_type = '{name}'"
+            ));
+            assert_eq!(alive, "1", "the worker is not registered as {me}");
+        }
     }
     // Done: acknowledged as apalis writes it, one attempt counted.
     gate.open();
@@ -202,6 +264,10 @@ async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
                 redis_meta(name, &id).get("attempts").map(String::as_str),
                 Some("1")
             );
+        }
+        Kind::Postgres => {
+            let (status, attempts, _, _) = pg_row(&id);
+            assert_eq!((status.as_str(), attempts), ("Done", 1));
         }
     }
     worker.stop().await;

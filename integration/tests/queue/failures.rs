@@ -13,13 +13,15 @@ use leasepool::queue::{
 use crate::fixtures::*;
 
 /// Holds the store's write path until dropped: SQLite, another connection's write
-/// transaction; Redis, `CLIENT PAUSE … WRITE` (scripts wait too).
+/// transaction; Redis, `CLIENT PAUSE … WRITE` (scripts wait too); PostgreSQL, another
+/// session's exclusive lock on `apalis.jobs`.
 enum Locked {
     Sqlite(
         std::sync::mpsc::Sender<()>,
         Option<std::thread::JoinHandle<()>>,
     ),
     Redis,
+    Postgres(#[allow(dead_code)] crate::postgres_server::Held),
 }
 
 /// Takes the store's write path. (Waits for the lock without blocking this thread: the
@@ -49,6 +51,11 @@ async fn lock_store(kind: Kind, queue: &Queue) -> Locked {
                 .unwrap();
             Locked::Redis
         }
+        Kind::Postgres => {
+            let sql = "LOCK TABLE apalis.jobs IN ACCESS EXCLUSIVE MODE";
+            let held = tokio::task::spawn_blocking(move || crate::postgres_server::hold(sql));
+            Locked::Postgres(held.await.unwrap())
+        }
     }
 }
 
@@ -65,6 +72,7 @@ impl Drop for Locked {
                 let _: redis::RedisResult<()> =
                     redis::cmd("CLIENT").arg("UNPAUSE").query(&mut redis_conn());
             }
+            Locked::Postgres(_) => {}
         }
     }
 }

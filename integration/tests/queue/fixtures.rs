@@ -16,10 +16,12 @@ pub(crate) const ROLE: &str = "LP_QUEUE_ROLE";
 /// The task a worker process's job runs by aborting the process.
 pub(crate) const ABORT_TASK: u64 = 999_999;
 
-/// Opens a queue store: a `redis://` URL or a SQLite file path.
+/// Opens a queue store: a `redis://` or `postgres://` URL or a SQLite file path.
 pub(crate) async fn open(store: &str) -> Queue {
     if store.starts_with("redis://") {
         Queue::redis(store).await.unwrap()
+    } else if store.starts_with("postgres://") {
+        Queue::postgres(store).await.unwrap()
     } else {
         Queue::sqlite(store).await.unwrap()
     }
@@ -115,17 +117,24 @@ pub(crate) fn stop_watched(shell: &mut Child) {
 pub(crate) enum Kind {
     Sqlite,
     Redis,
+    Postgres,
 }
 
 /// The stores an in-process test runs against (`#[testkit::test(each = STORES)]`): the test
-/// `module::name` runs as `module::name::sqlite` and `module::name::redis`.
-pub(crate) const STORES: &[(&str, Kind)] = &[("sqlite", Kind::Sqlite), ("redis", Kind::Redis)];
+/// `module::name` runs as `module::name::sqlite`, `module::name::redis` and
+/// `module::name::postgres`.
+pub(crate) const STORES: &[(&str, Kind)] = &[
+    ("sqlite", Kind::Sqlite),
+    ("redis", Kind::Redis),
+    ("postgres", Kind::Postgres),
+];
 
 pub(crate) async fn queue_for(kind: Kind, tag: &str) -> (Queue, PathBuf) {
     let dir = temp_dir(tag);
     let q = match kind {
         Kind::Sqlite => open(dir.join("q.db").to_str().unwrap()).await,
         Kind::Redis => open(&redis_url()).await,
+        Kind::Postgres => open(&crate::postgres_server::postgres_url()).await,
     };
     (q, dir)
 }

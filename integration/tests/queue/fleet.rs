@@ -216,6 +216,7 @@ async fn a_job_that_kills_its_process_runs_at_most_max_attempts(kind: Kind) {
     let store = match kind {
         Kind::Sqlite => dir.join("queue.db").to_str().unwrap().to_owned(),
         Kind::Redis => redis_url(),
+        Kind::Postgres => crate::postgres_server::postgres_url(),
     };
     let queue = open(&store).await;
     let name = format!("abort{kind:?}");

@@ -348,6 +348,175 @@ fn hostile_redis_tasks(queue: &str, big: usize) -> Vec<Hostile> {
     out
 }
 
+/// Writes every kind of PostgreSQL row apalis cannot read, or that the worker must refuse
+/// (each sorting before the ordinary tasks: due an hour ago). `job` and `attempts` are
+/// `NOT NULL` in apalis' schema, so no row lacks them.
+fn hostile_postgres_rows(queue: &str, big: usize) -> Vec<Hostile> {
+    let ulid = |n: usize| early_id(n);
+    let deep = format!("convert_to('{}', 'UTF8')", nested(200));
+    let huge = format!("convert_to('\"' || repeat('x', {big}) || '\"', 'UTF8')");
+    let ago = "now() - interval '1 hour'";
+    // (job, id, attempts, max_attempts, run_at, metadata, done_at, what, reason)
+    type Row = (
+        String,
+        String,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            deep,
+            ulid(0),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "deep payload",
+            "nested 200 levels",
+        ),
+        (
+            "'999'".into(),
+            "task-not-a-ulid".into(),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "id not a ULID",
+            "is not a ULID",
+        ),
+        (
+            "'999'".into(),
+            ulid(1).to_lowercase(),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "a lower-case ULID id",
+            "not written as apalis writes it back",
+        ),
+        (
+            "'999'".into(),
+            ulid(2),
+            "0",
+            "-5",
+            ago,
+            "NULL",
+            "NULL",
+            "max_attempts negative",
+            "max_attempts",
+        ),
+        (
+            "'\\xfffe00'".into(),
+            ulid(3),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "payload not JSON",
+            "payload is not a u64",
+        ),
+        (
+            "'1e400'".into(),
+            ulid(4),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "number out of range",
+            "payload is not a u64",
+        ),
+        (
+            "'999'".into(),
+            ulid(5),
+            "0",
+            "25",
+            ago,
+            "'note=>NULL'",
+            "NULL",
+            "a metadata value NULL",
+            "metadata has a key whose value is NULL",
+        ),
+        (
+            "'999'".into(),
+            ulid(6),
+            "0",
+            "25",
+            "'1960-01-01'",
+            "NULL",
+            "NULL",
+            "run_at before 1970",
+            "run_at is before 1970",
+        ),
+        (
+            "'999'".into(),
+            ulid(7),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "'1960-01-01'",
+            "done_at before 1970",
+            "done_at is before 1970",
+        ),
+        (
+            huge,
+            ulid(8),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "payload over the limit",
+            "over the queue's payload limit",
+        ),
+        (
+            "'999'".into(),
+            ulid(9),
+            "0",
+            "2147483647",
+            ago,
+            "NULL",
+            "NULL",
+            "max_attempts i32::MAX (within range: the task runs)",
+            "",
+        ),
+    ];
+    rows.into_iter()
+        .map(
+            |(job, id, attempts, max, run_at, metadata, done_at, what, reason)| {
+                crate::postgres_server::psql(&format!(
+                    "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, \
+                 run_at, priority, metadata, done_at) VALUES ({job}, '{id}', '{queue}', \
+                 'Pending', {attempts}, {max}, {run_at}, 0, {metadata}, {done_at})"
+                ));
+                Hostile {
+                    id,
+                    what,
+                    reason: (!reason.is_empty()).then_some(reason),
+                }
+            },
+        )
+        .collect()
+}
+
+/// A waiting PostgreSQL row of `queue`, due an hour ago.
+fn raw_postgres_row(queue: &str, job: &str, id: &str, max_attempts: &str) {
+    crate::postgres_server::psql(&format!(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at) \
+         VALUES ({job}, '{id}', '{queue}', 'Pending', 0, {max_attempts}, now() - interval '1 hour')"
+    ));
+}
+
 /// Ordinary tasks around hostile ones: the ordinary run once each, every hostile task fails
 /// alone with its reason, and the worker never restarts.
 async fn run_among_hostile(
@@ -422,6 +591,7 @@ async fn stored_tasks_apalis_cannot_read_fail_alone(kind: Kind) {
     let hostile = match kind {
         Kind::Sqlite => hostile_sqlite_rows(queue.path().unwrap(), name, 100 << 10),
         Kind::Redis => hostile_redis_tasks(name, 100 << 10),
+        Kind::Postgres => hostile_postgres_rows(name, 100 << 10),
     };
     queue.push_all(name, 0..20_u64).await.unwrap();
     run_among_hostile(kind, &queue, name, &hostile, 20).await;
@@ -521,7 +691,11 @@ async fn hostile_payloads_never_stall_a_queue(kind: Kind) {
                 _ => {
                     // Written straight into the store.
                     let n = failing.len() + 40;
-                    let id = early_id(n);
+                    // PostgreSQL's ids are one key across queues: one set per seed.
+                    let id = match kind {
+                        Kind::Postgres => format!("01ARZ3NDEKTSV4RR{:06}{n:04}", seed % 1_000_000),
+                        _ => early_id(n),
+                    };
                     let (what, reason) = match (kind, rng.below(3)) {
                         (Kind::Sqlite, 0) => {
                             raw_sqlite_row(
@@ -571,6 +745,31 @@ async fn hostile_payloads_never_stall_a_queue(kind: Kind) {
                             );
                             failing.push(Hostile {
                                 id: format!("bad-id-{n}"),
+                                what: "a row apalis cannot read",
+                                reason: Some("apalis cannot read"),
+                            });
+                            continue;
+                        }
+                        (Kind::Postgres, 0) => {
+                            let deep = nested(MAX_DEPTH + 1 + rng.below(200) as usize);
+                            raw_postgres_row(
+                                &name,
+                                &format!("convert_to('{deep}', 'UTF8')"),
+                                &id,
+                                "25",
+                            );
+                            ("a deep stored payload", "levels deep")
+                        }
+                        (Kind::Postgres, 1) => {
+                            let max = format!("{}", -1 - rng.below(1 << 30) as i64);
+                            raw_postgres_row(&name, "'3'", &id, &max);
+                            ("a negative max_attempts", "max_attempts")
+                        }
+                        (Kind::Postgres, _) => {
+                            let bad = format!("bad-id-{seed:x}-{n}");
+                            raw_postgres_row(&name, "'3'", &bad, "25");
+                            failing.push(Hostile {
+                                id: bad,
                                 what: "a row apalis cannot read",
                                 reason: Some("apalis cannot read"),
                             });

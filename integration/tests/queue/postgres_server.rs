@@ -121,7 +121,7 @@ pub(crate) fn postgres_url() -> String {
     };
     let watchdog = format!(
         "{runner} '{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
-         -c fsync=off >'{dir}/server.log' 2>&1 & r=$!; \
+         -c fsync=off -c max_connections=400 >'{dir}/server.log' 2>&1 & r=$!; \
          trap 'p=$(head -n 1 \"{data}/postmaster.pid\" 2>/dev/null); \
                if [ -n \"$p\" ]; then kill -INT $p 2>/dev/null; \
                  for i in $(seq 1 100); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; \
@@ -181,6 +181,50 @@ pub(crate) fn psql(sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A `psql` session on this binary's cluster that holds what `sql` takes (run in a
+/// transaction) until dropped; returns once `sql` ran.
+pub(crate) struct Held(Child);
+
+pub(crate) fn hold(sql: &str) -> Held {
+    use std::io::{BufRead as _, Write as _};
+    let (bin, port) = {
+        let slot = POSTGRES.lock().unwrap();
+        let pg = slot.as_ref().expect("postgres_url() first");
+        (pg.bin.clone(), pg.port)
+    };
+    let mut child = Command::new(bin.join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-tA",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run psql");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "BEGIN; {sql}; SELECT 'held';").unwrap();
+    child.stdin = Some(stdin);
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.trim() == "held")),
+        "psql did not take: {sql}"
+    );
+    Held(child)
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Closing its input ends the session: its transaction is rolled back.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
 }
 
 /// Stops the cluster and removes it (its shell's trap does both).

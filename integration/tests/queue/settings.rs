@@ -59,12 +59,12 @@ async fn bad_settings_are_refused_by_name(kind: Kind) {
 
 /// Attempts are checked against the range every store holds, refused by name. (Before the fix
 /// Redis took `n ≥ 2³²` and then every fetch failed on it; SQLite stored `n ≥ 2⁶³` negative:
-/// "never retry".)
+/// "never retry"; PostgreSQL stored `n ≥ 2³¹` wrapped.)
 #[testkit::test(each = crate::fixtures::STORES)]
 async fn attempts_are_what_every_store_holds(kind: Kind) {
     use leasepool::queue::MAX_ATTEMPTS;
     let (queue, dir) = queue_for(kind, "attempts").await;
-    for bad in [0, MAX_ATTEMPTS + 1, 1 << 63, usize::MAX] {
+    for bad in [0, MAX_ATTEMPTS + 1, u32::MAX as usize, 1 << 63, usize::MAX] {
         match queue.push_with_attempts("attempts", 1_u64, bad).await {
             Err(QueueError::InvalidArgument(t)) => {
                 assert!(
@@ -80,7 +80,7 @@ async fn attempts_are_what_every_store_holds(kind: Kind) {
         .await
         .unwrap();
     let t = queue.task("attempts", &id).await.unwrap().unwrap();
-    assert_eq!(t.max_attempts, u64::from(u32::MAX), "{kind:?}: {t:?}");
+    assert_eq!(t.max_attempts, MAX_ATTEMPTS as u64, "{kind:?}: {t:?}");
     // push_all says which ids it pushed; a task is found only in its own queue.
     let ids = queue.push_all("attempts", [2_u64, 3, 4]).await.unwrap();
     assert_eq!(ids.len(), 3);

@@ -1,6 +1,7 @@
 //! The seam between the queue's generic code and a store: one trait, [`Store`], that says what
-//! a store does for us, one module per store that implements it (`sqlite/`, `redis/`), and
-//! the apalis plumbing they share (`apalis.rs`: `run_apalis`, the `Raw` backend wrapper).
+//! a store does for us, one module per store that implements it (`sqlite/`, `redis/`,
+//! `postgres/`), the apalis plumbing they share (`apalis.rs`: `run_apalis`, the `Raw` backend
+//! wrapper), and the SQL stores' backend (`shield.rs`: one [`shield::Dialect`] per SQL store).
 //!
 //! The worker and the producer API call only this trait; nothing above this module knows
 //! which store it has.
@@ -12,6 +13,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis_core::error::BoxDynError;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::metadata::MetadataStore;
+use apalis_core::task::task_id::TaskId;
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
 use apalis_core::worker::event::Event;
@@ -20,7 +24,9 @@ use futures_util::future::BoxFuture;
 use super::{QueueCounts, QueueError, TaskInfo};
 
 pub(super) mod apalis;
+pub(crate) mod postgres;
 pub(crate) mod redis;
+pub(crate) mod shield;
 pub(crate) mod sqlite;
 
 /// A task about to be pushed: its payload already encoded and checked.
@@ -31,6 +37,17 @@ pub(crate) struct NewTask {
     pub(crate) max_attempts: u32,
     /// Fields stored with the task (apalis' task metadata), e.g. a retry policy.
     pub(crate) metadata: Vec<(String, String)>,
+}
+
+impl NewTask {
+    /// As apalis pushes it.
+    pub(crate) fn into_apalis(self) -> Task<Vec<u8>> {
+        TaskBuilder::new(self.payload)
+            .task_id(TaskId::from_string(self.id))
+            .max_attempts(self.max_attempts as usize)
+            .with_metadata(MetadataStore::from_map(self.metadata.into_iter().collect()))
+            .build()
+    }
 }
 
 /// The metadata key of a task's own retry policy ([`RetryPolicy::to_meta`]).

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use super::outcome::{self, Answer, Attempt, Counter, Log, Ran};
 use super::shared::{Phase, Shared, Unsettled};
-use crate::queue::limits::check_attempts;
+use crate::queue::limits::check_stored_attempts;
 use crate::queue::store::{Settled, TaskFuture, RETRY_META};
 use crate::queue::trace::{self, TRACE_META};
 use crate::queue::{payload, retry, RetryPolicy};
@@ -64,7 +64,7 @@ where
             retried(|| store.counted_attempt(&shared.name, &instance, &id, apalis, &metadata))
                 .await;
         let max = ctx.max_attempts().unwrap_or(APALIS_DEFAULT_ATTEMPTS);
-        let checked_max = check_attempts(max);
+        let checked_max = check_stored_attempts(max);
         let attempt = Attempt {
             counted: *counted.as_ref().unwrap_or(&apalis),
             apalis,
@@ -75,10 +75,7 @@ where
                 tracing::warn!(queue = %shared.name, task = %id, error = %e, "the store could not set a task right before its run; putting it back");
                 Ran::NotNow("put back: the queue store failed")
             }
-            (Ok(_), Err(_)) => Ran::Unrunnable(format!(
-                "its stored max_attempts ({max}) is out of the range 1..={}",
-                crate::queue::MAX_ATTEMPTS
-            )),
+            (Ok(_), Err(why)) => Ran::Unrunnable(why.clone()),
             (Ok(counted), Ok(max)) if counted > *max as usize => Ran::OutOfAttempts(*max),
             (Ok(_), Ok(_)) => match payload::decode::<T>(&bytes, shared.queue.payload_limit()) {
                 Err(why) => Ran::Unrunnable(why),

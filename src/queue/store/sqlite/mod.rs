@@ -10,9 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apalis_core::backend::ext::BackendExt as _;
-use apalis_core::task::builder::TaskBuilder;
-use apalis_core::task::metadata::MetadataStore;
-use apalis_core::task::task_id::TaskId;
 use apalis_sqlite::{Config, SqliteStorage};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, SinkExt as _};
@@ -20,6 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use super::apalis::run_apalis;
+use super::shield::SqlBackend;
 use super::{Intent, NewTask, RunSpec, Settled, Store};
 use crate::queue::{QueueCounts, QueueError, TaskInfo};
 
@@ -149,13 +147,8 @@ impl Store for SqliteStore {
             let big = tasks.len() >= BIG_PUSH;
             let mut storage =
                 SqliteStorage::<Vec<u8>>::new(&pool).with_config(Config::default().queue(queue));
-            let mut tasks = futures_util::stream::iter(tasks.into_iter().map(|t| {
-                Ok(TaskBuilder::new(t.payload)
-                    .task_id(TaskId::from_string(t.id))
-                    .max_attempts(t.max_attempts as usize)
-                    .with_metadata(MetadataStore::from_map(t.metadata.into_iter().collect()))
-                    .build())
-            }));
+            let mut tasks =
+                futures_util::stream::iter(tasks.into_iter().map(|t| Ok(t.into_apalis())));
             storage
                 .send_all(&mut tasks)
                 .await
@@ -196,14 +189,14 @@ impl Store for SqliteStore {
             .batch_size(1)
             .heartbeat_interval(spec.heartbeat)
             .missed_heartbeats(3);
-        let persist = backend::SqlitePersist {
+        let dialect = backend::SqliteDialect {
             pool: self.pool(),
             config,
             path: Arc::new(self.path.clone()),
             file: self.file(),
-            on_unreadable: Arc::clone(&spec.on_unreadable),
         };
-        let backend = backend::SqliteBackend::new(persist).poll_with_interval(spec.poll_interval);
+        let backend = SqlBackend::new(dialect, Arc::clone(&spec.on_unreadable))
+            .poll_with_interval(spec.poll_interval);
         run_apalis(backend, spec).boxed()
     }
 

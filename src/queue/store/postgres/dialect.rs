@@ -1,0 +1,255 @@
+//! The PostgreSQL store's statements as the [shield](crate::queue::store::shield) runs them:
+//! apalis-postgres' public queries, plus the checks of a claimed row (`sql.rs`, `judge.rs`) and
+//! the give-backs written with their acknowledgements.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apalis_core::backend::TaskResult;
+use apalis_core::task::Task;
+use apalis_core::worker::context::WorkerContext;
+use apalis_postgres::{queries, Config};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::judge::{self, GiveBack};
+use super::sql;
+use crate::queue::store::shield::{BackendError, Condemned, Dialect, Fetched};
+
+impl From<apalis_postgres::Error> for BackendError {
+    fn from(e: apalis_postgres::Error) -> Self {
+        BackendError(e.to_string())
+    }
+}
+
+/// The give-backs prepared and not settled yet, by (worker, task id).
+#[derive(Clone, Default)]
+pub(crate) struct GiveBacks(Arc<Mutex<HashMap<(String, String), GiveBack>>>);
+
+impl GiveBacks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), GiveBack>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn prepare(&self, worker: &str, id: &str) {
+        self.lock()
+            .insert((worker.to_owned(), id.to_owned()), GiveBack::Waiting);
+    }
+
+    pub(crate) fn stands(&self, worker: &str, id: &str) -> Option<GiveBack> {
+        self.lock()
+            .get(&(worker.to_owned(), id.to_owned()))
+            .copied()
+    }
+
+    pub(crate) fn forget(&self, worker: &str, id: &str) {
+        self.lock().remove(&(worker.to_owned(), id.to_owned()));
+    }
+
+    pub(crate) fn forget_worker(&self, worker: &str) {
+        self.lock().retain(|(w, _), _| w != worker);
+    }
+
+    /// Of `ids` acknowledged now by `worker`, the ones with a give-back waiting: marked
+    /// `Applying`.
+    fn begin(&self, worker: &str, ids: &[String]) -> Vec<String> {
+        let mut map = self.lock();
+        ids.iter()
+            .filter(|id| {
+                let entry = map.get_mut(&(worker.to_owned(), (*id).clone()));
+                match entry {
+                    Some(stands @ GiveBack::Waiting) => {
+                        *stands = GiveBack::Applying;
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// How the give-backs begun for `worker` ended: `Some(freed)` once committed, `None` if
+    /// the transaction failed (waiting again: the acknowledgement will be tried again).
+    fn end(&self, worker: &str, outcome: Option<&[(String, bool)]>, begun: &[String]) {
+        let mut map = self.lock();
+        for id in begun {
+            let freed = outcome.map(|o| o.iter().any(|(i, f)| i == id && *f));
+            if let Some(stands) = map.get_mut(&(worker.to_owned(), id.clone())) {
+                *stands = match freed {
+                    Some(true) => GiveBack::Applied,
+                    Some(false) => GiveBack::Missed,
+                    None => GiveBack::Waiting,
+                };
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct PgDialect {
+    pub(crate) pool: PgPool,
+    pub(crate) config: Config,
+    pub(crate) give_backs: GiveBacks,
+}
+
+impl PgDialect {
+    async fn acknowledge(
+        &self,
+        locks: &[String],
+        acks: &[TaskResult<Value>],
+        worker: &str,
+        give_backs: &[String],
+    ) -> Result<Vec<(String, bool)>, BackendError> {
+        let mut tx = self.pool.begin().await?;
+        if !acks.is_empty() {
+            let acks: Vec<&TaskResult<Value>> = acks.iter().collect();
+            queries::handle_results(&mut *tx, &acks, worker).await?;
+        }
+        if !locks.is_empty() {
+            queries::lock_tasks(&mut *tx, locks, worker).await?;
+        }
+        let mut freed = Vec::with_capacity(give_backs.len());
+        for id in give_backs {
+            freed.push((id.clone(), sql::give_back(&mut tx, worker, id).await?));
+        }
+        tx.commit().await?;
+        Ok(freed)
+    }
+}
+
+impl Dialect for PgDialect {
+    type Config = Config;
+    /// The row's id (the table's primary key).
+    type Key = String;
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        self.config.heartbeat_interval
+    }
+
+    fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+
+    fn persist_results(&self) -> bool {
+        self.config.persist_results
+    }
+
+    fn lock_tasks(&self) -> bool {
+        self.config.lock_tasks
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn register(self, worker: WorkerContext) -> Result<(), BackendError> {
+        let dead_for = self.config.orphaned_duration().as_secs();
+        let queue = self.config.queue.as_ref();
+        let mut tx = self.pool.begin().await?;
+        queries::reenqueue_orphaned(&mut *tx, queue, dead_for).await?;
+        // apalis' own registration takes its time as a type it does not export: the same row,
+        // written here. Every apalis worker the queue worker runs has a fresh name.
+        sql::register_worker(&mut tx, queue, &worker).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn heartbeat(self, worker: WorkerContext) -> Result<(), BackendError> {
+        let dead_for = self.config.orphaned_duration().as_secs();
+        let queue = self.config.queue.as_ref();
+        let mut tx = self.pool.begin().await?;
+        queries::keep_alive(&mut *tx, queue, &worker).await?;
+        queries::reenqueue_orphaned(&mut *tx, queue, dead_for).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fetch(self, worker: WorkerContext) -> Result<Fetched, BackendError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = queries::fetch_next(&mut *tx, &self.config, &worker).await?;
+        let mut fetched = Fetched {
+            tasks: Vec::with_capacity(claimed.len()),
+            failed: Vec::new(),
+        };
+        for task in claimed {
+            let id = task.task_id().map(ToString::to_string).unwrap_or_default();
+            if sql::claimed_by(&mut tx, &id, worker.name()).await? {
+                fetched.tasks.push(task);
+                continue;
+            }
+            let why = format!(
+                "apalis cannot read this task: its id is not written as apalis writes it back ({id})"
+            );
+            for stored in sql::kill_miswritten(&mut tx, &id, worker.name(), &why).await? {
+                fetched.failed.push((stored, why.clone()));
+            }
+        }
+        tx.commit().await?;
+        Ok(fetched)
+    }
+
+    async fn condemned(self) -> Result<Vec<Condemned<String>>, BackendError> {
+        let queue = self.config.queue.as_ref();
+        let rows = sql::candidates(&self.pool, queue, self.config.batch_size).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let why = judge::unreadable(&row).err()?;
+                Some(Condemned {
+                    shown_id: row.id.clone(),
+                    key: row.id,
+                    why,
+                })
+            })
+            .collect())
+    }
+
+    async fn fail_unclaimed(self, id: String, why: String) -> Result<bool, BackendError> {
+        Ok(sql::kill_unclaimed(&self.pool, &id, &why).await?)
+    }
+
+    async fn handle_events(
+        self,
+        mut locks: Vec<String>,
+        acks: Vec<TaskResult<Value>>,
+        worker: WorkerContext,
+    ) -> Result<(), BackendError> {
+        // apalis-postgres' own order: the acknowledgements, then the locks of the tasks not
+        // acknowledged in the same batch.
+        let acked: Vec<String> = acks.iter().map(|a| a.task_id().to_string()).collect();
+        locks.retain(|id| !acked.contains(id));
+        let begun = self.give_backs.begin(worker.name(), &acked);
+        let outcome = self.acknowledge(&locks, &acks, worker.name(), &begun).await;
+        self.give_backs.end(
+            worker.name(),
+            outcome.as_ref().ok().map(Vec::as_slice),
+            &begun,
+        );
+        outcome.map(|_| ())
+    }
+
+    async fn reenqueue_abandoned(
+        self,
+        ids: Vec<String>,
+        worker: WorkerContext,
+    ) -> Result<u64, BackendError> {
+        let mut tx = self.pool.begin().await?;
+        let queue = self.config.queue.as_ref();
+        let n = queries::reenqueue_abandoned(&mut *tx, queue, worker.name(), &ids).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn push_tasks(self, tasks: Vec<Task<Vec<u8>>>) -> Result<(), BackendError> {
+        let mut tx = self.pool.begin().await?;
+        queries::push_tasks(&mut *tx, self.config.queue.as_ref(), tasks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! The statements leasepool runs on apalis-postgres' `apalis.jobs` table, each one statement
+//! (atomic against apalis' own). The columns they rely on are pinned by the store contract
+//! test.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use sqlx::{PgConnection, PgPool};
+
+use super::judge::PgRow;
+use crate::queue::store::shield::BackendError;
+use crate::queue::store::unix_now;
+use crate::queue::{QueueCounts, QueueError, TaskInfo};
+
+pub(super) async fn counts(pool: &PgPool, queue: &str) -> Result<QueueCounts, QueueError> {
+    let rows: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT status, coalesce(attempts >= max_attempts, true), count(*) FROM apalis.jobs \
+         WHERE job_type = $1 GROUP BY 1, 2",
+    )
+    .bind(queue)
+    .fetch_all(pool)
+    .await?;
+    let mut counts = QueueCounts::default();
+    for (status, spent, n) in rows {
+        let n = u64::try_from(n).unwrap_or(0);
+        match status.as_str() {
+            "Pending" => counts.pending += n,
+            "Queued" | "Running" => counts.claimed += n,
+            "Done" => counts.done += n,
+            "Failed" if !spent => counts.pending += n,
+            _ => counts.failed += n,
+        }
+    }
+    Ok(counts)
+}
+
+pub(super) async fn task(
+    pool: &PgPool,
+    queue: &str,
+    id: &str,
+) -> Result<Option<TaskInfo>, QueueError> {
+    type Row = (
+        String,
+        Option<i32>,
+        Option<i32>,
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT status, attempts, max_attempts, lock_by, last_result::text, \
+         extract(epoch FROM run_at)::float8 FROM apalis.jobs WHERE id = $1 AND job_type = $2",
+    )
+    .bind(id)
+    .bind(queue)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(
+        |(status, attempts, max_attempts, locked_by, last_result, run_at)| {
+            let count = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            let (attempts, max_attempts) = (count(attempts), count(max_attempts));
+            let waiting = status == "Pending" || (status == "Failed" && attempts < max_attempts);
+            let next_attempt_at = run_at
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(|t| t as u64)
+                .filter(|t| waiting && *t > unix_now())
+                .map(|t| UNIX_EPOCH + Duration::from_secs(t));
+            TaskInfo {
+                status,
+                attempts,
+                max_attempts,
+                locked_by,
+                last_result,
+                next_attempt_at,
+            }
+        },
+    ))
+}
+
+/// Before a failed attempt is acknowledged: the task runs again no sooner than `at`. apalis'
+/// acknowledgement leaves `run_at` alone and its fetch takes a failed row only once `run_at`
+/// has passed, so this is the whole backoff.
+pub(super) async fn retry_at(
+    pool: &PgPool,
+    worker: &str,
+    id: &str,
+    at: u64,
+) -> Result<(), QueueError> {
+    sqlx::query("UPDATE apalis.jobs SET run_at = to_timestamp($1) WHERE id = $2 AND lock_by = $3")
+        .bind(at as f64)
+        .bind(id)
+        .bind(worker)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// In the transaction that wrote apalis' acknowledgement of `worker`'s deferral of task `id`
+/// (`Pending`, still held by `worker`): frees the task and takes back the attempt that deferring
+/// counted. Whether the row was there to free.
+pub(super) async fn give_back(
+    conn: &mut PgConnection,
+    worker: &str,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE apalis.jobs SET lock_by = NULL, lock_at = NULL, done_at = NULL, \
+         attempts = greatest(attempts - 1, 0) \
+         WHERE id = $1 AND lock_by = $2 AND status = 'Pending'",
+    )
+    .bind(id)
+    .bind(worker)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The status and holder of task `id`.
+pub(super) async fn holder(
+    pool: &PgPool,
+    id: &str,
+) -> Result<Option<(String, Option<String>)>, QueueError> {
+    Ok(
+        sqlx::query_as("SELECT status, lock_by FROM apalis.jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// After `worker` stopped for good: every task it still holds (claimed, running, or deferred)
+/// goes back to the queue without counting an attempt, in one statement (an acknowledgement
+/// landing after it finds the row no longer the worker's and changes nothing).
+pub(super) async fn release_worker(pool: &PgPool, worker: &str) -> Result<u64, QueueError> {
+    let done = sqlx::query(
+        "UPDATE apalis.jobs SET \
+           attempts = CASE WHEN status = 'Pending' THEN greatest(attempts - 1, 0) \
+                      ELSE attempts END, \
+           status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL \
+         WHERE lock_by = $1 AND status IN ('Queued', 'Running', 'Pending')",
+    )
+    .bind(worker)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The rows the next fetch of `queue` would claim (apalis' `get_jobs` order: priority, then
+/// run time; waiting rows and failed rows with attempts left, due now), as the
+/// [judge](super::judge) reads them.
+pub(super) async fn candidates(
+    pool: &PgPool,
+    queue: &str,
+    batch: usize,
+) -> Result<Vec<PgRow>, QueueError> {
+    let rows: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+        "SELECT id, coalesce(run_at < 'epoch'::timestamptz, false), \
+           coalesce(done_at < 'epoch'::timestamptz, false), \
+           coalesce((SELECT bool_or(e.value IS NULL) FROM each(metadata) AS e), false) \
+         FROM apalis.jobs WHERE job_type = $1 \
+           AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) \
+           AND run_at < now() \
+         ORDER BY priority DESC, run_at ASC LIMIT $2",
+    )
+    .bind(queue)
+    .bind(i64::try_from(batch).unwrap_or(1))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, run_at, done_at, metadata)| PgRow {
+            id,
+            run_at_before_1970: run_at,
+            done_at_before_1970: done_at,
+            metadata_null_value: metadata,
+        })
+        .collect())
+}
+
+/// Whether task `id` (exactly) is claimed by `worker`.
+pub(super) async fn claimed_by(
+    conn: &mut PgConnection,
+    id: &str,
+    worker: &str,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM apalis.jobs WHERE id = $1 AND lock_by = $2")
+            .bind(id)
+            .bind(worker)
+            .fetch_optional(conn)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// Fails for good the rows `worker` just claimed whose id is `id` in another spelling; their
+/// ids.
+pub(super) async fn kill_miswritten(
+    conn: &mut PgConnection,
+    id: &str,
+    worker: &str,
+    why: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let killed: Vec<(String,)> = sqlx::query_as(
+        "UPDATE apalis.jobs SET status = 'Killed', last_result = jsonb_build_object('Err', $3::text), \
+         done_at = now(), lock_by = NULL, lock_at = NULL \
+         WHERE lock_by = $2 AND status = 'Queued' AND upper(id) = $1 AND id <> $1 \
+         RETURNING id",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(why)
+    .fetch_all(conn)
+    .await?;
+    Ok(killed.into_iter().map(|(id,)| id).collect())
+}
+
+/// Fails task `id` for good with `why` (apalis' result format: `{"Err": why}`), if it is still
+/// unclaimed; whether it was.
+pub(super) async fn kill_unclaimed(pool: &PgPool, id: &str, why: &str) -> Result<bool, QueueError> {
+    let done = sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Killed', last_result = jsonb_build_object('Err', $1::text), \
+         done_at = now(), lock_by = NULL, lock_at = NULL \
+         WHERE id = $2 AND (status = 'Pending' OR status = 'Failed')",
+    )
+    .bind(why)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Registers apalis worker `worker` of `queue` (apalis-postgres' row in `apalis.workers`).
+pub(super) async fn register_worker(
+    conn: &mut PgConnection,
+    queue: &str,
+    worker: &apalis_core::worker::context::WorkerContext,
+) -> Result<(), BackendError> {
+    let done = sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen) \
+         VALUES ($1, $2, 'PgStorage', $3, now()) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(worker.name())
+    .bind(queue)
+    .bind(worker.get_service())
+    .execute(conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(BackendError(format!(
+            "a queue worker named {} is registered already",
+            worker.name()
+        )));
+    }
+    Ok(())
+}
