@@ -1,5 +1,5 @@
 //! Worker processes sharing one queue: exactly once, fair shares, SIGKILL and orphan re-runs,
-//! a fleet on Redis, big due backlogs.
+//! a fleet on Redis and on PostgreSQL, big due backlogs.
 
 #![allow(unused_imports)]
 
@@ -37,13 +37,23 @@ async fn two_worker_processes_do_2000_tasks_exactly_once() {
 
 #[testkit::test]
 async fn the_bigger_instance_takes_its_fair_share() {
-    // One instance with 1 pool, one with 4; slow tasks: the bigger takes >= 3x as many.
     let dir = temp_dir("fair");
     let db = dir.join("queue.db");
+    fair_share(db.to_str().unwrap(), &dir).await;
+}
+
+#[testkit::test]
+async fn the_bigger_instance_takes_its_fair_share_on_postgres() {
+    let dir = temp_dir("fair-pg");
+    fair_share(&crate::postgres_server::postgres_url(), &dir).await;
+}
+
+/// One instance with 1 pool, one with 4; slow tasks: the bigger takes >= 3x as many.
+async fn fair_share(store: &str, dir: &std::path::Path) {
     let results = dir.join("results.db");
-    let queue = Queue::sqlite(&db).await.unwrap();
-    let small = Worker::spawn(db.to_str().unwrap(), "fair", &results, 1, 50, 60, 200);
-    let big = Worker::spawn(db.to_str().unwrap(), "fair", &results, 4, 50, 60, 200);
+    let queue = open(store).await;
+    let small = Worker::spawn(store, "fair", &results, 1, 50, 60, 200);
+    let big = Worker::spawn(store, "fair", &results, 4, 50, 60, 200);
     let small_pid = small.child.id() as i64;
     queue.push_all("fair", 0..200_u64).await.unwrap();
     assert!(small.wait(Duration::from_secs(80)).success());
@@ -108,8 +118,20 @@ async fn a_killed_instance_tasks_are_run_by_another_after_the_orphan_timeout() {
 /// 1.0 then fails every fetch: see `redis::promote`).
 #[testkit::test]
 async fn redis_three_workers_share_10000_tasks_and_survive_a_sigkill() {
-    let url = redis_url();
     let dir = temp_dir("redis-fleet");
+    three_workers_and_a_sigkill(&redis_url(), &dir).await;
+}
+
+#[testkit::test]
+async fn postgres_three_workers_share_10000_tasks_and_survive_a_sigkill() {
+    let dir = temp_dir("pg-fleet");
+    three_workers_and_a_sigkill(&crate::postgres_server::postgres_url(), &dir).await;
+}
+
+/// 3 worker processes, 10 000 tasks, one SIGKILLed once a third is done: nothing lost, at most
+/// the victim's 2 tasks done twice.
+async fn three_workers_and_a_sigkill(url: &str, dir: &std::path::Path) {
+    let url = url.to_owned();
     let results = dir.join("results.db");
     let queue = open(&url).await;
     const N: u64 = 10_000;
