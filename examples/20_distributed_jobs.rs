@@ -13,7 +13,9 @@
 //! runs at once, default 2), `--exit-when-idle` (a worker stops once nothing is pending or
 //! claimed), `--metrics ADDR` (a worker serves its counters as Prometheus text on
 //! `http://ADDR/metrics`), `--redis URL` (a Redis server instead of the SQLite file: a fleet of
-//! machines shares one queue, e.g. `--redis redis://10.0.0.5:6379/`), `--results PATH` (where
+//! machines shares one queue, e.g. `--redis redis://10.0.0.5:6379/`), `--postgres URL` (a
+//! PostgreSQL server instead: e.g. `--postgres postgres://jobs:secret@10.0.0.6/jobs`; workers
+//! wake on its `NOTIFY` when a task is pushed), `--results PATH` (where
 //! workers record what they did, default `target/distributed-jobs-results.db`).
 //!
 //! Each task is a `Resize` job (a serde value, the same type on both sides); the work is a
@@ -72,6 +74,7 @@ struct Args {
     db: PathBuf,
     results: PathBuf,
     redis: Option<String>,
+    postgres: Option<String>,
     produce: Option<u64>,
     work: bool,
     status: bool,
@@ -85,6 +88,7 @@ fn parse() -> Result<Args, String> {
         db: PathBuf::from("target/distributed-jobs.db"),
         results: PathBuf::from("target/distributed-jobs-results.db"),
         redis: None,
+        postgres: None,
         produce: None,
         work: false,
         status: false,
@@ -114,11 +118,15 @@ fn parse() -> Result<Args, String> {
             }
             "--metrics" => args.metrics = Some(value("--metrics")?),
             "--redis" => args.redis = Some(value("--redis")?),
+            "--postgres" => args.postgres = Some(value("--postgres")?),
             other => return Err(format!("unknown option {other}")),
         }
     }
     if args.produce.is_none() && !args.work && !args.status {
         return Err("say --produce N, --work or --status".into());
+    }
+    if args.redis.is_some() && args.postgres.is_some() {
+        return Err("say --redis URL or --postgres URL, not both".into());
     }
     Ok(args)
 }
@@ -165,9 +173,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let opened = match &args.redis {
-        Some(url) => Queue::redis(url).await,
-        None => {
+    let opened = match (&args.redis, &args.postgres) {
+        (Some(url), _) => Queue::redis(url).await,
+        (None, Some(url)) => Queue::postgres(url).await,
+        (None, None) => {
             if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
                 let _ = std::fs::create_dir_all(dir);
             }

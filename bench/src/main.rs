@@ -1,7 +1,8 @@
 //! leasepool's peer benchmark harness.
 //!
-//! `cargo run --release -p leasepool-bench -- [--quick] [--out DIR] [--no-python]`; Q1 (a Redis
-//! queue over worker processes) runs alone with `--queue`.
+//! `cargo run --release -p leasepool-bench -- [--quick] [--out DIR] [--no-python]`; the queue
+//! rows (Q1 on Redis and PostgreSQL over worker processes, W, Q2, the idle cost) run alone with
+//! `--queue`.
 //!
 //! Every system runs the same work in the same process and run; each figure is the median of
 //! several rounds after a warm-up round. Figures from different runs or machines are not
@@ -14,6 +15,7 @@ mod process;
 mod python;
 mod queue;
 mod queue_backlog;
+mod queue_wake;
 #[cfg(feature = "metrics")]
 mod recording;
 mod rejection;
@@ -239,7 +241,8 @@ fn main() {
         std::process::exit(2);
     }
     if q1 {
-        // Q1, Q2 and the idle cost: they need redis-server and processes of their own.
+        // Q1, W, Q2 and the idle cost: they need redis-server, PostgreSQL and processes of their
+        // own.
         let (redis, url) = match queue::start_redis() {
             Ok(r) => r,
             Err(e) => {
@@ -247,11 +250,20 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        let q1 = queue::q1(
-            &url,
-            if quick { 600 } else { 3000 },
-            if quick { 1 } else { 3 },
-        );
+        let (postgres, pg_url) = match queue_wake::start_postgres() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("the queue rows could not run: {e}");
+                std::process::exit(1);
+            }
+        };
+        let (tasks, rounds) = if quick { (600, 1) } else { (3000, 3) };
+        let q1 = queue::q1("Redis", &url, tasks, rounds).and_then(|(md, js)| {
+            let (pg_md, pg_js) = queue::q1("PostgreSQL", &pg_url, tasks, rounds)?;
+            let (w_md, w_js) = queue_wake::wake(&url, &pg_url, if quick { 10 } else { 40 })?;
+            let js = serde_json::json!({ "redis": js, "postgres": pg_js, "wake": w_js });
+            Ok((format!("{md}\n{pg_md}\n{w_md}"), js))
+        });
         let large = q2_large.unwrap_or(if quick { 20_000 } else { 100_000 });
         let q2 = queue_backlog::q2_and_idle(
             2_000,
@@ -259,9 +271,10 @@ fn main() {
             if quick { 500 } else { 2_000 },
             if quick { 1 } else { 3 },
             Duration::from_secs(if quick { 2 } else { 20 }),
-            &url,
+            (&url, &pg_url),
         );
         drop(redis);
+        drop(postgres);
         match (q1, q2) {
             (Ok((md1, js1)), Ok((md2, js2))) => {
                 let md = format!("{md1}\n{md2}");

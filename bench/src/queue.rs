@@ -1,9 +1,10 @@
-//! Q1: message-based jobs through a Redis queue, scaled over worker processes (`--queue`; not in
-//! the normal or `--quick` runs: it needs `redis-server` and takes about two minutes).
+//! Q1: message-based jobs through a Redis or PostgreSQL queue, scaled over worker processes
+//! (`--queue`; not in the normal or `--quick` runs: it needs `redis-server` and PostgreSQL's
+//! server programs, and takes a few minutes).
 //!
 //! Each worker process has room for `SLOTS` tasks at a time; each task is a 10 ms blocking
-//! sleep. Two kinds of worker process, on the same queue setup (apalis-redis, one task per
-//! fetch, a 5 ms poll interval):
+//! sleep. Two kinds of worker process, on the same queue setup (apalis-redis or
+//! apalis-postgres, one task per fetch, a 5 ms poll interval):
 //! - leasepool: a `QueueWorker` on a `LeaseManager` of `SLOTS` pools of one thread, one lease
 //!   per task, claiming only while a lease is free;
 //! - apalis + `spawn_blocking`: a plain apalis worker with `concurrency(SLOTS)` whose handler
@@ -30,7 +31,7 @@ const POLL: Duration = Duration::from_millis(5);
 /// until killed.
 pub fn worker(url: &str, queue: &str, kind: &str) {
     actix_rt::System::new().block_on(async move {
-        let store = Queue::redis(url).await.expect("connect to redis");
+        let store = open(url).await.expect("open the queue");
         match kind {
             "leasepool" => {
                 let manager = LeaseManager::builder()
@@ -52,12 +53,26 @@ pub fn worker(url: &str, queue: &str, kind: &str) {
                 println!("ready");
                 std::future::pending::<()>().await;
             }
+            _ if is_postgres(url) => {
+                use apalis::prelude::*;
+                let pool = leasepool::queue::PgPool::connect(url)
+                    .await
+                    .expect("connect");
+                let config = apalis_postgres::Config::default()
+                    .queue(queue)
+                    .batch_size(1);
+                let backend = apalis_postgres::PostgresStorage::<u64>::new(&pool)
+                    .with_config(config)
+                    .poll_with_interval(POLL);
+                let worker = WorkerBuilder::new(format!("q1-apalis-{}", std::process::id()))
+                    .backend(backend)
+                    .concurrency(SLOTS)
+                    .build(handle);
+                println!("ready");
+                let _ = worker.run().await;
+            }
             _ => {
                 use apalis::prelude::*;
-                async fn handle(_: u64) -> Result<(), BoxDynError> {
-                    tokio::task::spawn_blocking(|| std::thread::sleep(WORK)).await?;
-                    Ok(())
-                }
                 let conn = apalis_redis::connect(url).await.expect("connect");
                 let config = apalis_redis::Config::default().queue(queue).batch_size(1);
                 let backend = apalis_redis::RedisStorage::<u64>::new(conn)
@@ -72,6 +87,26 @@ pub fn worker(url: &str, queue: &str, kind: &str) {
             }
         }
     });
+}
+
+/// The apalis peer's handler: the same sleep through `spawn_blocking`.
+async fn handle(_: u64) -> Result<(), apalis::prelude::BoxDynError> {
+    tokio::task::spawn_blocking(|| std::thread::sleep(WORK)).await?;
+    Ok(())
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://")
+}
+
+/// The queue at `url` (Redis or PostgreSQL).
+pub async fn open(url: &str) -> Result<Queue, String> {
+    let opened = if is_postgres(url) {
+        Queue::postgres(url).await
+    } else {
+        Queue::redis(url).await
+    };
+    opened.map_err(|e| e.to_string())
 }
 
 struct Workers(Vec<Child>);
@@ -179,13 +214,19 @@ pub fn start_redis() -> Result<(Redis, String), String> {
     Ok((redis, format!("redis://127.0.0.1:{port}/")))
 }
 
-/// Runs Q1 on the redis-server at `url`; returns its markdown section and JSON.
-pub fn q1(url: &str, tasks: u64, rounds: usize) -> Result<(String, Value), String> {
+/// Runs Q1 on the store at `url` (`store` names it: Redis, PostgreSQL); returns its markdown
+/// section and JSON.
+pub fn q1(
+    store_name: &str,
+    url: &str,
+    tasks: u64,
+    rounds: usize,
+) -> Result<(String, Value), String> {
     let url = url.to_owned();
     let mut rows = Vec::new();
     let mut figures = serde_json::Map::new();
     actix_rt::System::new().block_on(async {
-        let store = Queue::redis(&url).await.map_err(|e| e.to_string())?;
+        let store = open(&url).await?;
         for kind in ["leasepool", "apalis"] {
             for procs in 1..=3 {
                 let mut secs: Vec<f64> = Vec::new();
@@ -194,7 +235,7 @@ pub fn q1(url: &str, tasks: u64, rounds: usize) -> Result<(String, Value), Strin
                 }
                 secs.sort_by(f64::total_cmp);
                 let median = secs[secs.len() / 2];
-                eprintln!("Q1 {kind} x{procs}: {secs:.2?} s");
+                eprintln!("Q1 {store_name} {kind} x{procs}: {secs:.2?} s");
                 figures.insert(format!("{kind}_{procs}_secs"), json!(median));
                 rows.push((kind, procs, median));
             }
@@ -211,8 +252,8 @@ pub fn q1(url: &str, tasks: u64, rounds: usize) -> Result<(String, Value), Strin
     let per_task_ms =
         |kind: &str, procs: usize| secs(kind, procs) * 1e3 * (SLOTS * procs) as f64 / tasks as f64;
     let work_ms = WORK.as_secs_f64() * 1e3;
-    let mut md = String::from(
-        "## Q1: 10 ms blocking tasks through Redis, 1–3 worker processes\n\n\
+    let mut md = format!(
+        "## Q1: 10 ms blocking tasks through {store_name}, 1–3 worker processes\n\n\
          | worker processes | leasepool tasks/s | apalis + spawn_blocking tasks/s | leasepool ms per task per slot | apalis ms per task per slot |\n|---|---|---|---|---|\n",
     );
     for procs in 1..=3 {

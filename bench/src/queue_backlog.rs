@@ -7,7 +7,7 @@
 //! fast as a shallow one). Without the planner's statistics SQLite walked an index for every
 //! claim: 177 tasks/s at 2 000 pending, 15–23 at 100 000.
 //!
-//! Idle: a started worker with nothing to do, at the default 100 ms poll interval, for a
+//! Idle: a started worker with nothing to do (SQLite, Redis, PostgreSQL), at the default 100 ms poll interval, for a
 //! while; the CPU time this process used over it (from /proc/self/stat), as percent of a core.
 
 use std::path::Path;
@@ -97,14 +97,15 @@ async fn idle_cost(queue: &Queue, window: Duration) -> f64 {
 }
 
 /// Runs Q2 (`small` and `large` pending, `measured` tasks each, median of `rounds`) and the
-/// idle cost on SQLite and on Redis at `redis_url`; returns the markdown section and JSON.
+/// idle cost on SQLite, on Redis at `redis_url` and on PostgreSQL at `postgres_url`; returns
+/// the markdown section and JSON.
 pub fn q2_and_idle(
     small: u64,
     large: u64,
     measured: u64,
     rounds: usize,
     idle_window: Duration,
-    redis_url: &str,
+    (redis_url, postgres_url): (&str, &str),
 ) -> Result<(String, Value), String> {
     let dir = std::env::temp_dir().join(format!("leasepool-q2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -123,12 +124,16 @@ pub fn q2_and_idle(
             .await
             .map_err(|e| e.to_string())?;
         let redis = Queue::redis(redis_url).await.map_err(|e| e.to_string())?;
+        let postgres = Queue::postgres(postgres_url)
+            .await
+            .map_err(|e| e.to_string())?;
         let idle_sqlite = idle_cost(&sqlite, idle_window).await;
         let idle_redis = idle_cost(&redis, idle_window).await;
-        Ok::<_, String>((medians, idle_sqlite, idle_redis))
+        let idle_postgres = idle_cost(&postgres, idle_window).await;
+        Ok::<_, String>((medians, idle_sqlite, idle_redis, idle_postgres))
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let (medians, idle_sqlite, idle_redis) = result?;
+    let (medians, idle_sqlite, idle_redis, idle_postgres) = result?;
     let ratio = medians[1] / medians[0];
     let md = format!(
         "## Q2: SQLite claim throughput against the backlog\n\n\
@@ -139,7 +144,7 @@ pub fn q2_and_idle(
          ## Idle cost of a queue worker\n\n\
          A started worker with nothing to do, default 100 ms poll interval, over {:?} (this \
          process's CPU time from /proc/self/stat): SQLite {idle_sqlite:.2} % of a core, Redis \
-         {idle_redis:.2} %.\n",
+         {idle_redis:.2} %, PostgreSQL {idle_postgres:.2} %.\n",
         medians[0], medians[1], idle_window
     );
     let js = json!({
@@ -150,6 +155,7 @@ pub fn q2_and_idle(
         "q2_ratio": ratio,
         "idle_percent_sqlite": idle_sqlite,
         "idle_percent_redis": idle_redis,
+        "idle_percent_postgres": idle_postgres,
     });
     Ok((md, js))
 }
