@@ -8,7 +8,7 @@
 //! workers are woken by the `NOTIFY` of apalis' insert trigger.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use leasepool::queue::{Queue, QueueWorker};
@@ -16,40 +16,14 @@ use leasepool::LeaseManager;
 use serde_json::{json, Value};
 
 /// A private PostgreSQL cluster (initdb into a temp dir, run as the user `postgres` when this
-/// process is root), stopped and removed when dropped.
-pub struct Postgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    as_owner: bool,
-}
-
-impl Postgres {
-    fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        if self.as_owner {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
-    }
-}
+/// process is root) under a watchdog shell that stops it and removes its directory when
+/// dropped, or when this process dies (killed included).
+pub struct Postgres(Child);
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args([
-                "-D",
-                &self.dir.join("data").to_string_lossy(),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
     }
 }
 
@@ -69,6 +43,7 @@ fn server_bin() -> Result<PathBuf, String> {
 }
 
 pub fn start_postgres() -> Result<(Postgres, String), String> {
+    let bin = server_bin()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -80,46 +55,60 @@ pub fn start_postgres() -> Result<(Postgres, String), String> {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    if root {
+    let runner = if root {
         Command::new("chown")
             .arg("postgres")
             .arg(&dir)
             .status()
             .map_err(|e| e.to_string())?;
+        "runuser -u postgres --"
+    } else {
+        ""
+    };
+    let (bin, data, d) = (bin.display(), dir.join("data"), dir.display());
+    let data = data.display();
+    let init = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{runner} '{bin}/initdb' -A trust -U postgres --no-sync -D '{data}' >/dev/null"
+        ))
+        .status()
+        .map_err(|e| format!("initdb: {e}"))?;
+    if !init.success() {
+        return Err("initdb failed".into());
     }
-    let pg = Postgres {
-        bin: server_bin()?,
-        dir,
-        as_owner: root,
+    // The server, stopped (a fast shutdown of the postmaster named in its pid file) and its
+    // directory removed when the shell is told to end or this process is gone.
+    let shell = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{runner} '{bin}/postgres' -D '{data}' -p {port} -k '{d}' \
+             -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 \
+             >'{d}/server.log' 2>&1 & r=$!; \
+             trap 'p=$(head -n 1 \"{data}/postmaster.pid\" 2>/dev/null); \
+               if [ -n \"$p\" ]; then kill -INT $p 2>/dev/null; \
+                 for i in $(seq 1 100); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; \
+                 kill -KILL $p 2>/dev/null; fi; rm -rf \"{d}\"' EXIT TERM INT; \
+             while kill -0 {me} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done",
+            me = std::process::id()
+        ))
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sh: {e}"))?;
+    let pg = Postgres(shell);
+    let begun = Instant::now();
+    let ready = || {
+        Command::new(format!("{bin}/pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+            .status()
+            .is_ok_and(|s| s.success())
     };
-    let data = pg.dir.join("data");
-    let run = |c: &mut Command, what: &str| -> Result<(), String> {
-        let out = c.output().map_err(|e| format!("{what}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("{what}: {}", String::from_utf8_lossy(&out.stderr)))
+    while !ready() {
+        if begun.elapsed() > Duration::from_secs(30) {
+            return Err("PostgreSQL did not start in 30 s".into());
         }
-    };
-    run(
-        pg.command("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data),
-        "initdb",
-    )?;
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-        pg.dir.display()
-    );
-    run(
-        pg.command("pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(pg.dir.join("log"))
-            .args(["-w", "-o", &options, "start"]),
-        "pg_ctl start",
-    )?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
     Ok((pg, format!("postgres://postgres@127.0.0.1:{port}/postgres")))
 }
 

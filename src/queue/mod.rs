@@ -2,8 +2,8 @@
 //!
 //! leasepool bounds blocking work inside one process; a [`Queue`] spreads message-based jobs over
 //! many processes and machines. The queue engine is [apalis](https://docs.rs/apalis) 1.x: its
-//! SQLite backend (one file, several processes, no server to install) or its Redis backend (a
-//! fleet). A [`QueueWorker`] claims tasks only while its [`LeaseManager`](crate::LeaseManager) has room for them (plus
+//! SQLite backend (one file, several processes, no server to install), its Redis backend or its
+//! PostgreSQL backend (a fleet). A [`QueueWorker`] claims tasks only while its [`LeaseManager`](crate::LeaseManager) has room for them (plus
 //! a small, bounded prefetch) and runs each on a lease of its own, so a saturated instance
 //! leaves tasks for the others. The guide page `docs/distributed.md` tells the whole story.
 //!

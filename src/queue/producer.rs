@@ -19,8 +19,8 @@ use super::{payload, QueueCounts, QueueError, RetryPolicy, TaskInfo};
 pub const DEFAULT_ATTEMPTS: usize = 25;
 
 /// A durable queue shared by producers and workers of any number of processes: a SQLite file
-/// (one machine, [`Queue::sqlite`]) or a Redis server (a fleet, [`Queue::redis`]). Cheap to
-/// clone.
+/// (one machine, [`Queue::sqlite`]), a Redis server or a PostgreSQL database (a fleet,
+/// [`Queue::redis`], [`Queue::postgres`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
     store: Arc<dyn Store>,
