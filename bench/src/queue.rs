@@ -168,17 +168,14 @@ async fn one_run(
     }
 }
 
-/// A private redis-server, killed when dropped.
-pub struct Redis {
-    child: Child,
-    dir: std::path::PathBuf,
-}
+/// A private redis-server under a watchdog shell: stopped and its directory removed when
+/// dropped, or when this process dies (killed included).
+pub struct Redis(Child);
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
     }
 }
 
@@ -189,23 +186,23 @@ pub fn start_redis() -> Result<(Redis, String), String> {
         .port();
     let dir = std::env::temp_dir().join(format!("leasepool-q1-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir)
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("redis-server: {e} (install the Debian package redis-server)"))?;
+    let shell = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{d}' \
+             & r=$!; trap 'kill $r 2>/dev/null; rm -rf \"{d}\"' EXIT TERM INT; \
+             while kill -0 {me} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done",
+            d = dir.display(),
+            me = std::process::id()
+        ))
         .stdout(Stdio::null())
         .spawn()
-        .map_err(|e| format!("redis-server: {e} (install the Debian package redis-server)"))?;
-    let redis = Redis { child, dir };
+        .map_err(|e| format!("sh: {e}"))?;
+    let redis = Redis(shell);
     let begun = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if begun.elapsed() > Duration::from_secs(20) {

@@ -140,15 +140,17 @@ impl Queue {
     /// set-up. The set-up creates the extensions `hstore` and `pgcrypto`: the user needs the
     /// right to (the database's owner has it), or an administrator creates them first.
     ///
-    /// Each running worker also holds one listening connection of its own, woken by
-    /// PostgreSQL's `NOTIFY` when a task is pushed.
+    /// The queue also holds one listening connection of its own (outside the pool, opened when
+    /// its first worker starts), through which PostgreSQL's `NOTIFY` wakes idle workers when a
+    /// task is pushed.
     pub async fn postgres(url: &str) -> Result<Queue, QueueError> {
         let store = PostgresStore::connect(url).await?;
         Ok(Queue::on(Arc::new(store)))
     }
 
     /// The same on the application's own pool (`sqlx` 0.9, re-exported as
-    /// [`PgPool`](super::PgPool)): the queue shares its connections.
+    /// [`PgPool`](super::PgPool)): the queue shares its connections (the listening one is
+    /// opened outside it, with its settings).
     pub async fn postgres_pool(pool: super::PgPool) -> Result<Queue, QueueError> {
         let options = pool.connect_options();
         let shown = format!(
@@ -243,7 +245,8 @@ impl Queue {
 
     /// Pushes many tasks (far faster than one [`push`](Self::push) each); returns their ids in
     /// order. Every payload is checked first: one refused payload pushes none. On SQLite they
-    /// are pushed in one transaction: all or none. On Redis they go in chunks of 1 000, each in
+    /// are pushed in one transaction, on PostgreSQL in one statement: all or none. On Redis
+    /// they go in chunks of 1 000, each in
     /// one script: an error after the first chunk says how many tasks were queued before it
     /// (those run; pushing them again would run them twice).
     pub async fn push_all<T, I>(&self, queue: &str, tasks: I) -> Result<Vec<String>, QueueError>

@@ -181,6 +181,16 @@ async fn the_storage_layout_we_rely_on_is_apalis_own(kind: Kind) {
                 }
             }
             assert_eq!(pg_row(&id), ("Pending".into(), 0, 3, None));
+            // apalis' migration history is its own (`apalis._sqlx_migrations`): an application's
+            // sqlx migrations in `public` on the same database never see it.
+            let history = psql(
+                "SELECT table_schema FROM information_schema.tables \
+                 WHERE table_name = '_sqlx_migrations'",
+            );
+            assert_eq!(
+                history, "apalis",
+                "the migration history is not apalis' own"
+            );
         }
     }
     // Claimed: locked by the worker that runs it.

@@ -200,6 +200,65 @@ fn hostile_sqlite_rows(db: &Path, queue: &str, big: usize) -> Vec<Hostile> {
         ),
     ];
     let mut out = Vec::new();
+    // A negative count (apalis reads it as a huge one) and an id whose top bits overflow (read
+    // as another id).
+    for (id, attempts, what, reason) in [
+        (
+            early_id(70),
+            "-2",
+            "attempts negative",
+            "attempts (-2) is out of the range",
+        ),
+        (
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ".to_owned(),
+            "0",
+            "an overflowing ULID id",
+            "not written as apalis writes it back",
+        ),
+    ] {
+        let quoted = format!("'{id}'");
+        raw_sqlite_row(
+            db,
+            queue,
+            ["CAST('999' AS BLOB)", &quoted, attempts, "25", "1", "NULL"],
+        );
+        out.push(Hostile {
+            id,
+            what,
+            reason: Some(reason),
+        });
+    }
+    // A last result a JSON reader refuses (nested past 128 levels, beyond f64): apalis-sqlite
+    // does not read it, so the task runs (apalis-postgres does: see the PostgreSQL rows).
+    for (n, (result, what)) in [
+        (
+            format!("{}{}", "[".repeat(200), "]".repeat(200)),
+            "a last_result nested 200 deep",
+        ),
+        (
+            "{\"Err\": 1e400}".to_owned(),
+            "a last_result number beyond f64",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = early_id(72 + n);
+        raw_sqlite(db)
+            .execute(
+                "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, \
+                 priority, last_result) VALUES (CAST(?4 AS BLOB), ?1, ?2, 'Pending', 0, 25, 1, \
+                 0, ?3)",
+                // (A payload of its own: the job counts each value it runs.)
+                (&id, queue, &result, (901 + n).to_string()),
+            )
+            .unwrap();
+        out.push(Hostile {
+            id,
+            what,
+            reason: None,
+        });
+    }
     // An id that reads as a ULID but is not written as apalis writes one back (lower case):
     // its lock and acknowledgement would miss the row.
     let lower = early_id(90).to_lowercase();
@@ -490,23 +549,86 @@ fn hostile_postgres_rows(queue: &str, big: usize) -> Vec<Hostile> {
             "max_attempts i32::MAX (within range: the task runs)",
             "",
         ),
+        // apalis writes one more attempt back into an `integer`: its acknowledgement failed,
+        // and the worker with it, for ever.
+        (
+            "'999'".into(),
+            ulid(10),
+            "2147483647",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "attempts i32::MAX",
+            "attempts (2147483647) is out of the range",
+        ),
+        (
+            "'999'".into(),
+            ulid(11),
+            "-2",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "attempts negative",
+            "attempts (-2) is out of the range",
+        ),
+        // Read by apalis as a ULID whose top bits overflow: it prints as another id.
+        (
+            "'999'".into(),
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "an overflowing ULID id",
+            "not written as apalis writes it back",
+        ),
     ];
-    rows.into_iter()
-        .map(
-            |(job, id, attempts, max, run_at, metadata, done_at, what, reason)| {
-                crate::postgres_server::psql(&format!(
-                    "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, \
+    let mut out = Vec::new();
+    // A last result apalis' JSON reader refuses (nested past 128 levels, a number beyond f64):
+    // every fetch failed on it.
+    for (n, (result, what)) in [
+        (
+            format!("{}{}", "[".repeat(200), "]".repeat(200)),
+            "a last_result nested 200 deep",
+        ),
+        (
+            "{\"Err\": 1e400}".to_owned(),
+            "a last_result number beyond f64",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = ulid(20 + n);
+        crate::postgres_server::psql(&format!(
+            "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, \
+             priority, last_result) VALUES ('999', '{id}', '{queue}', 'Pending', 0, 25, {ago}, 0, \
+             '{result}')"
+        ));
+        out.push(Hostile {
+            id,
+            what,
+            reason: Some("last_result is not JSON apalis reads"),
+        });
+    }
+    out.extend(rows.into_iter().map(
+        |(job, id, attempts, max, run_at, metadata, done_at, what, reason)| {
+            crate::postgres_server::psql(&format!(
+                "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, \
                  run_at, priority, metadata, done_at) VALUES ({job}, '{id}', '{queue}', \
                  'Pending', {attempts}, {max}, {run_at}, 0, {metadata}, {done_at})"
-                ));
-                Hostile {
-                    id,
-                    what,
-                    reason: (!reason.is_empty()).then_some(reason),
-                }
-            },
-        )
-        .collect()
+            ));
+            Hostile {
+                id,
+                what,
+                reason: (!reason.is_empty()).then_some(reason),
+            }
+        },
+    ));
+    out
 }
 
 /// A waiting PostgreSQL row of `queue`, due an hour ago.
@@ -595,6 +717,47 @@ async fn stored_tasks_apalis_cannot_read_fail_alone(kind: Kind) {
     };
     queue.push_all(name, 0..20_u64).await.unwrap();
     run_among_hostile(kind, &queue, name, &hostile, 20).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The SQL stores: their fetch reads a row's id as a ULID.
+const SQL_STORES: &[(&str, Kind)] = &[("sqlite", Kind::Sqlite), ("postgres", Kind::Postgres)];
+
+/// Ids that apalis reads as another ULID (lower case; top bits that overflow), alone among
+/// ordinary tasks: no fetch fails, so no quarantine finds them first. The fetch that claims one
+/// fails its row at once. (Before, the overflowing one stayed claimed by the worker for good.)
+#[testkit::test(each = SQL_STORES)]
+async fn ids_apalis_reads_as_another_fail_alone(kind: Kind) {
+    let (queue, dir) = queue_for(kind, "misread").await;
+    let name = "misread";
+    let mut hostile = Vec::new();
+    for (id, what) in [
+        // (Not the other tests' ids: on PostgreSQL an id is one key across queues.)
+        (
+            "9ZZZZZZZZZZZZZZZZZZZZZZZZZ".to_owned(),
+            "an overflowing ULID id",
+        ),
+        (early_id(60).to_lowercase(), "a lower-case ULID id"),
+    ] {
+        match kind {
+            Kind::Sqlite => {
+                let quoted = format!("'{id}'");
+                raw_sqlite_row(
+                    queue.path().unwrap(),
+                    name,
+                    ["CAST('999' AS BLOB)", &quoted, "0", "25", "1", "NULL"],
+                );
+            }
+            _ => raw_postgres_row(name, "'999'", &id, "25"),
+        }
+        hostile.push(Hostile {
+            id,
+            what,
+            reason: Some("not written as apalis writes it back"),
+        });
+    }
+    queue.push_all(name, 0..10_u64).await.unwrap();
+    run_among_hostile(kind, &queue, name, &hostile, 10).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

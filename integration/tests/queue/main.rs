@@ -15,6 +15,7 @@ mod fleet;
 mod hostile;
 mod lifecycle;
 mod outcomes;
+mod postgres;
 mod postgres_server;
 mod retries;
 mod settings;

@@ -151,13 +151,16 @@ fn ready(bin: &Path, port: u16) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The running cluster's programs and port.
+fn running() -> (PathBuf, u16) {
+    let slot = POSTGRES.lock().unwrap();
+    let pg = slot.as_ref().expect("postgres_url() first");
+    (pg.bin.clone(), pg.port)
+}
+
 /// Runs one SQL statement on this binary's cluster with `psql`; its output.
 pub(crate) fn psql(sql: &str) -> String {
-    let (bin, port) = {
-        let slot = POSTGRES.lock().unwrap();
-        let pg = slot.as_ref().expect("postgres_url() first");
-        (pg.bin.clone(), pg.port)
-    };
+    let (bin, port) = running();
     let psql = Some(bin.join("psql"))
         .filter(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("psql"));
@@ -189,11 +192,7 @@ pub(crate) struct Held(Child);
 
 pub(crate) fn hold(sql: &str) -> Held {
     use std::io::{BufRead as _, Write as _};
-    let (bin, port) = {
-        let slot = POSTGRES.lock().unwrap();
-        let pg = slot.as_ref().expect("postgres_url() first");
-        (pg.bin.clone(), pg.port)
-    };
+    let (bin, port) = running();
     let mut child = Command::new(bin.join("psql"))
         .args([
             "-h",

@@ -51,6 +51,11 @@ impl From<crate::queue::QueueError> for BackendError {
     }
 }
 
+/// How many of the rows the next fetch would claim a quarantine judges: more than the fetch
+/// takes (one), so that a row another worker holds locked at that moment does not hide the
+/// unreadable one behind it (failing an unreadable row never depends on its place).
+pub(crate) const QUARANTINE_WINDOW: usize = 32;
+
 /// A claimed row apalis cannot read, found by [`Dialect::condemned`]: how to name it to fail
 /// it (`key`), its id for logs, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +70,54 @@ pub(crate) struct Condemned<K> {
 pub(crate) struct Fetched {
     pub(crate) tasks: Vec<Task<Vec<u8>>>,
     pub(crate) failed: Vec<(String, String)>,
+}
+
+impl Fetched {
+    /// Tasks the fetch failed for good: their stored ids, and why.
+    pub(crate) fn failed(&mut self, ids: Vec<String>, why: &str) {
+        self.failed
+            .extend(ids.into_iter().map(|id| (id, why.to_owned())));
+    }
+}
+
+/// What becomes of a task a fetch claimed, once its row was looked up by the id apalis prints
+/// (apalis reads a row's id as a ULID in any spelling but locks and acknowledges it by the id
+/// as the ULID prints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claimed {
+    /// Found as printed, freshly claimed by this worker, its count writable back: run it.
+    Run,
+    /// Found as printed, but apalis could not write its count back (the acknowledgement would
+    /// fail, and with it every other in its batch): fail the row for good, with why.
+    Fail(String),
+    /// Not found as printed: the row claimed is spelled otherwise (a lower-case ULID, one whose
+    /// top bits overflow): fail the rows of this worker that read as this id, with why.
+    Miswritten(String),
+}
+
+/// Judges a claimed task: `found` whether its row is found by the printed `id` among this
+/// fetch's claims; `attempt` the count apalis read; `most` the largest count the store can
+/// be written back after one more attempt.
+pub(crate) fn judge_claimed(found: bool, id: &str, attempt: usize, most: usize) -> Claimed {
+    if !found {
+        return Claimed::Miswritten(format!(
+            "apalis cannot read this task: its id is not written as apalis writes it back ({id})"
+        ));
+    }
+    if attempt >= most {
+        // (A negative count reads as a huge one: shown as stored.)
+        return Claimed::Fail(format!(
+            "apalis cannot read this task: its stored attempts ({}) is out of the range 0..{most}",
+            attempt as i64
+        ));
+    }
+    Claimed::Run
+}
+
+/// Whether a row stored under `stored` is read by apalis as the task it prints as `printed`
+/// without being written so (a spelling its lock and acknowledgement miss).
+pub(crate) fn misspells(stored: &str, printed: &str) -> bool {
+    stored != printed && ulid::Ulid::from_string(stored).is_ok_and(|u| u.to_string() == printed)
 }
 
 /// A SQL store's statements as the shield runs them. Each method takes an owned copy of the
@@ -95,15 +148,14 @@ pub(crate) trait Dialect: Clone + Send + Sync + 'static {
         worker: WorkerContext,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// apalis' fetch in a transaction of its own (rolled back if it fails). apalis reads a row's
-    /// id as a ULID in any case but locks and acknowledges it by the id as the ULID prints: a
-    /// claimed row not found by that id would stay claimed for good, so it is failed instead.
+    /// apalis' fetch in a transaction of its own (rolled back if it fails), each claimed task
+    /// [judged](judge_claimed) in it.
     fn fetch(
         self,
         worker: WorkerContext,
     ) -> impl Future<Output = Result<Fetched, BackendError>> + Send;
 
-    /// The rows the next fetch would claim that apalis cannot read.
+    /// Of the [`QUARANTINE_WINDOW`] rows next in the fetch's order, those apalis cannot read.
     fn condemned(
         self,
     ) -> impl Future<Output = Result<Vec<Condemned<Self::Key>>, BackendError>> + Send;
@@ -115,7 +167,9 @@ pub(crate) trait Dialect: Clone + Send + Sync + 'static {
         why: String,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send;
 
-    /// apalis' locks and acknowledgements, in one transaction.
+    /// apalis' locks and acknowledgements, in one transaction. A lock applies only to a task
+    /// this worker claimed and has not acknowledged (apalis' own lock statement takes any
+    /// holder's).
     fn handle_events(
         self,
         locks: Vec<String>,

@@ -2,8 +2,6 @@
 //! apalis-postgres' public queries, plus the checks of a claimed row (`sql.rs`, `judge.rs`) and
 //! the give-backs written with their acknowledgements.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apalis_core::backend::TaskResult;
@@ -13,77 +11,20 @@ use apalis_postgres::{queries, Config};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::judge::{self, GiveBack};
+use super::give_backs::GiveBacks;
+use super::judge;
 use super::sql;
-use crate::queue::store::shield::{BackendError, Condemned, Dialect, Fetched};
+use crate::queue::store::shield::{
+    judge_claimed, misspells, BackendError, Claimed, Condemned, Dialect, Fetched, QUARANTINE_WINDOW,
+};
+
+/// The largest attempt count a claimed task may have: apalis writes one more back into an
+/// `integer` column.
+const MOST_ATTEMPTS: usize = i32::MAX as usize;
 
 impl From<apalis_postgres::Error> for BackendError {
     fn from(e: apalis_postgres::Error) -> Self {
         BackendError(e.to_string())
-    }
-}
-
-/// The give-backs prepared and not settled yet, by (worker, task id).
-#[derive(Clone, Default)]
-pub(crate) struct GiveBacks(Arc<Mutex<HashMap<(String, String), GiveBack>>>);
-
-impl GiveBacks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), GiveBack>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn prepare(&self, worker: &str, id: &str) {
-        self.lock()
-            .insert((worker.to_owned(), id.to_owned()), GiveBack::Waiting);
-    }
-
-    pub(crate) fn stands(&self, worker: &str, id: &str) -> Option<GiveBack> {
-        self.lock()
-            .get(&(worker.to_owned(), id.to_owned()))
-            .copied()
-    }
-
-    pub(crate) fn forget(&self, worker: &str, id: &str) {
-        self.lock().remove(&(worker.to_owned(), id.to_owned()));
-    }
-
-    pub(crate) fn forget_worker(&self, worker: &str) {
-        self.lock().retain(|(w, _), _| w != worker);
-    }
-
-    /// Of `ids` acknowledged now by `worker`, the ones with a give-back waiting: marked
-    /// `Applying`.
-    fn begin(&self, worker: &str, ids: &[String]) -> Vec<String> {
-        let mut map = self.lock();
-        ids.iter()
-            .filter(|id| {
-                let entry = map.get_mut(&(worker.to_owned(), (*id).clone()));
-                match entry {
-                    Some(stands @ GiveBack::Waiting) => {
-                        *stands = GiveBack::Applying;
-                        true
-                    }
-                    _ => false,
-                }
-            })
-            .cloned()
-            .collect()
-    }
-
-    /// How the give-backs begun for `worker` ended: `Some(freed)` once committed, `None` if
-    /// the transaction failed (waiting again: the acknowledgement will be tried again).
-    fn end(&self, worker: &str, outcome: Option<&[(String, bool)]>, begun: &[String]) {
-        let mut map = self.lock();
-        for id in begun {
-            let freed = outcome.map(|o| o.iter().any(|(i, f)| i == id && *f));
-            if let Some(stands) = map.get_mut(&(worker.to_owned(), id.clone())) {
-                *stands = match freed {
-                    Some(true) => GiveBack::Applied,
-                    Some(false) => GiveBack::Missed,
-                    None => GiveBack::Waiting,
-                };
-            }
-        }
     }
 }
 
@@ -95,24 +36,28 @@ pub(crate) struct PgDialect {
 }
 
 impl PgDialect {
+    /// apalis' acknowledgements and locks, and the give-backs `begun` for them, in one
+    /// transaction; the ids of the tasks the give-backs freed.
     async fn acknowledge(
         &self,
         locks: &[String],
         acks: &[TaskResult<Value>],
         worker: &str,
-        give_backs: &[String],
-    ) -> Result<Vec<(String, bool)>, BackendError> {
+        begun: &[(String, u64)],
+    ) -> Result<Vec<String>, BackendError> {
         let mut tx = self.pool.begin().await?;
         if !acks.is_empty() {
             let acks: Vec<&TaskResult<Value>> = acks.iter().collect();
             queries::handle_results(&mut *tx, &acks, worker).await?;
         }
         if !locks.is_empty() {
-            queries::lock_tasks(&mut *tx, locks, worker).await?;
+            sql::lock(&mut tx, locks, worker).await?;
         }
-        let mut freed = Vec::with_capacity(give_backs.len());
-        for id in give_backs {
-            freed.push((id.clone(), sql::give_back(&mut tx, worker, id).await?));
+        let mut freed = Vec::with_capacity(begun.len());
+        for (id, _) in begun {
+            if sql::give_back(&mut tx, worker, id).await? {
+                freed.push(id.clone());
+            }
         }
         tx.commit().await?;
         Ok(freed)
@@ -173,21 +118,26 @@ impl Dialect for PgDialect {
     async fn fetch(self, worker: WorkerContext) -> Result<Fetched, BackendError> {
         let mut tx = self.pool.begin().await?;
         let claimed = queries::fetch_next(&mut *tx, &self.config, &worker).await?;
+        let me = worker.name();
         let mut fetched = Fetched {
             tasks: Vec::with_capacity(claimed.len()),
             failed: Vec::new(),
         };
         for task in claimed {
             let id = task.task_id().map(ToString::to_string).unwrap_or_default();
-            if sql::claimed_by(&mut tx, &id, worker.name()).await? {
-                fetched.tasks.push(task);
-                continue;
-            }
-            let why = format!(
-                "apalis cannot read this task: its id is not written as apalis writes it back ({id})"
-            );
-            for stored in sql::kill_miswritten(&mut tx, &id, worker.name(), &why).await? {
-                fetched.failed.push((stored, why.clone()));
+            let found = sql::claimed_by(&mut tx, &id, me).await?;
+            match judge_claimed(found, &id, task.ctx().attempt(), MOST_ATTEMPTS) {
+                Claimed::Run => fetched.tasks.push(task),
+                Claimed::Fail(why) => {
+                    let killed = sql::kill_claimed(&mut tx, &[id], me, &why).await?;
+                    fetched.failed(killed, &why);
+                }
+                Claimed::Miswritten(why) => {
+                    let mut spelled = sql::claims(&mut tx, me).await?;
+                    spelled.retain(|stored| misspells(stored, &id));
+                    let killed = sql::kill_claimed(&mut tx, &spelled, me, &why).await?;
+                    fetched.failed(killed, &why);
+                }
             }
         }
         tx.commit().await?;
@@ -196,7 +146,12 @@ impl Dialect for PgDialect {
 
     async fn condemned(self) -> Result<Vec<Condemned<String>>, BackendError> {
         let queue = self.config.queue.as_ref();
-        let rows = sql::candidates(&self.pool, queue, self.config.batch_size).await?;
+        let rows = sql::candidates(
+            &self.pool,
+            queue,
+            self.config.batch_size.max(QUARANTINE_WINDOW),
+        )
+        .await?;
         Ok(rows
             .into_iter()
             .filter_map(|row| {
@@ -228,8 +183,8 @@ impl Dialect for PgDialect {
         let outcome = self.acknowledge(&locks, &acks, worker.name(), &begun).await;
         self.give_backs.end(
             worker.name(),
-            outcome.as_ref().ok().map(Vec::as_slice),
             &begun,
+            outcome.as_ref().ok().map(Vec::as_slice),
         );
         outcome.map(|_| ())
     }

@@ -13,10 +13,13 @@ pub(crate) struct PgRow {
     pub(crate) run_at_before_1970: bool,
     pub(crate) done_at_before_1970: bool,
     pub(crate) metadata_null_value: bool,
+    /// `last_result` as text (apalis decodes it into a JSON value).
+    pub(crate) last_result: Option<String>,
 }
 
 /// Why apalis-postgres 1.0 cannot turn `row` into a task (its row conversion: a ULID id
-/// written as the ULID prints, times since 1970, metadata values); `Ok` if it can.
+/// written as the ULID prints, times since 1970, metadata values, a `last_result` its JSON
+/// reader takes: nested at most 128 deep, numbers within `f64`); `Ok` if it can.
 pub(crate) fn unreadable(row: &PgRow) -> Result<(), String> {
     let id = &row.id;
     match ulid::Ulid::from_string(id) {
@@ -42,9 +45,16 @@ pub(crate) fn unreadable(row: &PgRow) -> Result<(), String> {
             "its metadata has a key whose value is NULL",
         ),
     ];
-    match problems.iter().find(|(found, _)| *found) {
-        Some((_, why)) => Err((*why).to_owned()),
-        None => Ok(()),
+    if let Some((_, why)) = problems.iter().find(|(found, _)| *found) {
+        return Err((*why).to_owned());
+    }
+    match row
+        .last_result
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        Some(Err(e)) => Err(format!("its last_result is not JSON apalis reads: {e}")),
+        _ => Ok(()),
     }
 }
 
@@ -95,12 +105,23 @@ mod tests {
             run_at_before_1970: false,
             done_at_before_1970: false,
             metadata_null_value: false,
+            last_result: Some(r#"{"Err":"a reason"}"#.into()),
         }
     }
 
     #[test]
     fn a_row_apalis_reads_passes() {
         assert_eq!(unreadable(&good()), Ok(()));
+        let no_result = PgRow {
+            last_result: None,
+            ..good()
+        };
+        assert_eq!(unreadable(&no_result), Ok(()));
+        let deep_enough = PgRow {
+            last_result: Some(format!("{}{}", "[".repeat(120), "]".repeat(120))),
+            ..good()
+        };
+        assert_eq!(unreadable(&deep_enough), Ok(()));
     }
 
     #[test]
@@ -140,6 +161,20 @@ mod tests {
                     ..good()
                 },
                 "metadata has a key whose value is NULL",
+            ),
+            (
+                PgRow {
+                    last_result: Some(format!("{}{}", "[".repeat(200), "]".repeat(200))),
+                    ..good()
+                },
+                "its last_result is not JSON apalis reads: recursion limit exceeded",
+            ),
+            (
+                PgRow {
+                    last_result: Some(format!("{{\"Err\": 1{}}}", "0".repeat(400))),
+                    ..good()
+                },
+                "its last_result is not JSON apalis reads: number out of range",
             ),
         ];
         for (row, why) in cases {

@@ -2,16 +2,16 @@
 //! apalis 1.0 does not do (see the [`Store`] methods): giving back a deferred task's attempt
 //! (written with apalis' acknowledgement, since PostgreSQL's fetch takes a waiting task
 //! whoever holds it), handing a stopped worker's tasks back, retry times, and failing
-//! unreadable rows alone. Workers wake on PostgreSQL's `NOTIFY` of a new task (apalis'
+//! unreadable rows alone. Nothing is ever owed back (a give-back is written with its
+//! acknowledgement) and apalis' orphan re-run counts an attempt, so `counted_attempt` and
+//! `started` are the trait's defaults. Workers wake on PostgreSQL's `NOTIFY` of a new task (apalis'
 //! trigger) and poll as well, for retries that come due.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use apalis_core::backend::ext::BackendExt as _;
-use apalis_postgres::{Config, PostgresStorage, Pubsub};
+use apalis_postgres::{Config, PostgresStorage};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use sqlx::postgres::PgPoolOptions;
@@ -24,10 +24,14 @@ use super::{Intent, NewTask, RunSpec, Settled, Store};
 use crate::queue::{QueueCounts, QueueError, TaskInfo};
 
 mod dialect;
+mod give_backs;
 pub(crate) mod judge;
 mod sql;
+mod wake;
 
-use dialect::{GiveBacks, PgDialect};
+use dialect::PgDialect;
+use give_backs::GiveBacks;
+use wake::Wakes;
 
 /// Connections a queue opens to the server when it makes its own pool (`Queue::postgres`).
 const POOL_SIZE: u32 = 8;
@@ -36,6 +40,7 @@ pub(crate) struct PostgresStore {
     pool: PgPool,
     shown: String,
     give_backs: GiveBacks,
+    wakes: Arc<Wakes>,
 }
 
 impl PostgresStore {
@@ -59,6 +64,7 @@ impl PostgresStore {
             .await
             .map_err(|e| QueueError::Store(format!("setting up apalis' tables on {shown}: {e}")))?;
         Ok(PostgresStore {
+            wakes: Wakes::new(pool.clone()),
             pool,
             shown,
             give_backs: GiveBacks::default(),
@@ -69,10 +75,6 @@ impl PostgresStore {
 impl Store for PostgresStore {
     fn describe(&self) -> String {
         format!("postgres {}", self.shown)
-    }
-
-    fn path(&self) -> Option<&Path> {
-        None
     }
 
     fn push<'a>(
@@ -113,36 +115,16 @@ impl Store for PostgresStore {
             config,
             give_backs: self.give_backs.clone(),
         };
-        // Woken by the NOTIFY of apalis' insert trigger (a listening connection of its own);
-        // polling too, for retries that come due and as a fallback while it reconnects.
-        let wake = Pubsub::new(self.pool.clone(), spec.queue.clone());
-        let backend = SqlBackend::new(dialect, Arc::clone(&spec.on_unreadable))
-            .poll_with_stream(wake)
-            .poll_with_interval(spec.poll_interval);
-        run_apalis(backend, spec).boxed()
-    }
-
-    fn counted_attempt<'a>(
-        &'a self,
-        _queue: &'a str,
-        _worker: &'a str,
-        _id: &'a str,
-        attempt: usize,
-        _metadata: &'a HashMap<String, String>,
-    ) -> BoxFuture<'a, Result<usize, QueueError>> {
-        // A give-back is written with its acknowledgement: nothing is ever owed.
-        async move { Ok(attempt) }.boxed()
-    }
-
-    fn started<'a>(
-        &'a self,
-        _queue: &'a str,
-        _worker: &'a str,
-        _id: &'a str,
-        _attempt: usize,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
-        // apalis' orphan re-run counts the attempt of a run that never answered.
-        async { Ok(()) }.boxed()
+        async move {
+            // Woken by the NOTIFY of apalis' insert trigger (the store's listener); polling
+            // too, for retries that come due and while the listener reconnects.
+            let wake = self.wakes.stream(&spec.queue);
+            let backend = SqlBackend::new(dialect, Arc::clone(&spec.on_unreadable))
+                .poll_with_stream(wake)
+                .poll_with_interval(spec.poll_interval);
+            run_apalis(backend, spec).await
+        }
+        .boxed()
     }
 
     fn prepare<'a>(
@@ -178,15 +160,23 @@ impl Store for PostgresStore {
             if let Intent::RetryAt { .. } = intent {
                 return Ok(Settled::Done);
             }
-            let stands = self.give_backs.stands(worker, id);
+            let prepared = self.give_backs.stands(worker, id);
+            let stands = prepared.map(|p| p.stands);
             let row = match stands {
                 Some(judge::GiveBack::Waiting) | None => sql::holder(&self.pool, id).await?,
                 _ => None,
             };
             let row = row.as_ref().map(|(s, h)| (s.as_str(), h.as_deref()));
-            let settled = judge::give_back_settled(stands, row, worker);
-            if settled != Settled::NotYet {
-                self.give_backs.forget(worker, id);
+            let mut settled = judge::give_back_settled(stands, row, worker);
+            if settled == Settled::Gone && row == Some(("Pending", Some(worker))) {
+                // Acknowledged without its give-back (none was waiting then): give it back now.
+                let mut conn = self.pool.acquire().await?;
+                if sql::give_back(&mut conn, worker, id).await? {
+                    settled = Settled::Done;
+                }
+            }
+            if let (Some(p), false) = (prepared, settled == Settled::NotYet) {
+                self.give_backs.forget(worker, id, p.generation);
             }
             Ok(settled)
         }
@@ -200,9 +190,9 @@ impl Store for PostgresStore {
         _unsettled: &'a [(String, Intent)],
     ) -> BoxFuture<'a, Result<u64, QueueError>> {
         async move {
-            let released = sql::release_worker(&self.pool, worker).await?;
+            // Gone for good whatever the release does.
             self.give_backs.forget_worker(worker);
-            Ok(released)
+            sql::release_worker(&self.pool, worker).await
         }
         .boxed()
     }
@@ -215,9 +205,5 @@ impl Store for PostgresStore {
         // Nothing strands: a give-back is written with its acknowledgement, and apalis' fetch
         // takes a waiting task whoever held it. PostgreSQL keeps its own statistics.
         async { Ok(0) }.boxed()
-    }
-
-    fn reopen(&self) -> BoxFuture<'_, Result<bool, QueueError>> {
-        async { Ok(false) }.boxed()
     }
 }

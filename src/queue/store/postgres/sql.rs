@@ -2,8 +2,6 @@
 //! (atomic against apalis' own). The columns they rely on are pinned by the store contract
 //! test.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use sqlx::{PgConnection, PgPool};
 
 use super::judge::PgRow;
@@ -21,14 +19,7 @@ pub(super) async fn counts(pool: &PgPool, queue: &str) -> Result<QueueCounts, Qu
     .await?;
     let mut counts = QueueCounts::default();
     for (status, spent, n) in rows {
-        let n = u64::try_from(n).unwrap_or(0);
-        match status.as_str() {
-            "Pending" => counts.pending += n,
-            "Queued" | "Running" => counts.claimed += n,
-            "Done" => counts.done += n,
-            "Failed" if !spent => counts.pending += n,
-            _ => counts.failed += n,
-        }
+        counts.add_rows(&status, spent, u64::try_from(n).unwrap_or(0));
     }
     Ok(counts)
 }
@@ -57,21 +48,16 @@ pub(super) async fn task(
     Ok(row.map(
         |(status, attempts, max_attempts, locked_by, last_result, run_at)| {
             let count = |n: Option<i32>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-            let (attempts, max_attempts) = (count(attempts), count(max_attempts));
-            let waiting = status == "Pending" || (status == "Failed" && attempts < max_attempts);
-            let next_attempt_at = run_at
-                .filter(|t| t.is_finite() && *t >= 0.0)
-                .map(|t| t as u64)
-                .filter(|t| waiting && *t > unix_now())
-                .map(|t| UNIX_EPOCH + Duration::from_secs(t));
-            TaskInfo {
+            TaskInfo::from_row(
                 status,
-                attempts,
-                max_attempts,
+                (count(attempts), count(max_attempts)),
                 locked_by,
                 last_result,
-                next_attempt_at,
-            }
+                run_at
+                    .filter(|t| t.is_finite() && *t >= 0.0)
+                    .map(|t| t as u64),
+                unix_now(),
+            )
         },
     ))
 }
@@ -152,10 +138,12 @@ pub(super) async fn candidates(
     queue: &str,
     batch: usize,
 ) -> Result<Vec<PgRow>, QueueError> {
-    let rows: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+    type Row = (String, bool, bool, bool, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, coalesce(run_at < 'epoch'::timestamptz, false), \
            coalesce(done_at < 'epoch'::timestamptz, false), \
-           coalesce((SELECT bool_or(e.value IS NULL) FROM each(metadata) AS e), false) \
+           coalesce((SELECT bool_or(e.value IS NULL) FROM each(metadata) AS e), false), \
+           last_result::text \
          FROM apalis.jobs WHERE job_type = $1 \
            AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) \
            AND run_at < now() \
@@ -167,8 +155,9 @@ pub(super) async fn candidates(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, run_at, done_at, metadata)| PgRow {
+        .map(|(id, run_at, done_at, metadata, last_result)| PgRow {
             id,
+            last_result,
             run_at_before_1970: run_at,
             done_at_before_1970: done_at,
             metadata_null_value: metadata,
@@ -176,41 +165,80 @@ pub(super) async fn candidates(
         .collect())
 }
 
-/// Whether task `id` (exactly) is claimed by `worker`.
+/// Whether task `id` (exactly) was claimed by `worker` in this transaction (apalis' fetch
+/// stamps its claims with the transaction's `now()`).
 pub(super) async fn claimed_by(
     conn: &mut PgConnection,
     id: &str,
     worker: &str,
 ) -> Result<bool, sqlx::Error> {
-    let found: Option<(i32,)> =
-        sqlx::query_as("SELECT 1 FROM apalis.jobs WHERE id = $1 AND lock_by = $2")
-            .bind(id)
-            .bind(worker)
-            .fetch_optional(conn)
-            .await?;
+    let found: Option<(i32,)> = sqlx::query_as(
+        "SELECT 1 FROM apalis.jobs \
+         WHERE id = $1 AND lock_by = $2 AND status = 'Queued' AND lock_at = now()",
+    )
+    .bind(id)
+    .bind(worker)
+    .fetch_optional(conn)
+    .await?;
     Ok(found.is_some())
 }
 
-/// Fails for good the rows `worker` just claimed whose id is `id` in another spelling; their
-/// ids.
-pub(super) async fn kill_miswritten(
+/// The ids of the tasks `worker` claimed in this transaction, as stored.
+pub(super) async fn claims(
     conn: &mut PgConnection,
-    id: &str,
+    worker: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM apalis.jobs WHERE lock_by = $1 AND status = 'Queued' AND lock_at = now()",
+    )
+    .bind(worker)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Fails for good the tasks `ids` (as stored) that `worker` claimed and has not started;
+/// their ids.
+pub(super) async fn kill_claimed(
+    conn: &mut PgConnection,
+    ids: &[String],
     worker: &str,
     why: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let killed: Vec<(String,)> = sqlx::query_as(
-        "UPDATE apalis.jobs SET status = 'Killed', last_result = jsonb_build_object('Err', $3::text), \
-         done_at = now(), lock_by = NULL, lock_at = NULL \
-         WHERE lock_by = $2 AND status = 'Queued' AND upper(id) = $1 AND id <> $1 \
-         RETURNING id",
+        "UPDATE apalis.jobs SET status = 'Killed', \
+           last_result = jsonb_build_object('Err', $3::text), \
+           done_at = now(), lock_by = NULL, lock_at = NULL \
+         WHERE id = ANY($1) AND lock_by = $2 AND status = 'Queued' RETURNING id",
     )
-    .bind(id)
+    .bind(ids)
     .bind(worker)
     .bind(why)
     .fetch_all(conn)
     .await?;
     Ok(killed.into_iter().map(|(id,)| id).collect())
+}
+
+/// apalis' lock of tasks `ids` that `worker` is starting, only where `worker` holds them
+/// claimed (apalis' own statement takes them from any holder: a lock landing late, after
+/// another worker took the task over, would take it back).
+pub(super) async fn lock(
+    conn: &mut PgConnection,
+    ids: &[String],
+    worker: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Running', lock_at = now() \
+         WHERE id = ANY($1) AND lock_by = $2 AND status = 'Queued'",
+    )
+    .bind(ids)
+    .bind(worker)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Fails task `id` for good with `why` (apalis' result format: `{"Err": why}`), if it is still

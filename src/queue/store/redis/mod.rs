@@ -6,7 +6,6 @@
 //! not allow.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,10 +57,6 @@ pub(crate) fn redact(url: &str) -> String {
 impl Store for RedisStore {
     fn describe(&self) -> String {
         format!("redis {}", redact(&self.url))
-    }
-
-    fn path(&self) -> Option<&Path> {
-        None
     }
 
     fn push<'a>(
@@ -155,9 +150,5 @@ impl Store for RedisStore {
         orphan_timeout: Duration,
     ) -> BoxFuture<'a, Result<u64, QueueError>> {
         RedisStore::sweep(self, queue, orphan_timeout).boxed()
-    }
-
-    fn reopen(&self) -> BoxFuture<'_, Result<bool, QueueError>> {
-        async { Ok(false) }.boxed()
     }
 }

@@ -14,7 +14,13 @@ use sqlx::SqlitePool;
 
 use super::file::FileId;
 use super::{judge, sql};
-use crate::queue::store::shield::{BackendError, Condemned, Dialect, Fetched};
+use crate::queue::store::shield::{
+    judge_claimed, misspells, BackendError, Claimed, Condemned, Dialect, Fetched, QUARANTINE_WINDOW,
+};
+
+/// The largest attempt count a claimed task may have: apalis writes one more back into an
+/// `INTEGER` (64-bit) column.
+const MOST_ATTEMPTS: usize = i64::MAX as usize;
 
 impl From<apalis_sqlite::Error> for BackendError {
     fn from(e: apalis_sqlite::Error) -> Self {
@@ -83,21 +89,26 @@ impl Dialect for SqliteDialect {
     async fn fetch(self, worker: WorkerContext) -> Result<Fetched, BackendError> {
         let mut tx = self.pool.begin().await?;
         let claimed = queries::fetch_next(&mut *tx, &self.config, &worker).await?;
+        let me = worker.name();
         let mut fetched = Fetched {
             tasks: Vec::with_capacity(claimed.len()),
             failed: Vec::new(),
         };
         for task in claimed {
             let id = task.task_id().map(ToString::to_string).unwrap_or_default();
-            if sql::claimed_by(&mut tx, &id, worker.name()).await? {
-                fetched.tasks.push(task);
-                continue;
-            }
-            let why = format!(
-                "apalis cannot read this task: its id is not written as apalis writes it back ({id})"
-            );
-            for stored in sql::kill_miswritten(&mut tx, &id, worker.name(), &why).await? {
-                fetched.failed.push((stored, why.clone()));
+            let found = sql::claimed_by(&mut tx, &id, me).await?;
+            match judge_claimed(found, &id, task.ctx().attempt(), MOST_ATTEMPTS) {
+                Claimed::Run => fetched.tasks.push(task),
+                Claimed::Fail(why) => {
+                    let killed = sql::kill_claimed(&mut tx, &[id], me, &why).await?;
+                    fetched.failed(killed, &why);
+                }
+                Claimed::Miswritten(why) => {
+                    let mut spelled = sql::claims(&mut tx, me).await?;
+                    spelled.retain(|stored| misspells(stored, &id));
+                    let killed = sql::kill_claimed(&mut tx, &spelled, me, &why).await?;
+                    fetched.failed(killed, &why);
+                }
             }
         }
         tx.commit().await?;
@@ -106,7 +117,12 @@ impl Dialect for SqliteDialect {
 
     async fn condemned(self) -> Result<Vec<Condemned<i64>>, BackendError> {
         let queue = self.config.queue.as_ref();
-        let rows = sql::next_candidates(&self.pool, queue, self.config.batch_size).await?;
+        let rows = sql::next_candidates(
+            &self.pool,
+            queue,
+            self.config.batch_size.max(QUARANTINE_WINDOW),
+        )
+        .await?;
         Ok(rows
             .iter()
             .filter_map(|row| {
@@ -132,7 +148,7 @@ impl Dialect for SqliteDialect {
     ) -> Result<(), BackendError> {
         let mut tx = self.pool.begin().await?;
         if !locks.is_empty() {
-            queries::lock_tasks(&mut *tx, &locks, worker.name()).await?;
+            sql::lock(&mut tx, &locks, worker.name()).await?;
         }
         if !acks.is_empty() {
             let acks: Vec<&TaskResult<Value>> = acks.iter().collect();

@@ -4,7 +4,6 @@
 //! unreadable rows alone, fresh planner statistics, and following the path when the file under
 //! it is deleted or replaced.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -200,29 +199,6 @@ impl Store for SqliteStore {
         run_apalis(backend, spec).boxed()
     }
 
-    fn counted_attempt<'a>(
-        &'a self,
-        _queue: &'a str,
-        _worker: &'a str,
-        _id: &'a str,
-        attempt: usize,
-        _metadata: &'a HashMap<String, String>,
-    ) -> BoxFuture<'a, Result<usize, QueueError>> {
-        // A deferred row stays locked by its worker until it is given back: nothing is owed.
-        async move { Ok(attempt) }.boxed()
-    }
-
-    fn started<'a>(
-        &'a self,
-        _queue: &'a str,
-        _worker: &'a str,
-        _id: &'a str,
-        _attempt: usize,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
-        // apalis' orphan re-run counts the attempt of a run that never answered.
-        async { Ok(()) }.boxed()
-    }
-
     fn prepare<'a>(
         &'a self,
         _queue: &'a str,
@@ -242,6 +218,10 @@ impl Store for SqliteStore {
         }
         .boxed()
     }
+
+    // `counted_attempt`, `started`: the trait's defaults. A deferred row stays locked by its
+    // worker until it is given back (nothing is owed), and apalis' orphan re-run counts the
+    // attempt of a run that never answered.
 
     fn settle<'a>(
         &'a self,

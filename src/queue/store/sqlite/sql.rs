@@ -2,7 +2,7 @@
 //! statement (atomic against apalis' own). The columns they rely on are pinned by the store
 //! contract test.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::SqlitePool;
 
@@ -22,13 +22,7 @@ pub(super) async fn counts(pool: &SqlitePool, queue: &str) -> Result<QueueCounts
     let mut counts = QueueCounts::default();
     for (status, spent, n) in rows {
         let n = u64::try_from(n).unwrap_or(0);
-        match String::from_utf8_lossy(&status).as_ref() {
-            "Pending" => counts.pending += n,
-            "Queued" | "Running" => counts.claimed += n,
-            "Done" => counts.done += n,
-            "Failed" if spent == 0 => counts.pending += n,
-            _ => counts.failed += n,
-        }
+        counts.add_rows(&String::from_utf8_lossy(&status), spent != 0, n);
     }
     Ok(counts)
 }
@@ -59,25 +53,15 @@ pub(super) async fn task(
     Ok(row.map(
         |(status, attempts, max_attempts, locked_by, last_result, run_at)| {
             let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-            let status = text(status);
-            let (locked_by, last_result) = (locked_by.map(text), last_result.map(text));
-            let attempts = attempts.and_then(|a| u64::try_from(a).ok()).unwrap_or(0);
-            let max_attempts = max_attempts
-                .and_then(|a| u64::try_from(a).ok())
-                .unwrap_or(0);
-            let waiting = status == "Pending" || (status == "Failed" && attempts < max_attempts);
-            let next_attempt_at = run_at
-                .and_then(|t| u64::try_from(t).ok())
-                .filter(|t| waiting && *t > unix_now())
-                .map(|t| UNIX_EPOCH + Duration::from_secs(t));
-            TaskInfo {
-                status,
-                attempts,
-                max_attempts,
-                locked_by,
-                last_result,
-                next_attempt_at,
-            }
+            let count = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            TaskInfo::from_row(
+                text(status),
+                (count(attempts), count(max_attempts)),
+                locked_by.map(text),
+                last_result.map(text),
+                run_at.and_then(|t| u64::try_from(t).ok()),
+                unix_now(),
+            )
         },
     ))
 }
@@ -234,42 +218,84 @@ pub(super) async fn next_candidates(
         .collect())
 }
 
-/// Whether the row with id `id` (exactly) is claimed by `worker`.
+/// Whether the row with id `id` (exactly) is claimed by `worker` and not started.
 pub(super) async fn claimed_by(
     conn: &mut sqlx::SqliteConnection,
     id: &str,
     worker: &str,
 ) -> Result<bool, QueueError> {
-    let found: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM Jobs WHERE id = ?1 AND lock_by = ?2")
-        .bind(id)
-        .bind(worker)
-        .fetch_optional(conn)
-        .await?;
+    let found: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM Jobs WHERE id = ?1 AND lock_by = ?2 AND status = 'Queued'")
+            .bind(id)
+            .bind(worker)
+            .fetch_optional(conn)
+            .await?;
     Ok(found.is_some())
 }
 
-/// Fails for good the rows `worker` just claimed whose id is `id` in another case; their ids.
-pub(super) async fn kill_miswritten(
+/// The ids of the rows `worker` claimed and has not started, as stored.
+pub(super) async fn claims(
     conn: &mut sqlx::SqliteConnection,
-    id: &str,
     worker: &str,
-    why: &str,
 ) -> Result<Vec<String>, QueueError> {
-    let killed: Vec<(Vec<u8>,)> = sqlx::query_as(
-        "UPDATE Jobs SET status = 'Killed', last_result = json_object('Err', ?3), \
-         done_at = strftime('%s', 'now'), lock_by = NULL, lock_at = NULL \
-         WHERE lock_by = ?2 AND status = 'Queued' AND upper(id) = ?1 AND id <> ?1 \
-         RETURNING CAST(id AS BLOB)",
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT CAST(id AS BLOB) FROM Jobs WHERE lock_by = ?1 AND status = 'Queued' \
+         AND id IS NOT NULL",
     )
-    .bind(id)
     .bind(worker)
-    .bind(why)
     .fetch_all(conn)
     .await?;
-    Ok(killed
+    Ok(rows
         .into_iter()
         .map(|(id,)| String::from_utf8_lossy(&id).into_owned())
         .collect())
+}
+
+/// Fails for good the rows `ids` (as stored) that `worker` claimed and has not started; their
+/// ids.
+pub(super) async fn kill_claimed(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &[String],
+    worker: &str,
+    why: &str,
+) -> Result<Vec<String>, QueueError> {
+    let mut killed = Vec::new();
+    for id in ids {
+        let done = sqlx::query(
+            "UPDATE Jobs SET status = 'Killed', last_result = json_object('Err', ?3), \
+             done_at = strftime('%s', 'now'), lock_by = NULL, lock_at = NULL \
+             WHERE id = ?1 AND lock_by = ?2 AND status = 'Queued'",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(why)
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() > 0 {
+            killed.push(id.clone());
+        }
+    }
+    Ok(killed)
+}
+
+/// apalis' lock of tasks `ids` that `worker` is starting, only where `worker` holds them
+/// claimed (apalis' own statement takes them from any holder: a lock landing late, after
+/// another worker took the task over, would take it back).
+pub(super) async fn lock(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &[String],
+    worker: &str,
+) -> Result<(), QueueError> {
+    let ids = serde_json::to_string(ids).map_err(|e| QueueError::Store(e.to_string()))?;
+    sqlx::query(
+        "UPDATE Jobs SET status = 'Running', lock_at = strftime('%s', 'now') \
+         WHERE id IN (SELECT value FROM json_each(?1)) AND lock_by = ?2 AND status = 'Queued'",
+    )
+    .bind(ids)
+    .bind(worker)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Fails the row `rowid` for good with `why` (apalis' result format: `{"Err": why}`), if it

@@ -1,0 +1,139 @@
+//! What only the PostgreSQL store does: idle workers woken by `NOTIFY` (not by their poll), one
+//! listening connection per queue outside the pool (many workers leave the pool to pushes,
+//! acknowledgements and heartbeats), and a listener that reconnects.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leasepool::queue::{Queue, QueueWorker};
+
+use crate::fixtures::*;
+use crate::postgres_server::{postgres_url, psql};
+
+/// A worker that polls once an hour, and the times its job started.
+async fn deaf_worker(
+    queue: &Queue,
+    name: &str,
+    prefix: &str,
+) -> (
+    QueueWorker<(), u64>,
+    leasepool::LeaseManager,
+    Arc<std::sync::Mutex<Vec<Instant>>>,
+) {
+    let m = manager(prefix, 2).await;
+    let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&started);
+    let worker = QueueWorker::builder(&m, queue, name)
+        .poll_interval(Duration::from_secs(3600))
+        .build_blocking(move |_: u64| -> Result<(), String> {
+            seen.lock().unwrap().push(Instant::now());
+            Ok(())
+        })
+        .unwrap();
+    worker.start().unwrap();
+    // Past its first fetch: from here only a wake-up makes it fetch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (worker, m, started)
+}
+
+/// Pushes one task and waits (at most 10 s: the poll is an hour away) until it started;
+/// how long that took.
+async fn push_and_wait(
+    queue: &Queue,
+    name: &str,
+    n: u64,
+    started: &std::sync::Mutex<Vec<Instant>>,
+) -> Duration {
+    let before = started.lock().unwrap().len();
+    let pushed = Instant::now();
+    queue.push(name, n).await.unwrap();
+    loop {
+        if let Some(at) = started.lock().unwrap().get(before) {
+            return at.saturating_duration_since(pushed);
+        }
+        assert!(
+            pushed.elapsed() < Duration::from_secs(10),
+            "task {n} did not start within 10 s of its push: no wake-up"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[testkit::test]
+async fn an_idle_worker_is_woken_by_notify_not_its_poll() {
+    let queue = Queue::postgres(&postgres_url()).await.unwrap();
+    let name = "woken";
+    let (worker, m, started) = deaf_worker(&queue, name, "q-woken").await;
+    let mut waits = Vec::new();
+    for n in 0..5 {
+        waits.push(push_and_wait(&queue, name, n, &started).await);
+        // Idle again (the fetch that follows a task's end is behind it).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("    push → start with an hour's poll: {waits:?}");
+    assert_eq!(worker.stop().await.done, 5);
+    m.stop().await;
+}
+
+#[testkit::test]
+async fn the_listener_reconnects_after_its_connection_is_killed() {
+    let queue = Queue::postgres(&postgres_url()).await.unwrap();
+    let name = "relisten";
+    let (worker, m, started) = deaf_worker(&queue, name, "q-relisten").await;
+    push_and_wait(&queue, name, 1, &started).await;
+    // Idle again (the fetch that follows a task's end is behind it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN %apalis::job::insert%'",
+    );
+    assert_ne!(killed, "0", "no listening connection found");
+    // Reconnected with a backoff of 100 ms first: the next push wakes the worker again.
+    let wait = push_and_wait(&queue, name, 2, &started).await;
+    println!("    push → start after the listener's connection was killed: {wait:?}");
+    assert_eq!(worker.stop().await.done, 2);
+    m.stop().await;
+}
+
+/// (Before, each worker's listener held a connection of the queue's pool of 8 for its whole
+/// life: with 8 workers a push waited out the pool's 30 s timeout and failed.)
+#[testkit::test]
+async fn many_workers_leave_the_pool_to_pushes_and_acknowledgements() {
+    let queue = Queue::postgres(&postgres_url()).await.unwrap();
+    let name = "crowd";
+    let m = manager("q-crowd", 12).await;
+    let mut workers = Vec::new();
+    for _ in 0..12 {
+        let w = QueueWorker::builder(&m, &queue, name)
+            .poll_interval(Duration::from_millis(50))
+            .build_blocking(|_: u64| -> Result<(), String> { Ok(()) })
+            .unwrap();
+        w.start().unwrap();
+        workers.push(w);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let begun = Instant::now();
+    for n in 0..24_u64 {
+        queue.push(name, n).await.unwrap();
+    }
+    let pushing = begun.elapsed();
+    testkit::until(
+        "every task done",
+        || async { queue.counts(name).await.unwrap() },
+        |c| c.done == 24,
+    )
+    .await;
+    println!(
+        "    12 workers: 24 pushes took {pushing:?}, all done after {:?}",
+        begun.elapsed()
+    );
+    assert!(
+        pushing < Duration::from_secs(10),
+        "pushes waited for the pool: {pushing:?}"
+    );
+    for w in workers {
+        let st = w.stop().await;
+        assert_eq!(st.restarts, 0, "{st:?}, {:?}", w.last_error());
+    }
+    m.stop().await;
+}
