@@ -8,8 +8,8 @@ use crate::queue::store::Settled;
 pub(crate) struct PgRow {
     pub(crate) id: String,
     /// What apalis cannot read as it is (`job` and `attempts` are `NOT NULL` in its schema):
-    /// a time before 1970 (`run_at`, `done_at`: apalis reads times as seconds since 1970,
-    /// unsigned), a metadata key without a value.
+    /// a time a second or more before 1970 (`run_at`, `done_at`: apalis reads times as whole
+    /// seconds since 1970, unsigned, truncated toward zero), a metadata key without a value.
     pub(crate) run_at_before_1970: bool,
     pub(crate) done_at_before_1970: bool,
     pub(crate) metadata_null_value: bool,

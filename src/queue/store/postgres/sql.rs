@@ -140,8 +140,10 @@ pub(super) async fn candidates(
 ) -> Result<Vec<PgRow>, QueueError> {
     type Row = (String, bool, bool, bool, Option<String>);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, coalesce(run_at < 'epoch'::timestamptz, false), \
-           coalesce(done_at < 'epoch'::timestamptz, false), \
+        // (apalis reads a time as whole seconds since 1970, truncated toward zero: a time
+        // less than a second before 1970 reads as 0.)
+        "SELECT id, coalesce(run_at <= 'epoch'::timestamptz - interval '1 second', false), \
+           coalesce(done_at <= 'epoch'::timestamptz - interval '1 second', false), \
            coalesce((SELECT bool_or(e.value IS NULL) FROM each(metadata) AS e), false), \
            last_result::text \
          FROM apalis.jobs WHERE job_type = $1 \

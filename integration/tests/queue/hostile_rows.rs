@@ -1,0 +1,571 @@
+//! The hostile rows and hashes the tests write straight into each store: every kind of stored
+//! task apalis cannot read, or that the worker must refuse, with the reason its result must
+//! name.
+
+use std::path::Path;
+
+use crate::fixtures::*;
+use crate::hostile::{early_id, nested, Hostile};
+
+/// Writes every kind of unreadable SQLite row (each sorting before the ordinary tasks).
+pub(crate) fn hostile_sqlite_rows(db: &Path, queue: &str, big: usize) -> Vec<Hostile> {
+    let deep = format!("CAST('{}' AS BLOB)", nested(200));
+    let huge = format!("CAST('\"{}\"' AS BLOB)", "x".repeat(big));
+    let rows: Vec<(String, [String; 6], &'static str, &'static str)> = vec![
+        (
+            "deep payload".into(),
+            [
+                deep,
+                "?".into(),
+                "0".into(),
+                "25".into(),
+                "1".into(),
+                "NULL".into(),
+            ],
+            "deep payload",
+            "nested 200 levels",
+        ),
+        (
+            "id not a ULID".into(),
+            [
+                "CAST('999' AS BLOB)".into(),
+                "'task-not-a-ulid'".into(),
+                "0".into(),
+                "25".into(),
+                "1".into(),
+                "NULL".into(),
+            ],
+            "id not a ULID",
+            "is not a ULID",
+        ),
+        (
+            "attempts text".into(),
+            [
+                "CAST('999' AS BLOB)".into(),
+                "?".into(),
+                "'many'".into(),
+                "25".into(),
+                "1".into(),
+                "NULL".into(),
+            ],
+            "attempts text (apalis reads it as 0: the task runs)",
+            "",
+        ),
+        (
+            "max_attempts negative".into(),
+            [
+                "CAST('999' AS BLOB)".into(),
+                "?".into(),
+                "0".into(),
+                "-5".into(),
+                "1".into(),
+                "NULL".into(),
+            ],
+            "max_attempts negative",
+            "max_attempts",
+        ),
+        (
+            "max_attempts huge".into(),
+            [
+                "CAST('999' AS BLOB)".into(),
+                "?".into(),
+                "0".into(),
+                "9223372036854775807".into(),
+                "1".into(),
+                "NULL".into(),
+            ],
+            "max_attempts huge",
+            "max_attempts",
+        ),
+        (
+            "payload not JSON".into(),
+            [
+                "X'FFFE00'".into(),
+                "?".into(),
+                "0".into(),
+                "25".into(),
+                "1".into(),
+                "NULL".into(),
+            ],
+            "payload not JSON",
+            "payload is not a u64",
+        ),
+        (
+            "number out of range".into(),
+            [
+                "CAST('1e400' AS BLOB)".into(),
+                "?".into(),
+                "0".into(),
+                "25".into(),
+                "1".into(),
+                "NULL".into(),
+            ],
+            "number out of range",
+            "payload is not a u64",
+        ),
+        (
+            "metadata not UTF-8".into(),
+            [
+                "CAST('999' AS BLOB)".into(),
+                "?".into(),
+                "0".into(),
+                "25".into(),
+                "1".into(),
+                "X'C3'".into(),
+            ],
+            "metadata not UTF-8",
+            "metadata",
+        ),
+        (
+            "payload over the limit".into(),
+            [
+                huge,
+                "?".into(),
+                "0".into(),
+                "25".into(),
+                "1".into(),
+                "NULL".into(),
+            ],
+            "payload over the limit",
+            "over the queue's payload limit",
+        ),
+    ];
+    let mut out = Vec::new();
+    // A negative count (apalis reads it as a huge one) and an id whose top bits overflow (read
+    // as another id).
+    for (id, attempts, what, reason) in [
+        (
+            early_id(70),
+            "-2",
+            "attempts negative",
+            "attempts (-2) is out of the range",
+        ),
+        (
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ".to_owned(),
+            "0",
+            "an overflowing ULID id",
+            "not written as apalis writes it back",
+        ),
+    ] {
+        let quoted = format!("'{id}'");
+        raw_sqlite_row(
+            db,
+            queue,
+            ["CAST('999' AS BLOB)", &quoted, attempts, "25", "1", "NULL"],
+        );
+        out.push(Hostile {
+            id,
+            what,
+            reason: Some(reason),
+        });
+    }
+    // A last result a JSON reader refuses (nested past 128 levels, beyond f64): apalis-sqlite
+    // does not read it, so the task runs (apalis-postgres does: see the PostgreSQL rows).
+    for (n, (result, what)) in [
+        (
+            format!("{}{}", "[".repeat(200), "]".repeat(200)),
+            "a last_result nested 200 deep",
+        ),
+        (
+            "{\"Err\": 1e400}".to_owned(),
+            "a last_result number beyond f64",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = early_id(72 + n);
+        raw_sqlite(db)
+            .execute(
+                "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, \
+                 priority, last_result) VALUES (CAST(?4 AS BLOB), ?1, ?2, 'Pending', 0, 25, 1, \
+                 0, ?3)",
+                // (A payload of its own: the job counts each value it runs.)
+                (&id, queue, &result, (901 + n).to_string()),
+            )
+            .unwrap();
+        out.push(Hostile {
+            id,
+            what,
+            reason: None,
+        });
+    }
+    // An id that reads as a ULID but is not written as apalis writes one back (lower case):
+    // its lock and acknowledgement would miss the row.
+    let lower = early_id(90).to_lowercase();
+    raw_sqlite_row(
+        db,
+        queue,
+        [
+            "CAST('999' AS BLOB)",
+            &format!("'{lower}'"),
+            "0",
+            "25",
+            "1",
+            "NULL",
+        ],
+    );
+    out.push(Hostile {
+        id: lower,
+        what: "a lower-case ULID id",
+        reason: Some("not written as apalis writes it back"),
+    });
+    for (n, (_, mut columns, what, reason)) in rows.into_iter().enumerate() {
+        let reason = (!reason.is_empty()).then_some(reason);
+        let id = if columns[1] == "?" {
+            early_id(n)
+        } else {
+            columns[1].trim_matches('\'').to_owned()
+        };
+        columns[1] = format!("'{id}'");
+        let c: [&str; 6] = std::array::from_fn(|i| columns[i].as_str());
+        raw_sqlite_row(db, queue, c);
+        out.push(Hostile { id, what, reason });
+    }
+    out
+}
+
+/// A Redis task as written: payload, meta fields, what it is, what its failure must name.
+type RedisCase = (
+    Option<Vec<u8>>,
+    Vec<(&'static str, &'static [u8])>,
+    &'static str,
+    &'static str,
+);
+
+/// Writes every kind of unreadable Redis task.
+pub(crate) fn hostile_redis_tasks(queue: &str, big: usize) -> Vec<Hostile> {
+    let good: [(&str, &[u8]); 3] = [
+        ("attempts", b"0"),
+        ("max_attempts", b"25"),
+        ("status", b"Pending"),
+    ];
+    let with = |field: &'static str, value: &'static [u8]| -> Vec<(&'static str, &'static [u8])> {
+        let mut m: Vec<(&str, &[u8])> = good.iter().filter(|(f, _)| *f != field).copied().collect();
+        m.push((field, value));
+        m
+    };
+    let deep = nested(200);
+    let huge = format!("\"{}\"", "x".repeat(big));
+    let cases: Vec<RedisCase> = vec![
+        (
+            Some(deep.into_bytes()),
+            good.to_vec(),
+            "deep payload",
+            "nested 200 levels",
+        ),
+        (
+            Some(b"1".to_vec()),
+            with("max_attempts", b"4294967296"),
+            "max_attempts above u32",
+            "max_attempts \"4294967296\"",
+        ),
+        (
+            Some(b"1".to_vec()),
+            with("max_attempts", b"18446744073709551615"),
+            "max_attempts usize::MAX",
+            "max_attempts",
+        ),
+        (
+            Some(b"1".to_vec()),
+            with("attempts", b"-1"),
+            "attempts negative",
+            "attempts \"-1\"",
+        ),
+        (Some(b"999".to_vec()), vec![], "no meta hash", "no attempts"),
+        (None, good.to_vec(), "no payload", "no payload"),
+        (
+            Some(b"1".to_vec()),
+            with("status", b"Bogus"),
+            "status unknown",
+            "status",
+        ),
+        (
+            Some(vec![0xff, 0xfe]),
+            good.to_vec(),
+            "payload not JSON",
+            "payload is not a u64",
+        ),
+        (
+            Some(b"1".to_vec()),
+            with("note", b"\xc3"),
+            "meta not UTF-8",
+            "not UTF-8",
+        ),
+        (
+            Some(huge.into_bytes()),
+            good.to_vec(),
+            "payload over the limit",
+            "over the queue's payload limit",
+        ),
+    ];
+    let mut out = Vec::new();
+    // Ids apalis reads but writes back otherwise ("007" as 7, a ULID in upper case): their
+    // lock fails and every worker that fetched one restarted.
+    for (id, what) in [
+        ("007", "a number id with leading zeros"),
+        ("01arz3ndektsv4rrffq69g5f91", "a lower-case ULID id"),
+    ] {
+        raw_redis_task(queue, id, Some(b"999"), &good);
+        out.push(Hostile {
+            id: id.to_owned(),
+            what,
+            reason: Some("not written as apalis writes it back"),
+        });
+    }
+    // A meta key of another type: apalis' fetch script itself fails on it.
+    let listed = early_id(92);
+    raw_redis_task(queue, &listed, Some(b"999"), &[]);
+    let _: () = redis::cmd("RPUSH")
+        .arg(format!("{queue}:meta:{listed}"))
+        .arg("not a hash")
+        .query(&mut redis_conn())
+        .unwrap();
+    out.push(Hostile {
+        id: listed,
+        what: "a meta key that is a list",
+        reason: Some("holds a list, not a hash"),
+    });
+    for (n, (data, meta, what, reason)) in cases.into_iter().enumerate() {
+        let id = early_id(n);
+        raw_redis_task(queue, &id, data.as_deref(), &meta);
+        out.push(Hostile {
+            id,
+            what,
+            reason: Some(reason),
+        });
+    }
+    out
+}
+
+/// Writes every kind of PostgreSQL row apalis cannot read, or that the worker must refuse
+/// (each sorting before the ordinary tasks: due an hour ago). `job` and `attempts` are
+/// `NOT NULL` in apalis' schema, so no row lacks them.
+pub(crate) fn hostile_postgres_rows(queue: &str, big: usize) -> Vec<Hostile> {
+    let ulid = |n: usize| early_id(n);
+    let deep = format!("convert_to('{}', 'UTF8')", nested(200));
+    let huge = format!("convert_to('\"' || repeat('x', {big}) || '\"', 'UTF8')");
+    let ago = "now() - interval '1 hour'";
+    // (job, id, attempts, max_attempts, run_at, metadata, done_at, what, reason)
+    type Row = (
+        String,
+        String,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            deep,
+            ulid(0),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "deep payload",
+            "nested 200 levels",
+        ),
+        (
+            "'999'".into(),
+            "task-not-a-ulid".into(),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "id not a ULID",
+            "is not a ULID",
+        ),
+        (
+            "'999'".into(),
+            ulid(1).to_lowercase(),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "a lower-case ULID id",
+            "not written as apalis writes it back",
+        ),
+        (
+            "'999'".into(),
+            ulid(2),
+            "0",
+            "-5",
+            ago,
+            "NULL",
+            "NULL",
+            "max_attempts negative",
+            "max_attempts",
+        ),
+        (
+            "'\\xfffe00'".into(),
+            ulid(3),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "payload not JSON",
+            "payload is not a u64",
+        ),
+        (
+            "'1e400'".into(),
+            ulid(4),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "number out of range",
+            "payload is not a u64",
+        ),
+        (
+            "'999'".into(),
+            ulid(5),
+            "0",
+            "25",
+            ago,
+            "'note=>NULL'",
+            "NULL",
+            "a metadata value NULL",
+            "metadata has a key whose value is NULL",
+        ),
+        (
+            "'999'".into(),
+            ulid(6),
+            "0",
+            "25",
+            "'1960-01-01'",
+            "NULL",
+            "NULL",
+            "run_at before 1970",
+            "run_at is before 1970",
+        ),
+        (
+            "'999'".into(),
+            ulid(7),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "'1960-01-01'",
+            "done_at before 1970",
+            "done_at is before 1970",
+        ),
+        (
+            huge,
+            ulid(8),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "payload over the limit",
+            "over the queue's payload limit",
+        ),
+        (
+            "'999'".into(),
+            ulid(9),
+            "0",
+            "2147483647",
+            ago,
+            "NULL",
+            "NULL",
+            "max_attempts i32::MAX (within range: the task runs)",
+            "",
+        ),
+        // apalis writes one more attempt back into an `integer`: its acknowledgement failed,
+        // and the worker with it, for ever.
+        (
+            "'999'".into(),
+            ulid(10),
+            "2147483647",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "attempts i32::MAX",
+            "attempts (2147483647) is out of the range",
+        ),
+        (
+            "'999'".into(),
+            ulid(11),
+            "-2",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "attempts negative",
+            "attempts (-2) is out of the range",
+        ),
+        // Read by apalis as a ULID whose top bits overflow: it prints as another id.
+        (
+            "'999'".into(),
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+            "0",
+            "25",
+            ago,
+            "NULL",
+            "NULL",
+            "an overflowing ULID id",
+            "not written as apalis writes it back",
+        ),
+    ];
+    let mut out = Vec::new();
+    // A last result apalis' JSON reader refuses (nested past 128 levels, a number beyond f64):
+    // every fetch failed on it.
+    for (n, (result, what)) in [
+        (
+            format!("{}{}", "[".repeat(200), "]".repeat(200)),
+            "a last_result nested 200 deep",
+        ),
+        (
+            "{\"Err\": 1e400}".to_owned(),
+            "a last_result number beyond f64",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = ulid(20 + n);
+        crate::postgres_server::psql(&format!(
+            "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, \
+             priority, last_result) VALUES ('999', '{id}', '{queue}', 'Pending', 0, 25, {ago}, 0, \
+             '{result}')"
+        ));
+        out.push(Hostile {
+            id,
+            what,
+            reason: Some("last_result is not JSON apalis reads"),
+        });
+    }
+    out.extend(rows.into_iter().map(
+        |(job, id, attempts, max, run_at, metadata, done_at, what, reason)| {
+            crate::postgres_server::psql(&format!(
+                "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, \
+                 run_at, priority, metadata, done_at) VALUES ({job}, '{id}', '{queue}', \
+                 'Pending', {attempts}, {max}, {run_at}, 0, {metadata}, {done_at})"
+            ));
+            Hostile {
+                id,
+                what,
+                reason: (!reason.is_empty()).then_some(reason),
+            }
+        },
+    ));
+    out
+}
+
+/// A waiting PostgreSQL row of `queue`, due an hour ago.
+pub(crate) fn raw_postgres_row(queue: &str, job: &str, id: &str, max_attempts: &str) {
+    crate::postgres_server::psql(&format!(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at) \
+         VALUES ({job}, '{id}', '{queue}', 'Pending', 0, {max_attempts}, now() - interval '1 hour')"
+    ));
+}
