@@ -158,26 +158,28 @@ fn running() -> (PathBuf, u16) {
     (pg.bin.clone(), pg.port)
 }
 
-/// Runs one SQL statement on this binary's cluster with `psql`; its output.
-pub(crate) fn psql(sql: &str) -> String {
+/// `psql` on this binary's cluster (tuples only, unaligned).
+fn psql_command() -> Command {
     let (bin, port) = running();
     let psql = Some(bin.join("psql"))
         .filter(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("psql"));
-    let out = Command::new(psql)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-tA",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql");
+    let mut c = Command::new(psql);
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-tA",
+    ]);
+    c
+}
+
+/// Runs one SQL statement on this binary's cluster with `psql`; its output.
+pub(crate) fn psql(sql: &str) -> String {
+    let out = psql_command().args(["-c", sql]).output().expect("run psql");
     assert!(
         out.status.success(),
         "psql: {}",
@@ -192,17 +194,7 @@ pub(crate) struct Held(Child);
 
 pub(crate) fn hold(sql: &str) -> Held {
     use std::io::{BufRead as _, Write as _};
-    let (bin, port) = running();
-    let mut child = Command::new(bin.join("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-tA",
-        ])
+    let mut child = psql_command()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
