@@ -358,6 +358,7 @@ pub(crate) fn hostile_postgres_rows(queue: &str, big: usize) -> Vec<Hostile> {
         &'static str,
         &'static str,
     );
+    // (Rows that run have payloads of their own: a run twice would show.)
     let rows: Vec<Row> = vec![
         (
             deep,
@@ -426,37 +427,37 @@ pub(crate) fn hostile_postgres_rows(queue: &str, big: usize) -> Vec<Hostile> {
             "payload is not a u64",
         ),
         (
-            "'999'".into(),
+            "'1005'".into(),
             ulid(5),
             "0",
             "25",
             ago,
             "'note=>NULL'",
             "NULL",
-            "a metadata value NULL",
-            "metadata has a key whose value is NULL",
+            "a metadata value NULL (the key is left out: the task runs)",
+            "",
         ),
         (
-            "'999'".into(),
+            "'1006'".into(),
             ulid(6),
             "0",
             "25",
             "'1960-01-01'",
             "NULL",
             "NULL",
-            "run_at before 1970",
-            "run_at is before 1970",
+            "run_at before 1970 (read as 1970: the task runs)",
+            "",
         ),
         (
-            "'999'".into(),
+            "'1007'".into(),
             ulid(7),
             "0",
             "25",
             ago,
             "NULL",
             "'1960-01-01'",
-            "done_at before 1970",
-            "done_at is before 1970",
+            "done_at before 1970 (read as 1970: the task runs)",
+            "",
         ),
         (
             huge,
@@ -519,7 +520,7 @@ pub(crate) fn hostile_postgres_rows(queue: &str, big: usize) -> Vec<Hostile> {
     ];
     let mut out = Vec::new();
     // A last result apalis' JSON reader refuses (nested past 128 levels, a number beyond f64):
-    // every fetch failed on it.
+    // every apalis fetch failed on it; leasepool's claim does not read it, and the task runs.
     for (n, (result, what)) in [
         (
             format!("{}{}", "[".repeat(200), "]".repeat(200)),
@@ -536,13 +537,14 @@ pub(crate) fn hostile_postgres_rows(queue: &str, big: usize) -> Vec<Hostile> {
         let id = ulid(20 + n);
         crate::postgres_server::psql(&format!(
             "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, \
-             priority, last_result) VALUES ('999', '{id}', '{queue}', 'Pending', 0, 25, {ago}, 0, \
-             '{result}')"
+             priority, last_result) VALUES ('{}', '{id}', '{queue}', 'Pending', 0, 25, {ago}, 0, \
+             '{result}')",
+            1020 + n
         ));
         out.push(Hostile {
             id,
             what,
-            reason: Some("last_result is not JSON apalis reads"),
+            reason: None,
         });
     }
     out.extend(rows.into_iter().map(

@@ -156,20 +156,25 @@ pub(crate) trait Dialect: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Fetched, BackendError>> + Send;
 
     /// Of the [`QUARANTINE_WINDOW`] rows next in the fetch's order, those apalis cannot read.
+    /// None by default: a dialect whose fetch reads rows itself fails them in the fetch.
     fn condemned(
         self,
-    ) -> impl Future<Output = Result<Vec<Condemned<Self::Key>>, BackendError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Condemned<Self::Key>>, BackendError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 
     /// Fails a row for good with `why`, if it is still unclaimed; whether it was.
     fn fail_unclaimed(
         self,
-        key: Self::Key,
-        why: String,
-    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
+        _key: Self::Key,
+        _why: String,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send {
+        async { Ok(false) }
+    }
 
-    /// apalis' locks and acknowledgements, in one transaction. A lock applies only to a task
-    /// this worker claimed and has not acknowledged (apalis' own lock statement takes any
-    /// holder's).
+    /// apalis' locks (if the dialect asks for them) and acknowledgements, in one transaction.
+    /// A lock applies only to a task this worker claimed and has not acknowledged (apalis' own
+    /// lock statement takes any holder's).
     fn handle_events(
         self,
         locks: Vec<String>,

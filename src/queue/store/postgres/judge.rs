@@ -1,61 +1,96 @@
-//! Pure decisions of the PostgreSQL store: whether apalis can read a claimed row (the shield
-//! fails for good only rows it cannot), and how a give-back stands.
+//! Pure decisions of the PostgreSQL store: what a claimed row becomes (a task to run, or why
+//! it cannot run), and how a give-back stands.
+
+use std::collections::HashMap;
+
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::metadata::MetadataStore;
+use apalis_core::task::status::Status;
+use apalis_core::task::task_id::TaskId;
+use apalis_core::task::Task;
 
 use crate::queue::store::Settled;
 
-/// What the checks need of a row the next fetch would claim (read by `sql::candidates`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The largest attempt count a claimed task may have: apalis' acknowledgement writes one more
+/// back into an `integer` column.
+pub(crate) const MOST_ATTEMPTS: i32 = i32::MAX;
+
+/// A row the claim (`sql::claim`) took, as it read it. Times are seconds since 1970
+/// (`extract(epoch …)`, negative before).
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PgRow {
     pub(crate) id: String,
-    /// What apalis cannot read as it is (`job` and `attempts` are `NOT NULL` in its schema):
-    /// a time a second or more before 1970 (`run_at`, `done_at`: apalis reads times as whole
-    /// seconds since 1970, unsigned, truncated toward zero), a metadata key without a value.
-    pub(crate) run_at_before_1970: bool,
-    pub(crate) done_at_before_1970: bool,
-    pub(crate) metadata_null_value: bool,
-    /// `last_result` as text (apalis decodes it into a JSON value).
-    pub(crate) last_result: Option<String>,
+    pub(crate) job: Option<Vec<u8>>,
+    pub(crate) job_type: Option<String>,
+    pub(crate) attempts: Option<i32>,
+    pub(crate) max_attempts: Option<i32>,
+    pub(crate) run_at: Option<f64>,
+    pub(crate) lock_at: Option<f64>,
+    pub(crate) done_at: Option<f64>,
+    pub(crate) priority: Option<i32>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) metadata: Vec<(String, Option<String>)>,
 }
 
-/// Why apalis-postgres 1.0 cannot turn `row` into a task (its row conversion: a ULID id
-/// written as the ULID prints, times since 1970, metadata values, a `last_result` its JSON
-/// reader takes: nested at most 128 deep, numbers within `f64`); `Ok` if it can.
-pub(crate) fn unreadable(row: &PgRow) -> Result<(), String> {
+/// The task a claimed row runs as, or why it cannot run: apalis-postgres acknowledges a task
+/// by its id as the ULID prints (another spelling would never be acknowledged) and writes its
+/// attempt count back into an `integer`. Everything else is read as it can be: a time before
+/// 1970 as 1970, a metadata key without a value left out (apalis' own reader refuses or
+/// panics on these, and on a `last_result` it cannot parse, which the claim does not read).
+/// `max_attempts` is passed on as apalis reads it (the worker judges it).
+pub(crate) fn task_of(row: PgRow) -> Result<Task<Vec<u8>>, String> {
     let id = &row.id;
-    match ulid::Ulid::from_string(id) {
+    let ulid = match ulid::Ulid::from_string(id) {
         Err(_) => {
             return Err(format!(
                 "its id {id:?} is not a ULID (apalis-postgres reads task ids as ULIDs)"
             ))
         }
-        // apalis locks and acknowledges a task by its id as the ULID prints: another spelling
-        // is read, but its lock and acknowledgement miss the row.
         Ok(ulid) if ulid.to_string() != *id => {
             return Err(format!(
                 "its id {id:?} is not written as apalis writes it back ({ulid})"
             ))
         }
-        Ok(_) => {}
+        Ok(ulid) => ulid,
+    };
+    let attempts = match row.attempts {
+        Some(n) if (0..MOST_ATTEMPTS).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(format!(
+                "its stored attempts ({n}) is out of the range 0..{MOST_ATTEMPTS}"
+            ))
+        }
+        None => return Err("its attempts is NULL".to_owned()),
+    };
+    let (Some(job), Some(queue)) = (row.job, row.job_type) else {
+        return Err("its job or job_type is NULL".to_owned());
+    };
+    let metadata: HashMap<String, String> = row
+        .metadata
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect();
+    let mut task = TaskBuilder::new(job)
+        .task_id(TaskId::from_ulid(ulid))
+        .queue(queue.into())
+        .status(Status::Running)
+        .attempt(attempts)
+        .max_attempts(row.max_attempts.map_or(25, |n| n as usize))
+        .run_at_timestamp(row.run_at.map_or(0, seconds))
+        .lock_at(row.lock_at.map(seconds))
+        .done_at(row.done_at.map(seconds))
+        .priority(row.priority.map_or(0, |n| n as usize))
+        .with_metadata(MetadataStore::from_map(metadata));
+    if let Some(key) = row.idempotency_key {
+        task = task.idempotency_key(key);
     }
-    let problems = [
-        (row.run_at_before_1970, "its run_at is before 1970"),
-        (row.done_at_before_1970, "its done_at is before 1970"),
-        (
-            row.metadata_null_value,
-            "its metadata has a key whose value is NULL",
-        ),
-    ];
-    if let Some((_, why)) = problems.iter().find(|(found, _)| *found) {
-        return Err((*why).to_owned());
-    }
-    match row
-        .last_result
-        .as_deref()
-        .map(serde_json::from_str::<serde_json::Value>)
-    {
-        Some(Err(e)) => Err(format!("its last_result is not JSON apalis reads: {e}")),
-        _ => Ok(()),
-    }
+    Ok(task.build())
+}
+
+/// Whole seconds since 1970 of a time read as `extract(epoch …)`: 0 for a time before.
+fn seconds(t: f64) -> u64 {
+    // (A float-to-integer cast saturates: NaN is 0, infinity the largest.)
+    t.max(0.0) as u64
 }
 
 /// Where a give-back (a deferral whose attempt is given back) stands. PostgreSQL's fetch takes
@@ -99,33 +134,68 @@ pub(crate) fn give_back_settled(
 mod tests {
     use super::*;
 
+    const ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
     fn good() -> PgRow {
         PgRow {
-            id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
-            run_at_before_1970: false,
-            done_at_before_1970: false,
-            metadata_null_value: false,
-            last_result: Some(r#"{"Err":"a reason"}"#.into()),
+            id: ID.into(),
+            job: Some(b"7".to_vec()),
+            job_type: Some("q".into()),
+            attempts: Some(2),
+            max_attempts: Some(5),
+            run_at: Some(1_700_000_000.75),
+            lock_at: Some(1_700_000_100.0),
+            done_at: None,
+            priority: Some(3),
+            idempotency_key: None,
+            metadata: vec![("trace".into(), Some("t1".into()))],
         }
     }
 
     #[test]
-    fn a_row_apalis_reads_passes() {
-        assert_eq!(unreadable(&good()), Ok(()));
-        let no_result = PgRow {
-            last_result: None,
-            ..good()
-        };
-        assert_eq!(unreadable(&no_result), Ok(()));
-        let deep_enough = PgRow {
-            last_result: Some(format!("{}{}", "[".repeat(120), "]".repeat(120))),
-            ..good()
-        };
-        assert_eq!(unreadable(&deep_enough), Ok(()));
+    fn a_good_row_becomes_its_task() {
+        let task = task_of(good()).unwrap();
+        assert_eq!(task.args, b"7".to_vec());
+        assert_eq!(task.task_id().unwrap().to_string(), ID);
+        let ctx = task.ctx();
+        assert_eq!(ctx.attempt(), 2);
+        assert_eq!(ctx.max_attempts(), Some(5));
+        assert_eq!(ctx.run_at(), Some(1_700_000_000));
+        assert_eq!(ctx.priority(), Some(3));
+        assert_eq!(ctx.queue().as_ref().map(|q| q.as_ref()), Some("q"));
+        assert_eq!(ctx.metadata().get("trace"), Some("t1"));
     }
 
     #[test]
-    fn each_unreadable_column_is_named() {
+    fn what_apalis_reads_as_it_can_runs() {
+        let odd = PgRow {
+            run_at: Some(-86_400.0 * 3650.0),
+            done_at: Some(-1.5),
+            metadata: vec![("gone".into(), None), ("kept".into(), Some(String::new()))],
+            max_attempts: None,
+            attempts: Some(MOST_ATTEMPTS - 1),
+            ..good()
+        };
+        let task = task_of(odd).unwrap();
+        let ctx = task.ctx();
+        assert_eq!(ctx.run_at(), Some(0), "before 1970 reads as 1970");
+        assert_eq!(ctx.max_attempts(), Some(25), "apalis' default");
+        assert_eq!(ctx.attempt(), (MOST_ATTEMPTS - 1) as usize);
+        assert!(ctx.metadata().get("gone").is_none());
+        assert_eq!(ctx.metadata().get("kept"), Some(""));
+        let negative_max = PgRow {
+            max_attempts: Some(-5),
+            ..good()
+        };
+        assert_eq!(
+            task_of(negative_max).unwrap().ctx().max_attempts(),
+            Some(-5_i64 as usize),
+            "passed on as apalis reads it, for the worker to judge"
+        );
+    }
+
+    #[test]
+    fn a_row_that_cannot_run_is_named() {
         let cases = [
             (
                 PgRow {
@@ -136,51 +206,66 @@ mod tests {
             ),
             (
                 PgRow {
-                    id: "01arz3ndektsv4rrffq69g5fav".into(),
+                    id: ID.to_lowercase(),
                     ..good()
                 },
                 "not written as apalis writes it back (01ARZ3NDEKTSV4RRFFQ69G5FAV)",
             ),
             (
                 PgRow {
-                    run_at_before_1970: true,
+                    id: "8ZZZZZZZZZZZZZZZZZZZZZZZZZ".into(),
                     ..good()
                 },
-                "its run_at is before 1970",
+                "is not written as apalis writes it back (",
             ),
             (
                 PgRow {
-                    done_at_before_1970: true,
+                    attempts: Some(MOST_ATTEMPTS),
                     ..good()
                 },
-                "its done_at is before 1970",
+                "its stored attempts (2147483647) is out of the range 0..2147483647",
             ),
             (
                 PgRow {
-                    metadata_null_value: true,
+                    attempts: Some(-2),
                     ..good()
                 },
-                "metadata has a key whose value is NULL",
+                "its stored attempts (-2) is out of the range",
             ),
             (
                 PgRow {
-                    last_result: Some(format!("{}{}", "[".repeat(200), "]".repeat(200))),
+                    attempts: None,
                     ..good()
                 },
-                "its last_result is not JSON apalis reads: recursion limit exceeded",
+                "its attempts is NULL",
             ),
             (
                 PgRow {
-                    last_result: Some(format!("{{\"Err\": 1{}}}", "0".repeat(400))),
+                    job: None,
                     ..good()
                 },
-                "its last_result is not JSON apalis reads: number out of range",
+                "its job or job_type is NULL",
+            ),
+            (
+                PgRow {
+                    job_type: None,
+                    ..good()
+                },
+                "its job or job_type is NULL",
             ),
         ];
         for (row, why) in cases {
-            let got = unreadable(&row).unwrap_err();
+            let got = task_of(row.clone()).unwrap_err();
             assert!(got.contains(why), "{row:?}: {got}");
         }
+    }
+
+    #[test]
+    fn seconds_saturate() {
+        assert_eq!(seconds(-0.5), 0);
+        assert_eq!(seconds(12.99), 12);
+        assert_eq!(seconds(f64::INFINITY), u64::MAX);
+        assert_eq!(seconds(f64::NAN), 0);
     }
 
     #[test]

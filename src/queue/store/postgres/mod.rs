@@ -108,6 +108,8 @@ impl Store for PostgresStore {
         let config = Config::default()
             .queue(&spec.queue)
             .batch_size(1)
+            // The claim marks a task running (`sql::claim`).
+            .lock_tasks(false)
             .heartbeat_interval(spec.heartbeat)
             .missed_heartbeats(3);
         let dialect = PgDialect {

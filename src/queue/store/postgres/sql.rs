@@ -2,6 +2,7 @@
 //! (atomic against apalis' own). The columns they rely on are pinned by the store contract
 //! test.
 
+use sqlx::postgres::types::PgHstore;
 use sqlx::{PgConnection, PgPool};
 
 use super::judge::PgRow;
@@ -130,79 +131,86 @@ pub(super) async fn release_worker(pool: &PgPool, worker: &str) -> Result<u64, Q
     Ok(done.rows_affected())
 }
 
-/// The rows the next fetch of `queue` would claim (apalis' `get_jobs` order: priority, then
-/// run time; waiting rows and failed rows with attempts left, due now), as the
+/// The claim: up to `batch` tasks of `queue` due now, by apalis' `get_jobs` rule and order
+/// (waiting rows and failed rows with attempts left; priority, then run time; rows another
+/// session holds locked are skipped), marked running under `worker` in one statement (apalis
+/// marks them `Queued` and then `Running` in a second transaction), read as the
 /// [judge](super::judge) reads them.
-pub(super) async fn candidates(
+pub(super) async fn claim(
     pool: &PgPool,
     queue: &str,
+    worker: &str,
     batch: usize,
-) -> Result<Vec<PgRow>, QueueError> {
-    type Row = (String, bool, bool, bool, Option<String>);
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    type Row = (
+        String,
+        Option<Vec<u8>>,
+        Option<String>,
+        Option<i32>,
+        Option<i32>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<i32>,
+        Option<String>,
+        Option<PgHstore>,
+    );
     let rows: Vec<Row> = sqlx::query_as(
-        // (apalis reads a time as whole seconds since 1970, truncated toward zero: a time
-        // less than a second before 1970 reads as 0.)
-        "SELECT id, coalesce(run_at <= 'epoch'::timestamptz - interval '1 second', false), \
-           coalesce(done_at <= 'epoch'::timestamptz - interval '1 second', false), \
-           coalesce((SELECT bool_or(e.value IS NULL) FROM each(metadata) AS e), false), \
-           last_result::text \
-         FROM apalis.jobs WHERE job_type = $1 \
-           AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) \
-           AND run_at < now() \
-         ORDER BY priority DESC, run_at ASC LIMIT $2",
+        "WITH next AS ( \
+           SELECT id FROM apalis.jobs \
+           WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) \
+             AND run_at < now() AND job_type = $2 \
+           ORDER BY priority DESC, run_at ASC LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE apalis.jobs AS j SET status = 'Running', lock_by = $1, lock_at = now() \
+         FROM next WHERE j.id = next.id \
+         RETURNING j.id, j.job, j.job_type, j.attempts, j.max_attempts, \
+           extract(epoch FROM j.run_at)::float8, extract(epoch FROM j.lock_at)::float8, \
+           extract(epoch FROM j.done_at)::float8, j.priority, j.idempotency_key, j.metadata",
     )
+    .bind(worker)
     .bind(queue)
     .bind(i64::try_from(batch).unwrap_or(1))
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, run_at, done_at, metadata, last_result)| PgRow {
-            id,
-            last_result,
-            run_at_before_1970: run_at,
-            done_at_before_1970: done_at,
-            metadata_null_value: metadata,
-        })
+        .map(
+            |(
+                id,
+                job,
+                job_type,
+                attempts,
+                max_attempts,
+                run_at,
+                lock_at,
+                done_at,
+                priority,
+                key,
+                metadata,
+            )| {
+                PgRow {
+                    id,
+                    job,
+                    job_type,
+                    attempts,
+                    max_attempts,
+                    run_at,
+                    lock_at,
+                    done_at,
+                    priority,
+                    idempotency_key: key,
+                    metadata: metadata
+                        .map(|m| m.0.into_iter().collect())
+                        .unwrap_or_default(),
+                }
+            },
+        )
         .collect())
 }
 
-/// Whether task `id` (exactly) was claimed by `worker` in this transaction (apalis' fetch
-/// stamps its claims with the transaction's `now()`).
-pub(super) async fn claimed_by(
-    conn: &mut PgConnection,
-    id: &str,
-    worker: &str,
-) -> Result<bool, sqlx::Error> {
-    let found: Option<(i32,)> = sqlx::query_as(
-        "SELECT 1 FROM apalis.jobs \
-         WHERE id = $1 AND lock_by = $2 AND status = 'Queued' AND lock_at = now()",
-    )
-    .bind(id)
-    .bind(worker)
-    .fetch_optional(conn)
-    .await?;
-    Ok(found.is_some())
-}
-
-/// The ids of the tasks `worker` claimed in this transaction, as stored.
-pub(super) async fn claims(
-    conn: &mut PgConnection,
-    worker: &str,
-) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT id FROM apalis.jobs WHERE lock_by = $1 AND status = 'Queued' AND lock_at = now()",
-    )
-    .bind(worker)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
-}
-
-/// Fails for good the tasks `ids` (as stored) that `worker` claimed and has not started;
-/// their ids.
+/// Fails for good the tasks `ids` (as stored) that `worker` claimed and cannot run; their ids.
 pub(super) async fn kill_claimed(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     ids: &[String],
     worker: &str,
     why: &str,
@@ -214,48 +222,14 @@ pub(super) async fn kill_claimed(
         "UPDATE apalis.jobs SET status = 'Killed', \
            last_result = jsonb_build_object('Err', $3::text), \
            done_at = now(), lock_by = NULL, lock_at = NULL \
-         WHERE id = ANY($1) AND lock_by = $2 AND status = 'Queued' RETURNING id",
+         WHERE id = ANY($1) AND lock_by = $2 AND status = 'Running' RETURNING id",
     )
     .bind(ids)
     .bind(worker)
     .bind(why)
-    .fetch_all(conn)
+    .fetch_all(pool)
     .await?;
     Ok(killed.into_iter().map(|(id,)| id).collect())
-}
-
-/// apalis' lock of tasks `ids` that `worker` is starting, only where `worker` holds them
-/// claimed (apalis' own statement takes them from any holder: a lock landing late, after
-/// another worker took the task over, would take it back).
-pub(super) async fn lock(
-    conn: &mut PgConnection,
-    ids: &[String],
-    worker: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Running', lock_at = now() \
-         WHERE id = ANY($1) AND lock_by = $2 AND status = 'Queued'",
-    )
-    .bind(ids)
-    .bind(worker)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Fails task `id` for good with `why` (apalis' result format: `{"Err": why}`), if it is still
-/// unclaimed; whether it was.
-pub(super) async fn kill_unclaimed(pool: &PgPool, id: &str, why: &str) -> Result<bool, QueueError> {
-    let done = sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Killed', last_result = jsonb_build_object('Err', $1::text), \
-         done_at = now(), lock_by = NULL, lock_at = NULL \
-         WHERE id = $2 AND (status = 'Pending' OR status = 'Failed')",
-    )
-    .bind(why)
-    .bind(id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 /// Registers apalis worker `worker` of `queue` (apalis-postgres' row in `apalis.workers`).
