@@ -7,9 +7,8 @@ use std::sync::Arc;
 use leasepool::queue::{Queue, QueueError, QueueWorker, MAX_DEPTH};
 
 use crate::fixtures::*;
-use crate::hostile_rows::{
-    hostile_postgres_rows, hostile_redis_tasks, hostile_sqlite_rows, raw_postgres_row,
-};
+use crate::hostile_pg_rows::{hostile_postgres_rows, raw_postgres_row};
+use crate::hostile_rows::{hostile_redis_tasks, hostile_sqlite_rows};
 
 /// JSON nested `levels` deep.
 pub(crate) fn nested(levels: usize) -> String {

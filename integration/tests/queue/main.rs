@@ -13,6 +13,7 @@ mod failures;
 mod fixtures;
 mod fleet;
 mod hostile;
+mod hostile_pg_rows;
 mod hostile_rows;
 mod lifecycle;
 mod outcomes;
