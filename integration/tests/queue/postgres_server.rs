@@ -179,7 +179,15 @@ fn psql_command() -> Command {
 
 /// Runs one SQL statement on this binary's cluster with `psql`; its output.
 pub(crate) fn psql(sql: &str) -> String {
-    let out = psql_command().args(["-c", sql]).output().expect("run psql");
+    psql_in("postgres", sql)
+}
+
+/// Runs one SQL statement in database `db` of this binary's cluster; its output.
+pub(crate) fn psql_in(db: &str, sql: &str) -> String {
+    let out = psql_command()
+        .args(["-d", db, "-c", sql])
+        .output()
+        .expect("run psql");
     assert!(
         out.status.success(),
         "psql: {}",

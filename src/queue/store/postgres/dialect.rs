@@ -16,6 +16,7 @@ use apalis_postgres::{queries, Config};
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::claims::Claims;
 use super::give_backs::GiveBacks;
 use super::judge;
 use super::sql;
@@ -32,6 +33,7 @@ pub(crate) struct PgDialect {
     pub(crate) pool: PgPool,
     pub(crate) config: Config,
     pub(crate) give_backs: GiveBacks,
+    pub(crate) claims: Claims,
 }
 
 impl PgDialect {
@@ -119,14 +121,29 @@ impl Dialect for PgDialect {
     async fn fetch(self, worker: WorkerContext) -> Result<Fetched, BackendError> {
         let me = worker.name();
         let queue = self.config.queue.as_ref();
-        let rows = sql::claim(&self.pool, queue, me, self.config.batch_size).await?;
         let mut fetched = Fetched {
-            tasks: Vec::with_capacity(rows.len()),
+            tasks: Vec::new(),
             failed: Vec::new(),
         };
+        // The claim runs as a task of its own that is never aborted: a fetch dropped while it
+        // is in flight leaves it to end, and the worker's release waits for it (`Claims`).
+        let Some(in_flight) = self.claims.begin(me) else {
+            return Ok(fetched);
+        };
+        let claim = tokio::spawn({
+            let (pool, queue, me) = (self.pool.clone(), queue.to_owned(), me.to_owned());
+            let batch = self.config.batch_size;
+            async move {
+                let _in_flight = in_flight;
+                sql::claim(&pool, &queue, &me, batch).await
+            }
+        });
+        let rows = claim
+            .await
+            .map_err(|e| BackendError(format!("a claim did not end: {e}")))??;
         for row in rows {
             let id = row.id.clone();
-            match judge::task_of(row) {
+            match judge::task_of(row, queue) {
                 Ok(task) => fetched.tasks.push(task),
                 Err(why) => {
                     // (A task claimed by this worker and not failed here, the statement

@@ -15,38 +15,41 @@ use crate::queue::store::Settled;
 /// back into an `integer` column.
 pub(crate) const MOST_ATTEMPTS: i32 = i32::MAX;
 
-/// A row the claim (`sql::claim`) took, as it read it. Times are seconds since 1970
-/// (`extract(epoch …)`, negative before).
+/// A row the claim (`sql::claim`) took, as it read it. Text columns come as bytes (UTF-8, or
+/// as stored in a `SQL_ASCII` database, which does not check them): text that is not UTF-8 is
+/// not refused by the server on its way out (which failed the whole claim), but judged here,
+/// in its row alone.
+/// Times are seconds since 1970 (`extract(epoch …)`, negative before).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PgRow {
-    pub(crate) id: String,
+    pub(crate) id: Vec<u8>,
     pub(crate) job: Option<Vec<u8>>,
-    pub(crate) job_type: Option<String>,
     pub(crate) attempts: Option<i32>,
     pub(crate) max_attempts: Option<i32>,
     pub(crate) run_at: Option<f64>,
     pub(crate) lock_at: Option<f64>,
     pub(crate) done_at: Option<f64>,
     pub(crate) priority: Option<i32>,
-    pub(crate) idempotency_key: Option<String>,
-    pub(crate) metadata: Vec<(String, Option<String>)>,
+    pub(crate) idempotency_key: Option<Vec<u8>>,
+    /// Keys and values (`NULL` or not).
+    pub(crate) metadata: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-/// The task a claimed row runs as, or why it cannot run: apalis-postgres acknowledges a task
-/// by its id as the ULID prints (another spelling would never be acknowledged) and writes its
-/// attempt count back into an `integer`. Everything else is read as it can be: a time before
-/// 1970 as 1970, a metadata key without a value left out (apalis' own reader refuses or
-/// panics on these, and on a `last_result` it cannot parse, which the claim does not read).
-/// `max_attempts` is passed on as apalis reads it (the worker judges it).
-pub(crate) fn task_of(row: PgRow) -> Result<Task<Vec<u8>>, String> {
-    let id = &row.id;
-    let ulid = match ulid::Ulid::from_string(id) {
+/// The task a row of `queue` runs as, or why it cannot run: apalis-postgres acknowledges a
+/// task by its id as the ULID prints (another spelling would never be acknowledged) and writes
+/// its attempt count back into an `integer`; a task's text is UTF-8. Everything else is read as
+/// it can be: a time before 1970 as 1970, a metadata key without a value left out (apalis' own
+/// reader refuses or panics on these, and on a `last_result` it cannot parse, which the claim
+/// does not read). `max_attempts` is passed on as apalis reads it (the worker judges it).
+pub(crate) fn task_of(row: PgRow, queue: &str) -> Result<Task<Vec<u8>>, String> {
+    let id = text(row.id, "id")?;
+    let ulid = match ulid::Ulid::from_string(&id) {
         Err(_) => {
             return Err(format!(
                 "its id {id:?} is not a ULID (apalis-postgres reads task ids as ULIDs)"
             ))
         }
-        Ok(ulid) if ulid.to_string() != *id => {
+        Ok(ulid) if ulid.to_string() != id => {
             return Err(format!(
                 "its id {id:?} is not written as apalis writes it back ({ulid})"
             ))
@@ -62,14 +65,19 @@ pub(crate) fn task_of(row: PgRow) -> Result<Task<Vec<u8>>, String> {
         }
         None => return Err("its attempts is NULL".to_owned()),
     };
-    let (Some(job), Some(queue)) = (row.job, row.job_type) else {
-        return Err("its job or job_type is NULL".to_owned());
+    let Some(job) = row.job else {
+        return Err("its job is NULL".to_owned());
     };
-    let metadata: HashMap<String, String> = row
+    let key = row
+        .idempotency_key
+        .map(|k| text(k, "idempotency_key"))
+        .transpose()?;
+    let metadata = row
         .metadata
         .into_iter()
         .filter_map(|(key, value)| Some((key, value?)))
-        .collect();
+        .map(|(key, value)| Ok((text(key, "metadata key")?, text(value, "metadata value")?)))
+        .collect::<Result<HashMap<String, String>, String>>()?;
     let mut task = TaskBuilder::new(job)
         .task_id(TaskId::from_ulid(ulid))
         .queue(queue.into())
@@ -81,10 +89,15 @@ pub(crate) fn task_of(row: PgRow) -> Result<Task<Vec<u8>>, String> {
         .done_at(row.done_at.map(seconds))
         .priority(row.priority.map_or(0, |n| n as usize))
         .with_metadata(MetadataStore::from_map(metadata));
-    if let Some(key) = row.idempotency_key {
+    if let Some(key) = key {
         task = task.idempotency_key(key);
     }
     Ok(task.build())
+}
+
+/// A text column's bytes as text, or why not.
+fn text(bytes: Vec<u8>, column: &str) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|e| format!("its {column} is not UTF-8 text ({e})"))
 }
 
 /// Whole seconds since 1970 of a time read as `extract(epoch …)`: 0 for a time before.
@@ -140,21 +153,20 @@ mod tests {
         PgRow {
             id: ID.into(),
             job: Some(b"7".to_vec()),
-            job_type: Some("q".into()),
             attempts: Some(2),
             max_attempts: Some(5),
             run_at: Some(1_700_000_000.75),
             lock_at: Some(1_700_000_100.0),
             done_at: None,
             priority: Some(3),
-            idempotency_key: None,
-            metadata: vec![("trace".into(), Some("t1".into()))],
+            idempotency_key: Some(b"k1".to_vec()),
+            metadata: vec![(b"trace".to_vec(), Some(b"t1".to_vec()))],
         }
     }
 
     #[test]
     fn a_good_row_becomes_its_task() {
-        let task = task_of(good()).unwrap();
+        let task = task_of(good(), "q").unwrap();
         assert_eq!(task.args, b"7".to_vec());
         assert_eq!(task.task_id().unwrap().to_string(), ID);
         let ctx = task.ctx();
@@ -164,6 +176,7 @@ mod tests {
         assert_eq!(ctx.priority(), Some(3));
         assert_eq!(ctx.queue().as_ref().map(|q| q.as_ref()), Some("q"));
         assert_eq!(ctx.metadata().get("trace"), Some("t1"));
+        assert_eq!(task.ctx().idempotency_key(), Some("k1"));
     }
 
     #[test]
@@ -171,12 +184,15 @@ mod tests {
         let odd = PgRow {
             run_at: Some(-86_400.0 * 3650.0),
             done_at: Some(-1.5),
-            metadata: vec![("gone".into(), None), ("kept".into(), Some(String::new()))],
+            metadata: vec![
+                (b"gone".to_vec(), None),
+                (b"kept".to_vec(), Some(Vec::new())),
+            ],
             max_attempts: None,
             attempts: Some(MOST_ATTEMPTS - 1),
             ..good()
         };
-        let task = task_of(odd).unwrap();
+        let task = task_of(odd, "q").unwrap();
         let ctx = task.ctx();
         assert_eq!(ctx.run_at(), Some(0), "before 1970 reads as 1970");
         assert_eq!(ctx.max_attempts(), Some(25), "apalis' default");
@@ -188,7 +204,7 @@ mod tests {
             ..good()
         };
         assert_eq!(
-            task_of(negative_max).unwrap().ctx().max_attempts(),
+            task_of(negative_max, "q").unwrap().ctx().max_attempts(),
             Some(-5_i64 as usize),
             "passed on as apalis reads it, for the worker to judge"
         );
@@ -199,21 +215,21 @@ mod tests {
         let cases = [
             (
                 PgRow {
-                    id: "task-1".into(),
+                    id: b"task-1".to_vec(),
                     ..good()
                 },
                 "\"task-1\" is not a ULID",
             ),
             (
                 PgRow {
-                    id: ID.to_lowercase(),
+                    id: ID.to_lowercase().into_bytes(),
                     ..good()
                 },
                 "not written as apalis writes it back (01ARZ3NDEKTSV4RRFFQ69G5FAV)",
             ),
             (
                 PgRow {
-                    id: "8ZZZZZZZZZZZZZZZZZZZZZZZZZ".into(),
+                    id: b"8ZZZZZZZZZZZZZZZZZZZZZZZZZ".to_vec(),
                     ..good()
                 },
                 "is not written as apalis writes it back (",
@@ -244,18 +260,39 @@ mod tests {
                     job: None,
                     ..good()
                 },
-                "its job or job_type is NULL",
+                "its job is NULL",
             ),
             (
                 PgRow {
-                    job_type: None,
+                    id: vec![b'0', 0xff],
                     ..good()
                 },
-                "its job or job_type is NULL",
+                "its id is not UTF-8 text",
+            ),
+            (
+                PgRow {
+                    idempotency_key: Some(vec![0xff]),
+                    ..good()
+                },
+                "its idempotency_key is not UTF-8 text",
+            ),
+            (
+                PgRow {
+                    metadata: vec![(vec![0xc3], Some(b"v".to_vec()))],
+                    ..good()
+                },
+                "its metadata key is not UTF-8 text",
+            ),
+            (
+                PgRow {
+                    metadata: vec![(b"k".to_vec(), Some(vec![0xff, 0xfe]))],
+                    ..good()
+                },
+                "its metadata value is not UTF-8 text",
             ),
         ];
         for (row, why) in cases {
-            let got = task_of(row.clone()).unwrap_err();
+            let got = task_of(row.clone(), "q").unwrap_err();
             assert!(got.contains(why), "{row:?}: {got}");
         }
     }

@@ -23,12 +23,14 @@ use super::shield::SqlBackend;
 use super::{Intent, NewTask, RunSpec, Settled, Store};
 use crate::queue::{QueueCounts, QueueError, TaskInfo};
 
+mod claims;
 mod dialect;
 mod give_backs;
 pub(crate) mod judge;
 mod sql;
 mod wake;
 
+use claims::Claims;
 use dialect::PgDialect;
 use give_backs::GiveBacks;
 use wake::Wakes;
@@ -40,6 +42,7 @@ pub(crate) struct PostgresStore {
     pool: PgPool,
     shown: String,
     give_backs: GiveBacks,
+    claims: Claims,
     wakes: Arc<Wakes>,
 }
 
@@ -68,6 +71,7 @@ impl PostgresStore {
             pool,
             shown,
             give_backs: GiveBacks::default(),
+            claims: Claims::default(),
         })
     }
 }
@@ -116,6 +120,7 @@ impl Store for PostgresStore {
             pool: self.pool.clone(),
             config,
             give_backs: self.give_backs.clone(),
+            claims: self.claims.clone(),
         };
         async move {
             // Woken by the NOTIFY of apalis' insert trigger (the store's listener); polling
@@ -194,6 +199,8 @@ impl Store for PostgresStore {
         async move {
             // Gone for good whatever the release does.
             self.give_backs.forget_worker(worker);
+            // A claim the worker sent lands before its tasks are put back, none after.
+            self.claims.release(worker).await;
             sql::release_worker(&self.pool, worker).await
         }
         .boxed()

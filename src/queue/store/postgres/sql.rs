@@ -2,8 +2,7 @@
 //! (atomic against apalis' own). The columns they rely on are pinned by the store contract
 //! test.
 
-use sqlx::postgres::types::PgHstore;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row as _};
 
 use super::judge::PgRow;
 use crate::queue::store::shield::BackendError;
@@ -135,101 +134,88 @@ pub(super) async fn release_worker(pool: &PgPool, worker: &str) -> Result<u64, Q
 /// (waiting rows and failed rows with attempts left; priority, then run time; rows another
 /// session holds locked are skipped), marked running under `worker` in one statement (apalis
 /// marks them `Queued` and then `Running` in a second transaction), read as the
-/// [judge](super::judge) reads them.
+/// [judge](super::judge) reads them: text as UTF-8 bytes (as the bytes stored, in a
+/// `SQL_ASCII` database, which does not check them: sent as text, one that is not UTF-8 failed
+/// the statement, for every worker, on the same row, for ever).
 pub(super) async fn claim(
     pool: &PgPool,
     queue: &str,
     worker: &str,
     batch: usize,
 ) -> Result<Vec<PgRow>, sqlx::Error> {
-    type Row = (
-        String,
-        Option<Vec<u8>>,
-        Option<String>,
-        Option<i32>,
-        Option<i32>,
-        Option<f64>,
-        Option<f64>,
-        Option<f64>,
-        Option<i32>,
-        Option<String>,
-        Option<PgHstore>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "WITH next AS ( \
+    let rows = sqlx::query(
+        "WITH enc AS (SELECT \
+           CASE getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END AS name), \
+         next AS ( \
            SELECT id FROM apalis.jobs \
            WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) \
              AND run_at < now() AND job_type = $2 \
            ORDER BY priority DESC, run_at ASC LIMIT $3 FOR UPDATE SKIP LOCKED) \
          UPDATE apalis.jobs AS j SET status = 'Running', lock_by = $1, lock_at = now() \
-         FROM next WHERE j.id = next.id \
-         RETURNING j.id, j.job, j.job_type, j.attempts, j.max_attempts, \
-           extract(epoch FROM j.run_at)::float8, extract(epoch FROM j.lock_at)::float8, \
-           extract(epoch FROM j.done_at)::float8, j.priority, j.idempotency_key, j.metadata",
+         FROM next, enc WHERE j.id = next.id \
+         RETURNING convert_to(j.id, enc.name) AS id, j.job, j.attempts, j.max_attempts, \
+           extract(epoch FROM j.run_at)::float8 AS run_at, \
+           extract(epoch FROM j.lock_at)::float8 AS lock_at, \
+           extract(epoch FROM j.done_at)::float8 AS done_at, \
+           j.priority, convert_to(j.idempotency_key, enc.name) AS idempotency_key, \
+           ARRAY(SELECT convert_to(e.key, enc.name) FROM each(j.metadata) AS e) AS keys, \
+           ARRAY(SELECT convert_to(e.value, enc.name) FROM each(j.metadata) AS e) AS vals",
     )
     .bind(worker)
     .bind(queue)
     .bind(i64::try_from(batch).unwrap_or(1))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                job,
-                job_type,
-                attempts,
-                max_attempts,
-                run_at,
-                lock_at,
-                done_at,
-                priority,
-                key,
-                metadata,
-            )| {
-                PgRow {
-                    id,
-                    job,
-                    job_type,
-                    attempts,
-                    max_attempts,
-                    run_at,
-                    lock_at,
-                    done_at,
-                    priority,
-                    idempotency_key: key,
-                    metadata: metadata
-                        .map(|m| m.0.into_iter().collect())
-                        .unwrap_or_default(),
-                }
-            },
-        )
-        .collect())
+    rows.iter()
+        .map(|r| {
+            // (Two walks of one hstore value meet its pairs in the same order.)
+            let keys: Vec<Vec<u8>> = r.try_get("keys")?;
+            let values: Vec<Option<Vec<u8>>> = r.try_get("vals")?;
+            Ok(PgRow {
+                id: r.try_get("id")?,
+                job: r.try_get("job")?,
+                attempts: r.try_get("attempts")?,
+                max_attempts: r.try_get("max_attempts")?,
+                run_at: r.try_get("run_at")?,
+                lock_at: r.try_get("lock_at")?,
+                done_at: r.try_get("done_at")?,
+                priority: r.try_get("priority")?,
+                idempotency_key: r.try_get("idempotency_key")?,
+                metadata: keys.into_iter().zip(values).collect(),
+            })
+        })
+        .collect()
 }
 
-/// Fails for good the tasks `ids` (as stored) that `worker` claimed and cannot run; their ids.
+/// Fails for good the tasks `ids` (as stored: the ids' bytes) that `worker` claimed and cannot
+/// run; their ids (as text, lossily).
 pub(super) async fn kill_claimed(
     pool: &PgPool,
-    ids: &[String],
+    ids: &[Vec<u8>],
     worker: &str,
     why: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let killed: Vec<(String,)> = sqlx::query_as(
+    let killed: Vec<(Vec<u8>,)> = sqlx::query_as(
         "UPDATE apalis.jobs SET status = 'Killed', \
            last_result = jsonb_build_object('Err', $3::text), \
            done_at = now(), lock_by = NULL, lock_at = NULL \
-         WHERE id = ANY($1) AND lock_by = $2 AND status = 'Running' RETURNING id",
+         WHERE lock_by = $2 AND status = 'Running' AND convert_to(id, \
+           CASE getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END) = ANY($1) \
+         RETURNING convert_to(id, \
+           CASE getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END)",
     )
     .bind(ids)
     .bind(worker)
     .bind(why)
     .fetch_all(pool)
     .await?;
-    Ok(killed.into_iter().map(|(id,)| id).collect())
+    Ok(killed
+        .into_iter()
+        .map(|(id,)| String::from_utf8_lossy(&id).into_owned())
+        .collect())
 }
 
 /// Registers apalis worker `worker` of `queue` (apalis-postgres' row in `apalis.workers`).
