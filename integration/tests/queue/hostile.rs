@@ -79,7 +79,7 @@ pub(crate) struct Hostile {
 
 /// Ordinary tasks around hostile ones: the ordinary run once each, every hostile task fails
 /// alone with its reason, and the worker never restarts.
-async fn run_among_hostile(
+pub(crate) async fn run_among_hostile(
     kind: Kind,
     queue: &Queue,
     name: &str,
@@ -430,58 +430,4 @@ async fn hostile_payloads_never_stall_a_queue(kind: Kind) {
         run_among_hostile(kind, &queue, &name, &failing, ordinary).await;
         let _ = std::fs::remove_dir_all(dir);
     }
-}
-
-/// A claimed row whose text does not decode (not UTF-8: a `SQL_ASCII` database stores bytes as
-/// they come) fails alone, named; the other tasks run once and the worker never restarts.
-/// (Without a row-by-row read, the claim failed after it committed: the worker was replaced,
-/// the row put back, and claimed again, for ever.)
-#[testkit::test]
-async fn a_postgres_row_whose_text_does_not_decode_fails_alone() {
-    use crate::postgres_server::{postgres_url, psql, psql_in};
-    let base = postgres_url();
-    let db = "lp_ascii";
-    psql(&format!("DROP DATABASE IF EXISTS {db}"));
-    psql(&format!(
-        "CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' \
-         TEMPLATE template0"
-    ));
-    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
-    let queue = Queue::postgres(&url).await.unwrap();
-    let name = "undecodable";
-    let mut hostile = Vec::new();
-    for (n, column, value, what) in [
-        (
-            70,
-            "idempotency_key",
-            "E'\\xff'",
-            "an idempotency_key not UTF-8",
-        ),
-        (
-            71,
-            "metadata",
-            "hstore('k', E'\\xfe')",
-            "a metadata value not UTF-8",
-        ),
-    ] {
-        let id = early_id(n);
-        psql_in(
-            db,
-            &format!(
-                "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, \
-                 run_at, priority, {column}) VALUES ('{}', '{id}', '{name}', 'Pending', 0, 25, \
-                 now() - interval '1 hour', 0, {value})",
-                1000 + n
-            ),
-        );
-        hostile.push(Hostile {
-            id,
-            what,
-            reason: Some("is not UTF-8 text"),
-        });
-    }
-    queue.push_all(name, 0..10_u64).await.unwrap();
-    run_among_hostile(Kind::Postgres, &queue, name, &hostile, 10).await;
-    drop(queue);
-    psql(&format!("DROP DATABASE {db} WITH (FORCE)"));
 }

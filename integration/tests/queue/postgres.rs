@@ -1,6 +1,8 @@
 //! What only the PostgreSQL store does: idle workers woken by `NOTIFY` (not by their poll), one
 //! listening connection per queue outside the pool (many workers leave the pool to pushes,
-//! acknowledgements and heartbeats), and a listener that reconnects.
+//! acknowledgements and heartbeats), a listener that reconnects, and a claim of its own (one
+//! statement that commits on its own: a fetch that fails after it ends the worker; text read as
+//! bytes, so text that is not UTF-8 fails its task alone).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +10,9 @@ use std::time::{Duration, Instant};
 use leasepool::queue::{Queue, QueueWorker};
 
 use crate::fixtures::*;
-use crate::postgres_server::{postgres_url, psql};
+use crate::hostile::{early_id, run_among_hostile, Hostile};
+use crate::hostile_pg_rows::raw_postgres_row;
+use crate::postgres_server::{postgres_url, psql, psql_in};
 
 /// A worker that polls once an hour, and the times its job started.
 async fn deaf_worker(
@@ -136,4 +140,106 @@ async fn many_workers_leave_the_pool_to_pushes_and_acknowledgements() {
         assert_eq!(st.restarts, 0, "{st:?}, {:?}", w.last_error());
     }
     m.stop().await;
+}
+
+/// A claimed row whose text does not decode (not UTF-8: a `SQL_ASCII` database stores bytes as
+/// they come) fails alone, named; the other tasks run once and the worker never restarts.
+/// (Without a row-by-row read, the claim failed after it committed: the worker was replaced,
+/// the row put back, and claimed again, for ever.)
+#[testkit::test]
+async fn a_row_whose_text_does_not_decode_fails_alone() {
+    let base = postgres_url();
+    let db = "lp_ascii";
+    psql(&format!("DROP DATABASE IF EXISTS {db}"));
+    psql(&format!(
+        "CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' \
+         TEMPLATE template0"
+    ));
+    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let queue = Queue::postgres(&url).await.unwrap();
+    let name = "undecodable";
+    let mut hostile = Vec::new();
+    for (n, column, value, what) in [
+        (
+            70,
+            "idempotency_key",
+            "E'\\xff'",
+            "an idempotency_key not UTF-8",
+        ),
+        (
+            71,
+            "metadata",
+            "hstore('k', E'\\xfe')",
+            "a metadata value not UTF-8",
+        ),
+    ] {
+        let id = early_id(n);
+        psql_in(
+            db,
+            &format!(
+                "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, \
+                 run_at, priority, {column}) VALUES ('{}', '{id}', '{name}', 'Pending', 0, 25, \
+                 now() - interval '1 hour', 0, {value})",
+                1000 + n
+            ),
+        );
+        hostile.push(Hostile {
+            id,
+            what,
+            reason: Some("is not UTF-8 text"),
+        });
+    }
+    queue.push_all(name, 0..10_u64).await.unwrap();
+    run_among_hostile(Kind::Postgres, &queue, name, &hostile, 10).await;
+    drop(queue);
+    psql(&format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+/// A fetch that fails after its claim committed (here the statement that fails a row that
+/// cannot run fails once, as any statement may: a dropped connection, a timeout) ends the
+/// worker: its release hands the row back, and the next worker fails it with its reason.
+/// (Before, the fetch was tried again in the same worker, and the row stayed claimed by a worker
+/// that lived on: not run, not failed, until the worker stopped.)
+#[testkit::test]
+async fn a_fetch_that_fails_after_its_claim_leaves_nothing_claimed() {
+    let queue = Queue::postgres(&postgres_url()).await.unwrap();
+    let name = "kill-fails-once";
+    let bad = "task-kill-fails-once";
+    psql(
+        "CREATE SEQUENCE kill_fails_once; \
+         CREATE FUNCTION kill_fails_once() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN IF nextval('kill_fails_once') = 1 THEN \
+         RAISE EXCEPTION 'one transient failure'; END IF; RETURN NEW; END $$",
+    );
+    psql(&format!(
+        "CREATE TRIGGER kill_fails_once BEFORE UPDATE ON apalis.jobs FOR EACH ROW \
+         WHEN (NEW.status = 'Killed' AND NEW.job_type = '{name}') \
+         EXECUTE FUNCTION kill_fails_once()"
+    ));
+    raw_postgres_row(name, "'999'", bad, "25");
+    queue.push_all(name, 0..10_u64).await.unwrap();
+    let m = manager("q-kill-fails", 2).await;
+    let seen: Seen = Arc::default();
+    let worker = QueueWorker::builder(&m, &queue, name)
+        .poll_interval(std::time::Duration::from_millis(20))
+        .build_blocking(counting_job(&seen, 0))
+        .unwrap();
+    worker.start().unwrap();
+    let settled = testkit::until(
+        "every task settled, the row that cannot run failed",
+        || async { queue.counts(name).await.unwrap() },
+        |c| c.done == 10 && c.failed == 1 && c.claimed == 0,
+    )
+    .await;
+    let st = worker.stop().await;
+    m.stop().await;
+    psql("DROP TRIGGER kill_fails_once ON apalis.jobs");
+    assert_eq!(tally(&seen, 10), (0, 0), "{settled:?}");
+    assert_eq!(st.restarts, 1, "the failed fetch ended its worker once");
+    let t = queue.task(name, bad).await.unwrap().unwrap();
+    assert!(
+        t.status == "Killed" && t.last_result.unwrap_or_default().contains("is not a ULID"),
+        "{}",
+        t.status
+    );
 }

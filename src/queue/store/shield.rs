@@ -155,6 +155,15 @@ pub(crate) trait Dialect: Clone + Send + Sync + 'static {
         worker: WorkerContext,
     ) -> impl Future<Output = Result<Fetched, BackendError>> + Send;
 
+    /// Whether a failed fetch looks for the rows apalis cannot read ([`Dialect::condemned`])
+    /// and fetches on. A dialect whose fetch reads rows itself, and whose claim may have
+    /// committed when its fetch fails, says no: its failed fetch ends the worker, whose release
+    /// puts back what the claim took (a fetch on, in the same worker, would leave it claimed by
+    /// a worker that lives on).
+    fn quarantines(&self) -> bool {
+        true
+    }
+
     /// Of the [`QUARANTINE_WINDOW`] rows next in the fetch's order, those apalis cannot read.
     /// None by default: a dialect whose fetch reads rows itself fails them in the fetch.
     fn condemned(
@@ -258,6 +267,9 @@ impl<D: Dialect> Shield<D> {
                 }
                 Err(e) => e,
             };
+            if !self.dialect.quarantines() {
+                return Err(error);
+            }
             tries += 1;
             match self.quarantine().await {
                 Ok(n) if n > 0 => return Ok(Vec::new()),

@@ -96,6 +96,12 @@ impl Dialect for PgDialect {
         Ok(())
     }
 
+    /// No: the claim commits on its own, so a fetch that fails after it (a kill that failed, a
+    /// reply lost) ends the worker, whose release puts back what the claim took.
+    fn quarantines(&self) -> bool {
+        false
+    }
+
     async fn register(self, worker: WorkerContext) -> Result<(), BackendError> {
         let dead_for = self.config.orphaned_duration().as_secs();
         let queue = self.config.queue.as_ref();
@@ -146,8 +152,8 @@ impl Dialect for PgDialect {
             match judge::task_of(row, queue) {
                 Ok(task) => fetched.tasks.push(task),
                 Err(why) => {
-                    // (A task claimed by this worker and not failed here, the statement
-                    // failing, is handed back when the worker is released.)
+                    // (If this fails, the fetch fails and ends the worker: its release hands
+                    // back what the claim took, this row with it.)
                     let why = format!("apalis cannot read this task: {why}");
                     let killed = sql::kill_claimed(&self.pool, &[id], me, &why).await?;
                     fetched.failed(killed, &why);
