@@ -10,6 +10,21 @@ use crate::fixtures::*;
 use crate::hostile_pg_rows::{hostile_postgres_rows, raw_postgres_row};
 use crate::hostile_rows::{hostile_redis_tasks, hostile_sqlite_rows};
 
+/// Last results a JSON reader refuses (nested past 128 levels, a number beyond `f64`), and
+/// what each is.
+pub(crate) fn unparsable_last_results() -> [(String, &'static str); 2] {
+    [
+        (
+            format!("{}{}", "[".repeat(200), "]".repeat(200)),
+            "a last_result nested 200 deep",
+        ),
+        (
+            "{\"Err\": 1e400}".to_owned(),
+            "a last_result number beyond f64",
+        ),
+    ]
+}
+
 /// JSON nested `levels` deep.
 pub(crate) fn nested(levels: usize) -> String {
     format!("{}{}", "[".repeat(levels), "]".repeat(levels))

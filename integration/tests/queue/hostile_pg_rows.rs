@@ -2,7 +2,7 @@
 //! stored task apalis' reader refuses or the worker must refuse, with the reason its result
 //! must name (or none: leasepool's claim reads it, and it runs).
 
-use crate::hostile::{early_id, nested, Hostile};
+use crate::hostile::{early_id, nested, unparsable_last_results, Hostile};
 
 /// Writes every kind of PostgreSQL row apalis cannot read, or that the worker must refuse
 /// (each sorting before the ordinary tasks: due an hour ago). `job` and `attempts` are
@@ -185,21 +185,9 @@ pub(crate) fn hostile_postgres_rows(queue: &str, big: usize) -> Vec<Hostile> {
         ),
     ];
     let mut out = Vec::new();
-    // A last result apalis' JSON reader refuses (nested past 128 levels, a number beyond f64):
-    // every apalis fetch failed on it; leasepool's claim does not read it, and the task runs.
-    for (n, (result, what)) in [
-        (
-            format!("{}{}", "[".repeat(200), "]".repeat(200)),
-            "a last_result nested 200 deep",
-        ),
-        (
-            "{\"Err\": 1e400}".to_owned(),
-            "a last_result number beyond f64",
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    // A last result apalis' JSON reader refuses: every apalis fetch failed on it; leasepool's
+    // claim does not read it, and the task runs.
+    for (n, (result, what)) in unparsable_last_results().into_iter().enumerate() {
         let id = ulid(20 + n);
         crate::postgres_server::psql(&format!(
             "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, \

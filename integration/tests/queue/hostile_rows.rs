@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::fixtures::*;
-use crate::hostile::{early_id, nested, Hostile};
+use crate::hostile::{early_id, nested, unparsable_last_results, Hostile};
 
 /// Writes every kind of unreadable SQLite row (each sorting before the ordinary tasks).
 pub(crate) fn hostile_sqlite_rows(db: &Path, queue: &str, big: usize) -> Vec<Hostile> {
@@ -159,21 +159,8 @@ pub(crate) fn hostile_sqlite_rows(db: &Path, queue: &str, big: usize) -> Vec<Hos
             reason: Some(reason),
         });
     }
-    // A last result a JSON reader refuses (nested past 128 levels, beyond f64): apalis-sqlite
-    // does not read it, so the task runs (apalis-postgres does: see the PostgreSQL rows).
-    for (n, (result, what)) in [
-        (
-            format!("{}{}", "[".repeat(200), "]".repeat(200)),
-            "a last_result nested 200 deep",
-        ),
-        (
-            "{\"Err\": 1e400}".to_owned(),
-            "a last_result number beyond f64",
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    // A last result a JSON reader refuses: apalis-sqlite does not read it, so the task runs.
+    for (n, (result, what)) in unparsable_last_results().into_iter().enumerate() {
         let id = early_id(72 + n);
         raw_sqlite(db)
             .execute(
