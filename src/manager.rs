@@ -431,7 +431,7 @@ impl<S: 'static> Future for Acquire<'_, S> {
                 owner: this.owner.take(),
                 lease_for,
             };
-            match engine.begin_acquire(params, mode) {
+            match engine.begin_acquire_waking(params, mode, cx.waker()) {
                 Err(e) => {
                     this.progress = Progress::Done;
                     return Poll::Ready(Err(e));

@@ -230,7 +230,18 @@ impl<S: 'static> Engine<S> {
         params: LeaseParams,
         mode: WaitMode,
     ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
-        self.keeper.acquire(params, mode)
+        self.keeper.acquire(params, mode, None)
+    }
+
+    /// [`begin_acquire`](Self::begin_acquire) from inside a poll: `waker` is whom to wake once
+    /// a queued acquirer is answered, so the ticket's first poll with it need not look.
+    pub fn begin_acquire_waking(
+        &self,
+        params: LeaseParams,
+        mode: WaitMode,
+        waker: &std::task::Waker,
+    ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
+        self.keeper.acquire(params, mode, Some(waker))
     }
 
     /// The manager's metric handles (no-ops without the `metrics` feature or a recorder).

@@ -309,3 +309,65 @@ async fn dropping_an_idle_lease_frees_its_pool_before_drop_returns() {
     }
     manager.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_answered_and_then_dropped_unpolled_releases_its_lease_and_leaves_no_answer() {
+    let _deadline = testkit::deadline();
+    let manager = started("answer-left", 1, 1).await;
+    let held = manager.acquire().await.unwrap();
+    let mut pending = Box::pin(manager.acquire().owner("slow poller").into_future());
+    assert!((&mut pending).now_or_never().is_none(), "must be queued");
+    drop(held);
+    // The pool was handed to the waiter, whose answer waits for a poll that never comes.
+    let stats = stats_until(&manager, "the pool handed on", |s| s.waiting == 0).await;
+    assert_eq!((stats.leased, stats.counters.acquired_after_wait), (1, 1));
+    drop(pending);
+    let stats = manager.stats().await;
+    assert_eq!(
+        (stats.available, stats.leased),
+        (1, 0),
+        "its lease released"
+    );
+    manager.stop().await;
+    assert_eq!(manager.book_entries(), 0, "no answer left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_first_polled_elsewhere_wakes_the_task_that_polls_it_last() {
+    let _deadline = testkit::deadline();
+    let manager = started("rewake", 1, 1).await;
+    let held = manager.acquire().await.unwrap();
+    let mut pending = Box::pin(manager.acquire_owned().into_future());
+    // Queued from a poll whose waker nobody listens to...
+    assert!((&mut pending).now_or_never().is_none(), "must be queued");
+    // ...then awaited by a task: the task's waker must be the one woken.
+    let task = tokio::spawn(async move { pending.await.map(|lease| lease.id()) });
+    stats_until(&manager, "the task to poll", |s| s.waiting == 1).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(held);
+    let answer = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the task was never woken")
+        .unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    manager.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_answers_every_queued_acquirer_and_keeps_no_answer() {
+    let _deadline = testkit::deadline();
+    let manager = started("stop-answers", 1, 1).await;
+    let held = manager.acquire().await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let m = manager.clone();
+        tasks.push(tokio::spawn(async move { m.acquire().await.map(|_| ()) }));
+    }
+    stats_until(&manager, "every acquirer to queue", |s| s.waiting == 200).await;
+    manager.stop().await;
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Err(LeaseError::Stopped));
+    }
+    drop(held);
+    assert_eq!(manager.book_entries(), 0, "every answer was taken");
+}

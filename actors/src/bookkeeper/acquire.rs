@@ -1,43 +1,34 @@
-//! The acquire path: a lease at once, a place in the queue, or a refusal — and leaving the
-//! queue.
+//! The acquire path: a lease at once, a place in the queue, or a refusal.
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::oneshot;
+use std::task::Waker;
 
 use super::wait::WaitTicket;
 use super::{Bookkeeper, LeaseParams, Waiter};
-use crate::books::{Acquired, WaitMode, WaiterId};
+use crate::books::{Acquired, WaitMode};
 use crate::error::LeaseError;
 use crate::handle::LeaseCore;
 use crate::metrics::AcquireEnd;
 
 impl<S: 'static> Bookkeeper<S> {
     /// The synchronous part of an acquire: a lease at once, a place in the queue, or a refusal.
+    /// `waker`: whom to wake once a queued acquirer is answered (else its ticket's first poll
+    /// says).
     pub(crate) fn acquire(
         self: &Arc<Self>,
         params: LeaseParams,
         mode: WaitMode,
+        waker: Option<&Waker>,
     ) -> Result<Result<LeaseCore<S>, WaitTicket<S>>, LeaseError> {
         // Nothing is logged under the lock: a subscriber is user code.
         let (outcome, deferred, refused) = {
             let mut ledger = self.lock();
             let mut fx = ledger.take_fx();
-            let mut answer = None;
             let mut refused = None;
-            let attempt = ledger.books.acquire(
-                mode,
-                || {
-                    let (reply, receiver) = oneshot::channel();
-                    answer = Some(receiver);
-                    Waiter {
-                        reply,
-                        params: params.clone(),
-                    }
-                },
-                &mut fx,
-            );
+            let attempt =
+                ledger
+                    .books
+                    .acquire(mode, |id| Waiter::new(id, waker, params.clone()), &mut fx);
             let outcome = match attempt {
                 Ok(Acquired::Now {
                     lease,
@@ -45,23 +36,23 @@ impl<S: 'static> Bookkeeper<S> {
                     handle,
                 }) => Ok(Ok(self.make_lease(
                     &mut ledger,
-                    lease,
-                    pool,
+                    (lease, pool),
                     handle,
                     params,
                 ))),
                 Ok(Acquired::Queued(id)) => {
-                    let timers = ledger.run.as_ref().map(|r| r.timers.clone());
-                    match (answer, timers) {
-                        (Some(answer), Some(timers)) => Ok(Err(WaitTicket::new(
-                            id,
-                            answer,
-                            Arc::clone(self),
-                            timers,
-                            mode,
-                        ))),
-                        _ => Err(LeaseError::NotStarted),
-                    }
+                    // The host runtime's timers, for a timed wait only.
+                    let timers = match mode {
+                        WaitMode::Timeout(_) => ledger.run.as_ref().map(|r| r.timers.clone()),
+                        WaitMode::Forever | WaitMode::NoWait => None,
+                    };
+                    Ok(Err(WaitTicket::new(
+                        id,
+                        Arc::clone(self),
+                        timers,
+                        mode,
+                        waker.is_some(),
+                    )))
                 }
                 Err(error) => {
                     refused = Some(params.owner);
@@ -88,15 +79,6 @@ impl<S: 'static> Bookkeeper<S> {
             _ => {}
         }
         outcome
-    }
-
-    /// A waiter gave up; its place is freed. Logs a timeout.
-    pub(crate) fn cancel_waiter(&self, id: WaiterId, timed_out: Option<Duration>) -> bool {
-        let waiter = self.lock().books.cancel_waiter(id, timed_out.is_some());
-        if let (Some(waiter), Some(waited)) = (&waiter, timed_out) {
-            tracing::debug!(manager = %self.name, owner = waiter.params.owner.as_deref().unwrap_or(""), waited = ?waited, "acquire refused: timed out waiting for a pool");
-        }
-        waiter.is_some()
     }
 }
 

@@ -1,40 +1,40 @@
 //! The bookkeeper: the one interpreter of the [books](crate::books).
 //!
 //! It keeps the books behind the engine's one short mutex, together with what the pure books
-//! leave out — each live lease's shared state, each waiter's reply channel, each pool's job
-//! queue (as the books' opaque payloads) — and carries out the books' effects: under the lock
-//! what must be seen atomically with the books (a lease's shared state is made or revoked in the
-//! same step that the books record it, so no snapshot disagrees with itself), after the lock
-//! what answers or wakes someone (a waiter's reply, one `HostWork` message to the supervisor).
+//! leave out — each live lease's shared state, each waiter's waker, each pool's job queue (as
+//! the books' opaque payloads: the books' table of live leases is the only one), the answers
+//! waiting for their waiters — and carries out the books' effects: under the lock what must be
+//! seen atomically with the books (a lease's shared state is made or revoked, a waiter's answer
+//! left for it, in the same step that the books record it, so no snapshot disagrees with
+//! itself), after the lock what wakes someone (a waiter, one `HostWork` message to the
+//! supervisor).
 //!
 //! The fast paths keep their property: an acquire that finds an idle pool and a release with
 //! nothing in flight run here, on the caller's thread, and wake no one — new leases' actors are
 //! started by a sweep at most once per [`sweep::ACTOR_DELAY`] (see `sweep.rs`), and a lease that
 //! ends before its sweep never has one.
 
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, AtomicUsize,
-    Ordering::{Relaxed, SeqCst},
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use actix::{Message, Recipient};
-use tokio::sync::oneshot;
 
-use crate::books::{Books, Effect, Limits};
+use crate::books::{Books, Effect, Limits, WaiterId};
 use crate::config::EngineConfig;
 use crate::error::LeaseError;
 use crate::handle::LeaseCore;
 use crate::job::PoolQueue;
-use crate::lease_state::{LeaseEnds, LeaseFacts, LeaseShared, Revocation};
+use crate::lease_state::{LeaseEnds, LeaseFacts, LeaseShared};
 use crate::metrics::Metrics;
 use crate::stats::{CounterCells, LeaseId, PoolId};
-use crate::sync::{lock, IdMap};
+use crate::sync::{lock, IdMap, Padded};
 use crate::threads::WorkerThreads;
 
 mod acquire;
 mod estimate;
+mod lifecycle;
 mod report;
 mod sweep;
 pub(crate) mod wait;
@@ -48,13 +48,49 @@ pub struct LeaseParams {
     pub lease_for: Duration,
 }
 
-/// A queued acquirer's reply channel and request.
-pub(crate) struct Waiter<S: 'static> {
-    reply: oneshot::Sender<Result<LeaseCore<S>, LeaseError>>,
+/// A queued acquirer: its id, whom to wake once it is answered, and its request. Its answer is
+/// left in the ledger (`Ledger::answers`) for its ticket to take, so queueing allocates nothing.
+pub(crate) struct Waiter {
+    id: WaiterId,
+    /// `None` until its ticket is first polled, if it was queued outside a poll.
+    waker: Option<Waker>,
     params: LeaseParams,
 }
 
+impl Waiter {
+    fn new(id: WaiterId, waker: Option<&Waker>, params: LeaseParams) -> Self {
+        Self {
+            id,
+            waker: waker.cloned(),
+            params,
+        }
+    }
+
+    /// The waker to wake now, and the old one (to drop after the lock: a waker is user code).
+    fn register(&mut self, waker: &Waker) -> Option<Waker> {
+        match &self.waker {
+            Some(current) if current.will_wake(waker) => None,
+            _ => self.waker.replace(waker.clone()),
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // Dropped with its waker still in it, it was never answered (the paths that answer or
+        // cancel take the waker out): only a panic does that. Its ticket wakes, finds neither
+        // an answer nor its place in the queue, and answers `Stopped` — the engine fails
+        // closed, never leaving an acquirer waiting for ever.
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
 type PoolHandle<S> = Weak<PoolQueue<S>>;
+
+/// The books as the bookkeeper keeps them.
+type LedgerBooks<S> = Books<PoolHandle<S>, Waiter, Arc<LeaseShared>>;
 
 /// Work for the supervisor on the host thread, batched per transition. Sent by the
 /// bookkeeper; handled by the `ManagerActor`.
@@ -87,11 +123,17 @@ pub(crate) struct Run {
     pub(crate) threads: Arc<WorkerThreads>,
 }
 
-type Fx<S> = Vec<Effect<PoolHandle<S>, Waiter<S>>>;
+type Fx<S> = Vec<Effect<PoolHandle<S>, Waiter, Arc<LeaseShared>>>;
+
+/// An answer waiting for its waiter.
+type Answer<S> = Result<LeaseCore<S>, LeaseError>;
+
+/// Answers an emptied table may keep room for (a stop answering 10 000 waiters at once must
+/// not hold their table for good).
+const KEEP_ANSWERS: usize = 64;
 
 struct Ledger<S: 'static> {
-    books: Books<PoolHandle<S>, Waiter<S>>,
-    leases: IdMap<LeaseId, Arc<LeaseShared>>,
+    books: LedgerBooks<S>,
     run: Option<Run>,
     /// The effects buffer, kept between transitions so that the fast paths do not allocate.
     fx: Fx<S>,
@@ -105,6 +147,9 @@ struct Ledger<S: 'static> {
     /// at each flush, or by the caller after the lock if there is no host — so a lease's end
     /// costs its caller a clock read and a push, and never waits on a recorder.
     holds: Vec<Duration>,
+    /// Answers given to waiters and not taken yet: each is left here in the step that picks
+    /// its waiter, and taken by the waiter's ticket (when polled, or when dropped).
+    answers: IdMap<WaiterId, Answer<S>>,
 }
 
 impl<S: 'static> Ledger<S> {
@@ -112,56 +157,60 @@ impl<S: 'static> Ledger<S> {
     fn take_fx(&mut self) -> Fx<S> {
         std::mem::take(&mut self.fx)
     }
-}
 
-/// A waiter and its answer.
-type Reply<S> = (Waiter<S>, Result<LeaseCore<S>, LeaseError>);
-
-/// The replies of one transition: most have none or one (a release hands its pool to the next
-/// waiter), so the first is kept inline and only more allocate.
-struct Replies<S: 'static> {
-    first: Option<Reply<S>>,
-    more: Vec<Reply<S>>,
-}
-
-impl<S: 'static> Replies<S> {
-    fn push(&mut self, reply: Reply<S>) {
-        if self.first.is_none() {
-            self.first = Some(reply);
-        } else {
-            self.more.push(reply);
+    /// Waiter `id`'s answer, if one was left for it.
+    fn take_answer(&mut self, id: WaiterId) -> Option<Answer<S>> {
+        let answer = self.answers.remove(&id)?;
+        if self.answers.is_empty() && self.answers.capacity() > KEEP_ANSWERS {
+            self.answers = IdMap::default();
         }
+        Some(answer)
     }
 }
 
+/// The waiters one transition answered, to wake: most have none or one (a release hands its
+/// pool to the next waiter), so the first is kept inline and only more allocate.
+#[derive(Default)]
+struct Wakes {
+    first: Option<Waker>,
+    more: Vec<Waker>,
+}
+
 /// What must happen once the lock is released.
-struct Deferred<S: 'static> {
+struct Deferred {
     host: Option<Recipient<HostWork>>,
     tasks: Vec<HostTask>,
-    replies: Replies<S>,
+    wakes: Wakes,
     /// Hold times to record after the lock (a full batch when there is no host).
     held: Vec<Duration>,
 }
 
-impl<S: 'static> Deferred<S> {
-    fn run(self, keeper: &Bookkeeper<S>) {
-        // (Both are empty on the fast paths: look before iterating.) Waiters first: a waiter's
-        // wake-up is on the path of a hand-off, the host's work is not. The host's work is sent
-        // when `_host` drops — after the replies, or while unwinding if one of them panics (a
-        // tracing subscriber is user code): a lost `CreatePool` would leave the books waiting
-        // for a pool forever.
-        let _host = HostSend(self.host, self.tasks);
-        if let Some(first) = self.replies.first {
-            for (waiter, answer) in std::iter::once(first).chain(self.replies.more) {
-                if let Ok(core) = &answer {
-                    keeper.granted(core);
-                }
-                // A waiter that vanished after being picked gets nothing; its lease, dropped
-                // here, releases itself and the pool goes to the next waiter.
-                let _ = waiter.reply.send(answer);
+impl Deferred {
+    /// Leaves `answer` for `waiter` (under the lock) and wakes it after.
+    fn answer<S>(&mut self, ledger: &mut Ledger<S>, mut waiter: Waiter, answer: Answer<S>) {
+        ledger.answers.insert(waiter.id, answer);
+        if let Some(waker) = waiter.waker.take() {
+            match self.wakes.first {
+                None => self.wakes.first = Some(waker),
+                Some(_) => self.wakes.more.push(waker),
             }
         }
-        // Last: a recorder is user code, and a waiter's answer must not wait on it.
+    }
+
+    fn run<S>(self, keeper: &Bookkeeper<S>) {
+        // Waiters first: a waiter's wake-up is on the path of a hand-off, the host's work is
+        // not. The host's work is sent when `_host` drops — after the wakes, or while unwinding
+        // if one of them panics (a waker is user code): a lost `CreatePool` would leave the
+        // books waiting for a pool forever. A woken waiter takes its answer from the ledger; one
+        // that is gone took it when its ticket dropped (a lease then releases itself).
+        let _host = HostSend(self.host, self.tasks);
+        if let Some(first) = self.wakes.first {
+            first.wake();
+            for waker in self.wakes.more {
+                waker.wake();
+            }
+        }
+        // Last: a recorder is user code, and a waiter's wake-up must not wait on it.
         keeper.counters.metrics.lease_held(&self.held);
     }
 }
@@ -181,7 +230,7 @@ impl Drop for HostSend {
 
 /// The books of one manager, and the interpreter of their effects.
 pub(crate) struct Bookkeeper<S: 'static> {
-    ledger: Mutex<Ledger<S>>,
+    ledger: Padded<Mutex<Ledger<S>>>,
     pub(crate) config: EngineConfig<S>,
     /// The manager's name (`name_prefix`), for every log event's `manager` field.
     pub(crate) name: Arc<str>,
@@ -225,16 +274,16 @@ impl<S: 'static> Bookkeeper<S> {
         };
         let name = Arc::from(s.name_prefix.as_str());
         Arc::new_cyclic(|me| Self {
-            ledger: Mutex::new(Ledger {
+            ledger: Padded(Mutex::new(Ledger {
                 books: Books::new(limits),
-                leases: IdMap::default(),
                 run: None,
                 fx: Vec::new(),
                 sweep_pending: None,
                 sweep_ask: None,
                 hold_mean: None,
                 holds: Vec::new(),
-            }),
+                answers: IdMap::default(),
+            })),
             counters: Arc::new(CounterCells::with_metrics(Metrics::register(
                 &name,
                 &config.settings.backend.to_string(),
@@ -251,17 +300,11 @@ impl<S: 'static> Bookkeeper<S> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger<S>> {
-        lock(&self.ledger)
+        lock(&self.ledger.0)
     }
 
     /// Runs one transition of the books and carries out its effects.
-    fn transition<T>(
-        &self,
-        step: impl FnOnce(
-            &mut Books<PoolHandle<S>, Waiter<S>>,
-            &mut Vec<Effect<PoolHandle<S>, Waiter<S>>>,
-        ) -> T,
-    ) -> T {
+    fn transition<T>(&self, step: impl FnOnce(&mut LedgerBooks<S>, &mut Fx<S>) -> T) -> T {
         let (out, deferred) = {
             let mut ledger = self.lock();
             let mut fx = ledger.take_fx();
@@ -274,14 +317,11 @@ impl<S: 'static> Bookkeeper<S> {
 
     /// Carries out effects: under the lock what the books' readers must see at once, the rest
     /// collected for after it.
-    fn apply(&self, ledger: &mut Ledger<S>, mut fx: Fx<S>) -> Deferred<S> {
+    fn apply(&self, ledger: &mut Ledger<S>, mut fx: Fx<S>) -> Deferred {
         let mut deferred = Deferred {
             host: None,
             tasks: Vec::new(),
-            replies: Replies {
-                first: None,
-                more: Vec::new(),
-            },
+            wakes: Wakes::default(),
             held: Vec::new(),
         };
         for effect in fx.drain(..) {
@@ -289,23 +329,30 @@ impl<S: 'static> Bookkeeper<S> {
                 Effect::CreatePool(pool) => deferred.tasks.push(HostTask::CreatePool(pool)),
                 Effect::RetirePool(pool) => deferred.tasks.push(HostTask::RetirePool(pool)),
                 Effect::Grant {
-                    waiter,
+                    mut waiter,
                     lease,
                     pool,
                     handle,
                 } => {
-                    let core = self.make_lease(ledger, lease, pool, handle, waiter.params.clone());
-                    deferred.replies.push((waiter, Ok(core)));
+                    let params = LeaseParams {
+                        owner: waiter.params.owner.take(),
+                        lease_for: waiter.params.lease_for,
+                    };
+                    let core = self.make_lease(ledger, (lease, pool), handle, params);
+                    deferred.answer(ledger, waiter, Ok(core));
                 }
-                Effect::Refuse { waiter, error } => deferred.replies.push((waiter, Err(error))),
-                Effect::Revoke { lease, why } => {
-                    if let Some(shared) = ledger.leases.get(&lease) {
+                Effect::Refuse { waiter, error } => deferred.answer(ledger, waiter, Err(error)),
+                Effect::Revoke { why, payload, .. } => {
+                    if let Some(shared) = payload {
                         shared.revoke(why);
                     }
                 }
-                Effect::LeaseEnded { lease, had_actor } => {
-                    let ended = ledger.leases.remove(&lease);
-                    let full = ended.and_then(|l| self.hold_ended(ledger, l.facts.granted_at));
+                Effect::LeaseEnded {
+                    lease,
+                    had_actor,
+                    payload,
+                } => {
+                    let full = payload.and_then(|l| self.hold_ended(ledger, l.facts.granted_at));
                     if let Some(batch) = full {
                         match ledger.run {
                             Some(_) => deferred.tasks.push(HostTask::RecordHolds(batch)),
@@ -328,12 +375,12 @@ impl<S: 'static> Bookkeeper<S> {
         deferred
     }
 
-    /// Makes a granted lease's shared state and handle, and records them.
+    /// Makes a granted lease's shared state and handle, and attaches the state to the lease in
+    /// the books.
     fn make_lease(
         &self,
         ledger: &mut Ledger<S>,
-        lease: LeaseId,
-        pool: PoolId,
+        (lease, pool): (LeaseId, PoolId),
         queue: PoolHandle<S>,
         params: LeaseParams,
     ) -> LeaseCore<S> {
@@ -357,7 +404,7 @@ impl<S: 'static> Bookkeeper<S> {
         }
         let generation = ledger.books.run().unwrap_or(0);
         let shared = Arc::new(LeaseShared::new(facts, generation, ends));
-        ledger.leases.insert(lease, Arc::clone(&shared));
+        ledger.books.attach(lease, Arc::clone(&shared));
         LeaseCore::new(shared, queue)
     }
 
@@ -365,125 +412,5 @@ impl<S: 'static> Bookkeeper<S> {
     fn granted(&self, core: &LeaseCore<S>) {
         let facts = core.facts();
         tracing::debug!(manager = %self.name, lease_id = %facts.id, owner = facts.owner.as_deref().unwrap_or(""), pool = %facts.pool, "lease granted");
-    }
-
-    // ---- runs -----------------------------------------------------------------------------
-
-    pub(crate) fn current_run(&self) -> Option<Run> {
-        self.lock().run.clone()
-    }
-
-    /// `stop` of run `generation` waited `shutdown_timeout` and jobs still run: tells them to
-    /// stop now (see `current::job_stop_reason`).
-    pub(crate) fn mark_overdue(&self, generation: u64) {
-        self.overdue_run.fetch_max(generation, SeqCst);
-    }
-
-    /// A worker thread of run `generation` records the run it serves (for
-    /// `current::job_stop_reason` outside a job).
-    pub(crate) fn enter_run_on_this_thread(&self, generation: u64) {
-        let ends: Weak<dyn LeaseEnds> = self.me.clone();
-        crate::current::enter_run(ends, generation);
-    }
-
-    pub(crate) fn current_generation(&self) -> Option<u64> {
-        self.lock().books.run()
-    }
-
-    /// Records a freshly started host; pools come from the first sizing decision.
-    pub(crate) fn begin_run(&self, run: Run) {
-        let mut ledger = self.lock();
-        ledger.books.begin_run(run.generation);
-        ledger.sweep_pending = None;
-        self.live_run.store(run.generation, SeqCst);
-        ledger.run = Some(run);
-    }
-
-    /// Closes the books of the current run — or only of run `generation`, if given (its
-    /// supervisor died) — answering waiters and revoking leases with `Stopped`. Returns the run
-    /// closed, if any.
-    pub(crate) fn end_run(&self, generation: Option<u64>) -> Option<Run> {
-        let (run, deferred) = {
-            let mut ledger = self.lock();
-            if generation.is_some() && ledger.books.run() != generation {
-                return None;
-            }
-            let mut fx = ledger.take_fx();
-            if !ledger.books.end_run(&mut fx) {
-                return None;
-            }
-            let run = ledger.run.take();
-            self.live_run.store(0, SeqCst);
-            let mut deferred = self.apply(&mut ledger, fx);
-            // The supervisor is stopping everything itself: nothing to ask of it.
-            deferred.tasks.clear();
-            (run, deferred)
-        };
-        deferred.run(self);
-        self.settled.notify_waiters();
-        self.flush_metrics();
-        run
-    }
-
-    // ---- leases -----------------------------------------------------------------------------
-
-    /// Revokes a live lease and retires its pool. False if it had already ended.
-    pub(crate) fn revoke(&self, lease: LeaseId, why: Revocation) -> bool {
-        self.transition(|books, fx| books.revoke(lease, why, fx))
-    }
-
-    /// The shared state of the leases whose actors should start now.
-    pub(crate) fn take_unswept(&self) -> Vec<Arc<LeaseShared>> {
-        let mut ledger = self.lock();
-        ledger.sweep_pending = None;
-        let swept = ledger.books.take_unswept();
-        swept
-            .into_iter()
-            .filter_map(|lease| ledger.leases.get(&lease).cloned())
-            .collect()
-    }
-
-    // ---- pools ------------------------------------------------------------------------------
-
-    /// A pool the supervisor spawned: it starts. False if its run ended (stop it).
-    pub(crate) fn pool_spawned(&self, pool: PoolId, generation: u64, queue: PoolHandle<S>) -> bool {
-        self.lock().books.pool_spawned(pool, generation, queue)
-    }
-
-    /// A worker of the pool built its state.
-    pub(crate) fn pool_ready(&self, pool: PoolId) {
-        self.transition(|books, fx| books.pool_ready(pool, fx));
-        self.settled.notify_waiters();
-    }
-
-    /// The pool has no live worker; `failure` says why.
-    pub(crate) fn pool_unhealthy(&self, pool: PoolId, failure: String) {
-        self.transition(|books, fx| books.pool_unhealthy(pool, failure, fx));
-        self.settled.notify_waiters();
-    }
-
-    /// The pool's actor died.
-    pub(crate) fn pool_died(&self, pool: PoolId) {
-        self.transition(|books, fx| books.pool_died(pool, fx));
-        self.settled.notify_waiters();
-    }
-
-    /// A new sizing target.
-    pub(crate) fn set_desired(&self, desired: usize) {
-        self.transition(|books, fx| books.set_desired(desired, fx));
-    }
-
-    // ---- fault injection ----------------------------------------------------------------------
-
-    /// The next `n` worker-thread spawns fail.
-    pub(crate) fn inject_spawn_failures(&self, n: usize) {
-        self.injected_spawn_failures.store(n, Relaxed);
-    }
-
-    /// Whether this spawn is to fail (consumes one injected failure).
-    pub(crate) fn take_injected_spawn_failure(&self) -> bool {
-        self.injected_spawn_failures
-            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
-            .is_ok()
     }
 }

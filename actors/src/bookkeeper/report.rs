@@ -51,7 +51,7 @@ impl<S: 'static> Bookkeeper<S> {
         let now = Instant::now();
         let leases = leases
             .into_iter()
-            .filter_map(|(id, _)| ledger.leases.get(&id))
+            .filter_map(|(id, _)| ledger.books.payload(id))
             .map(|l| LeaseInfo {
                 id: l.facts.id,
                 owner: l.facts.owner.clone(),
@@ -93,8 +93,8 @@ impl<S: 'static> Bookkeeper<S> {
         let (available, _, _, _, waiting) = ledger.books.capacity();
         let now = Instant::now();
         let ages: Vec<Duration> = ledger
-            .leases
-            .values()
+            .books
+            .payloads()
             .map(|l| now.saturating_duration_since(l.facts.granted_at))
             .collect();
         super::estimate::until_free(super::estimate::Observed {
@@ -155,7 +155,7 @@ impl<S: 'static> Bookkeeper<S> {
                 by_state: [available, leased, unhealthy, starting],
                 retiring: retiring(&ledger, pools),
                 waiting,
-                in_flight: ledger.leases.values().map(|l| l.in_flight()).sum(),
+                in_flight: ledger.books.payloads().map(|l| l.in_flight()).sum(),
             }
         });
     }
@@ -177,10 +177,10 @@ impl<S: 'static> Bookkeeper<S> {
         counters
     }
 
-    /// Entries in the books and the ledger (for leak tests).
+    /// Entries in the books and the answers not taken yet (for leak tests).
     pub(crate) fn entries(&self) -> usize {
         let ledger = self.lock();
-        ledger.books.entries() + ledger.leases.len()
+        ledger.books.entries() + ledger.answers.len()
     }
 
     /// Worker threads alive in the current run (0 when stopped).
@@ -193,10 +193,10 @@ impl<S: 'static> Bookkeeper<S> {
         let ledger = self.lock();
         ledger.books.check()?;
         let leased = ledger.books.stats().leased;
-        if leased != ledger.leases.len() {
+        let attached = ledger.books.payloads().count();
+        if leased != attached {
             return Err(format!(
-                "{leased} leases in the books, {} in the ledger",
-                ledger.leases.len()
+                "{leased} leases in the books, {attached} with their shared state"
             ));
         }
         Ok(())

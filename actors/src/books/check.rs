@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::{BookStats, Books, PoolState, StartOutcome, IDLE};
 
-impl<P: Clone, W> Books<P, W> {
+impl<P: Clone, W, L: Clone> Books<P, W, L> {
     /// For `start`: whether the pools asked for so far serve, fail, or are still coming.
     pub(crate) fn start_outcome(&self) -> StartOutcome {
         if self.run.is_none() {

@@ -7,7 +7,7 @@ use super::{
 use crate::error::LeaseError;
 use crate::stats::{LeaseId, PoolId};
 
-impl<P: Clone, W> Books<P, W> {
+impl<P: Clone, W, L: Clone> Books<P, W, L> {
     /// Makes a lease on `pool` (which must be spawned) and records it, unswept (its actor
     /// starts at the next sweep, if it is still live then).
     pub(super) fn lease_pool(&mut self, pool: PoolId) -> Option<(LeaseId, P)> {
@@ -20,6 +20,7 @@ impl<P: Clone, W> Books<P, W> {
             Lease {
                 pool,
                 actor_started: false,
+                payload: None,
             },
         );
         // Leases that ended before the supervisor swept need no actor: keep the list within
@@ -34,7 +35,7 @@ impl<P: Clone, W> Books<P, W> {
 
     /// A pool that can serve (ready, or released healthy): to the first waiter; into
     /// retirement if the pools in service would exceed the target; else idle.
-    pub(super) fn route(&mut self, pool: PoolId, fx: &mut Effects<P, W>) {
+    pub(super) fn route(&mut self, pool: PoolId, fx: &mut Effects<P, W, L>) {
         if !self.pools.contains_key(&pool) {
             return;
         }
@@ -64,21 +65,26 @@ impl<P: Clone, W> Books<P, W> {
     pub(super) fn revoked(
         &mut self,
         lease: LeaseId,
-        entry: &Lease,
+        entry: Lease<L>,
         why: crate::lease_state::Revocation,
-        fx: &mut Effects<P, W>,
+        fx: &mut Effects<P, W, L>,
     ) {
         self.counts.revoked += 1;
-        fx.push(Effect::Revoke { lease, why });
+        fx.push(Effect::Revoke {
+            lease,
+            why,
+            payload: entry.payload.clone(),
+        });
         fx.push(Effect::LeaseEnded {
             lease,
             had_actor: entry.actor_started,
+            payload: entry.payload,
         });
     }
 
     /// Refuses (`Unavailable`) the waiters that may wait only for a pool being created, when
     /// the pools still coming can no longer reach them in queue order (one failed).
-    pub(super) fn refuse_stranded(&mut self, fx: &mut Effects<P, W>) {
+    pub(super) fn refuse_stranded(&mut self, fx: &mut Effects<P, W, L>) {
         if self.growth_only.is_empty() {
             return;
         }
@@ -103,7 +109,7 @@ impl<P: Clone, W> Books<P, W> {
     }
 
     /// Takes a pool out of service for good.
-    pub(super) fn retire(&mut self, pool: PoolId, fx: &mut Effects<P, W>) {
+    pub(super) fn retire(&mut self, pool: PoolId, fx: &mut Effects<P, W, L>) {
         self.forget(pool);
         fx.push(Effect::RetirePool(pool));
     }
@@ -147,7 +153,7 @@ impl<P: Clone, W> Books<P, W> {
 
     /// Asks for pools so that every lease holder and waiter, and the sizing target, are covered
     /// within `max_pools` (unhealthy pools count: they come back when rebuilt).
-    pub(super) fn replenish(&mut self, fx: &mut Effects<P, W>) {
+    pub(super) fn replenish(&mut self, fx: &mut Effects<P, W, L>) {
         if self.run.is_none() {
             return;
         }

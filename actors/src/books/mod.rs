@@ -71,14 +71,18 @@ struct Pool<P> {
 }
 
 #[derive(Debug)]
-struct Lease {
+struct Lease<L> {
     pool: PoolId,
     actor_started: bool,
+    /// What the interpreter keeps for the lease (its shared state), attached right after the
+    /// transition that made it: one table of live leases, not one here and one there.
+    payload: Option<L>,
 }
 
-/// The books of one manager (across stop/start: ids and counts carry on).
+/// The books of one manager (across stop/start: ids and counts carry on). `L` is what the
+/// interpreter attaches to a live lease (see [`Books::attach`]).
 #[derive(Debug)]
-pub(crate) struct Books<P, W> {
+pub(crate) struct Books<P, W, L = ()> {
     limits: Limits,
     run: Option<u64>,
     desired: usize,
@@ -97,7 +101,7 @@ pub(crate) struct Books<P, W> {
     /// beyond `max_waiters`): they may not wait for a release, so they are refused if that
     /// pool fails.
     growth_only: BTreeSet<WaiterId>,
-    leases: IdMap<LeaseId, Lease>,
+    leases: IdMap<LeaseId, Lease<L>>,
     /// Pools that are `Parked` or broken under a lease.
     unhealthy: usize,
     last_failure: Option<String>,
@@ -107,9 +111,9 @@ pub(crate) struct Books<P, W> {
     counts: BookCounts,
 }
 
-type Effects<P, W> = Vec<Effect<P, W>>;
+type Effects<P, W, L> = Vec<Effect<P, W, L>>;
 
-impl<P: Clone, W> Books<P, W> {
+impl<P: Clone, W, L: Clone> Books<P, W, L> {
     pub(crate) fn new(limits: Limits) -> Self {
         Self {
             limits,
@@ -146,7 +150,7 @@ impl<P: Clone, W> Books<P, W> {
 
     /// The run ends (stop, or its supervisor died): every waiter is refused `Stopped`, every
     /// lease revoked `Stopped`; the pools are forgotten (the supervisor stops them all).
-    pub(crate) fn end_run(&mut self, fx: &mut Effects<P, W>) -> bool {
+    pub(crate) fn end_run(&mut self, fx: &mut Effects<P, W, L>) -> bool {
         if self.run.take().is_none() {
             return false;
         }
@@ -158,7 +162,7 @@ impl<P: Clone, W> Books<P, W> {
         }
         self.growth_only.clear();
         for (lease, entry) in std::mem::take(&mut self.leases) {
-            self.revoked(lease, &entry, Revocation::Stopped, fx);
+            self.revoked(lease, entry, Revocation::Stopped, fx);
         }
         self.creating.clear();
         self.pools.clear();
@@ -171,12 +175,13 @@ impl<P: Clone, W> Books<P, W> {
 
     /// An acquire: an idle pool at once when nobody is queued ahead; otherwise a place in the
     /// queue (growing capacity if `max_pools` allows) — unless `mode` or `max_waiters` forbids
-    /// waiting, or no pool can serve at all. `waiter` is called only to queue.
+    /// waiting, or no pool can serve at all. `waiter` is called only to queue, with the id the
+    /// waiter gets.
     pub(crate) fn acquire(
         &mut self,
         mode: WaitMode,
-        waiter: impl FnOnce() -> W,
-        fx: &mut Effects<P, W>,
+        waiter: impl FnOnce(WaiterId) -> W,
+        fx: &mut Effects<P, W, L>,
     ) -> Result<Acquired<P>, LeaseError> {
         if self.run.is_none() {
             return Err(LeaseError::NotStarted);
@@ -216,9 +221,14 @@ impl<P: Clone, W> Books<P, W> {
         if mode == WaitMode::NoWait || self.waiters.len() >= self.limits.max_waiters {
             self.growth_only.insert(id);
         }
-        self.waiters.push(id, waiter());
+        self.waiters.push(id, waiter(id));
         self.replenish(fx);
         Ok(Acquired::Queued(id))
+    }
+
+    /// Queued waiter `id`'s payload, to update in place.
+    pub(crate) fn waiter_mut(&mut self, id: WaiterId) -> Option<&mut W> {
+        self.waiters.get_mut(id)
     }
 
     /// A waiter gave up (dropped, or `timed_out`): its payload, if it was still queued.
@@ -234,7 +244,7 @@ impl<P: Clone, W> Books<P, W> {
     /// The holder is done with `lease`: its pool goes to the first waiter, back to the idle
     /// set, to the parked set (if it broke under the lease), or into retirement (above target).
     /// False if the lease had already ended.
-    pub(crate) fn release(&mut self, lease: LeaseId, fx: &mut Effects<P, W>) -> bool {
+    pub(crate) fn release(&mut self, lease: LeaseId, fx: &mut Effects<P, W, L>) -> bool {
         let Some(entry) = self.leases.remove(&lease) else {
             return false;
         };
@@ -242,6 +252,7 @@ impl<P: Clone, W> Books<P, W> {
         fx.push(Effect::LeaseEnded {
             lease,
             had_actor: entry.actor_started,
+            payload: entry.payload,
         });
         let broken = self
             .pools
@@ -262,13 +273,14 @@ impl<P: Clone, W> Books<P, W> {
         &mut self,
         lease: LeaseId,
         why: Revocation,
-        fx: &mut Effects<P, W>,
+        fx: &mut Effects<P, W, L>,
     ) -> bool {
         let Some(entry) = self.leases.remove(&lease) else {
             return false;
         };
-        self.revoked(lease, &entry, why, fx);
-        self.retire(entry.pool, fx);
+        let pool = entry.pool;
+        self.revoked(lease, entry, why, fx);
+        self.retire(pool, fx);
         self.replenish(fx);
         true
     }
@@ -296,7 +308,7 @@ impl<P: Clone, W> Books<P, W> {
 
     /// A worker of `pool` built its state: a starting or parked pool enters service, a pool
     /// broken under its lease is whole again.
-    pub(crate) fn pool_ready(&mut self, pool: PoolId, fx: &mut Effects<P, W>) {
+    pub(crate) fn pool_ready(&mut self, pool: PoolId, fx: &mut Effects<P, W, L>) {
         let Some(entry) = self.pools.get_mut(&pool) else {
             return;
         };
@@ -313,7 +325,12 @@ impl<P: Clone, W> Books<P, W> {
     /// `pool` has no live worker. It leaves service until a worker builds its state again;
     /// `failure` is remembered. If then no pool at all can serve, every waiter is refused with
     /// it instead of waiting for a factory that keeps failing.
-    pub(crate) fn pool_unhealthy(&mut self, pool: PoolId, failure: String, fx: &mut Effects<P, W>) {
+    pub(crate) fn pool_unhealthy(
+        &mut self,
+        pool: PoolId,
+        failure: String,
+        fx: &mut Effects<P, W, L>,
+    ) {
         let Some(entry) = self.pools.get_mut(&pool) else {
             return; // retired, or a past run's
         };
@@ -345,13 +362,13 @@ impl<P: Clone, W> Books<P, W> {
 
     /// `pool`'s actor died: out of the books (its lease, if any, revoked `Lost`), and capacity
     /// rebuilt.
-    pub(crate) fn pool_died(&mut self, pool: PoolId, fx: &mut Effects<P, W>) {
+    pub(crate) fn pool_died(&mut self, pool: PoolId, fx: &mut Effects<P, W, L>) {
         if !self.pools.contains_key(&pool) && !self.creating.contains(&pool) {
             return;
         }
         if let Some(PoolState::Leased(lease)) = self.pools.get(&pool).map(|p| p.state) {
             if let Some(entry) = self.leases.remove(&lease) {
-                self.revoked(lease, &entry, Revocation::Lost, fx);
+                self.revoked(lease, entry, Revocation::Lost, fx);
             }
         }
         self.forget(pool);
@@ -360,7 +377,7 @@ impl<P: Clone, W> Books<P, W> {
     }
 
     /// A new sizing target: grow toward it, retire idle pools above it (never a leased one).
-    pub(crate) fn set_desired(&mut self, desired: usize, fx: &mut Effects<P, W>) {
+    pub(crate) fn set_desired(&mut self, desired: usize, fx: &mut Effects<P, W, L>) {
         if self.run.is_none() {
             return;
         }
@@ -372,6 +389,29 @@ impl<P: Clone, W> Books<P, W> {
             self.retire(pool, fx);
         }
         self.replenish(fx);
+    }
+
+    /// Attaches the interpreter's `payload` to live lease `lease` (made by the transition just
+    /// run); it comes back in the lease's `Revoke` and `LeaseEnded` effects. False if the lease
+    /// is not live.
+    pub(crate) fn attach(&mut self, lease: LeaseId, payload: L) -> bool {
+        match self.leases.get_mut(&lease) {
+            Some(entry) => {
+                entry.payload = Some(payload);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The payload attached to live lease `lease`.
+    pub(crate) fn payload(&self, lease: LeaseId) -> Option<&L> {
+        self.leases.get(&lease)?.payload.as_ref()
+    }
+
+    /// The payloads of the live leases (in no particular order).
+    pub(crate) fn payloads(&self) -> impl Iterator<Item = &L> {
+        self.leases.values().filter_map(|l| l.payload.as_ref())
     }
 
     /// The leases made since the last sweep that are still live: their actors start now.

@@ -87,6 +87,12 @@ impl<W> WaitQueue<W> {
         Some(waiter)
     }
 
+    /// Waiter `id`'s payload, if it is queued.
+    pub(crate) fn get_mut(&mut self, id: WaiterId) -> Option<&mut W> {
+        let at = self.slots.binary_search_by_key(&id, |(id, _)| *id).ok()?;
+        self.slots[at].1.as_mut()
+    }
+
     pub(crate) fn contains(&self, id: WaiterId) -> bool {
         self.slots
             .binary_search_by_key(&id, |(id, _)| *id)
@@ -124,10 +130,13 @@ mod tests {
         assert_eq!(q.remove(1), None, "gone already");
         assert_eq!(q.remove(7), None, "never queued");
         assert!(!q.contains(1) && q.contains(2));
+        assert_eq!(q.get_mut(1), None, "a hole has no payload");
+        assert_eq!(q.get_mut(9), None, "never queued");
+        *q.get_mut(2).unwrap() += 1;
         assert_eq!(q.len(), 4);
         assert_eq!(q.ids().collect::<Vec<_>>(), [0, 2, 3, 4]);
         assert_eq!(q.pop_first(), Some((0, 0)));
-        assert_eq!(q.pop_first(), Some((2, 20)), "the hole is skipped");
+        assert_eq!(q.pop_first(), Some((2, 21)), "the hole is skipped");
         assert_eq!(q.take_all().collect::<Vec<_>>(), [30, 40]);
         assert!(q.is_empty());
         assert_eq!((q.storage(), q.pop_first()), (0, None));

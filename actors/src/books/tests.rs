@@ -1,14 +1,15 @@
 //! Unit tests of the books (the property test over random transition sequences is in
 //! `properties.rs`). The books are pure, so these need no runtime, no threads and no timers:
-//! pools carry their number as their handle, and waiters their arrival number.
+//! pools carry their number as their handle, waiters their arrival number, and leases a number
+//! as their payload where a test attaches one.
 
 use super::{Acquired, Books, Effect, Limits, StartOutcome, WaitMode, WaiterId};
 use crate::error::LeaseError;
 use crate::lease_state::Revocation;
 use crate::stats::{LeaseId, PoolId};
 
-pub(super) type TestBooks = Books<u64, WaiterId>;
-pub(super) type Fx = Vec<Effect<u64, WaiterId>>;
+pub(super) type TestBooks = Books<u64, WaiterId, u64>;
+pub(super) type Fx = Vec<Effect<u64, WaiterId, u64>>;
 
 pub(super) fn limits(max_pools: usize, min_pools: usize, max_waiters: usize) -> Limits {
     Limits {
@@ -43,7 +44,14 @@ fn created(fx: &Fx) -> Vec<PoolId> {
 
 fn queue(books: &mut TestBooks, mode: WaitMode, fx: &mut Fx) -> Result<Acquired<u64>, LeaseError> {
     let id = books.next_waiter;
-    books.acquire(mode, || id, fx)
+    books.acquire(
+        mode,
+        |queued| {
+            assert_eq!(queued, id, "a waiter's payload is made with its id");
+            queued
+        },
+        fx,
+    )
 }
 
 fn now_lease(outcome: Result<Acquired<u64>, LeaseError>) -> (LeaseId, PoolId) {
@@ -188,7 +196,8 @@ fn a_pool_above_the_target_is_retired_on_release_and_a_revoked_one_always() {
     assert!(books.revoke(a, Revocation::Expired, &mut fx));
     assert!(fx.contains(&Effect::Revoke {
         lease: a,
-        why: Revocation::Expired
+        why: Revocation::Expired,
+        payload: None
     }));
     assert_eq!(
         created(&fx).len(),
@@ -245,7 +254,8 @@ fn a_dead_pool_revokes_its_lease_and_is_replaced() {
     books.pool_died(pool, &mut fx);
     assert!(fx.contains(&Effect::Revoke {
         lease,
-        why: Revocation::Lost
+        why: Revocation::Lost,
+        payload: None
     }));
     assert_eq!(created(&fx).len(), 1);
     assert!(
@@ -271,7 +281,8 @@ fn a_sweep_starts_actors_only_for_leases_still_live() {
     books.release(a, &mut fx);
     assert!(fx.contains(&Effect::LeaseEnded {
         lease: a,
-        had_actor: true
+        had_actor: true,
+        payload: None
     }));
     let (c, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut Fx::new()));
     assert_eq!(
@@ -287,6 +298,7 @@ fn ending_the_run_answers_everyone_and_leaves_nothing() {
     let mut books = with_ready_pools(1, 1);
     let mut fx = Fx::new();
     let (lease, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut fx));
+    assert!(books.attach(lease, 7));
     queue(&mut books, WaitMode::Forever, &mut fx).unwrap();
     let mut fx = Fx::new();
     assert!(books.end_run(&mut fx));
@@ -296,10 +308,71 @@ fn ending_the_run_answers_everyone_and_leaves_nothing() {
     }));
     assert!(fx.contains(&Effect::Revoke {
         lease,
-        why: Revocation::Stopped
+        why: Revocation::Stopped,
+        payload: Some(7)
     }));
+    assert!(fx.contains(&Effect::LeaseEnded {
+        lease,
+        had_actor: false,
+        payload: Some(7)
+    }));
+    assert_eq!(books.payloads().count(), 0);
     assert_eq!(books.entries(), 0);
     assert!(!books.end_run(&mut Fx::new()), "once");
+    books.check().unwrap();
+}
+
+#[test]
+fn a_lease_s_payload_comes_back_when_it_ends_or_is_revoked() {
+    let mut books = with_ready_pools(3, 3);
+    let mut fx = Fx::new();
+    let (a, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut fx));
+    let (b, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut fx));
+    let (c, c_pool) = now_lease(queue(&mut books, WaitMode::Forever, &mut fx));
+    assert!(books.attach(a, 10));
+    assert!(books.attach(b, 20));
+    assert!(books.attach(c, 30));
+    assert_eq!(books.payload(a), Some(&10));
+    let mut live: Vec<u64> = books.payloads().copied().collect();
+    live.sort_unstable();
+    assert_eq!(live, vec![10, 20, 30]);
+
+    let mut fx = Fx::new();
+    assert!(books.release(a, &mut fx));
+    let ended = Effect::LeaseEnded {
+        lease: a,
+        had_actor: false,
+        payload: Some(10),
+    };
+    assert!(fx.contains(&ended), "{fx:?}");
+    assert!(!books.attach(a, 11), "an ended lease takes no payload");
+    assert_eq!(books.payload(a), None);
+
+    let mut fx = Fx::new();
+    assert!(books.revoke(b, Revocation::Expired, &mut fx));
+    for effect in [
+        Effect::Revoke {
+            lease: b,
+            why: Revocation::Expired,
+            payload: Some(20),
+        },
+        Effect::LeaseEnded {
+            lease: b,
+            had_actor: false,
+            payload: Some(20),
+        },
+    ] {
+        assert!(fx.contains(&effect), "{effect:?} in {fx:?}");
+    }
+
+    let mut fx = Fx::new();
+    books.pool_died(c_pool, &mut fx);
+    assert!(fx.contains(&Effect::Revoke {
+        lease: c,
+        why: Revocation::Lost,
+        payload: Some(30),
+    }));
+    assert_eq!(books.payloads().count(), 0, "no payload outlives its lease");
     books.check().unwrap();
 }
 

@@ -28,7 +28,7 @@ pub enum WaitMode {
 
 /// What follows from a transition.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Effect<P, W> {
+pub(crate) enum Effect<P, W, L = ()> {
     /// Spawn this pool; the books count it as being created until `pool_spawned`.
     CreatePool(PoolId),
     /// Stop this pool: it left service (revoked, above the target, or dead).
@@ -42,10 +42,20 @@ pub(crate) enum Effect<P, W> {
     },
     /// Answer this waiter with an error.
     Refuse { waiter: W, error: LeaseError },
-    /// This lease was taken away: its holder's new jobs must fail.
-    Revoke { lease: LeaseId, why: Revocation },
+    /// This lease was taken away: its holder's new jobs must fail. `payload`: what was
+    /// attached to it.
+    Revoke {
+        lease: LeaseId,
+        why: Revocation,
+        payload: Option<L>,
+    },
     /// This lease ended (released or revoked); `had_actor` if its lease actor was started.
-    LeaseEnded { lease: LeaseId, had_actor: bool },
+    /// `payload`: what was attached to it, handed back.
+    LeaseEnded {
+        lease: LeaseId,
+        had_actor: bool,
+        payload: Option<L>,
+    },
 }
 
 /// The outcome of an acquire that was not refused.
