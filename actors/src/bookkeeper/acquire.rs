@@ -28,7 +28,7 @@ impl<S: 'static> Bookkeeper<S> {
             let attempt =
                 ledger
                     .books
-                    .acquire(mode, |id| Waiter::new(id, waker, params.clone()), &mut fx);
+                    .acquire(mode, || Waiter::new(waker, params.clone()), &mut fx);
             let outcome = match attempt {
                 Ok(Acquired::Now {
                     lease,

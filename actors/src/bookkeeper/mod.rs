@@ -48,19 +48,18 @@ pub struct LeaseParams {
     pub lease_for: Duration,
 }
 
-/// A queued acquirer: its id, whom to wake once it is answered, and its request. Its answer is
-/// left in the ledger (`Ledger::answers`) for its ticket to take, so queueing allocates nothing.
+/// A queued acquirer: whom to wake once it is answered, and its request. Its answer is left in
+/// the ledger (`Ledger::answers`, by the id the books gave it) for its ticket to take, so
+/// queueing allocates nothing.
 pub(crate) struct Waiter {
-    id: WaiterId,
     /// `None` until its ticket is first polled, if it was queued outside a poll.
     waker: Option<Waker>,
     params: LeaseParams,
 }
 
 impl Waiter {
-    fn new(id: WaiterId, waker: Option<&Waker>, params: LeaseParams) -> Self {
+    fn new(waker: Option<&Waker>, params: LeaseParams) -> Self {
         Self {
-            id,
             waker: waker.cloned(),
             params,
         }
@@ -186,9 +185,15 @@ struct Deferred {
 }
 
 impl Deferred {
-    /// Leaves `answer` for `waiter` (under the lock) and wakes it after.
-    fn answer<S>(&mut self, ledger: &mut Ledger<S>, mut waiter: Waiter, answer: Answer<S>) {
-        ledger.answers.insert(waiter.id, answer);
+    /// Leaves `answer` for waiter `id` (under the lock) and wakes it after.
+    fn answer<S>(
+        &mut self,
+        ledger: &mut Ledger<S>,
+        id: WaiterId,
+        mut waiter: Waiter,
+        answer: Answer<S>,
+    ) {
+        ledger.answers.insert(id, answer);
         if let Some(waker) = waiter.waker.take() {
             match self.wakes.first {
                 None => self.wakes.first = Some(waker),
@@ -329,6 +334,7 @@ impl<S: 'static> Bookkeeper<S> {
                 Effect::CreatePool(pool) => deferred.tasks.push(HostTask::CreatePool(pool)),
                 Effect::RetirePool(pool) => deferred.tasks.push(HostTask::RetirePool(pool)),
                 Effect::Grant {
+                    waiter_id,
                     mut waiter,
                     lease,
                     pool,
@@ -339,9 +345,13 @@ impl<S: 'static> Bookkeeper<S> {
                         lease_for: waiter.params.lease_for,
                     };
                     let core = self.make_lease(ledger, (lease, pool), handle, params);
-                    deferred.answer(ledger, waiter, Ok(core));
+                    deferred.answer(ledger, waiter_id, waiter, Ok(core));
                 }
-                Effect::Refuse { waiter, error } => deferred.answer(ledger, waiter, Err(error)),
+                Effect::Refuse {
+                    waiter_id,
+                    waiter,
+                    error,
+                } => deferred.answer(ledger, waiter_id, waiter, Err(error)),
                 Effect::Revoke { why, payload, .. } => {
                     if let Some(shared) = payload {
                         shared.revoke(why);

@@ -47,6 +47,7 @@ impl<P: Clone, W, L: Clone> Books<P, W, L> {
             self.counts.acquired += 1;
             self.counts.acquired_after_wait += 1;
             fx.push(Effect::Grant {
+                waiter_id: id,
                 waiter,
                 lease,
                 pool,
@@ -101,6 +102,7 @@ impl<P: Clone, W, L: Clone> Books<P, W, L> {
             if let Some(waiter) = self.waiters.remove(id) {
                 self.counts.rejected += 1;
                 fx.push(Effect::Refuse {
+                    waiter_id: id,
                     waiter,
                     error: LeaseError::Unavailable,
                 });

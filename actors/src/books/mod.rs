@@ -154,8 +154,9 @@ impl<P: Clone, W, L: Clone> Books<P, W, L> {
         if self.run.take().is_none() {
             return false;
         }
-        for waiter in self.waiters.take_all() {
+        for (waiter_id, waiter) in self.waiters.take_all() {
             fx.push(Effect::Refuse {
+                waiter_id,
                 waiter,
                 error: LeaseError::Stopped,
             });
@@ -175,12 +176,11 @@ impl<P: Clone, W, L: Clone> Books<P, W, L> {
 
     /// An acquire: an idle pool at once when nobody is queued ahead; otherwise a place in the
     /// queue (growing capacity if `max_pools` allows) — unless `mode` or `max_waiters` forbids
-    /// waiting, or no pool can serve at all. `waiter` is called only to queue, with the id the
-    /// waiter gets.
+    /// waiting, or no pool can serve at all. `waiter` is called only to queue.
     pub(crate) fn acquire(
         &mut self,
         mode: WaitMode,
-        waiter: impl FnOnce(WaiterId) -> W,
+        waiter: impl FnOnce() -> W,
         fx: &mut Effects<P, W, L>,
     ) -> Result<Acquired<P>, LeaseError> {
         if self.run.is_none() {
@@ -221,7 +221,7 @@ impl<P: Clone, W, L: Clone> Books<P, W, L> {
         if mode == WaitMode::NoWait || self.waiters.len() >= self.limits.max_waiters {
             self.growth_only.insert(id);
         }
-        self.waiters.push(id, waiter(id));
+        self.waiters.push(id, waiter());
         self.replenish(fx);
         Ok(Acquired::Queued(id))
     }
@@ -349,8 +349,9 @@ impl<P: Clone, W, L: Clone> Books<P, W, L> {
         self.last_failure = Some(failure);
         if let Some(failure) = self.unservable() {
             self.growth_only.clear();
-            for waiter in self.waiters.take_all() {
+            for (waiter_id, waiter) in self.waiters.take_all() {
                 fx.push(Effect::Refuse {
+                    waiter_id,
                     waiter,
                     error: LeaseError::NoHealthyPool(failure.clone()),
                 });

@@ -107,12 +107,12 @@ impl<W> WaitQueue<W> {
             .map(|(id, _)| *id)
     }
 
-    /// Empties the queue: every waiter, first in line first.
-    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = W> {
+    /// Empties the queue: every waiter with its id, first in line first.
+    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = (WaiterId, W)> {
         self.live = 0;
         std::mem::take(&mut self.slots)
             .into_iter()
-            .filter_map(|(_, slot)| slot)
+            .filter_map(|(id, slot)| Some((id, slot?)))
     }
 }
 
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(q.ids().collect::<Vec<_>>(), [0, 2, 3, 4]);
         assert_eq!(q.pop_first(), Some((0, 0)));
         assert_eq!(q.pop_first(), Some((2, 21)), "the hole is skipped");
-        assert_eq!(q.take_all().collect::<Vec<_>>(), [30, 40]);
+        assert_eq!(q.take_all().collect::<Vec<_>>(), [(3, 30), (4, 40)]);
         assert!(q.is_empty());
         assert_eq!((q.storage(), q.pop_first()), (0, None));
     }

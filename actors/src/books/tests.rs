@@ -44,14 +44,7 @@ fn created(fx: &Fx) -> Vec<PoolId> {
 
 fn queue(books: &mut TestBooks, mode: WaitMode, fx: &mut Fx) -> Result<Acquired<u64>, LeaseError> {
     let id = books.next_waiter;
-    books.acquire(
-        mode,
-        |queued| {
-            assert_eq!(queued, id, "a waiter's payload is made with its id");
-            queued
-        },
-        fx,
-    )
+    books.acquire(mode, || id, fx)
 }
 
 fn now_lease(outcome: Result<Acquired<u64>, LeaseError>) -> (LeaseId, PoolId) {
@@ -65,11 +58,15 @@ fn grants(fx: &Fx) -> Vec<(WaiterId, LeaseId, PoolId)> {
     fx.iter()
         .filter_map(|e| match e {
             Effect::Grant {
+                waiter_id,
                 waiter,
                 lease,
                 pool,
                 ..
-            } => Some((*waiter, *lease, *pool)),
+            } => {
+                assert_eq!(waiter_id, waiter, "a grant names the waiter it answers");
+                Some((*waiter, *lease, *pool))
+            }
             _ => None,
         })
         .collect()
@@ -226,6 +223,7 @@ fn when_no_pool_can_serve_acquirers_are_told_why_and_recovery_serves_again() {
     assert_eq!(
         fx,
         vec![Effect::Refuse {
+            waiter_id: 0,
             waiter: 0,
             error: LeaseError::NoHealthyPool("db down".into())
         }]
@@ -303,6 +301,7 @@ fn ending_the_run_answers_everyone_and_leaves_nothing() {
     let mut fx = Fx::new();
     assert!(books.end_run(&mut fx));
     assert!(fx.contains(&Effect::Refuse {
+        waiter_id: 0,
         waiter: 0,
         error: LeaseError::Stopped
     }));

@@ -35,13 +35,18 @@ pub(crate) enum Effect<P, W, L = ()> {
     RetirePool(PoolId),
     /// Hand `lease` on `pool` to this waiter.
     Grant {
+        waiter_id: WaiterId,
         waiter: W,
         lease: LeaseId,
         pool: PoolId,
         handle: P,
     },
     /// Answer this waiter with an error.
-    Refuse { waiter: W, error: LeaseError },
+    Refuse {
+        waiter_id: WaiterId,
+        waiter: W,
+        error: LeaseError,
+    },
     /// This lease was taken away: its holder's new jobs must fail. `payload`: what was
     /// attached to it.
     Revoke {
