@@ -1,6 +1,6 @@
 //! Acquire: FIFO waiters, timeouts, no_wait, max_waiters, abandoned acquires, the max_pools bound.
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -368,6 +368,46 @@ async fn stop_answers_every_queued_acquirer_and_keeps_no_answer() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), Err(LeaseError::Stopped));
     }
+    drop(held);
+    assert_eq!(manager.book_entries(), 0, "every answer was taken");
+}
+
+/// A waker whose `wake` panics: an executor's bug, which must not cost anyone else an answer.
+struct PanickingWaker;
+
+impl std::task::Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("this waker panics on purpose");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_waker_neither_strands_the_waiters_after_it_nor_escapes_stop() {
+    let _deadline = testkit::deadline();
+    let manager = started("boom-waker", 1, 1).await;
+    let held = manager.acquire().await.unwrap();
+    let boom = std::task::Waker::from(Arc::new(PanickingWaker));
+    let mut first = Box::pin(manager.acquire_owned().into_future());
+    let polled = first
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&boom));
+    assert!(polled.is_pending(), "must be queued");
+    let m = manager.clone();
+    let second = tokio::spawn(async move { m.acquire().await.map(|_| ()) });
+    stats_until(&manager, "both queued", |s| s.waiting == 2).await;
+    // stop() answers both: waking the first panics, the second must be woken all the same.
+    let stopped = std::panic::AssertUnwindSafe(manager.stop())
+        .catch_unwind()
+        .await;
+    assert!(stopped.is_ok(), "a waker's panic escaped stop()");
+    let second = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the waiter after the panicking waker was never woken")
+        .unwrap();
+    assert_eq!(second, Err(LeaseError::Stopped));
+    // The first one's answer waits for it, as for any waiter not polled yet.
+    let first = first.now_or_never().expect("answered");
+    assert_eq!(first.map(|_| ()), Err(LeaseError::Stopped));
     drop(held);
     assert_eq!(manager.book_entries(), 0, "every answer was taken");
 }

@@ -14,6 +14,7 @@
 //! started by a sweep at most once per [`sweep::ACTOR_DELAY`] (see `sweep.rs`), and a lease that
 //! ends before its sweep never has one.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
@@ -81,9 +82,19 @@ impl Drop for Waiter {
         // an answer nor its place in the queue, and answers `Stopped` — the engine fails
         // closed, never leaving an acquirer waiting for ever.
         if let Some(waker) = self.waker.take() {
-            waker.wake();
+            wake_contained(waker);
         }
     }
+}
+
+/// Wakes `waker`, containing a panic (a waker is user code): returns its message. A panicking
+/// waker must neither keep the wakes after it from happening — their answers would wait unseen —
+/// nor escape into whoever released a pool or stopped the manager.
+fn wake_contained(waker: Waker) -> Option<String> {
+    let payload = catch_unwind(AssertUnwindSafe(move || waker.wake())).err()?;
+    let message = crate::job::panic_message(payload.as_ref());
+    crate::job::drop_payload(payload);
+    Some(message)
 }
 
 type PoolHandle<S> = Weak<PoolQueue<S>>;
@@ -210,9 +221,10 @@ impl Deferred {
         // that is gone took it when its ticket dropped (a lease then releases itself).
         let _host = HostSend(self.host, self.tasks);
         if let Some(first) = self.wakes.first {
-            first.wake();
-            for waker in self.wakes.more {
-                waker.wake();
+            for waker in std::iter::once(first).chain(self.wakes.more) {
+                if let Some(panic) = wake_contained(waker) {
+                    tracing::error!(manager = %keeper.name, panic = %panic, "a waiter's waker panicked; the panic was contained");
+                }
             }
         }
         // Last: a recorder is user code, and a waiter's wake-up must not wait on it.

@@ -1,6 +1,7 @@
 //! A queued acquirer's place in line: taking its answer, or leaving the queue.
 
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -47,7 +48,9 @@ impl<S: 'static> WaitTicket<S> {
         Self {
             id,
             answered: false,
-            fresh: registered,
+            // Only an untimed wait skips the look: a timed one must not poll its timer before it
+            // has looked (a stop may have answered it and shut the timer's runtime down since).
+            fresh: registered && limit.is_none(),
             timers,
             limit,
             sleep: None,
@@ -86,19 +89,37 @@ impl<S: 'static> WaitTicket<S> {
         let (Some(limit), Some(timers)) = (self.limit, &self.timers) else {
             return Poll::Pending;
         };
-        let sleep = self.sleep.get_or_insert_with(|| {
-            // The timer lives on the host runtime, so waiting works from any executor or thread.
-            let _guard = timers.enter();
-            Box::pin(tokio::time::sleep(limit))
-        });
-        if sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        let answer = match self.keeper.leave(self.id, Some(limit)) {
-            Left::Queue { .. } => Err(LeaseError::Timeout(limit)),
-            // Picked as the time ran out: the answer stands.
-            Left::Answered(answer) => answer,
-            Left::Lost => Err(LeaseError::Stopped),
+        let sleep = &mut self.sleep;
+        let elapsed = catch_unwind(AssertUnwindSafe(|| {
+            let sleep = sleep.get_or_insert_with(|| {
+                // The timer lives on the host runtime, so waiting works from any executor or
+                // thread.
+                let _guard = timers.enter();
+                Box::pin(tokio::time::sleep(limit))
+            });
+            sleep.as_mut().poll(cx).is_ready()
+        }));
+        let answer = match elapsed {
+            Ok(false) => return Poll::Pending,
+            Ok(true) => match self.keeper.leave(self.id, Some(limit)) {
+                Left::Queue { .. } => Err(LeaseError::Timeout(limit)),
+                // Picked as the time ran out: the answer stands.
+                Left::Answered(answer) => answer,
+                Left::Lost => Err(LeaseError::Stopped),
+            },
+            // tokio panics when a timer is polled after its runtime shut down: the manager
+            // stopped between our look and the timer (the stop answered us, or will find us
+            // gone). The answer given, if any, stands; else `Stopped`.
+            Err(payload) => {
+                crate::job::drop_payload(payload);
+                if let Some(sleep) = self.sleep.take() {
+                    crate::job::drop_contained(sleep);
+                }
+                match self.keeper.leave(self.id, None) {
+                    Left::Answered(answer) => answer,
+                    Left::Queue { .. } | Left::Lost => Err(LeaseError::Stopped),
+                }
+            }
         };
         Poll::Ready(self.ended(answer))
     }

@@ -216,12 +216,14 @@ impl<P: Clone, W, L: Clone> Books<P, W, L> {
             self.counts.rejected += 1;
             return Err(LeaseError::Unavailable);
         }
+        // Made before anything changes: the books stay whole if making it fails.
+        let payload = waiter();
         let id = self.next_waiter;
         self.next_waiter += 1;
         if mode == WaitMode::NoWait || self.waiters.len() >= self.limits.max_waiters {
             self.growth_only.insert(id);
         }
-        self.waiters.push(id, waiter());
+        self.waiters.push(id, payload);
         self.replenish(fx);
         Ok(Acquired::Queued(id))
     }

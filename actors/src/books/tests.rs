@@ -382,3 +382,23 @@ fn the_property_test_catches_a_broken_invariant() {
     books.idle.push_back(books.idle[0]);
     assert!(books.check().is_err());
 }
+
+#[test]
+fn a_waiter_whose_payload_cannot_be_made_leaves_the_books_whole() {
+    // The payload is the interpreter's (a waker's clone is user code): if making it panics,
+    // nothing of the waiter may stay behind — not a place reserved for growth, not a queue entry.
+    let mut books = with_ready_pools(2, 1);
+    let (_lease, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut Fx::new()));
+    let before = books.entries();
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        books.acquire(
+            WaitMode::NoWait,
+            || -> WaiterId { panic!("on purpose") },
+            &mut Fx::new(),
+        )
+    }));
+    assert!(made.is_err());
+    books.check().unwrap();
+    assert_eq!(books.entries(), before, "nothing of the waiter stayed");
+    assert_eq!(books.stats().waiting, 0);
+}
