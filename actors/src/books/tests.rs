@@ -372,6 +372,8 @@ fn a_lease_s_payload_comes_back_when_it_ends_or_is_revoked() {
         payload: Some(30),
     }));
     assert_eq!(books.payloads().count(), 0, "no payload outlives its lease");
+    let counts = books.stats().counts;
+    assert_eq!((counts.released, counts.revoked), (1, 2));
     books.check().unwrap();
 }
 
@@ -401,4 +403,25 @@ fn a_waiter_whose_payload_cannot_be_made_leaves_the_books_whole() {
     books.check().unwrap();
     assert_eq!(books.entries(), before, "nothing of the waiter stayed");
     assert_eq!(books.stats().waiting, 0);
+}
+
+#[test]
+fn a_queued_waiter_s_payload_can_be_updated_in_place_until_it_leaves() {
+    let mut books = with_ready_pools(1, 1);
+    let (lease, _) = now_lease(queue(&mut books, WaitMode::Forever, &mut Fx::new()));
+    let first = books.next_waiter;
+    queue(&mut books, WaitMode::Forever, &mut Fx::new()).unwrap();
+    queue(&mut books, WaitMode::Forever, &mut Fx::new()).unwrap();
+    *books.waiter_mut(first).expect("queued") += 100;
+    assert_eq!(books.waiter_mut(first + 7), None, "never queued");
+    let mut fx = Fx::new();
+    books.release(lease, &mut fx);
+    assert!(
+        matches!(fx.last(), Some(Effect::Grant { waiter_id, waiter, .. }) if *waiter_id == first && *waiter == first + 100),
+        "the grant carries the payload as updated: {fx:?}"
+    );
+    assert_eq!(books.waiter_mut(first), None, "answered: no longer queued");
+    assert_eq!(books.cancel_waiter(first + 1, false), Some(first + 1));
+    assert_eq!(books.waiter_mut(first + 1), None, "left: no longer queued");
+    books.check().unwrap();
 }
